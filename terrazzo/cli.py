@@ -1,0 +1,206 @@
+"""`terrazzo` command line: catalogs, cost queries, the worked example, compile, and the demo tour."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from terrazzo.catalog.load import Catalog, load_catalog
+from terrazzo.errors import TerrazzoError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+hw_app = typer.Typer(no_args_is_help=True, help="Device catalog: list, show, validate your own entries.")
+models_app = typer.Typer(no_args_is_help=True, help="Model catalog: list and show shapes.")
+app.add_typer(hw_app, name="hw")
+app.add_typer(models_app, name="models")
+console = Console()
+CatalogOpt = Annotated[
+    list[Path] | None, typer.Option("--catalog", help="extra catalog YAML, layered over the shipped one")
+]
+
+
+def _catalog(extra: list[Path] | None) -> Catalog:
+    return load_catalog(extra or [])
+
+
+@hw_app.command("list")
+def hw_list(catalog: CatalogOpt = None) -> None:
+    """Devices with their dense peaks, memory, bandwidth, power and price."""
+    cat = _catalog(catalog)
+    table = Table("device", "vendor", "kind", "bf16 TFLOPS", "fp8 TFLOPS", "memory GB", "HBM GB/s", "TDP W", "price $")
+    for d in cat.devices.values():
+        fp8 = d.tflops("fp8")
+        table.add_row(d.name, d.vendor, d.kind, f"{d.tflops('bf16') or 0:g}", f"{fp8:g}" if fp8 else "-",
+                      f"{d.memory_gb.value:g}", f"{d.memory_bw_gbyte_s.value:g}", f"{d.tdp_w.value:g}",
+                      f"{d.price_usd.value:,.0f}")
+    console.print(table)
+
+
+@hw_app.command("show")
+def hw_show(name: str, catalog: CatalogOpt = None) -> None:
+    """Every field of one device, each with its source."""
+    d = _catalog(catalog).device(name)
+    table = Table("field", "value", "source", title=f"{d.name} ({d.vendor} {d.generation})")
+    for key, sourced in _sourced_fields(d.model_dump()):
+        note = f" — {sourced['note']}" if sourced.get("note") else ""
+        table.add_row(key, f"{sourced['value']:g}", sourced["source"] + note)
+    console.print(table)
+
+
+def _sourced_fields(data: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict) and "value" in value and "source" in value:
+            out.append((f"{prefix}{key}", value))
+        elif isinstance(value, dict):
+            out.extend(_sourced_fields(value, f"{prefix}{key}."))
+    return out
+
+
+@hw_app.command("validate")
+def hw_validate(file: Path) -> None:
+    """Check a catalog YAML (devices, models, price/TCO profiles, efficiency) against the schema."""
+    defined = load_catalog().merge_file(file)
+    console.print(f"[green]ok[/green] {file}: {len(defined)} entries ({', '.join(defined)})")
+
+
+@models_app.command("list")
+def models_list(catalog: CatalogOpt = None) -> None:
+    """Models with their parameter counts and attention shape."""
+    table = Table("model", "kind", "params B", "active B", "layers", "hidden", "heads/kv", "experts", "attention")
+    for m in _catalog(catalog).models.values():
+        active = m.active_params_b.value if m.active_params_b else m.params_b.value
+        experts = f"{m.active_experts}/{m.experts}" if m.is_moe else "-"
+        table.add_row(m.name, m.kind, f"{m.params_b.value:g}", f"{active:g}", str(m.layers), str(m.hidden),
+                      f"{m.heads}/{m.kv_heads}", experts, "MLA" if m.mla else "GQA" if m.kv_heads < m.heads else "MHA")
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: str, catalog: CatalogOpt = None) -> None:
+    m = _catalog(catalog).model(name)
+    console.print_json(json.dumps(m.model_dump(exclude_none=True)))
+
+
+@app.command()
+def cost(
+    model: str,
+    device: Annotated[str, typer.Option(help="device name or alias")],
+    dtype: Annotated[str, typer.Option(help="fp16, bf16, fp8, ...")] = "fp16",
+    isl: Annotated[int, typer.Option(help="input tokens")] = 4096,
+    osl: Annotated[int, typer.Option(help="output tokens")] = 512,
+    tp: Annotated[int, typer.Option(help="tensor-parallel degree")] = 1,
+    pp: Annotated[int, typer.Option(help="pipeline-parallel degree")] = 1,
+    ttft: Annotated[float, typer.Option(help="TTFT limit, s")] = 0.25,
+    tbt: Annotated[float, typer.Option(help="TBT limit, s")] = 0.02,
+    tco: Annotated[str, typer.Option(help="TCO profile")] = "paper-2507.19635",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Roofline cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens."""
+    from terrazzo.cost.report import cost_report
+
+    report = cost_report(_catalog(catalog), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        console.print(report.table())
+
+
+@app.command("worked-example")
+def worked_example(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML")] = Path("examples/paper/table3.yaml"),
+) -> None:
+    """Solve a stage-option scenario (default: the paper's Table 3) with the planner's selection MILP."""
+    from terrazzo.plan.scenario import load_scenario
+    from terrazzo.plan.select import enumerate_all, solve
+
+    sc = load_scenario(scenario)
+    problem = sc.problem()
+    chosen = solve(problem)
+    table = Table("option", *sc.stages, "latency ms", "cost $", "verdict", title=f"{sc.name} ({sc.source})")
+    for ev in enumerate_all(problem):
+        mark = "[bold green]chosen[/]" if ev.choice == chosen.choice else ("ok" if ev.feasible else ev.reason)
+        latency = f"{ev.latency_s * 1e3:.4g}" if ev.feasible or ev.latency_s < float("inf") else "-"
+        cost_usd = f"{ev.cost_usd:.4g}" if ev.cost_usd < float("inf") else "-"
+        table.add_row("+".join(ev.choice.values()), *ev.choice.values(), latency, cost_usd, mark)
+    console.print(table)
+    if sc.expected is not None:
+        agrees = "agrees with" if sc.expected == chosen.choice else "DIFFERS from"
+        console.print(f"MILP choice {chosen.choice} {agrees} the published choice {sc.expected}")
+
+
+@app.command("compile")
+def compile_cmd(
+    path: Annotated[Path, typer.Argument(help="agent YAML, or MLIR text printed by terrazzo")],
+    emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned")] = "granular",
+    pipeline: Annotated[str | None, typer.Option(help="comma-separated passes to run instead")] = None,
+    cluster: Annotated[Path | None, typer.Option(help="cluster YAML for estimate-cost")] = None,
+    plan: Annotated[Path | None, typer.Option(help="placement JSON for apply-plan")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+) -> None:
+    """Lower an agent through terrazzo's IR and print MLIR text."""
+    from terrazzo.ir.driver import compile_path
+
+    text = compile_path(str(path), emit=emit, pipeline=pipeline.split(",") if pipeline else None,
+                        cluster=str(cluster) if cluster else None, plan=str(plan) if plan else None)
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+@app.command()
+def reproduce(
+    what: Annotated[str, typer.Argument(help="what to reproduce: 'paper' (arXiv 2507.19635 §5)")] = "paper",
+    out: Annotated[Path, typer.Option("-o", "--out", help="folder for the CSV and figures")] = Path("out/paper"),
+    catalog: CatalogOpt = None,
+) -> None:
+    """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
+    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, reproduce as run_reproduce, to_csv
+    from terrazzo.report.figures import benefit_heatmaps
+
+    if what != "paper":
+        raise typer.BadParameter(f"unknown target {what!r}; the one reproducible target is 'paper'")
+    results = run_reproduce(_catalog(catalog))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "paper-pairs.csv").write_text(to_csv(results))
+    figures = [benefit_heatmaps(results, isl, osl, out / f"tco-benefit-isl{isl}-osl{osl}.png")
+               for isl, osl in dict.fromkeys((c.isl, c.osl) for c in PAPER_CONFIGS)]
+    table = Table("configuration", "best pair", "benefit", "B200::B200", "B200::Gaudi3", "H100::Gaudi3",
+                  title="TCO benefit over H100::H100 (higher is cheaper)")
+    for config in PAPER_CONFIGS:
+        ben = benefits([r for r in results if r.config == config])
+        top = max(ben, key=ben.__getitem__)
+        table.add_row(config.label, top, f"{ben[top]:.2f}", f"{ben['b200::b200']:.2f}", f"{ben['b200::gaudi3']:.2f}",
+                      f"{ben['h100-sxm::gaudi3']:.2f}")
+    console.print(table)
+    console.print(f"wrote {out / 'paper-pairs.csv'}, " + ", ".join(str(f) for f in figures))
+
+
+@app.command()
+def demo() -> None:
+    """A short tour on embedded defaults: catalogs, a cost query, the paper's worked example."""
+    from terrazzo.demo import run_demo
+
+    run_demo(console)
+
+
+def main() -> None:
+    try:
+        app()
+    except TerrazzoError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

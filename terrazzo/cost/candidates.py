@@ -1,0 +1,150 @@
+"""Candidate configurations per LLM phase: device × TP × PP × batch, priced and checked against limits.
+
+Infeasible candidates are kept, with the reason, so the planner can explain what binds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.schema import TcoProfile
+from terrazzo.cost.errors import CostError
+from terrazzo.cost.llm import (
+    Deployment,
+    decode_step,
+    max_batch,
+    mean_decode_context,
+    memory_use,
+    prefill,
+    valid_tp,
+)
+from terrazzo.cost.network import scale_up_domain
+from terrazzo.cost.roofline import Estimate
+from terrazzo.cost.tco import device_usd_per_hour
+from terrazzo.spec.cluster import Fabric
+
+Phase = Literal["prefill", "decode"]
+PREFILL_BATCHES = (1, 2, 4, 8, 16, 32)
+MAX_PP = 8
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve a phase. `latency_s` is TTFT (prefill) or TBT (decode) at `batch`;
+    `requests_per_s` is one replica's sustained rate; `usd_h` prices the whole replica."""
+
+    phase: Phase
+    device: str
+    dtype: str
+    tp: int
+    pp: int
+    batch: int
+    latency_s: float
+    requests_per_s: float
+    tokens_per_s: float
+    memory_bytes: float
+    usd_h: float
+    bound: str
+    feasible: bool
+    reason: str = ""
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def label(self) -> str:
+        return f"{self.device} tp{self.tp} pp{self.pp} b{self.batch}"
+
+
+def deployment(catalog: Catalog, model: str, device: str, dtype: str, tp: int, pp: int,
+               fabric: Fabric | None = None) -> Deployment:
+    dev = catalog.device(device)
+    return Deployment(
+        model=catalog.model(model), device=dev, dtype=dtype, tp=tp, pp=pp, fabric=fabric or Fabric(),
+        prefill_eff=catalog.efficiency_for(dev.name, "prefill"),
+        decode_eff=catalog.efficiency_for(dev.name, "decode"),
+    )
+
+
+def parallelisms(catalog: Catalog, model: str, device: str, fabric: Fabric) -> list[tuple[int, int]]:
+    """TP within one scale-up domain (as serving engines deploy it), PP across domains."""
+    dev, spec = catalog.device(device), catalog.model(model)
+    tps = valid_tp(spec, scale_up_domain(dev, fabric))
+    return [(tp, pp) for tp in tps for pp in (1, 2, 4, MAX_PP) if pp <= spec.layers]
+
+
+def llm_candidates(
+    catalog: Catalog, model: str, dtype: str, isl: float, osl: float, devices: list[str],
+    tco: TcoProfile, fabric: Fabric | None = None, ttft_s: float | None = None, tbt_s: float | None = None,
+    price_profile: str | None = None,
+) -> list[Candidate]:
+    """Every prefill and decode candidate on `devices`, with infeasible ones marked and explained."""
+    fabric = fabric or Fabric()
+    out: list[Candidate] = []
+    for device in devices:
+        usd_device_h = device_usd_per_hour(catalog, device, tco, price_profile).usd_h
+        for tp, pp in parallelisms(catalog, model, device, fabric):
+            try:
+                dep = deployment(catalog, model, device, dtype, tp, pp, fabric)
+            except CostError as exc:
+                out.append(_rejected("prefill", device, dtype, tp, pp, str(exc)))
+                continue
+            out.extend(_prefill(dep, int(isl), ttft_s, usd_device_h * dep.devices))
+            out.append(_decode(dep, isl, osl, tbt_s, usd_device_h * dep.devices))
+    return out
+
+
+def _rejected(phase: Phase, device: str, dtype: str, tp: int, pp: int, reason: str) -> Candidate:
+    return Candidate(phase, device, dtype, tp, pp, 0, float("inf"), 0.0, 0.0, 0.0, 0.0, "n/a", False, reason)
+
+
+def _prefill(dep: Deployment, isl: int, ttft_s: float | None, usd_h: float) -> list[Candidate]:
+    out = []
+    for b in PREFILL_BATCHES:
+        est = prefill(dep, isl, b)
+        mem = memory_use(dep, b, isl, prefill_tokens=isl * b)
+        reason = _why_not(est, mem.fits, ttft_s, "TTFT", mem.total, mem.capacity)
+        rate = b * dep.pp / est.latency_s
+        out.append(Candidate("prefill", dep.device.name, dep.dtype, dep.tp, dep.pp, b, est.latency_s, rate,
+                             rate * isl, mem.total, usd_h, est.bound, not reason, reason))
+        if reason:
+            break  # larger prefill batches are only slower and bigger
+    return out
+
+
+def _decode(dep: Deployment, isl: float, osl: float, tbt_s: float | None, usd_h: float) -> Candidate:
+    ctx = mean_decode_context(isl, osl)
+    b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
+    if b == 0:
+        est = decode_step(dep, 1, ctx)
+        mem = memory_use(dep, 1, isl + osl)
+        reason = _why_not(est, mem.fits, tbt_s, "TBT", mem.total, mem.capacity)
+        return Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, est.latency_s, 0.0, 0.0,
+                         mem.total, usd_h, est.bound, False, reason)
+    est = decode_step(dep, b, ctx)
+    tokens = b * dep.pp / est.latency_s
+    return Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, b, est.latency_s, tokens / osl, tokens,
+                     memory_use(dep, b, isl + osl).total, usd_h, est.bound, True)
+
+
+def _why_not(est: Estimate, fits: bool, limit_s: float | None, what: str, used: float, capacity: float) -> str:
+    if not fits:
+        return f"needs {used / 1e9:.1f} GB per device, {capacity / 1e9:.1f} GB usable"
+    if limit_s is not None and est.latency_s > limit_s:
+        return f"{what} {est.latency_s * 1e3:.1f} ms > {limit_s * 1e3:.4g} ms limit ({est.bound}-bound)"
+    return ""
+
+
+def best(cands: list[Candidate], phase: Phase) -> Candidate | None:
+    """Cheapest feasible candidate per request served (replica $/h ÷ requests/s)."""
+    ok = [c for c in cands if c.phase == phase and c.feasible and c.requests_per_s > 0]
+    return min(ok, key=lambda c: c.usd_h / c.requests_per_s) if ok else None
+
+
+def closest_miss(cands: list[Candidate], phase: Phase) -> Candidate | None:
+    """Fastest candidate of a phase among those that fit in memory, to say by how much a limit is missed."""
+    fit = [c for c in cands if c.phase == phase and "GB per device" not in c.reason and c.latency_s < float("inf")]
+    return min(fit, key=lambda c: c.latency_s) if fit else None

@@ -1,0 +1,262 @@
+"""Roofline cost of LLM serving on one replica (TP×PP devices): prefill, decode steps, memory, batch limits.
+
+Conventions: FLOPs count a multiply-add as 2; attention is causal in prefill; the KV cache is kept in
+`kv_dtype` (default: the weights' dtype, as FP8 serving engines do); weights of every expert stay
+resident; the largest batch keeps the whole context of every sequence in memory (paged attention
+wastes little, so no fragmentation allowance beyond the usable fraction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
+from terrazzo.cost.errors import CostError
+from terrazzo.cost.network import Link, allreduce_s, group_link
+from terrazzo.cost.roofline import Estimate, Work, roofline
+from terrazzo.spec.cluster import Fabric
+
+USABLE_MEMORY_FRACTION = 0.9  # vLLM's default gpu_memory_utilization: https://docs.vllm.ai/en/latest/configuration/engine_args.html
+ACTIVATION_BYTES = 2  # activations and all-reduce payloads travel in 16-bit even for FP8 weights
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model replica: `tp`×`pp` devices of one type serving `model` in `dtype`."""
+
+    model: ModelSpec
+    device: Device
+    dtype: str
+    prefill_eff: Efficiency
+    decode_eff: Efficiency
+    fabric: Fabric = field(default_factory=Fabric)
+    tp: int = 1
+    pp: int = 1
+    kv_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device.tflops(self.compute_dtype) is None:
+            have = ", ".join(self.device.peak_tflops)
+            raise CostError(f"{self.device.name} has no {self.dtype} peak in the catalog (it lists {have})")
+        if self.tp < 1 or self.pp < 1:
+            raise CostError(f"tp and pp must be at least 1, got tp={self.tp} pp={self.pp}")
+        if self.model.heads % self.tp:
+            raise CostError(f"tp={self.tp} does not divide {self.model.name}'s {self.model.heads} attention heads")
+        if self.pp > self.model.layers:
+            raise CostError(f"pp={self.pp} exceeds {self.model.name}'s {self.model.layers} layers")
+
+    @property
+    def compute_dtype(self) -> str:
+        """8-bit weights on a device without 8-bit math run weight-only (W8A16): stored small, computed in 16 bit."""
+        if self.dtype in ("fp8", "int8") and self.device.tflops(self.dtype) is None:
+            return "fp16"
+        return self.dtype
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def peak_flops(self) -> float:
+        return (self.device.tflops(self.compute_dtype) or 0.0) * 1e12
+
+    @property
+    def mem_bw_bytes_s(self) -> float:
+        return self.device.memory_bw_gbyte_s.value * 1e9
+
+    @property
+    def tp_link(self) -> Link:
+        return group_link(self.device, self.fabric, self.tp)
+
+    @property
+    def pp_link(self) -> Link:
+        return group_link(self.device, self.fabric, self.devices)
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: str) -> float:
+    """Bytes of KV cache per token over all layers: 2·layers·kv_heads·head_dim·bpe; MLA stores one latent."""
+    bpe = DTYPE_BYTES[kv_dtype]
+    if model.mla is not None:
+        return model.layers * (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) * bpe
+    return 2 * model.layers * model.kv_heads * model.head_dim * bpe
+
+
+def _expert_params_per_layer(model: ModelSpec) -> float:
+    return 3 * model.hidden * (model.expert_ffn or model.ffn)  # gate, up, down projections
+
+
+def _moe_layers(model: ModelSpec) -> int:
+    return model.layers - model.dense_layers
+
+
+def weight_bytes_read(model: ModelSpec, tokens: float, bpe: float) -> float:
+    """Weights a step streams from memory: all of a dense model; for MoE, the experts its tokens touch."""
+    if not model.is_moe:
+        return model.total_params * bpe
+    routed = model.experts * _expert_params_per_layer(model) * _moe_layers(model)
+    always = model.total_params - routed
+    touched = model.experts * (1 - (1 - model.active_experts / model.experts) ** max(tokens, 1.0))
+    return (always + touched * _expert_params_per_layer(model) * _moe_layers(model)) * bpe
+
+
+def attention_flops(model: ModelSpec, new_tokens: float, context: float) -> float:
+    """Score and value products for `new_tokens` attending to `context` earlier tokens (2 FLOPs/MAC)."""
+    per_token_dim = (
+        model.heads * (2 * model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla
+        else 2 * model.heads * model.head_dim
+    )
+    return 2 * model.layers * new_tokens * context * per_token_dim
+
+
+def _kv_shard(dep: Deployment) -> float:
+    """Fraction of the KV cache each TP rank holds (KV heads are replicated when tp > kv_heads)."""
+    if dep.model.mla is not None:
+        return 1.0  # the MLA latent is shared by all heads, so every rank keeps all of it
+    return max(1, dep.model.kv_heads // dep.tp) / dep.model.kv_heads
+
+
+def _tp_comm_s(dep: Deployment, tokens: float) -> float:
+    """Two all-reduces per layer (after attention, after the MLP) of the tokens' hidden states."""
+    payload = tokens * dep.model.hidden * ACTIVATION_BYTES
+    per_layer = 2 * allreduce_s(payload, dep.tp, dep.tp_link, dep.decode_eff.network)
+    return per_layer * dep.model.layers
+
+
+def _pp_comm_s(dep: Deployment, tokens: float) -> float:
+    if dep.pp == 1:
+        return 0.0
+    return (dep.pp - 1) * dep.pp_link.transfer_s(tokens * dep.model.hidden * ACTIVATION_BYTES, dep.decode_eff.network)
+
+
+def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
+    """Prefill of `batch` prompts of `isl` tokens: the time to first token without queueing."""
+    m, tokens = dep.model, isl * batch
+    work = Work(
+        flops=2 * m.active_params * tokens + attention_flops(m, tokens, isl / 2),
+        mem_bytes=weight_bytes_read(m, tokens, dep.bytes_per_weight)
+        + tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp,
+    )
+    per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
+    comm = _tp_comm_s(dep, tokens) + _pp_comm_s(dep, tokens)
+    one_stage = roofline(per_device, dep.peak_flops, dep.mem_bw_bytes_s, dep.prefill_eff)
+    # A request crosses every pipeline stage in turn, each doing 1/pp of the layers.
+    return Estimate(one_stage.compute_s * dep.pp, one_stage.memory_s * dep.pp, comm, one_stage.static_s * dep.pp)
+
+
+def decode_step(dep: Deployment, batch: int, context: float) -> Estimate:
+    """One decode iteration producing a token for each of `batch` sequences at mean `context`."""
+    if batch < 1:
+        raise CostError(f"batch must be at least 1, got {batch}")
+    m = dep.model
+    kv = kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    work = Work(
+        flops=2 * m.active_params * batch + attention_flops(m, batch, context),
+        mem_bytes=weight_bytes_read(m, batch, dep.bytes_per_weight) + batch * context * kv,
+    )
+    per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
+    comm = _tp_comm_s(dep, batch) + _pp_comm_s(dep, batch)
+    stage = roofline(per_device, dep.peak_flops, dep.mem_bw_bytes_s, dep.decode_eff)
+    return Estimate(stage.compute_s * dep.pp, stage.memory_s * dep.pp, comm, stage.static_s * dep.pp)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Per-device bytes: weights, KV cache and activations, against the usable capacity."""
+
+    weights: float
+    kv_cache: float
+    activations: float
+    capacity: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv_cache + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+
+def memory_use(dep: Deployment, batch: int, context: float, prefill_tokens: int = 0) -> MemoryUse:
+    m = dep.model
+    kv_total = batch * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    working_tokens = max(batch, prefill_tokens)
+    activations = working_tokens * (4 * m.hidden + 2 * (m.expert_ffn or m.ffn)) * ACTIVATION_BYTES / dep.tp
+    activations += batch * m.vocab * 4  # fp32 logits of the last position
+    return MemoryUse(
+        weights=m.total_params * dep.bytes_per_weight / dep.devices,
+        kv_cache=kv_total / dep.devices,
+        activations=activations,
+        capacity=dep.device.memory_gb.value * 1e9 * USABLE_MEMORY_FRACTION,
+    )
+
+
+def max_memory_batch(dep: Deployment, context: float) -> int:
+    """Largest batch whose weights, KV at `context` and activations fit (0 when the weights alone do not)."""
+    if not memory_use(dep, 1, context).fits:
+        return 0
+    lo, hi = 1, MAX_BATCH
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if memory_use(dep, mid, context).fits else (lo, mid - 1)
+    return lo
+
+
+def max_batch(dep: Deployment, context: float, tbt_s: float | None, peak_context: float | None = None) -> int:
+    """Largest decode batch whose step time at `context` meets `tbt_s` and whose KV at `peak_context` fits.
+
+    Returns 0 when not even batch 1 qualifies. Step time grows with batch, so bisection is exact.
+    """
+    limit = max_memory_batch(dep, peak_context or context)
+    if limit == 0 or (tbt_s is not None and decode_step(dep, 1, context).latency_s > tbt_s):
+        return 0
+    if tbt_s is None:
+        return limit
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if decode_step(dep, mid, context).latency_s <= tbt_s else (lo, mid - 1)
+    return lo
+
+
+def decode_tokens_per_s(dep: Deployment, batch: int, context: float) -> float:
+    """Steady-state output tokens per second of one replica; pipeline stages overlap micro-batches."""
+    step = decode_step(dep, batch, context)
+    return batch * dep.pp / step.latency_s if batch else 0.0
+
+
+def prefill_tokens_per_s(dep: Deployment, isl: int, batch: int = 1) -> float:
+    est = prefill(dep, isl, batch)
+    return isl * batch * dep.pp / est.latency_s
+
+
+def mean_decode_context(isl: float, osl: float) -> float:
+    """Average context over a request's decode: the prompt plus half of the output."""
+    return isl + osl / 2
+
+
+def valid_tp(model: ModelSpec, max_tp: int) -> list[int]:
+    return [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= max_tp and model.heads % t == 0]
+
+
+def ceil_div(a: float, b: float) -> int:
+    return math.ceil(a / b)
+
+
+def aggregated_tokens_per_s(dep: Deployment, isl: int, osl: int, batch: int) -> float:
+    """Output tokens/s of one replica doing both phases (continuous batching, prefill not overlapped).
+
+    Each finished request costs the replica one prefill of `isl` tokens plus its share (1/batch)
+    of `osl` decode steps at the mean context; throughput is `osl` over that time, times pp stages.
+    """
+    if batch < 1:
+        return 0.0
+    step_s = decode_step(dep, batch, mean_decode_context(isl, osl)).latency_s
+    per_request_s = prefill(dep, isl).latency_s + osl * step_s / batch
+    return osl * dep.pp / per_request_s

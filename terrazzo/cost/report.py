@@ -1,0 +1,90 @@
+"""What `terrazzo cost` prints: one replica's latencies, batch, throughput, memory and price per token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from terrazzo.catalog.load import Catalog
+from terrazzo.cost.candidates import deployment
+from terrazzo.cost.llm import decode_step, max_batch, mean_decode_context, memory_use, prefill
+from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
+
+
+@dataclass(frozen=True)
+class CostReport:
+    model: str
+    device: str
+    dtype: str
+    isl: int
+    osl: int
+    tp: int
+    pp: int
+    ttft_s: float
+    ttft_bound: str
+    tbt_b1_s: float
+    tbt_b1_bound: str
+    sla_ttft_s: float
+    sla_tbt_s: float
+    max_sla_batch: int
+    tbt_at_max_batch_s: float | None
+    bound_at_max_batch: str | None
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float
+    weights_gb_per_device: float
+    kv_gb_per_device: float
+    capacity_gb_per_device: float
+    replica_usd_h: float
+    usd_per_m_output_tokens: float
+    usd_per_m_input_tokens: float
+    meets_ttft: bool
+
+    def table(self) -> Table:
+        t = Table("quantity", "value", title=f"{self.model} {self.dtype} on {self.tp * self.pp}× {self.device} "
+                  f"(tp={self.tp}, pp={self.pp}), ISL {self.isl} / OSL {self.osl}")
+        ok = "meets" if self.meets_ttft else "MISSES"
+        t.add_row("TTFT (prefill, batch 1)", f"{self.ttft_s * 1e3:.2f} ms, {self.ttft_bound}-bound, "
+                  f"{ok} {self.sla_ttft_s * 1e3:g} ms")
+        t.add_row("TBT at batch 1", f"{self.tbt_b1_s * 1e3:.2f} ms, {self.tbt_b1_bound}-bound")
+        if self.max_sla_batch:
+            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms",
+                      f"{self.max_sla_batch} (TBT {self.tbt_at_max_batch_s * 1e3:.2f} ms, "  # type: ignore[operator]
+                      f"{self.bound_at_max_batch}-bound)")
+        else:
+            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none: limit unattainable or no memory")
+        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}")
+        t.add_row("prefill tokens/s per replica", f"{self.prefill_tokens_per_s:,.0f}")
+        t.add_row("memory per device", f"weights {self.weights_gb_per_device:.1f} GB + "
+                  f"KV {self.kv_gb_per_device:.1f} GB"
+                  f" of {self.capacity_gb_per_device:.1f} GB usable")
+        t.add_row("replica TCO", f"${self.replica_usd_h:.3f}/h")
+        t.add_row("$/M output tokens (decode)", f"${self.usd_per_m_output_tokens:.4f}")
+        t.add_row("$/M input tokens (prefill)", f"${self.usd_per_m_input_tokens:.4f}")
+        return t
+
+
+def cost_report(
+    catalog: Catalog, model: str, device: str, dtype: str, isl: int, osl: int, tp: int, pp: int,
+    ttft_s: float, tbt_s: float, tco: str,
+) -> CostReport:
+    dep = deployment(catalog, model, device, dtype, tp, pp)
+    ctx = mean_decode_context(isl, osl)
+    pre, step1 = prefill(dep, isl), decode_step(dep, 1, ctx)
+    b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
+    step_b = decode_step(dep, b, ctx) if b else None
+    decode_tps = b * pp / step_b.latency_s if step_b else 0.0
+    prefill_tps = isl * pp / pre.latency_s
+    mem = memory_use(dep, max(b, 1), isl + osl)
+    usd_h = device_usd_per_hour(catalog, dep.device.name, tco).usd_h * dep.devices
+    return CostReport(
+        model=dep.model.name, device=dep.device.name, dtype=dtype, isl=isl, osl=osl, tp=tp, pp=pp,
+        ttft_s=pre.latency_s, ttft_bound=pre.bound, tbt_b1_s=step1.latency_s, tbt_b1_bound=step1.bound,
+        sla_ttft_s=ttft_s, sla_tbt_s=tbt_s, max_sla_batch=b,
+        tbt_at_max_batch_s=step_b.latency_s if step_b else None, bound_at_max_batch=step_b.bound if step_b else None,
+        decode_tokens_per_s=decode_tps, prefill_tokens_per_s=prefill_tps,
+        weights_gb_per_device=mem.weights / 1e9, kv_gb_per_device=mem.kv_cache / 1e9,
+        capacity_gb_per_device=mem.capacity / 1e9, replica_usd_h=usd_h,
+        usd_per_m_output_tokens=usd_per_million_tokens(usd_h, decode_tps),
+        usd_per_m_input_tokens=usd_per_million_tokens(usd_h, prefill_tps), meets_ttft=pre.latency_s <= ttft_s,
+    )

@@ -1,0 +1,62 @@
+"""`make demo`: a short tour of terrazzo on embedded defaults, no input files needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.rule import Rule
+from rich.table import Table
+
+from terrazzo.catalog.load import load_catalog
+from terrazzo.cost.candidates import best, closest_miss, llm_candidates
+from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
+from terrazzo.plan.scenario import load_scenario
+from terrazzo.plan.select import enumerate_all, solve
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PAPER_DEVICES = ("a40", "a100-80gb-sxm", "gaudi3", "mi300x", "h100-sxm", "b200")
+PAPER_TCO = "paper-2507.19635"
+
+
+def run_demo(console: Console) -> None:
+    catalog = load_catalog()
+    console.print(Rule("1. The paper's devices at its TCO assumptions (4 years at 8 %, full TDP, $0.40/kWh)"))
+    table = Table("device", "price $", "capex $/h", "power $/h", "TCO $/h", "bf16 TFLOPS", "HBM GB/s")
+    for name in PAPER_DEVICES:
+        dev, hourly = catalog.device(name), device_usd_per_hour(catalog, name, PAPER_TCO)
+        table.add_row(name, f"{catalog.price_usd(name, PAPER_TCO):,.0f}", f"{hourly.capex_usd_h:.3f}",
+                      f"{hourly.power_usd_h:.3f}", f"{hourly.usd_h:.3f}", f"{dev.tflops('bf16'):g}",
+                      f"{dev.memory_bw_gbyte_s.value:g}")
+    console.print(table)
+
+    console.print(Rule("2. Llama 3 70B, ISL 4096 / OSL 512, TBT ≤ 20 ms: cheapest decode replica per device"))
+    table = Table("device", "dtype", "tp×pp", "SLA batch", "TBT ms", "decode tok/s", "$/h", "$/M out tok", "bound")
+    tco = catalog.tco_profile(PAPER_TCO)
+    for name in PAPER_DEVICES:
+        dtype = "fp8" if catalog.device(name).tflops("fp8") else "fp16"
+        cands = llm_candidates(catalog, "llama-3-70b", dtype, 4096, 512, [name], tco, tbt_s=0.02)
+        c = best(cands, "decode")
+        if c is None:
+            miss = closest_miss(cands, "decode")
+            table.add_row(name, dtype, "-", "-", f"{miss.latency_s * 1e3:.1f}" if miss else "-", "-", "-", "-",
+                          miss.reason if miss else "does not fit")
+            continue
+        table.add_row(name, dtype, f"{c.tp}×{c.pp}", str(c.batch), f"{c.latency_s * 1e3:.2f}",
+                      f"{c.tokens_per_s:,.0f}", f"{c.usd_h:.2f}",
+                      f"{usd_per_million_tokens(c.usd_h, c.tokens_per_s):.3f}",
+                      c.bound)
+    console.print(table)
+
+    console.print(Rule("3. The paper's worked example (Table 3), solved by the planner's selection MILP on HiGHS"))
+    scenario = load_scenario(EXAMPLES / "paper" / "table3.yaml")
+    problem = scenario.problem()
+    chosen = solve(problem)
+    table = Table("prefill", "decode", "latency ms", "cost $", "verdict")
+    for ev in enumerate_all(problem):
+        verdict = "[bold green]chosen[/]" if ev.choice == chosen.choice else ("feasible" if ev.feasible else ev.reason)
+        table.add_row(ev.choice["prefill"], ev.choice["decode"],
+                      f"{ev.latency_s * 1e3:.4g}" if ev.latency_s != float("inf") else "-",
+                      f"{ev.cost_usd:.4g}" if ev.cost_usd != float("inf") else "-", verdict)
+    console.print(table)
+    console.print("Next: `terrazzo cost MODEL --device D ...`, `terrazzo hw list`, `terrazzo models list`.")

@@ -1,0 +1,1 @@
+"""Figures and tables for humans: everything here reads results, nothing computes them."""

@@ -1,0 +1,367 @@
+"""The agent graph: typed nodes (paper §2.4, Table 1), edges carrying data, and expected visits.
+
+A graph may be cyclic, but every cycle must be closed by a `loop` node's edge to its body, and the
+loop's `bound` caps the repeats; that makes expected visits per request finite and the plan defined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from terrazzo.spec.distributions import Bytes, BytesDist, Dist, SecondsDist, TokensDist
+
+NodeId = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeBase(Strict):
+    id: NodeId
+    description: str | None = None
+    join: Literal["any", "all"] = Field(
+        default="any", description="'any': runs once per arriving input; 'all': waits for every input (parallel join)"
+    )
+
+
+class LlmNode(NodeBase):
+    """One LLM call; the IR splits it into prefill, KV transfer and decode."""
+
+    kind: Literal["llm"]
+    model: str
+    dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = "bf16"
+    input_tokens: TokensDist
+    output_tokens: TokensDist
+    serving: Literal["auto", "aggregated", "disaggregated"] = "auto"
+
+
+class ToolNode(NodeBase):
+    """An external call: `latency_s` is wall time waiting on it, `cpu_s` the host CPU it burns."""
+
+    kind: Literal["tool"]
+    protocol: Literal["http", "python"]
+    endpoint: str | None = Field(default=None, description="URL for http tools")
+    function: str | None = Field(default=None, description="'module:callable' for python tools")
+    latency_s: SecondsDist = Dist.fixed(0.0)
+    cpu_s: SecondsDist = Dist.fixed(0.001)
+    request_bytes: Bytes = 1024
+    response_bytes: Bytes = 4096
+
+    @model_validator(mode="after")
+    def _target(self) -> ToolNode:
+        if self.protocol == "http" and not self.endpoint:
+            raise ValueError("an http tool needs 'endpoint' (a URL)")
+        if self.protocol == "python" and not self.function:
+            raise ValueError("a python tool needs 'function' ('package.module:callable')")
+        return self
+
+
+class MemoryLoadNode(NodeBase):
+    kind: Literal["memory_load"]
+    store: str = "default"
+    data_bytes: BytesDist = Dist.fixed(4096)
+
+
+class MemoryStoreNode(NodeBase):
+    kind: Literal["memory_store"]
+    store: str = "default"
+    data_bytes: BytesDist = Dist.fixed(4096)
+
+
+class MemoryLookupNode(NodeBase):
+    """Vector search: embed the query, then approximate nearest neighbours over the index."""
+
+    kind: Literal["memory_lookup"]
+    index_vectors: int = Field(gt=0)
+    dimension: int = Field(gt=0, le=65536)
+    k: int = Field(default=5, gt=0)
+    index: Literal["flat", "ivf", "hnsw"] = "ivf"
+    embed_model: str = "all-minilm-l6-v2"
+    query_tokens: TokensDist = Dist.fixed(32)
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> MemoryLookupNode:
+        if self.k > self.index_vectors:
+            raise ValueError(f"k={self.k} is larger than the index ({self.index_vectors} vectors)")
+        return self
+
+
+class EmbedNode(NodeBase):
+    kind: Literal["embed"]
+    model: str = "all-minilm-l6-v2"
+    tokens: TokensDist
+
+
+class SttNode(NodeBase):
+    kind: Literal["stt"]
+    model: str = "whisper-large-v3"
+    audio_s: SecondsDist
+    output_tokens: TokensDist = Dist.fixed(64)
+
+
+class TtsNode(NodeBase):
+    """Text to speech; costed as CPU time per output second of audio unless a model is given."""
+
+    kind: Literal["tts"]
+    model: str | None = None
+    input_tokens: TokensDist
+    cpu_s_per_token: float = Field(default=0.002, ge=0)
+
+
+class ComputeNode(NodeBase):
+    kind: Literal["compute"]
+    function: str | None = None
+    cpu_s: SecondsDist
+
+
+class BranchNode(NodeBase):
+    """Exclusive choice: exactly one out-edge is taken, with the `probability` each edge states."""
+
+    kind: Literal["branch"]
+
+
+class LoopNode(NodeBase):
+    """Bounded repetition: each arrival sends the flow back along the edge to `body`, at most `bound`
+    times per entry; arrivals beyond the bound leave by the loop's other out-edges (or end there)."""
+
+    kind: Literal["loop"]
+    body: NodeId
+    bound: int = Field(ge=1, le=10_000)
+
+
+class SubagentNode(NodeBase):
+    """A node that is itself an agent: inline `graph`, or `agent` naming a YAML file (resolved on load)."""
+
+    kind: Literal["subagent"]
+    agent: str | None = None
+    graph: AgentGraph | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SubagentNode:
+        if (self.agent is None) == (self.graph is None):
+            raise ValueError("a subagent needs exactly one of 'agent' (a YAML path) or 'graph' (inline nodes/edges)")
+        return self
+
+
+Node = Annotated[
+    LlmNode | ToolNode | MemoryLoadNode | MemoryStoreNode | MemoryLookupNode | EmbedNode | SttNode
+    | TtsNode | ComputeNode | BranchNode | LoopNode | SubagentNode,
+    Field(discriminator="kind"),
+]
+NODE_KINDS = (
+    "llm", "tool", "memory_load", "memory_store", "memory_lookup", "embed", "stt", "tts", "compute",
+    "branch", "loop", "subagent",
+)
+
+
+class Edge(Strict):
+    """A data or control dependency; `probability` only on edges leaving a branch node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    src: NodeId = Field(alias="from")
+    dst: NodeId = Field(alias="to")
+    data_bytes: Bytes = 0.0
+    probability: float | None = Field(default=None, ge=0, le=1)
+    condition: str | None = None
+
+
+class GraphError(ValueError):
+    """Structural problem; `loc` says where in the spec (e.g. ('edges', 3, 'to'))."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...], fix: str) -> None:
+        super().__init__(message)
+        self.loc, self.fix = loc, fix
+
+
+class AgentGraph(Strict):
+    nodes: list[Node] = Field(min_length=1)
+    edges: list[Edge] = []
+
+    def node(self, node_id: str) -> Node:
+        return self.by_id()[node_id]
+
+    def by_id(self) -> dict[str, Node]:
+        return {n.id: n for n in self.nodes}
+
+    def successors(self, node_id: str) -> list[Edge]:
+        return [e for e in self.edges if e.src == node_id]
+
+    def check(self) -> None:
+        """Structural checks that need the whole graph; raises GraphError with the offending place."""
+        ids: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            if n.id in ids:
+                raise GraphError(f"node id '{n.id}' is used twice", ("nodes", i, "id"), "give each node a unique id")
+            ids[n.id] = i
+        for j, e in enumerate(self.edges):
+            for end, key in ((e.src, "from"), (e.dst, "to")):
+                if end not in ids:
+                    raise GraphError(f"edge {key} '{end}' names no node", ("edges", j, key),
+                                     f"use one of: {', '.join(sorted(ids))}")
+            src = self.nodes[ids[e.src]]
+            if e.probability is not None and src.kind != "branch":
+                raise GraphError(f"edge {e.src}->{e.dst} has a probability but '{e.src}' is a {src.kind} node",
+                                 ("edges", j, "probability"), "put probabilities only on edges leaving a branch node")
+        for i, n in enumerate(self.nodes):
+            out = self.successors(n.id)
+            if n.kind == "branch":
+                if len(out) < 2:
+                    raise GraphError(f"branch '{n.id}' has {len(out)} out-edge(s)", ("nodes", i),
+                                     "give a branch at least two out-edges, each with a probability")
+                if any(e.probability is None for e in out):
+                    raise GraphError(f"an edge leaving branch '{n.id}' has no probability", ("nodes", i),
+                                     "set 'probability' on every edge leaving the branch")
+                total = sum(e.probability or 0.0 for e in out)
+                if abs(total - 1.0) > 1e-6:
+                    raise GraphError(f"probabilities leaving branch '{n.id}' sum to {total:g}", ("nodes", i),
+                                     "make them sum to 1")
+            if n.kind == "loop":
+                if n.body not in ids:
+                    raise GraphError(f"loop '{n.id}' body '{n.body}' names no node", ("nodes", i, "body"),
+                                     f"use one of: {', '.join(sorted(ids))}")
+                if not any(e.dst == n.body for e in out):
+                    raise GraphError(f"loop '{n.id}' has no edge to its body '{n.body}'", ("nodes", i, "body"),
+                                     f"add an edge from: {n.id} to: {n.body}")
+            if isinstance(n, SubagentNode) and n.graph is not None:
+                try:
+                    n.graph.check()
+                except GraphError as exc:
+                    raise GraphError(str(exc), ("nodes", i, "graph", *exc.loc), exc.fix) from None
+        self.topo_order()
+
+    def repeat_edges(self) -> set[int]:
+        """Edges from a loop node to its body: the only edges allowed to close a cycle."""
+        loops = {n.id: n.body for n in self.nodes if isinstance(n, LoopNode)}
+        return {j for j, e in enumerate(self.edges) if loops.get(e.src) == e.dst}
+
+    def topo_order(self) -> list[str]:
+        """Nodes in dependency order with repeat edges removed; any remaining cycle is unbounded."""
+        skip = self.repeat_edges()
+        indeg = {n.id: 0 for n in self.nodes}
+        for j, e in enumerate(self.edges):
+            if j not in skip:
+                indeg[e.dst] += 1
+        ready = [n.id for n in self.nodes if indeg[n.id] == 0]
+        order: list[str] = []
+        while ready:
+            nid = ready.pop(0)
+            order.append(nid)
+            for j, e in enumerate(self.edges):
+                if e.src == nid and j not in skip:
+                    indeg[e.dst] -= 1
+                    if indeg[e.dst] == 0:
+                        ready.append(e.dst)
+        if len(order) < len(self.nodes):
+            stuck = [n.id for n in self.nodes if n.id not in order]
+            j = next(j for j, e in enumerate(self.edges) if j not in skip and e.src in stuck and e.dst in stuck)
+            raise GraphError(
+                f"cycle through {', '.join(stuck)} has no bound", ("edges", j),
+                "close the cycle through a 'loop' node (its edge to 'body' repeats, at most 'bound' times)",
+            )
+        return order
+
+    def _flow_matrix(self, repeat_share: dict[str, float], sinks: frozenset[str] = frozenset()) -> np.ndarray:
+        """M[dst, src]: visits of dst per visit of src; loops send `repeat_share` back to their body."""
+        index = {n.id: i for i, n in enumerate(self.nodes)}
+        nodes = self.by_id()
+        m = np.zeros((len(self.nodes), len(self.nodes)))
+        fan_in = dict.fromkeys(index, 0)
+        for e in self.edges:
+            fan_in[e.dst] += 1
+        for e in self.edges:
+            src = nodes[e.src]
+            if e.src in sinks:
+                continue
+            if isinstance(src, LoopNode):
+                share = repeat_share[e.src]
+                weight = share if e.dst == src.body else 1.0 - share
+            else:
+                weight = e.probability if src.kind == "branch" else 1.0
+            if nodes[e.dst].join == "all":
+                weight /= fan_in[e.dst]
+            m[index[e.dst], index[e.src]] += weight or 0.0
+        return m
+
+    def _return_ratio(self, loop: LoopNode, shares: dict[str, float], busy: frozenset[str]) -> float:
+        """Visits of `loop` caused by one pass down its body edge (the chance a pass comes back)."""
+        index = {n.id: i for i, n in enumerate(self.nodes)}
+        inner = {k: v for k, v in shares.items() if k not in busy}
+        m = self._flow_matrix({**inner, **dict.fromkeys(busy, 0.0)}, sinks=busy)
+        b = np.zeros(len(self.nodes))
+        b[index[loop.body]] = 1.0
+        v = np.linalg.solve(np.eye(len(self.nodes)) - m, b)
+        return float(min(max(v[index[loop.id]], 0.0), 1.0))
+
+    def repeat_shares(self) -> dict[str, float]:
+        """Per loop, the fraction of its arrivals that repeat: S/(1+qS), S = 1+q+…+q^(bound-1).
+
+        With return ratio q, an entry repeats the body up to `bound` times, so expected repeats per
+        first arrival are q^0+…+q^(bound-1) while arrivals are q^0+…+q^bound; both are linear in the
+        arrivals, which keeps expected visits a linear system even with the cap.
+        """
+        loops = [n for n in self.nodes if isinstance(n, LoopNode)]
+        shares = {n.id: 0.0 for n in loops}
+        for _ in range(2):  # nested loops: the second pass sees the inner loops' shares from the first
+            for loop in loops:
+                q = self._return_ratio(loop, shares, frozenset({loop.id}))
+                s = float(loop.bound) if q >= 1 else (1 - q**loop.bound) / (1 - q)
+                shares[loop.id] = s / (1 + q * s)
+        return shares
+
+    def visits(self, prefix: str = "", scale: float = 1.0) -> dict[str, float]:
+        """Expected executions per request of every leaf node (sub-agents flattened as 'sub/child').
+
+        Entry nodes run once; a branch passes each visit to one out-edge with its probability; other
+        nodes pass it to every out-edge; a node runs once per arriving input (`join: any`) or once per
+        set of inputs (`join: all`); loops repeat their body as `repeat_shares` says.
+        """
+        order = self.topo_order()
+        repeat = self.repeat_edges()
+        has_in = {e.dst for j, e in enumerate(self.edges) if j not in repeat}
+        m = self._flow_matrix(self.repeat_shares())
+        b = np.array([0.0 if n.id in has_in else 1.0 for n in self.nodes])
+        v = np.linalg.solve(np.eye(len(self.nodes)) - m, b)
+        expected = {n.id: max(float(x), 0.0) for n, x in zip(self.nodes, v, strict=True)}
+        nodes = self.by_id()
+        out: dict[str, float] = {}
+        for nid in order:
+            node = nodes[nid]
+            if isinstance(node, SubagentNode) and node.graph is not None:
+                out.update(node.graph.visits(f"{prefix}{nid}/", expected[nid] * scale))
+            else:
+                out[f"{prefix}{nid}"] = expected[nid] * scale
+        return out
+
+    def leaves(self, prefix: str = "") -> Iterator[tuple[str, Node]]:
+        """Every non-subagent node with its path, depth first."""
+        for n in self.nodes:
+            if isinstance(n, SubagentNode) and n.graph is not None:
+                yield from n.graph.leaves(f"{prefix}{n.id}/")
+            else:
+                yield f"{prefix}{n.id}", n
+
+
+class Agent(Strict):
+    """A named agent: the top-level document of an agent YAML file."""
+
+    name: NodeId
+    description: str | None = None
+    graph: AgentGraph
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: object) -> object:
+        """Allow `nodes:`/`edges:` at the top level of the file, next to `name:`."""
+        if isinstance(data, dict) and "graph" not in data and "nodes" in data:
+            data = dict(data)
+            data["graph"] = {k: data.pop(k) for k in ("nodes", "edges") if k in data}
+        return data
+
+
+SubagentNode.model_rebuild()

@@ -1,0 +1,21 @@
+"""The spec layer's one exception: where the problem is (file, line, field), what it is, and the fix."""
+
+from __future__ import annotations
+
+from terrazzo.errors import TerrazzoError
+
+
+class SpecError(TerrazzoError):
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None,
+        field: str | None = None, fix: str | None = None,
+    ) -> None:
+        self.message, self.file, self.line, self.field, self.fix = message, file, line, field, fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ":".join(str(p) for p in (self.file, self.line) if p is not None)
+        head = f"{where}: " if where else ""
+        field = f"{self.field}: " if self.field else ""
+        fix = f" Fix: {self.fix}" if self.fix else ""
+        return f"{head}{field}{self.message}.{fix}".replace("..", ".")
