@@ -158,6 +158,45 @@ def compile_cmd(
         print(text)
 
 
+@app.command("plan")
+def plan_cmd(
+    agent: Annotated[Path, typer.Argument(help="agent YAML")],
+    workload: Annotated[Path, typer.Option(help="workload YAML (arrival rate, token overrides)")],
+    sla: Annotated[Path, typer.Option(help="SLA YAML")],
+    cluster: Annotated[Path, typer.Option(help="cluster YAML (device types or inventory, TCO profile)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+    explain: Annotated[bool, typer.Option(help="show each op's runner-up and why it lost")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan JSON here")] = None,
+    figure: Annotated[Path | None, typer.Option(help="write a PNG of $/h per pool against the baselines")] = None,
+) -> None:
+    """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
+    from terrazzo.plan.planner import plan as make_plan
+    from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+
+    cluster_spec, cat = load_cluster(cluster)
+    agent_spec = load_agent(agent, cat)
+    result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
+                       explain=explain)
+    if output:
+        output.write_text(json.dumps(result.to_json(), indent=2))
+    if figure:
+        from terrazzo.report.figures import plan_figure
+
+        plan_figure(result, figure)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    console.print(result.table())
+    console.print(result.baseline_table())
+    if explain:
+        table = Table("op", "runner-up and why it lost", title="--explain")
+        for op, why in result.explain.items():
+            table.add_row(op, why)
+        console.print(table)
+    if output:
+        console.print(f"wrote {output}")
+
+
 @app.command()
 def reproduce(
     what: Annotated[str, typer.Argument(help="what to reproduce: 'paper' (arXiv 2507.19635 §5)")] = "paper",
@@ -165,7 +204,8 @@ def reproduce(
     catalog: CatalogOpt = None,
 ) -> None:
     """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
-    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, reproduce as run_reproduce, to_csv
+    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, to_csv
+    from terrazzo.plan.reproduce import reproduce as run_reproduce
     from terrazzo.report.figures import benefit_heatmaps
 
     if what != "paper":

@@ -15,7 +15,7 @@ _SCALES: dict[str, dict[str, float]] = {
         "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40,
     },
     "bits_per_s": {"bit/s": 1.0, "kbit/s": 1e3, "mbit/s": 1e6, "gbit/s": 1e9, "gb/s": 1e9, "gbps": 1e9, "tbit/s": 1e12},
-    "bytes_per_s": {"byte/s": 1.0, "mbyte/s": 1e6, "gbyte/s": 1e9, "gib/s": 2.0**30, "tbyte/s": 1e12},
+    "bytes_per_s": {"byte/s": 1.0, "kbyte/s": 1e3, "mbyte/s": 1e6, "gbyte/s": 1e9, "gib/s": 2.0**30, "tbyte/s": 1e12},
     "rate": {"/s": 1.0, "rps": 1.0, "/min": 1 / 60.0, "rpm": 1 / 60.0, "/h": 1 / 3600.0},
     "tokens": {"tok": 1.0, "tokens": 1.0, "k": 1e3, "ktok": 1e3},
 }
@@ -40,7 +40,7 @@ def parse_quantity(raw: object, dimension: str, field_unit: str) -> float:
         raise UnitError(f"cannot read {raw!r} as a quantity; write a number of {field_unit}, e.g. '12 {field_unit}'")
     number, unit = float(match.group(1)), (match.group(2) or field_unit).strip()
     scales = _SCALES[dimension]
-    key = unit.lower()
+    key = re.sub(r"(?<=[kKmMgGtT])B/s$", "byte/s", unit).lower()  # GB/s is bytes, Gb/s bits
     if key not in scales:
         other = next((d for d, s in _SCALES.items() if key in s), None)
         hint = f"{unit!r} is a unit of {other}" if other else f"unknown unit {unit!r}"

@@ -59,10 +59,17 @@ class Catalog:
                                                  f"write '{section}:' then 'name:' keys")))
             table: dict[str, Any] = getattr(self, section)
             for name, body in entries.items():
+                if not isinstance(body, dict | None):
+                    raise CatalogError(str(src.error("expected a mapping of fields", (section, name),
+                                                     "indent the entry's fields under its name")))
                 table[name] = _validate(src, schema, (section, name), {"name": name, **(body or {})})
                 self.origins[(section, name)] = src.file
                 defined.append(f"{section}.{name}")
-        for cls, ops in (src.data.get("efficiency") or {}).items():
+        efficiency = src.data.get("efficiency") or {}
+        if not isinstance(efficiency, dict) or not all(isinstance(v, dict | None) for v in efficiency.values()):
+            raise CatalogError(str(src.error("expected 'device class: op kind: factors'", ("efficiency",),
+                                             "see terrazzo/catalog/data/efficiency.yaml for the layout")))
+        for cls, ops in efficiency.items():
             for op, body in (ops or {}).items():
                 self.efficiency.setdefault(cls, {})[op] = _validate(src, Efficiency, ("efficiency", cls, op), body)
                 defined.append(f"efficiency.{cls}.{op}")

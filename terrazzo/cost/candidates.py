@@ -25,7 +25,7 @@ from terrazzo.cost.roofline import Estimate
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.spec.cluster import Fabric
 
-Phase = Literal["prefill", "decode"]
+Phase = Literal["prefill", "decode", "aggregated"]
 PREFILL_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_PP = 8
 
@@ -94,6 +94,7 @@ def llm_candidates(
                 continue
             out.extend(_prefill(dep, int(isl), ttft_s, usd_device_h * dep.devices))
             out.append(_decode(dep, isl, osl, tbt_s, usd_device_h * dep.devices))
+            out.append(_aggregated(dep, int(isl), osl, ttft_s, tbt_s, usd_device_h * dep.devices))
     return out
 
 
@@ -128,6 +129,40 @@ def _decode(dep: Deployment, isl: float, osl: float, tbt_s: float | None, usd_h:
     tokens = b * dep.pp / est.latency_s
     return Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, b, est.latency_s, tokens / osl, tokens,
                      memory_use(dep, b, isl + osl).total, usd_h, est.bound, True)
+
+
+def aggregated_tbt_s(dep: Deployment, isl: int, osl: float, batch: int) -> float:
+    """Mean time between tokens when one replica also runs the prefills: every decode step finishes
+    batch/osl requests on average, so it also absorbs the prefill of as many newcomers."""
+    return decode_step(dep, batch, mean_decode_context(isl, osl)).latency_s + prefill(dep, isl).latency_s * batch / osl
+
+
+def _aggregated(dep: Deployment, isl: int, osl: float, ttft_s: float | None, tbt_s: float | None,
+                usd_h: float) -> Candidate:
+    """Prefill and decode on the same replica (no KV transfer); prefills stretch the decode steps."""
+    pre = prefill(dep, isl)
+    limit = max_batch(dep, mean_decode_context(isl, osl), None, peak_context=isl + osl)
+    if limit == 0 or (ttft_s is not None and pre.latency_s > ttft_s):
+        mem = memory_use(dep, 1, isl + osl, prefill_tokens=isl)
+        reason = _why_not(pre, mem.fits, ttft_s, "TTFT", mem.total, mem.capacity) or "no memory for a batch"
+        return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, pre.latency_s, 0.0, 0.0,
+                         mem.total, usd_h, pre.bound, False, reason)
+    lo, hi = 1, limit
+    if tbt_s is not None:
+        if aggregated_tbt_s(dep, isl, osl, 1) > tbt_s:
+            tbt1 = aggregated_tbt_s(dep, isl, osl, 1)
+            return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, tbt1, 0.0, 0.0,
+                             memory_use(dep, 1, isl + osl).total, usd_h, "compute", False,
+                             f"TBT {tbt1 * 1e3:.1f} ms with prefills interleaved > {tbt_s * 1e3:.4g} ms limit")
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if aggregated_tbt_s(dep, isl, osl, mid) <= tbt_s else (lo, mid - 1)
+    b = lo
+    tbt = aggregated_tbt_s(dep, isl, osl, b)
+    tokens = b * dep.pp / tbt
+    step = decode_step(dep, b, mean_decode_context(isl, osl))
+    return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, b, tbt, tokens / osl, tokens,
+                     memory_use(dep, b, isl + osl).total, usd_h, step.bound, True)
 
 
 def _why_not(est: Estimate, fits: bool, limit_s: float | None, what: str, used: float, capacity: float) -> str:

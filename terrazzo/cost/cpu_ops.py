@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
+from terrazzo.cost.errors import CostError
 from terrazzo.cost.roofline import Estimate, Work, roofline
 
 IVF_PROBE_FRACTION = 16 / 1024  # nprobe/nlist, FAISS guidance for ~1M vectors: https://github.com/facebookresearch/faiss/wiki/Faster-search
@@ -16,7 +17,11 @@ HNSW_DISTANCES_PER_LEVEL = 32 * 16  # ef_search × M neighbours visited per leve
 
 
 def _peak_flops(device: Device, dtype: str) -> float:
-    return (device.tflops(dtype) or device.tflops("fp32") or 0.0) * 1e12
+    """Peak for `dtype`, else the device's 16-bit matrix peak (accelerators without fp32 math)."""
+    peak = device.tflops(dtype) or device.tflops("bf16") or device.tflops("fp32")
+    if not peak:
+        raise CostError(f"{device.name} lists no {dtype}, bf16 or fp32 peak")
+    return peak * 1e12
 
 
 def encoder_forward(model: ModelSpec, device: Device, eff: Efficiency, tokens: float, dtype: str = "fp32") -> Estimate:

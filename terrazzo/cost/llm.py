@@ -184,8 +184,11 @@ class MemoryUse:
 
 
 def memory_use(dep: Deployment, batch: int, context: float, prefill_tokens: int = 0) -> MemoryUse:
+    """Per-device memory with `batch` sequences per micro-batch at `context` tokens each."""
     m = dep.model
-    kv_total = batch * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    # `batch` sequences per micro-batch and pp micro-batches in flight, spread over tp·pp devices.
+    in_flight = batch * dep.pp
+    kv_total = in_flight * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
     working_tokens = max(batch, prefill_tokens)
     activations = working_tokens * (4 * m.hidden + 2 * (m.expert_ffn or m.ffn)) * ACTIVATION_BYTES / dep.tp
     activations += batch * m.vocab * 4  # fp32 logits of the last position

@@ -13,10 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import product
 
-import highspy
-import numpy as np
-
 from terrazzo.errors import TerrazzoError
+from terrazzo.plan.lp import Model
 
 
 class PlanInfeasible(TerrazzoError):
@@ -125,64 +123,30 @@ def _topo(problem: Problem) -> list[str]:
 
 def solve(problem: Problem, time_limit_s: float = 60.0) -> Evaluation:
     """Optimal assignment by MILP; raises PlanInfeasible naming the closest miss when there is none."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", time_limit_s)
-    h.setOptionValue("mip_rel_gap", 0.0)
-    inf = highspy.kHighsInf
-    x: dict[tuple[str, int], int] = {}
-    cost: list[float] = []
-    lower: list[float] = []
-    upper: list[float] = []
-    integrality: list[highspy.HighsVarType] = []
-
-    def var(c: float, lo: float, hi: float, integer: bool) -> int:
-        cost.append(c)
-        lower.append(lo)
-        upper.append(hi)
-        integrality.append(highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous)
-        return len(cost) - 1
-
+    m = Model()
+    x = {(s.name, k): m.var(o.cost_usd, 0, 1, integer=True) for s in problem.stages for k, o in enumerate(s.options)}
+    finish = {s.name: m.var() for s in problem.stages}
     for s in problem.stages:
-        for k, o in enumerate(s.options):
-            x[s.name, k] = var(o.cost_usd, 0, 1, True)
-    finish = {s.name: var(0.0, 0.0, inf, False) for s in problem.stages}
-    rows: list[tuple[dict[int, float], float, float]] = []
-    for s in problem.stages:  # exactly one option per stage
-        rows.append(({x[s.name, k]: 1.0 for k in range(len(s.options))}, 1.0, 1.0))
-    for s in problem.stages:  # a stage finishes no earlier than its own latency
-        row = {finish[s.name]: 1.0}
-        for k, o in enumerate(s.options):
-            row[x[s.name, k]] = -o.latency_s
-        rows.append((row, 0.0, inf))
+        m.row({x[s.name, k]: 1.0 for k in range(len(s.options))}, 1.0, 1.0)  # exactly one option
+        # a stage finishes no earlier than its own latency, and by the deadline
+        m.row({finish[s.name]: 1.0, **{x[s.name, k]: -o.latency_s for k, o in enumerate(s.options)}}, 0.0)
+        m.row({finish[s.name]: 1.0}, hi=problem.deadline_s)
     for e in problem.edges:
         src, dst = problem.stage(e.src), problem.stage(e.dst)
         row = {finish[e.dst]: 1.0, finish[e.src]: -1.0}
-        for k, o in enumerate(dst.options):
-            row[x[e.dst, k]] = row.get(x[e.dst, k], 0.0) - o.latency_s
+        row.update({x[e.dst, k]: -o.latency_s for k, o in enumerate(dst.options)})
         for (i, a), (j, b) in product(enumerate(src.options), enumerate(dst.options)):
             t = e.transfer(a.pool, b.pool)
             if t is None:  # route does not exist: the pair cannot be chosen together
-                rows.append(({x[e.src, i]: 1.0, x[e.dst, j]: 1.0}, -inf, 1.0))
+                m.row({x[e.src, i]: 1.0, x[e.dst, j]: 1.0}, hi=1.0)
             elif t.latency_s or t.cost_usd:
-                y = var(t.cost_usd, 0.0, 1.0, False)
-                rows.append(({y: 1.0, x[e.src, i]: -1.0, x[e.dst, j]: -1.0}, -1.0, inf))
+                y = m.var(t.cost_usd, 0.0, 1.0)  # y ≥ x_src + x_dst − 1: on when both ends are chosen
+                m.row({y: 1.0, x[e.src, i]: -1.0, x[e.dst, j]: -1.0}, lo=-1.0)
                 row[y] = -t.latency_s
-        rows.append((row, 0.0, inf))
-    for s in problem.stages:
-        rows.append(({finish[s.name]: 1.0}, -inf, problem.deadline_s))
-
-    h.addVars(len(cost), np.array(lower), np.array(upper))
-    h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), np.array(cost))
-    h.changeColsIntegrality(len(cost), np.arange(len(cost), dtype=np.int32), np.array(integrality))
-    for coeffs, lo, hi in rows:
-        idx = np.array(list(coeffs), dtype=np.int32)
-        h.addRow(lo, hi, len(idx), idx, np.array([coeffs[i] for i in idx]))
-    h.run()
-    status = h.getModelStatus()
-    if status != highspy.HighsModelStatus.kOptimal:
-        raise PlanInfeasible(_explain(problem, h.modelStatusToString(status)))
-    values = h.getSolution().col_value
+        m.row(row, lo=0.0)
+    status, values, _ = m.solve(time_limit_s)
+    if status != "Optimal":
+        raise PlanInfeasible(_explain(problem, status))
     choice = {
         s.name: s.options[max(range(len(s.options)), key=lambda k, n=s.name: values[x[n, k]])].pool
         for s in problem.stages

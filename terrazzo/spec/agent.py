@@ -138,7 +138,7 @@ class SubagentNode(NodeBase):
     """A node that is itself an agent: inline `graph`, or `agent` naming a YAML file (resolved on load)."""
 
     kind: Literal["subagent"]
-    agent: str | None = None
+    agent: str | None = Field(default=None, pattern=r"^[^\x00]+$")
     graph: AgentGraph | None = None
 
     @model_validator(mode="after")
@@ -271,10 +271,12 @@ class AgentGraph(Strict):
         index = {n.id: i for i, n in enumerate(self.nodes)}
         nodes = self.by_id()
         m = np.zeros((len(self.nodes), len(self.nodes)))
+        repeat = self.repeat_edges()
         fan_in = dict.fromkeys(index, 0)
-        for e in self.edges:
-            fan_in[e.dst] += 1
-        for e in self.edges:
+        for j, e in enumerate(self.edges):
+            if j not in repeat:
+                fan_in[e.dst] += 1
+        for j, e in enumerate(self.edges):
             src = nodes[e.src]
             if e.src in sinks:
                 continue
@@ -283,7 +285,7 @@ class AgentGraph(Strict):
                 weight = share if e.dst == src.body else 1.0 - share
             else:
                 weight = e.probability if src.kind == "branch" else 1.0
-            if nodes[e.dst].join == "all":
+            if nodes[e.dst].join == "all" and j not in repeat:
                 weight /= fan_in[e.dst]
             m[index[e.dst], index[e.src]] += weight or 0.0
         return m
@@ -293,6 +295,7 @@ class AgentGraph(Strict):
         index = {n.id: i for i, n in enumerate(self.nodes)}
         inner = {k: v for k, v in shares.items() if k not in busy}
         m = self._flow_matrix({**inner, **dict.fromkeys(busy, 0.0)}, sinks=busy)
+        m[index[loop.body], :] = 0.0  # flow back into the body (through an outer loop) ends this pass
         b = np.zeros(len(self.nodes))
         b[index[loop.body]] = 1.0
         v = np.linalg.solve(np.eye(len(self.nodes)) - m, b)

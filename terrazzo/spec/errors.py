@@ -18,4 +18,4 @@ class SpecError(TerrazzoError):
         head = f"{where}: " if where else ""
         field = f"{self.field}: " if self.field else ""
         fix = f" Fix: {self.fix}" if self.fix else ""
-        return f"{head}{field}{self.message}.{fix}".replace("..", ".")
+        return f"{head}{field}{self.message.rstrip('.')}.{fix}"

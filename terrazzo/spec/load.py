@@ -37,7 +37,8 @@ def validate(src: YamlSource, schema: type[M], data: Any = None, base: Loc = ())
 
 
 def _to_spec_error(src: YamlSource, exc: ValidationError, base: Loc) -> SpecError:
-    err = exc.errors(include_url=False)[0]
+    errs = exc.errors(include_url=False)
+    err = next((e for e in errs if e["type"] == "extra_forbidden"), errs[0])  # a typo explains a "missing"
     raw = err["loc"]
     loc = (*base, *(p for i, p in enumerate(raw) if not (p in NODE_KINDS and i and isinstance(raw[i - 1], int))))
     if loc[:1] == ("graph",) and "graph" not in src.data:
@@ -48,14 +49,14 @@ def _to_spec_error(src: YamlSource, exc: ValidationError, base: Loc) -> SpecErro
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown node kind {err['input'].get('kind')!r}; kinds are {', '.join(NODE_KINDS)}"
         loc = (*loc, "kind")
-    return src.error(msg, loc, _FIXES.get(err["type"]))
+    return src.error(msg, loc, _FIXES.get(err["type"], "change the value as the message says"))
 
 
 def _catalog_name(src: YamlSource, loc: Loc, lookup: Any, name: str) -> None:
     try:
         lookup(name)
     except CatalogError as exc:
-        message = str(exc).split(". Known:")[0]
+        message = str(exc).split(" Known:")[0].strip()
         raise src.error(message, loc, "use a catalog name (terrazzo hw list / models list)") from None
 
 
@@ -82,7 +83,8 @@ def _check_graph(src: YamlSource, graph: AgentGraph, catalog: Catalog, base: Loc
                 inner = load_agent(path, catalog, _seen=(*seen, path)).graph
                 nodes[i] = node.model_copy(update={"graph": inner, "agent": None})
             else:
-                _check_graph(src, node.graph, catalog, (*loc, "graph"), seen)  # type: ignore[arg-type]
+                inner = _check_graph(src, node.graph, catalog, (*loc, "graph"), seen)  # type: ignore[arg-type]
+                nodes[i] = node.model_copy(update={"graph": inner})
     return graph.model_copy(update={"nodes": nodes}) if nodes != list(graph.nodes) else graph
 
 
@@ -150,5 +152,6 @@ def load_cluster(path: str | Path) -> tuple[Cluster, Catalog]:
         try:
             catalog.price_usd(catalog.device(cluster.device_types[0]).name, cluster.price_profile)
         except CatalogError as exc:
-            raise src.error(str(exc).split(". Known:")[0], ("price_profile",), "use a known price profile") from None
+            message = str(exc).split(" Known:")[0].strip()
+            raise src.error(message, ("price_profile",), "use a known price profile") from None
     return cluster, catalog

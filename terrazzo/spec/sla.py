@@ -31,7 +31,9 @@ class Sla(Strict):
     end_to_end: EndToEnd | None = None
     llm_default: LlmLimits = LlmLimits()
     llm: dict[str, LlmLimits] = Field(default_factory=dict, description="per LLM node id")
-    penalty_usd_per_s: float = Field(default=math.inf, gt=0, description="soft-SLA slack penalty; inf is hard")
+    penalty_usd_h_per_s: float = Field(
+        default=math.inf, gt=0, description="soft SLA: $/h added per second of end-to-end slack; inf is hard"
+    )
     utilisation_cap: float = Field(default=0.8, gt=0, le=1, description="largest planned load per replica")
 
     @model_validator(mode="after")

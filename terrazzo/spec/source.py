@@ -59,6 +59,9 @@ def parse_yaml(text: str, file: str = "<string>") -> YamlSource:
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", file=file, fix="check the file's syntax") from None
+    except RecursionError:
+        raise SpecError("YAML nests too deeply or refers to itself", file=file,
+                        fix="remove self-referencing anchors (&a ... *a) and flatten the nesting") from None
     if not isinstance(data, dict):
         raise SpecError(
             f"expected a mapping at the top level, got {type(data).__name__}", file=file, line=1,
@@ -66,7 +69,10 @@ def parse_yaml(text: str, file: str = "<string>") -> YamlSource:
         )
     lines: dict[Loc, int] = {}
     if node is not None:
-        _index(node, (), lines)
+        try:
+            _index(node, (), lines)
+        except RecursionError:
+            raise SpecError("YAML nests too deeply", file=file, fix="flatten the nesting") from None
     return YamlSource(file=file, data=data, lines=lines)
 
 
@@ -76,6 +82,6 @@ def read_yaml(path: str | Path) -> YamlSource:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("file not found", file=str(path), fix="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise SpecError(f"cannot read file: {exc}", file=str(path), fix="pass a readable UTF-8 YAML file") from None
     return parse_yaml(text, str(path))

@@ -1,0 +1,129 @@
+"""An assignment of candidates and replicas, judged from the definitions alone — never the solver's word.
+
+The MILP's answer passes through `check` before anyone sees it, and the brute-force tests use the
+same function, so solver and enumeration are held to one yardstick.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from terrazzo.plan.graph import OpCandidate, PlanningGraph
+
+TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Active ops only: op name → (candidate index, replicas)."""
+
+    chosen: dict[str, tuple[int, int]]
+
+    def candidate(self, graph: PlanningGraph, op: str) -> OpCandidate:
+        return graph.op(op).candidates[self.chosen[op][0]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    usd_h: float
+    e2e_latency_s: float
+    finish_s: dict[str, float]
+    violations: tuple[str, ...]
+    slack_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def min_replicas(graph: PlanningGraph, op: str, cand: OpCandidate) -> int:
+    """Replicas that carry the op's demand within the utilisation cap (at least one)."""
+    demand = graph.rate_per_s * graph.op(op).visits
+    if demand <= 0 or math.isinf(cand.rate_per_s):
+        return 1
+    return max(1, math.ceil(demand / (cand.rate_per_s * graph.utilisation_cap) - TOLERANCE))
+
+
+def devices_used(graph: PlanningGraph, a: Assignment) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for op, (_, n) in a.chosen.items():
+        c = a.candidate(graph, op)
+        used[c.device] = used.get(c.device, 0) + c.devices * n
+    return used
+
+
+def fleet_usd_h(graph: PlanningGraph, used: dict[str, int]) -> float:
+    """$/h of a fleet; in own-and-buy mode owned devices cost only power, bought ones their full TCO."""
+    total = 0.0
+    for device, n in used.items():
+        cost = graph.device_costs[device]
+        if graph.mode == "own-and-buy":
+            owned = min(n, graph.inventory.get(device, 0))
+            total += owned * (cost.power_usd_h + cost.host_usd_h) + (n - owned) * cost.usd_h
+        else:
+            total += n * cost.usd_h
+    return total
+
+
+def check(graph: PlanningGraph, a: Assignment) -> Verdict:
+    problems: list[str] = []
+    active = set(a.chosen)
+    for group in graph.groups:
+        on = [v for v, ops in group.variants.items() if ops and all(o in active for o in ops)]
+        partial = [v for v, ops in group.variants.items() if any(o in active for o in ops) and v not in on]
+        if len(on) != 1 or partial:
+            problems.append(f"{group.node}: exactly one serving variant must be fully placed (got {on or partial})")
+    grouped = {o for g in graph.groups for ops in g.variants.values() for o in ops}
+    for op in graph.ops:
+        if op.name not in grouped and op.name not in active:
+            problems.append(f"{op.name}: not placed")
+    for name, (k, n) in a.chosen.items():
+        c = graph.op(name).candidates[k]
+        if not c.feasible:
+            problems.append(f"{name}: candidate {c.label} is infeasible ({c.reason})")
+        if c.device not in graph.cluster_devices:
+            problems.append(f"{name}: {c.device} is not in the cluster")
+        need = min_replicas(graph, name, c)
+        if n < need:
+            problems.append(f"{name}: {n} replicas of {c.label} carry less than the demand (needs {need})")
+    used = devices_used(graph, a)
+    if graph.mode != "unconstrained":
+        for device, n in used.items():
+            cap = graph.inventory.get(device, 0)
+            if n > cap and not (graph.mode == "own-and-buy" and device in graph.buy):
+                problems.append(f"{device}: {n} devices used, inventory has {cap}")
+    finish = _finish_times(graph, a)
+    e2e = max(finish.values(), default=0.0)
+    slack = 0.0
+    if graph.deadline_s is not None and e2e > graph.deadline_s * (1 + TOLERANCE) + TOLERANCE:
+        slack = e2e - graph.deadline_s
+        if math.isinf(graph.penalty_usd_h_per_s):
+            problems.append(f"end-to-end {e2e * 1e3:.1f} ms exceeds the {graph.deadline_s * 1e3:.4g} ms SLA")
+    penalty = 0.0 if math.isinf(graph.penalty_usd_h_per_s) else graph.penalty_usd_h_per_s * slack
+    return Verdict(fleet_usd_h(graph, used) + penalty, e2e, finish, tuple(problems), slack)
+
+
+def _finish_times(graph: PlanningGraph, a: Assignment) -> dict[str, float]:
+    """Longest path with per-visit latencies scaled by expected visits, transfers included."""
+    preds: dict[str, list] = {}
+    for e in graph.edges:
+        if e.src in a.chosen and e.dst in a.chosen:
+            preds.setdefault(e.dst, []).append(e)
+    finish: dict[str, float] = {}
+
+    def visit(name: str) -> float:
+        if name in finish:
+            return finish[name]
+        finish[name] = 0.0  # guards against malformed cycles
+        op, c = graph.op(name), a.candidate(graph, name)
+        start = 0.0
+        for e in preds.get(name, []):
+            t = graph.transfer_s(e, a.candidate(graph, e.src).device, c.device)
+            start = max(start, visit(e.src) + op.visits * t)
+        finish[name] = start + op.visits * c.latency_s
+        return finish[name]
+
+    for name in a.chosen:
+        visit(name)
+    return finish

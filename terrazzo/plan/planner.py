@@ -1,0 +1,324 @@
+"""From specs to a checked plan: solve the MILP, re-check it independently, price the baselines on the
+same inputs, and explain infeasibility or the runner-up of each op."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.table import Table
+
+from terrazzo.catalog.load import Catalog
+from terrazzo.plan.check import Assignment, check, min_replicas
+from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph, build
+from terrazzo.plan.milp import Allow, solve_milp
+from terrazzo.plan.select import PlanInfeasible
+from terrazzo.spec.agent import Agent
+from terrazzo.spec.cluster import Cluster
+from terrazzo.spec.sla import Sla
+from terrazzo.spec.workload import Workload
+
+PLAN_SCHEMA = "terrazzo.plan/v1"
+PLACEMENT_SCHEMA = "terrazzo.placement/v1"
+
+
+@dataclass(frozen=True)
+class PlacedOp:
+    name: str
+    kind: str
+    node: str
+    candidate: OpCandidate
+    replicas: int
+    visits: float
+    finish_s: float
+
+    @property
+    def pool(self) -> str:
+        c = self.candidate
+        return f"{c.device}-tp{c.tp}-pp{c.pp}"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    usd_h: float
+    e2e_latency_s: float
+    feasible: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    agent: str
+    rate_per_s: float
+    deadline_s: float | None
+    ops: tuple[PlacedOp, ...]
+    usd_h: float
+    e2e_latency_s: float
+    output_tokens_per_s: float
+    baselines: tuple[Baseline, ...]
+    solver_status: str
+    explain: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usd_per_request(self) -> float:
+        return self.usd_h / 3600 / self.rate_per_s if self.rate_per_s else math.inf
+
+    @property
+    def usd_per_m_tokens(self) -> float:
+        return self.usd_h / 3600 / self.output_tokens_per_s * 1e6 if self.output_tokens_per_s else math.inf
+
+    def ratio(self, baseline: Baseline) -> float:
+        return baseline.usd_h / self.usd_h if baseline.feasible and self.usd_h else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": PLAN_SCHEMA,
+            "agent": self.agent,
+            "rate_per_s": self.rate_per_s,
+            "deadline_s": self.deadline_s,
+            "solver_status": self.solver_status,
+            "tco_usd_h": self.usd_h,
+            "usd_per_request": self.usd_per_request,
+            "usd_per_m_output_tokens": self.usd_per_m_tokens,
+            "e2e_latency_s": self.e2e_latency_s,
+            "ops": [
+                {"name": p.name, "kind": p.kind, "node": p.node, "device": p.candidate.device, "tp": p.candidate.tp,
+                 "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
+                 "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
+                 "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": p.replicas * p.candidate.usd_h,
+                 "detail": p.candidate.detail}
+                for p in self.ops
+            ],
+            "baselines": [
+                {"name": b.name, "tco_usd_h": b.usd_h if b.feasible else None, "e2e_latency_s": b.e2e_latency_s,
+                 "feasible": b.feasible, "reason": b.reason,
+                 "ratio": self.ratio(b) if b.feasible else None}
+                for b in self.baselines
+            ],
+            "placement": placement_json(self),
+            "explain": self.explain,
+        }
+
+    def table(self) -> Table:
+        t = Table("op", "device", "tp×pp", "batch", "replicas", "visits", "latency ms", "$/h",
+                  title=f"plan for {self.agent} at {self.rate_per_s:g} req/s")
+        for p in self.ops:
+            c = p.candidate
+            t.add_row(p.name, c.device, f"{c.tp}×{c.pp}", str(c.batch), str(p.replicas), f"{p.visits:.3g}",
+                      f"{c.latency_s * 1e3:.2f}", f"{p.replicas * c.usd_h:.2f}")
+        sla = f" (SLA {self.deadline_s * 1e3:g} ms)" if self.deadline_s else ""
+        t.caption = (f"E2E {self.e2e_latency_s * 1e3:.1f} ms{sla} · TCO ${self.usd_h:.2f}/h · "
+                     f"${self.usd_per_request * 1e3:.4f} per 1k requests · "
+                     f"${self.usd_per_m_tokens:.3f}/M output tokens")
+        return t
+
+    def baseline_table(self) -> Table:
+        t = Table("baseline", "TCO $/h", "E2E ms", "cost ratio (baseline ÷ plan)", title="same inputs, baselines")
+        for b in self.baselines:
+            if b.feasible:
+                t.add_row(b.name, f"{b.usd_h:.2f}", f"{b.e2e_latency_s * 1e3:.1f}", f"{self.ratio(b):.2f}×")
+            else:
+                t.add_row(b.name, "-", "-", f"infeasible: {b.reason}")
+        return t
+
+
+def placement_json(plan: Plan) -> dict[str, Any]:
+    """What the IR's apply-plan pass reads: one placement per granular op."""
+    return {
+        "schema": PLACEMENT_SCHEMA,
+        "placements": {
+            p.name: {"device": p.candidate.device, "tp": p.candidate.tp, "pp": p.candidate.pp,
+                     "batch": p.candidate.batch, "replicas": p.replicas, "pool": p.pool}
+            for p in plan.ops
+        },
+    }
+
+
+def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
+         explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+    graph = build(agent, workload, sla, cluster, catalog)
+    return plan_graph(graph, agent.name, explain, time_limit_s)
+
+
+def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+    sol = solve_milp(graph, time_limit_s=time_limit_s)
+    if sol.assignment is None:
+        raise PlanInfeasible(explain_infeasible(graph))
+    verdict = check(graph, sol.assignment)
+    if not verdict.ok:  # the solver's word is not enough: never hand out a plan that fails the check
+        raise PlanInfeasible("the solver's plan fails the independent check: " + "; ".join(verdict.violations))
+    return Plan(
+        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), verdict.usd_h,
+        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), tuple(baselines(graph)), sol.status,
+        runner_ups(graph, sol.assignment) if explain else {},
+    )
+
+
+def _placed(graph: PlanningGraph, a: Assignment, finish: dict[str, float]) -> tuple[PlacedOp, ...]:
+    return tuple(
+        PlacedOp(o.name, o.kind, o.node, o.candidates[a.chosen[o.name][0]], a.chosen[o.name][1], o.visits,
+                 finish.get(o.name, 0.0))
+        for o in graph.ops if o.name in a.chosen
+    )
+
+
+def _output_tokens_per_s(graph: PlanningGraph, a: Assignment) -> float:
+    return sum(graph.rate_per_s * o.visits * o.output_tokens for o in graph.ops
+               if o.name in a.chosen and o.kind in ("llm.decode", "llm.aggregated"))
+
+
+def _is_llm(op: str, graph: PlanningGraph) -> bool:
+    return graph.op(op).kind.startswith("llm.")
+
+
+def baselines(graph: PlanningGraph) -> list[Baseline]:
+    """Best homogeneous aggregated, best homogeneous disaggregated, and H100::H100 — the LLM ops
+    restricted, everything else free — on the same planning graph."""
+    accelerators = sorted({c.device for o in graph.ops if _is_llm(o.name, graph) for c in o.candidates})
+    llm_nodes = {g.node for g in graph.groups}
+    out = []
+    for label, variant in (("homogeneous aggregated", "aggregated"), ("homogeneous disaggregated", "disaggregated")):
+        best: Baseline | None = None
+        for d in accelerators:
+            if d not in graph.cluster_devices:
+                continue
+            res = _restricted(graph, f"{label} ({d})", lambda op, c, d=d: not _is_llm(op, graph) or c.device == d,
+                              dict.fromkeys(llm_nodes, variant))
+            if res.feasible and (best is None or res.usd_h < best.usd_h):
+                best = res
+        out.append(best or Baseline(f"best {label}", math.inf, math.inf, False, "no single device type is feasible"))
+    ref = graph if REFERENCE_DEVICE in graph.cluster_devices else _with_device(graph, REFERENCE_DEVICE)
+    out.append(_restricted(ref, "H100::H100 (paper's reference)",
+                           lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
+                           dict.fromkeys(llm_nodes, "disaggregated")))
+    return out
+
+
+def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
+    from dataclasses import replace
+
+    return replace(graph, cluster_devices=(*graph.cluster_devices, device))
+
+
+def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str]) -> Baseline:
+    sol = solve_milp(graph, allow, variants)
+    if sol.assignment is None:
+        return Baseline(name, math.inf, math.inf, False, f"solver: {sol.status}")
+    v = check(graph, sol.assignment)
+    return Baseline(name, v.usd_h, v.e2e_latency_s, v.ok, "; ".join(v.violations))
+
+
+def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
+    """Per op: the best candidate on another device type with everything else fixed, and why it lost."""
+    base = check(graph, a)
+    out = {}
+    for name, (k, _) in a.chosen.items():
+        op = graph.op(name)
+        current = op.candidates[k]
+        best: tuple[float, str] | None = None
+        for j, c in enumerate(op.candidates):
+            if c.device == current.device or c.device not in graph.cluster_devices:
+                continue
+            if not c.feasible:
+                why = c.reason
+                score = math.inf
+            else:
+                trial = Assignment({**a.chosen, name: (j, min_replicas(graph, name, c))})
+                v = check(graph, trial)
+                score = v.usd_h
+                why = (f"+${v.usd_h - base.usd_h:.2f}/h" if v.ok
+                       else "; ".join(x for x in v.violations if name in x or "end-to-end" in x))
+            if best is None or score < best[0]:
+                best = (score, f"{c.label}: {why}")
+        out[name] = best[1] if best else "no alternative device type"
+    return out
+
+
+def explain_infeasible(graph: PlanningGraph) -> str:
+    """Which constraint binds and by how much, op by op, then inventory, then the end-to-end SLA."""
+    lines = []
+    for o in graph.ops:
+        in_cluster = [c for c in o.candidates if c.device in graph.cluster_devices]
+        if any(c.feasible for c in in_cluster):
+            continue
+        if o.name in {op for g in graph.groups for ops in g.variants.values() for op in ops}:
+            group = next(g for g in graph.groups if any(o.name in ops for ops in g.variants.values()))
+            others = [op for v, ops in group.variants.items() for op in ops if o.name not in ops]
+            if others and all(any(c.feasible and c.device in graph.cluster_devices
+                                  for c in graph.op(x).candidates) for x in others):
+                continue  # the other serving variant can still do it
+        lines.append(_closest(o, in_cluster))
+    if lines:
+        return "; ".join(lines)
+    if graph.mode == "inventory":
+        from dataclasses import replace
+
+        free = solve_milp(replace(graph, mode="unconstrained"))
+        if free.assignment is not None:
+            from terrazzo.plan.check import devices_used
+
+            need = devices_used(graph, free.assignment)
+            short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)}" for d, n in need.items()
+                     if n > graph.inventory.get(d, 0)]
+            return "inventory binds: the cheapest plan without it uses " + ", ".join(short)
+    if graph.deadline_s is not None:
+        from dataclasses import replace
+
+        relaxed = solve_milp(replace(graph, deadline_s=None))
+        if relaxed.assignment is not None:
+            fastest = _fastest_e2e(graph)
+            return (f"end-to-end SLA {graph.deadline_s * 1e3:g} ms unattainable: the fastest placement takes "
+                    f"{fastest * 1e3:.1f} ms ({(fastest - graph.deadline_s) * 1e3:.1f} ms over)")
+    return "no feasible plan (the demand cannot be placed on the cluster's device types)"
+
+
+def _closest(o: Any, cands: list[OpCandidate]) -> str:
+    """Per device type, the fastest configuration that fits and the limit it misses."""
+    if not cands:
+        return f"{o.name}: no device in the cluster can run a {o.kind} op (add a CPU or accelerator type)"
+    what = {"llm.prefill": "TTFT", "llm.decode": "TBT", "llm.aggregated": "TBT"}.get(o.kind, "latency")
+    subject = f"{o.model} {o.dtype}" if o.model else o.name
+    parts = []
+    for device in dict.fromkeys(c.device for c in cands):
+        mine = [c for c in cands if c.device == device]
+        fits = [c for c in mine if "GB per device" not in c.reason and math.isfinite(c.latency_s)]
+        if not fits:
+            parts.append(f"on {device}: does not fit in memory ({mine[0].reason})")
+            continue
+        best = min(fits, key=lambda c: c.latency_s)
+        miss = re.match(r"(TTFT|TBT) ([\d.]+) ms.*> ([\d.]+) ms", best.reason)
+        if miss:
+            parts.append(f"{miss.group(1)} {miss.group(3)} ms unattainable for {subject} on {device}: "
+                         f"best {miss.group(2)} ms at TP={best.tp} PP={best.pp}")
+        else:
+            parts.append(f"{what} unattainable for {subject} on {device}: {best.reason or 'no capacity'}")
+    return f"{o.name}: " + "; ".join(parts)
+
+
+def _fastest_e2e(graph: PlanningGraph) -> float:
+    """Critical path with every op on its fastest feasible candidate (a lower bound on E2E)."""
+    from dataclasses import replace
+
+    fast: dict[str, tuple[int, int]] = {}
+    for o in graph.ops:
+        ok = [(c.latency_s, k) for k, c in enumerate(o.candidates) if c.feasible and c.device in graph.cluster_devices]
+        if ok:
+            fast[o.name] = (min(ok)[1], 1)
+    loose = replace(graph, deadline_s=None)
+    best = math.inf
+    for g_choice in _variant_choices(graph):
+        chosen = {k: v for k, v in fast.items() if k not in g_choice}
+        best = min(best, check(loose, Assignment(chosen)).e2e_latency_s)
+    return best
+
+
+def _variant_choices(graph: PlanningGraph) -> list[set[str]]:
+    """Sets of ops to leave out, one per combination of serving variants (few nodes, few variants)."""
+    combos: list[set[str]] = [set()]
+    for g in graph.groups:
+        combos = [c | {op for v2, ops in g.variants.items() if v2 != v for op in ops}
+                  for c in combos for v in g.variants]
+    return combos[:256]
