@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -177,6 +177,8 @@ def plan_cmd(
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
                        explain=explain)
+    inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
+    result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2))
     if figure:

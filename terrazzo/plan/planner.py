@@ -61,6 +61,7 @@ class Plan:
     baselines: tuple[Baseline, ...]
     solver_status: str
     explain: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def usd_per_request(self) -> float:
@@ -77,6 +78,7 @@ class Plan:
         return {
             "schema": PLAN_SCHEMA,
             "agent": self.agent,
+            "inputs": self.inputs,
             "rate_per_s": self.rate_per_s,
             "deadline_s": self.deadline_s,
             "solver_status": self.solver_status,
