@@ -143,19 +143,21 @@ def compile_cmd(
     emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned")] = "granular",
     pipeline: Annotated[str | None, typer.Option(help="comma-separated passes to run instead")] = None,
     cluster: Annotated[Path | None, typer.Option(help="cluster YAML for estimate-cost")] = None,
-    plan: Annotated[Path | None, typer.Option(help="placement JSON for apply-plan")] = None,
+    sla: Annotated[Path | None, typer.Option(help="SLA YAML: TTFT/TBT limits for estimate-cost")] = None,
+    plan: Annotated[Path | None, typer.Option(help="plan or placement JSON for apply-plan")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
 ) -> None:
     """Lower an agent through terrazzo's IR and print MLIR text."""
     from terrazzo.ir.driver import compile_path
 
     text = compile_path(str(path), emit=emit, pipeline=pipeline.split(",") if pipeline else None,
-                        cluster=str(cluster) if cluster else None, plan=str(plan) if plan else None)
+                        cluster=str(cluster) if cluster else None, plan=str(plan) if plan else None,
+                        sla=str(sla) if sla else None)
     if output:
         output.write_text(text)
         console.print(f"wrote {output}")
     else:
-        print(text)
+        print(text, end="")
 
 
 @app.command("plan")

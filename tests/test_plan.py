@@ -141,7 +141,7 @@ def test_voice_agent_plan_passes_the_check_and_beats_h100_baseline():
     sla = load_sla(ROOT / "examples" / "slas" / "interactive.yaml", agent)
     result = plan(agent, workload, sla, cluster, cat, explain=True)
     ops = {p.name for p in result.ops}
-    assert {"asr", "search", "speak"} <= ops
+    assert {"asr", "search.lookup", "search.compute", "speak"} <= ops
     assert ("think.aggregated" in ops) != ({"think.prefill", "think.decode"} <= ops)
     assert result.e2e_latency_s <= sla.end_to_end.latency_s
     ref = next(b for b in result.baselines if b.name.startswith("H100::H100"))

@@ -1,17 +1,19 @@
 """The TCO placement MILP (paper §3.1, made exact and integral), solved by HiGHS.
 
-Variables: x[o,c] ∈ {0,1} picks candidate c for op o; n[o,c] ∈ ℤ≥0 its replicas; z[g,v] ∈ {0,1} a
-serving variant (aggregated or disaggregated) per LLM node; f[o] ≥ 0 finish times; t[e] ≥ 0 the
-transfer time of edge e; s ≥ 0 end-to-end slack.
+Variables: x[o,c] ∈ {0,1} picks candidate c for op o; z[g,v] ∈ {0,1} a serving variant (aggregated
+or disaggregated) per LLM node; f[o] ≥ 0 finish times; t[e] ≥ 0 the transfer time of edge e; s ≥ 0
+end-to-end slack. A chosen candidate runs n(o,c) = ⌈demand(o) / (u·rate(c))⌉ replicas: more never
+lowers cost or latency, so replicas are constants of the column rather than variables.
 
-  min  Σ $/h(c)·n[o,c]  (+ λ·s)
+  min  Σ $/h(c)·n(o,c)·x[o,c]  (+ λ·s)
   s.t. Σ_c x[o,c] = 1 (or = z[g,v] for variant ops),  Σ_v z[g,v] = 1
-       u·rate(c)·n[o,c] ≥ demand(o)·x[o,c],  x[o,c] ≤ n[o,c] ≤ N(o,c)·x[o,c]
        t[e] ≥ L(e,d)·(w[u,d] − w[v,d]) and ≥ L(e,d)·(w[v,d] − w[u,d]) for every device type d,
          w[o,d] = Σ_{c on d} x[o,c]  (a crossing pays the slower NIC's time; a KV edge always pays)
        f[v] ≥ f[u] + visits(v)·(t[e] + Σ_c latency(c)·x[v,c]),  f[sink] ≤ deadline + s
-       Σ devices(c)·n[o,c] over ops on d ≤ inventory(d)
-Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for explanations.
+       Σ devices(c)·n(o,c)·x[o,c] over ops on d ≤ inventory(d)
+Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for explanations. A data edge
+whose slowest transfer is under 1e-5 of the deadline is charged that worst case as a constant instead
+of t[e]'s rows: conservative (the plan still passes the check) and it keeps 1,000-op graphs tractable.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from terrazzo.plan.check import Assignment, min_replicas
-from terrazzo.plan.graph import OpCandidate, PlanningGraph
+from terrazzo.plan.graph import OpCandidate, PlanningGraph, non_dominated
 from terrazzo.plan.lp import INF, Model
 
 Allow = Callable[[str, OpCandidate], bool]
+NEGLIGIBLE_TRANSFER = 1e-5  # data transfers below this fraction of the deadline enter as worst-case constants
 
 
 @dataclass(frozen=True)
@@ -39,27 +42,16 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
     """Optimal assignment, restricted to candidates `allow(op, cand)` accepts and to forced
     `variants` (node → variant) when given — the baselines are such restrictions."""
     m = Model()
-    allowed = {
-        o.name: [k for k, c in enumerate(o.candidates)
-                 if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(o.name, c))]
-        for o in graph.ops
-    }
+    allowed = {o.name: _columns(graph, o.name, allow) for o in graph.ops}
     x: dict[tuple[str, int], int] = {}
-    n: dict[tuple[str, int], int] = {}
     per_device: dict[str, dict[int, float]] = {}
     for o in graph.ops:
         for k in allowed[o.name]:
             c = o.candidates[k]
-            cap = min_replicas(graph, o.name, c)
-            x[o.name, k] = m.var(0.0, 0, 1, integer=True)
-            n[o.name, k] = m.var(0.0 if graph.mode == "own-and-buy" else c.usd_h, 0, cap, integer=True)
-            m.row({n[o.name, k]: 1.0, x[o.name, k]: -cap}, hi=0.0)  # replicas only on the chosen candidate
-            m.row({n[o.name, k]: 1.0, x[o.name, k]: -1.0}, lo=0.0)  # at least one replica
-            if graph.rate_per_s > 0 and not math.isinf(c.rate_per_s):
-                demand = graph.rate_per_s * o.visits
-                m.row({n[o.name, k]: graph.utilisation_cap * c.rate_per_s, x[o.name, k]: -demand}, lo=0.0)
-            per_device.setdefault(c.device, {})[n[o.name, k]] = float(c.devices)
-    in_group: dict[str, tuple[str, str]] = {}
+            replicas = min_replicas(graph, o.name, c)
+            cost = 0.0 if graph.mode == "own-and-buy" else c.usd_h * replicas
+            x[o.name, k] = m.var(cost, 0, 1, integer=True)
+            per_device.setdefault(c.device, {})[x[o.name, k]] = float(c.devices * replicas)
     for g in graph.groups:
         z = {v: m.var(0.0, 0, 1, integer=True) for v in g.variants}
         m.row(dict.fromkeys(z.values(), 1.0), 1.0, 1.0)
@@ -67,10 +59,10 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
             if variants and g.node in variants and variants[g.node] != v:
                 m.row({z[v]: 1.0}, hi=0.0)
             for op in ops:
-                in_group[op] = (g.node, v)
                 m.row({**{x[op, k]: 1.0 for k in allowed[op]}, z[v]: -1.0}, 0.0, 0.0)
+    grouped = {op for g in graph.groups for ops in g.variants.values() for op in ops}
     for o in graph.ops:
-        if o.name not in in_group:
+        if o.name not in grouped:
             m.row({x[o.name, k]: 1.0 for k in allowed[o.name]}, 1.0, 1.0)
     _fleet_cost(graph, m, per_device)
     _latency(graph, m, x, allowed)
@@ -78,9 +70,25 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
     if not values or status not in ("Optimal", "Time limit reached"):
         return Solution(status, None, math.inf)
     chosen = {
-        name: (k, round(values[n[name, k]])) for (name, k), col in x.items() if values[col] > 0.5
+        name: (k, min_replicas(graph, name, graph.op(name).candidates[k]))
+        for (name, k), col in x.items() if values[col] > 0.5
     }
     return Solution(status, Assignment(chosen), objective)
+
+
+def _columns(graph: PlanningGraph, op: str, allow: Allow | None) -> list[int]:
+    """Candidates worth a column: feasible, allowed, in the cluster, and not beaten on every count
+    (latency, fleet $/h, fleet devices) by another on the same device type at this demand."""
+    o = graph.op(op)
+    ok = [k for k, c in enumerate(o.candidates)
+          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(op, c))]
+
+    def costs(k: int) -> tuple[float, float, float]:
+        c = o.candidates[k]
+        n = min_replicas(graph, op, c)
+        return (c.latency_s, c.usd_h * n, float(c.devices * n))
+
+    return non_dominated(ok, lambda k: o.candidates[k].device, costs)
 
 
 def _fleet_cost(graph: PlanningGraph, m: Model, per_device: dict[str, dict[int, float]]) -> None:
@@ -98,16 +106,26 @@ def _fleet_cost(graph: PlanningGraph, m: Model, per_device: dict[str, dict[int, 
 
 
 def _latency(graph: PlanningGraph, m: Model, x: dict[tuple[str, int], int], allowed: dict[str, list[int]]) -> None:
-    if graph.deadline_s is None:
-        return
+    if graph.deadline_s is None or _slowest_e2e(graph, allowed) <= graph.deadline_s:
+        return  # no path can miss the deadline: latency rows would only slow the solver down
     finish = {o.name: m.var() for o in graph.ops}
     own = {
         o.name: {x[o.name, k]: o.visits * o.candidates[k].latency_s for k in allowed[o.name]} for o in graph.ops
     }
     for o in graph.ops:
         m.row({finish[o.name]: 1.0, **{col: -lat for col, lat in own[o.name].items()}}, lo=0.0)
-    devices = sorted({c.device for o in graph.ops for k in allowed[o.name] for c in [o.candidates[k]]})
+    on = {o.name: {o.candidates[k].device for k in allowed[o.name]} for o in graph.ops}
+    negligible_s = NEGLIGIBLE_TRANSFER * graph.deadline_s
     for e in graph.edges:
+        devices = sorted(on[e.src] | on[e.dst])
+        worst = max((graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d] for d in devices), default=0.0)
+        if e.kind == "data" and (len(devices) <= 1 or worst <= negligible_s):
+            # one device type on both ends: never crosses; or too small to matter: charged at its worst
+            const = 0.0 if len(devices) <= 1 else worst
+            visits = graph.op(e.dst).visits
+            row = {finish[e.dst]: 1.0, finish[e.src]: -1.0, **{col: -lat for col, lat in own[e.dst].items()}}
+            m.row(row, lo=visits * const)
+            continue
         t = m.var()
         for d in devices:
             w_src = {x[e.src, k]: 1.0 for k in allowed[e.src] if graph.op(e.src).candidates[k].device == d}
@@ -134,3 +152,24 @@ def _sum(*parts: dict[int, float]) -> dict[int, float]:
         for k, v in p.items():
             out[k] = out.get(k, 0.0) + v
     return out
+
+
+def _slowest_e2e(graph: PlanningGraph, allowed: dict[str, list[int]]) -> float:
+    """Longest path with every op on its slowest column and every edge at its slowest transfer."""
+    slow_link = min(graph.link_bytes_s.values())
+    finish: dict[str, float] = {}
+    preds: dict[str, list] = {}
+    for e in graph.edges:
+        preds.setdefault(e.dst, []).append(e)
+
+    def visit(name: str) -> float:
+        if name not in finish:
+            finish[name] = 0.0
+            op = graph.op(name)
+            own = max((op.candidates[k].latency_s for k in allowed[name]), default=0.0)
+            start = max((visit(e.src) + op.visits * (graph.link_latency_s + e.data_bytes / slow_link)
+                         for e in preds.get(name, [])), default=0.0)
+            finish[name] = start + op.visits * own
+        return finish[name]
+
+    return max((visit(o.name) for o in graph.ops), default=0.0)

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.plan.check import Assignment, check, min_replicas
-from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph, build
+from terrazzo.plan.from_ir import build
+from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.select import PlanInfeasible
 from terrazzo.spec.agent import Agent

@@ -291,15 +291,35 @@ class AgentGraph(Strict):
         return m
 
     def _return_ratio(self, loop: LoopNode, shares: dict[str, float], busy: frozenset[str]) -> float:
-        """Visits of `loop` caused by one pass down its body edge (the chance a pass comes back)."""
+        """Visits of `loop` caused by one pass down its body edge: the expected returns per pass
+        (above 1 when the body fans out and several paths come back). Solved on the loop's region
+        only — nodes reachable from the body that can reach the loop — since flow leaving it never
+        returns."""
+        region = self._reachable(loop.body, forward=True, stop=loop.id) & self._reachable(loop.id, forward=False)
+        region |= {loop.id, loop.body}
         index = {n.id: i for i, n in enumerate(self.nodes)}
+        keep = [index[n.id] for n in self.nodes if n.id in region]
         inner = {k: v for k, v in shares.items() if k not in busy}
-        m = self._flow_matrix({**inner, **dict.fromkeys(busy, 0.0)}, sinks=busy)
-        m[index[loop.body], :] = 0.0  # flow back into the body (through an outer loop) ends this pass
-        b = np.zeros(len(self.nodes))
-        b[index[loop.body]] = 1.0
-        v = np.linalg.solve(np.eye(len(self.nodes)) - m, b)
-        return float(min(max(v[index[loop.id]], 0.0), 1.0))
+        m = self._flow_matrix({**inner, **dict.fromkeys(busy, 0.0)}, sinks=busy)[np.ix_(keep, keep)]
+        local = {i: k for k, i in enumerate(keep)}
+        m[local[index[loop.body]], :] = 0.0  # flow back into the body (through an outer loop) ends this pass
+        b = np.zeros(len(keep))
+        b[local[index[loop.body]]] = 1.0
+        v = np.linalg.solve(np.eye(len(keep)) - m, b)
+        return float(max(v[local[index[loop.id]]], 0.0))
+
+    def _reachable(self, start: str, forward: bool, stop: str | None = None) -> set[str]:
+        step: dict[str, list[str]] = {}
+        for e in self.edges:
+            a, b = (e.src, e.dst) if forward else (e.dst, e.src)
+            step.setdefault(a, []).append(b)
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in step.get(todo.pop(), []):
+                if nxt not in seen and nxt != stop:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
 
     def repeat_shares(self) -> dict[str, float]:
         """Per loop, the fraction of its arrivals that repeat: S/(1+qS), S = 1+q+…+q^(bound-1).
@@ -313,7 +333,7 @@ class AgentGraph(Strict):
         for _ in range(2):  # nested loops: the second pass sees the inner loops' shares from the first
             for loop in loops:
                 q = self._return_ratio(loop, shares, frozenset({loop.id}))
-                s = float(loop.bound) if q >= 1 else (1 - q**loop.bound) / (1 - q)
+                s = float(loop.bound) if abs(q - 1) < 1e-12 else (1 - q**loop.bound) / (1 - q)
                 shares[loop.id] = s / (1 + q * s)
         return shares
 

@@ -1,0 +1,115 @@
+"""Placement files: the planner's decisions in a small versioned JSON format that apply-plan reads.
+
+    {"schema": "terrazzo.placement/v1",
+     "placements": {"think.prefill": {"device": "h100-sxm", "tp": 2, "pp": 1, "batch": 4, "replicas": 3,
+                                      "pool": "prefill-h100"}, ...}}
+
+Keys are op ids (`terrazzo compile --emit estimated` lists them) or coarser names the planner uses: a node
+id places every op made from that node, `<node>.aggregated` puts an LLM call's phases on the same replicas.
+tp, pp, batch and replicas default to 1 and pool to the device name; ops in one pool share its devices, so
+they must name the same device. A planner result (`terrazzo.plan/v1`) is read through its `placement` field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from xdsl.dialects.builtin import ModuleOp
+
+from terrazzo.ir.dialects.base import NodeOp
+from terrazzo.ir.errors import IRError
+
+SCHEMA = "terrazzo.placement/v1"
+PLAN_SCHEMA = "terrazzo.plan/v1"
+
+
+class Placement(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = Field(min_length=1)
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    batch: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    pool: str | None = Field(default=None, min_length=1)
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool or self.device
+
+
+class PlacementFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_: Literal["terrazzo.placement/v1"] = Field(default=SCHEMA, alias="schema")
+    placements: dict[str, Placement]
+
+    def dumps(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), indent=2) + "\n"
+
+
+def load_placements(path: str | Path) -> PlacementFile:
+    """Read and validate a placement file; every failure names the file, the entry and the fix."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise IRError(f"cannot read placement file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise IRError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    if isinstance(data, dict) and data.get("schema") == PLAN_SCHEMA:
+        data = data.get("placement")
+        if not isinstance(data, dict):
+            raise IRError(f"{path}: a {PLAN_SCHEMA} file needs a 'placement' object ({SCHEMA}); re-run terrazzo plan")
+    if isinstance(data, dict) and data.get("schema") != SCHEMA:
+        raise IRError(f"{path}: schema is {data.get('schema')!r}; this terrazzo reads '{SCHEMA}' (or a "
+                      f"'{PLAN_SCHEMA}' result); write \"schema\": \"{SCHEMA}\" at the top")
+    try:
+        return PlacementFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise IRError(f"{path}: {where}: {err['msg']}; fields are device, tp, pp, batch, replicas, pool") from None
+
+
+def cheapest_plan(module: ModuleOp) -> PlacementFile:
+    """Per op, its cheapest feasible candidate per request, in a pool per device and LLM phase.
+
+    A baseline that ignores end-to-end latency and transfers (the planner's MILP does not); handy to try
+    apply-plan and partition on an estimated module. Ops without a feasible candidate are left out.
+    """
+    out: dict[str, Placement] = {}
+    for op in module.walk():
+        if not isinstance(op, NodeOp):
+            continue
+        ok = [c for c in op.candidates if c.feasible]
+        if not ok:
+            continue
+        best = min(ok, key=lambda c: (c.usd_per_request, c.latency_s.data))
+        role = op.node_id.rsplit(".", 1)[1] if op.node_id.endswith((".prefill", ".decode")) else ""
+        device = best.device.data
+        out[op.node_id] = Placement(device=device, tp=best.tp.data, pp=best.pp.data, batch=best.batch.data,
+                                    pool=f"{role}-{device}" if role else device)
+    return PlacementFile(placements=out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m terrazzo.ir.placement AGENT.yaml [--cluster C.yaml] [--sla S.yaml]`: print the cheapest plan."""
+    import argparse
+
+    from terrazzo.ir.driver import STAGES, load_module, make_pass, run_pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m terrazzo.ir.placement", description=main.__doc__)
+    parser.add_argument("agent")
+    parser.add_argument("--cluster")
+    parser.add_argument("--sla")
+    args = parser.parse_args(argv)
+    module = load_module(args.agent, args.cluster)
+    run_pipeline(module, [make_pass(n, args.cluster, sla=args.sla) for n in STAGES["estimated"]])
+    print(cheapest_plan(module).dumps(), end="")
+
+
+if __name__ == "__main__":
+    main()
