@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_plan.py [--sizes 10,100,1000]
 
 Each agent is a chain: every fifth node an LLM call (three granular ops: prefill, decode, aggregated,
-of which the MILP keeps one serving variant), the rest tools and embeddings. Per size it prints the
+of which the MILP keeps one serving variant), the rest tools (lookup + compute) and embeddings. Per size it prints the
 time to build and price the planning graph, to solve without an end-to-end deadline, and to solve
 again with a deadline 20 % under that plan's latency, so that the latency constraints bind.
 """
@@ -38,9 +38,9 @@ def agent_with_ops(n_ops: int):
         elif i % 5 == 2:
             b.node(node, "embed", tokens=64)
             ops += 1
-        else:
+        else:  # the IR splits a tool call into lookup and compute
             b.node(node, "tool", protocol="python", function="tools:step", latency_s=0.01, cpu_s=0.002)
-            ops += 1
+            ops += 2
         ids.append(node)
         i += 1
     return b.chain(*ids).build()

@@ -1,4 +1,4 @@
-"""`make demo`: a short tour of terrazzo on embedded defaults, no input files needed."""
+"""`make demo`: a short tour of terrazzo on the shipped catalogs and examples, no input of the user's."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from rich.table import Table
 from terrazzo.catalog.load import load_catalog
 from terrazzo.cost.candidates import best, closest_miss, llm_candidates
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
+from terrazzo.plan.planner import plan
 from terrazzo.plan.scenario import load_scenario
 from terrazzo.plan.select import enumerate_all, solve
+from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAPER_DEVICES = ("a40", "a100-80gb-sxm", "gaudi3", "mi300x", "h100-sxm", "b200")
@@ -59,4 +61,14 @@ def run_demo(console: Console) -> None:
                       f"{ev.latency_s * 1e3:.4g}" if ev.latency_s != float("inf") else "-",
                       f"{ev.cost_usd:.4g}" if ev.cost_usd != float("inf") else "-", verdict)
     console.print(table)
-    console.print("Next: `terrazzo cost MODEL --device D ...`, `terrazzo hw list`, `terrazzo models list`.")
+
+    console.print(Rule("4. The voice agent planned on the paper's devices plus a CPU server (MILP on HiGHS)"))
+    cluster, cat = load_cluster(EXAMPLES / "clusters" / "hetero.yaml")
+    agent = load_agent(EXAMPLES / "agents" / "voice-agent.yaml", cat)
+    for workload in ("steady-5rps.yaml", "steady-200rps.yaml"):
+        result = plan(agent, load_workload(EXAMPLES / "workloads" / workload, agent),
+                      load_sla(EXAMPLES / "slas" / "interactive.yaml", agent), cluster, cat)
+        console.print(result.table())
+        console.print(result.baseline_table())
+    console.print("Next: `terrazzo plan AGENT --workload W --sla S --cluster C --explain`, "
+                  "`terrazzo compile AGENT --emit partitioned`, `terrazzo reproduce paper`.")
