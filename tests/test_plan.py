@@ -163,3 +163,36 @@ def test_unattainable_tbt_names_the_device_and_the_best_it_can_do(tmp_path):
     expected = r"TBT 20 ms unattainable for llama-3-70b fp16 on a40: best \d+\.\d ms at TP=8"
     with pytest.raises(PlanInfeasible, match=expected):
         plan(agent, workload, load_sla(tmp_path / "sla.yaml", agent), cluster, cat)
+
+
+def test_soft_sla_trades_slack_for_penalty():
+    """With a finite λ the planner may miss the deadline when paying λ per second of slack is cheaper."""
+    ops = [PlanOp("a", "compute", "a", 1.0, (OpCandidate("fast", 1, 1, 1, 0.1, 100.0, 1, 2.5),
+                                             OpCandidate("cheap", 1, 1, 1, 0.3, 100.0, 1, 0.8)))]
+    base = _graph(ops, [], rate=1.0, deadline=0.2)
+    from dataclasses import replace
+
+    hard = solve_milp(base).assignment
+    assert base.op("a").candidates[hard.chosen["a"][0]].device == "fast"
+    cheap_penalty = replace(base, penalty_usd_h_per_s=1.0)  # 0.1 s late costs $0.10/h < $1.70/h saved
+    soft = solve_milp(cheap_penalty)
+    assert cheap_penalty.op("a").candidates[soft.assignment.chosen["a"][0]].device == "cheap"
+    verdict = check(cheap_penalty, soft.assignment)
+    assert verdict.ok and verdict.slack_s == pytest.approx(0.1)
+    assert verdict.usd_h == pytest.approx(0.8 + 0.1) == pytest.approx(soft.objective_usd_h)
+    dear_penalty = replace(base, penalty_usd_h_per_s=100.0)
+    assert dear_penalty.op("a").candidates[solve_milp(dear_penalty).assignment.chosen["a"][0]].device == "fast"
+
+
+def test_offline_mode_drops_latency_limits_and_is_never_dearer(tmp_path):
+    agent, cluster, cat = _voice()
+    workload = load_workload(ROOT / "examples" / "workloads" / "steady-200rps.yaml", agent)
+    interactive = plan(agent, workload, load_sla(ROOT / "examples" / "slas" / "interactive.yaml", agent),
+                       cluster, cat)
+    (tmp_path / "offline.yaml").write_text("mode: offline\n")
+    offline = plan(agent, workload, load_sla(tmp_path / "offline.yaml", agent), cluster, cat)
+    assert offline.deadline_s is None
+    assert offline.usd_h <= interactive.usd_h + 1e-9
+    assert offline.output_tokens_per_s == pytest.approx(interactive.output_tokens_per_s)
+    decode = [p for p in offline.ops if p.kind in ("llm.decode", "llm.aggregated")]
+    assert decode and max(p.candidate.batch for p in decode) > 1
