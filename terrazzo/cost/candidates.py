@@ -18,6 +18,7 @@ from terrazzo.cost.llm import (
     mean_decode_context,
     memory_use,
     prefill,
+    prefill_share_s,
     valid_tp,
 )
 from terrazzo.cost.network import scale_up_domain
@@ -133,8 +134,9 @@ def _decode(dep: Deployment, isl: float, osl: float, tbt_s: float | None, usd_h:
 
 def aggregated_tbt_s(dep: Deployment, isl: int, osl: float, batch: int) -> float:
     """Mean time between tokens when one replica also runs the prefills: every decode step finishes
-    batch/osl requests on average, so it also absorbs the prefill of as many newcomers."""
-    return decode_step(dep, batch, mean_decode_context(isl, osl)).latency_s + prefill(dep, isl).latency_s * batch / osl
+    batch/osl requests on average, so it also absorbs the (batched) prefill of as many newcomers."""
+    step_s = decode_step(dep, batch, mean_decode_context(isl, osl)).latency_s
+    return step_s + prefill_share_s(dep, isl, batch) * batch / osl
 
 
 def _aggregated(dep: Deployment, isl: int, osl: float, ttft_s: float | None, tbt_s: float | None,

@@ -20,6 +20,9 @@ from terrazzo.spec.cluster import Fabric
 USABLE_MEMORY_FRACTION = 0.9  # vLLM's default gpu_memory_utilization: https://docs.vllm.ai/en/latest/configuration/engine_args.html
 ACTIVATION_BYTES = 2  # activations and all-reduce payloads travel in 16-bit even for FP8 weights
 MAX_BATCH = 4096
+# Prompt tokens an engine prefills in one batched step (vLLM's max_num_batched_tokens for throughput
+# serving: https://docs.vllm.ai/en/latest/configuration/optimization.html); many short prompts share a pass.
+PREFILL_TOKEN_BUDGET = 8192
 
 
 @dataclass(frozen=True)
@@ -255,11 +258,18 @@ def ceil_div(a: float, b: float) -> int:
 def aggregated_tokens_per_s(dep: Deployment, isl: int, osl: int, batch: int) -> float:
     """Output tokens/s of one replica doing both phases (continuous batching, prefill not overlapped).
 
-    Each finished request costs the replica one prefill of `isl` tokens plus its share (1/batch)
-    of `osl` decode steps at the mean context; throughput is `osl` over that time, times pp stages.
+    Each finished request costs the replica its share of a batched prefill (prompts packed up to the
+    token budget) plus its share (1/batch) of `osl` decode steps at the mean context; throughput is
+    `osl` over that time, times pp stages.
     """
     if batch < 1:
         return 0.0
     step_s = decode_step(dep, batch, mean_decode_context(isl, osl)).latency_s
-    per_request_s = prefill(dep, isl).latency_s + osl * step_s / batch
+    per_request_s = prefill_share_s(dep, isl, batch) + osl * step_s / batch
     return osl * dep.pp / per_request_s
+
+
+def prefill_share_s(dep: Deployment, isl: int, batch: int) -> float:
+    """Replica time one request's prefill takes when the engine batches prompts up to the token budget."""
+    together = max(1, min(batch, PREFILL_TOKEN_BUDGET // max(isl, 1)))
+    return prefill(dep, isl, together).latency_s / together
