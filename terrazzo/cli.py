@@ -83,6 +83,14 @@ def models_list(catalog: CatalogOpt = None) -> None:
     console.print(table)
 
 
+@models_app.command("make-tiny")
+def models_make_tiny(directory: Path) -> None:
+    """Write a tiny RANDOM-WEIGHT Llama checkpoint (for tests and the demo; it cannot produce sensible text)."""
+    from terrazzo.runtime.cli import make_tiny
+
+    console.print(make_tiny(directory))
+
+
 @models_app.command("show")
 def models_show(name: str, catalog: CatalogOpt = None) -> None:
     m = _catalog(catalog).model(name)
@@ -199,6 +207,31 @@ def plan_cmd(
         console.print(table)
     if output:
         console.print(f"wrote {output}")
+
+
+@app.command("run")
+def run_cmd(
+    agent: Annotated[Path, typer.Argument(help="agent YAML")],
+    plan: Annotated[Path | None, typer.Option(help="plan or placement JSON (pools and replicas)")] = None,
+    inputs: Annotated[list[str] | None, typer.Option("--input", help="a request's text; repeat for more")] = None,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",
+    config: Annotated[Path | None, typer.Option(help="run config YAML: checkpoints, documents, tools")] = None,
+    concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the JSON report here")] = None,
+) -> None:
+    """Execute requests through the agent for real, each op on a worker of its planned pool."""
+    from terrazzo.runtime.cli import run_command
+
+    report = run_command(agent, plan, inputs or [], backend, config, concurrency)
+    if output:
+        output.write_text(json.dumps(report.to_json(), indent=2))
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(report.table())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -70,5 +70,14 @@ def run_demo(console: Console) -> None:
                       load_sla(EXAMPLES / "slas" / "interactive.yaml", agent), cluster, cat)
         console.print(result.table())
         console.print(result.baseline_table())
+
+    console.print(Rule("5. The RAG support agent run for real: MiniLM + FAISS + a tiny RANDOM-WEIGHT Llama"))
+    from terrazzo.runtime.cli import run_command
+
+    report = run_command(EXAMPLES / "agents" / "rag-support.yaml", EXAMPLES / "plans" / "rag-support.plan.json",
+                         ["Where is my order 1234?", "How do I reset my password?", "Can I return a gift?"],
+                         "local", EXAMPLES / "runtime" / "rag.yaml")
+    console.print(report.table())
     console.print("Next: `terrazzo plan AGENT --workload W --sla S --cluster C --explain`, "
-                  "`terrazzo compile AGENT --emit partitioned`, `terrazzo reproduce paper`.")
+                  "`terrazzo compile AGENT --emit partitioned`, `terrazzo run AGENT --plan P --input TEXT`, "
+                  "`terrazzo reproduce paper`.")

@@ -1,0 +1,1 @@
+"""Worker-pool backends with one interface: `local` (processes) and `ray` (actors)."""

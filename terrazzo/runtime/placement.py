@@ -1,0 +1,102 @@
+"""Read a plan (terrazzo.plan/v1) or bare placement (terrazzo.placement/v1) into what the runtime
+needs: for each granular op its pool, device label and predicted latency, and each pool's size."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terrazzo.runtime.errors import ExecutionError
+
+DEFAULT_POOL = "cpu-default"
+
+
+@dataclass(frozen=True)
+class OpPlacement:
+    op: str
+    pool: str
+    device: str
+    replicas: int = 1
+    predicted_s: float | None = None   # the plan's latency per visit, when the plan has one
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    device: str
+    workers: int
+    ops: tuple[str, ...] = ()
+
+    @property
+    def resource(self) -> str:
+        """Ray custom resource naming the device type, so a cluster places the pool on matching nodes."""
+        return f"tz/{self.device}"
+
+
+@dataclass
+class RuntimePlan:
+    agent: str | None
+    ops: dict[str, OpPlacement]
+    source: str = "<none>"
+    notes: list[str] = field(default_factory=list)
+
+    def placement(self, op: str) -> OpPlacement:
+        """The op's placement; ops the plan does not name run on the default CPU pool (noted once)."""
+        found = self.ops.get(op)
+        if found is None:
+            found = self.ops[op] = OpPlacement(op, DEFAULT_POOL, "cpu")
+            self.notes.append(f"op '{op}' is not in the plan; it runs on pool '{DEFAULT_POOL}'")
+        return found
+
+    def has(self, op: str) -> bool:
+        return op in self.ops
+
+    def pools(self, min_workers: int, max_workers: int, extra_ops: list[str] = ()) -> dict[str, PoolSpec]:
+        """One worker pool per plan pool; workers = the plan's replicas clamped to [min, max] (this
+        machine cannot host 31 replicas; placement labels stay what the plan says)."""
+        for op in extra_ops:
+            self.placement(op)
+        groups: dict[str, list[OpPlacement]] = {}
+        for p in self.ops.values():
+            groups.setdefault(p.pool, []).append(p)
+        out = {}
+        for name, ops in groups.items():
+            devices = {p.device for p in ops}
+            if len(devices) > 1:
+                raise ExecutionError(f"plan pool '{name}' mixes device types {sorted(devices)}",
+                                     fix="give each pool one device type (re-run terrazzo plan)")
+            want = max(p.replicas for p in ops)
+            out[name] = PoolSpec(name, devices.pop(), max(min_workers, min(want, max_workers)),
+                                 tuple(p.op for p in ops))
+        return out
+
+
+def load_plan(path: str | Path | None) -> RuntimePlan:
+    """Accept a plan JSON (ops with predictions) or a placement JSON (placements only); None: empty plan."""
+    if path is None:
+        return RuntimePlan(None, {})
+    p = Path(path)
+    try:
+        data: dict[str, Any] = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ExecutionError(f"plan '{p}' does not exist",
+                             fix="write one with `terrazzo plan ... -o PLAN.json`") from None
+    except json.JSONDecodeError as exc:
+        raise ExecutionError(f"plan '{p}' is not JSON: {exc}", fix="pass the file `terrazzo plan -o` wrote") from None
+    schema = data.get("schema")
+    ops: dict[str, OpPlacement] = {}
+    if schema == "terrazzo.plan/v1":
+        for o in data.get("ops", []):
+            ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
+                                         float(o["latency_s"]) if o.get("latency_s") is not None else None,
+                                         o.get("kind", ""))
+    elif schema == "terrazzo.placement/v1":
+        for name, o in data.get("placements", {}).items():
+            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)))
+    else:
+        raise ExecutionError(f"plan '{p}' has schema {schema!r}",
+                             fix="use a terrazzo.plan/v1 or terrazzo.placement/v1 file (terrazzo plan -o)")
+    return RuntimePlan(data.get("agent"), ops, str(p))

@@ -1,0 +1,46 @@
+"""Callables for fault drills and tests, importable by worker processes ('terrazzo.runtime.testing:fn').
+
+They are real tools with real side effects (sleeping, exiting the process), not stand-ins for
+runtime components: the drills kill and hang the actual workers that run them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+
+def echo(query: str, **_: object) -> str:
+    return f"echo: {query}"
+
+
+def slow_echo(query: str, **_: object) -> str:
+    """'sleep:S rest' sleeps S seconds first (S may be large: a hung tool)."""
+    head, _, rest = query.partition(" ")
+    if head.startswith("sleep:"):
+        time.sleep(float(head.removeprefix("sleep:")))
+    return f"echo: {rest or query}"
+
+
+def crash_once(query: str, marker_dir: str = "", **_: object) -> str:
+    """Exit the worker process abruptly the first time a query is seen (marker file per query), so the
+    retry on another replica succeeds."""
+    key = hashlib.sha256(query.encode()).hexdigest()[:16]  # not hash(): it differs between processes
+    marker = Path(marker_dir or os.environ.get("TZ_CRASH_DIR", "/tmp")) / f"crashed-{key}"
+    if "crash" in query and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(17)
+    return f"survived: {query}"
+
+
+def tool_caller(message: dict) -> str:
+    """A compute node that asks for the `search` tool until it has two results (drives branch+loop tests)."""
+    if len(message.get("tool_results", [])) < 2:
+        return '<tool_call>{"name": "search", "arguments": {"query": "weather"}}</tool_call>'
+    return "final answer after " + str(len(message["tool_results"])) + " searches"
+
+
+def noop(message: dict) -> dict:
+    return {}
