@@ -178,6 +178,10 @@ def plan_cmd(
     explain: Annotated[bool, typer.Option(help="show each op's runner-up and why it lost")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write the plan JSON here")] = None,
     figure: Annotated[Path | None, typer.Option(help="write a PNG of $/h per pool against the baselines")] = None,
+    simulate: Annotated[bool, typer.Option("--simulate", help="simulate the plan at its rate and flag where "
+                                           "predicted and simulated latency disagree")] = False,
+    tolerance: Annotated[float, typer.Option(help="with --simulate: relative gap to flag (0.2 = ±20 %)")] = 0.2,
+    seed: Annotated[int, typer.Option(help="with --simulate: random seed")] = 0,
 ) -> None:
     """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
     from terrazzo.plan.planner import plan as make_plan
@@ -189,6 +193,11 @@ def plan_cmd(
                        explain=explain)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
+    check = None
+    if simulate:
+        from terrazzo.sim.cli import check_plan
+
+        check = check_plan(result.to_json(), tolerance, seed)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2))
     if figure:
@@ -196,10 +205,15 @@ def plan_cmd(
 
         plan_figure(result, figure)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        doc = result.to_json()
+        if check is not None:
+            doc["simulation_check"] = check.to_json()
+        print(json.dumps(doc, indent=2))
         return
     console.print(result.table())
     console.print(result.baseline_table())
+    if check is not None:
+        console.print(check.table())
     if explain:
         table = Table("op", "runner-up and why it lost", title="--explain")
         for op, why in result.explain.items():
@@ -232,6 +246,29 @@ def run_cmd(
         console.print(report.table())
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan JSON written by `terrazzo plan ... -o`")],
+    rate: Annotated[float | None, typer.Option(help="requests/s (default: the plan's; rescales a --trace)")] = None,
+    duration: Annotated[float | None, typer.Option(help="simulated seconds of arrivals (default 300)")] = None,
+    trace: Annotated[Path | None, typer.Option(help="replay an Azure LLM inference or BurstGPT trace (CSV)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same result")] = 0,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="folder for report.json, CSVs and PNGs")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Discrete-event simulation of a plan: latency against the SLA, where it breaks, utilisation, cost."""
+    from terrazzo.sim.cli import simulate_command
+
+    report = simulate_command(str(plan_file), rate, duration, str(trace) if trace else None, seed,
+                              str(out) if out else None, progress=not as_json)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    console.print(report.table())
+    if out:
+        console.print(f"wrote report.json, requests.csv, llm_calls.csv, {', '.join(report.figures)}")
 
 
 @app.command()

@@ -196,3 +196,31 @@ def test_offline_mode_drops_latency_limits_and_is_never_dearer(tmp_path):
     assert offline.output_tokens_per_s == pytest.approx(interactive.output_tokens_per_s)
     decode = [p for p in offline.ops if p.kind in ("llm.decode", "llm.aggregated")]
     assert decode and max(p.candidate.batch for p in decode) > 1
+
+
+@pytest.mark.parametrize("name", ["voice-agent", "rag-support", "langchain-agent", "moe-agent"])
+def test_planning_graph_from_ir_is_acyclic_and_covers_every_op(name):
+    from terrazzo.plan.from_ir import build
+
+    cluster, cat = load_cluster(ROOT / "examples" / "clusters" / "hetero.yaml")
+    agent = load_agent(ROOT / "examples" / "agents" / f"{name}.yaml", cat)
+    graph = build(agent, load_workload(ROOT / "examples" / "workloads" / "steady-5rps.yaml", agent),
+                  load_sla(ROOT / "examples" / "slas" / "interactive.yaml", agent), cluster, cat)
+    succ: dict[str, list[str]] = {}
+    for e in graph.edges:
+        succ.setdefault(e.src, []).append(e.dst)
+    state: dict[str, int] = {}
+
+    def acyclic(node: str) -> bool:
+        if state.get(node) == 1:
+            return False
+        if state.get(node) == 2:
+            return True
+        state[node] = 1
+        ok = all(acyclic(n) for n in succ.get(node, []))
+        state[node] = 2
+        return ok
+
+    assert all(acyclic(o.name) for o in graph.ops)
+    assert {e.src for e in graph.edges} | {e.dst for e in graph.edges} <= {o.name for o in graph.ops}
+    assert all(o.candidates for o in graph.ops)

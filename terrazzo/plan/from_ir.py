@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import OpResult, SSAValue
+from xdsl.ir import BlockArgument, OpResult, SSAValue
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.cost.network import scale_out_link
@@ -125,13 +125,18 @@ def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:
         if isinstance(value, OpResult) and isinstance(value.op, LoopOp) and value is value.op.repeat:
             return
         kv = isinstance(value.type, KvType)
-        succ.setdefault(source(value, through_transfers=True), []).append((dst, size, kv))
+        if isinstance(value, BlockArgument) and isinstance(value.block.parent_op(), SubagentOp):
+            src = f"{value.block.parent_op().node_id}#in"  # entering a sub-agent, not leaving it
+        else:
+            src = source(value, through_transfers=True)
+        succ.setdefault(src, []).append((dst, size, kv))
 
     for op in module.walk():
         if isinstance(op, NodeOp) and not is_transfer(op):
             sizes = op.bytes_in
+            dst = f"{op.node_id}#in" if isinstance(op, SubagentOp) else op.node_id
             for i, v in enumerate(op.operands):
-                add(v, op.node_id, sizes[i] if i < len(sizes) else 0.0)
+                add(v, dst, sizes[i] if i < len(sizes) else 0.0)
         elif isinstance(op, OutputOp):
             owner = op.parent_op()
             for v in op.operands:

@@ -1,0 +1,83 @@
+"""Simulator throughput: simulated requests per wall-clock second for the voice agent at 1,000 requests/s
+over 10 simulated minutes, and the peak memory it takes.
+
+    .venv/bin/python bench/bench_sim.py [--rate 1000] [--duration 600] [--seed 0] [--tracemalloc]
+
+The voice agent is planned at the benchmark's rate first (terrazzo.plan.planner.plan, a workload with
+rate_per_s = --rate), so the simulated fleet is the one the planner would buy for that load. Wall time
+counts the simulation only (not planning, not the report). Peak memory is the process's peak resident
+set (getrusage), next to the same figure before the run; --tracemalloc adds a second run that measures
+the Python heap's peak (slower, as tracing slows allocation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+import tracemalloc
+from pathlib import Path
+
+from terrazzo.plan.planner import plan
+from terrazzo.sim.model import model_from_specs
+from terrazzo.sim.results import report_from
+from terrazzo.sim.run import SimConfig, Simulation
+from terrazzo.spec.load import load_agent, load_cluster, load_sla
+from terrazzo.spec.workload import Workload
+
+ROOT = Path(__file__).parent.parent
+AGENT, SLA, CLUSTER = (ROOT / "examples/agents/voice-agent.yaml", ROOT / "examples/slas/interactive.yaml",
+                       ROOT / "examples/clusters/hetero.yaml")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tracemalloc", action="store_true", help="also measure the Python heap's peak")
+    args = parser.parse_args()
+
+    cluster, catalog = load_cluster(CLUSTER)
+    agent = load_agent(AGENT, catalog)
+    sla = load_sla(SLA, agent)
+    workload = Workload.model_validate({"name": f"poisson-{args.rate:g}", "arrival": {"rate_per_s": args.rate}})
+    planned = plan(agent, workload, sla, cluster, catalog)
+    model = model_from_specs(planned.to_json(), agent, workload, sla, cluster, catalog)
+    fleet = ", ".join(f"{o.name} {o.label}" for o in model.ops.values())
+    print(f"voice agent planned at {args.rate:g} req/s: {fleet}; ${planned.usd_h:,.2f}/h")
+    config = SimConfig(duration_s=args.duration, rate_per_s=args.rate, seed=args.seed)
+
+    before = peak_rss_mib()
+    sim = Simulation(model, config)
+    t0, c0 = time.perf_counter(), time.process_time()
+    sim.run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    after = peak_rss_mib()
+    report = report_from(sim)
+    print(f"{sim.arrived:,} requests ({args.duration:g} simulated s) in {wall:.1f} s wall: "
+          f"{sim.arrived / wall:,.0f} simulated requests/s, {sim.env.events / wall:,.0f} events/s, "
+          f"{args.duration / wall:.1f} simulated s per wall s ({cpu:.1f} s of CPU: "
+          f"{sim.arrived / cpu:,.0f} requests per CPU s)")
+    print(f"peak RSS {after:.0f} MiB (before the run: {before:.0f} MiB)")
+    print(f"SLA {'met' if report.meets_sla else 'missed'}: attainment {report.attainment:.2%}, E2E p99 "
+          f"{report.e2e.p99_s:.2f} s; " + ", ".join(f"{p.op} {p.utilisation:.0%}" for p in report.pools))
+    heap = ""
+    if args.tracemalloc:
+        tracemalloc.start()
+        Simulation(model, config).run()
+        heap = f" | {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MiB"
+        tracemalloc.stop()
+        print(f"Python heap peak (tracemalloc, second run){heap[2:]}")
+    print("\nmarkdown row:")
+    print(f"| {args.rate:g} req/s × {args.duration:g} s | {sim.arrived:,} | {sim.env.events:,} | {wall:.1f} | "
+          f"{sim.arrived / wall:,.0f} | {after:.0f} (before: {before:.0f}){heap} | {platform.python_version()} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""What a simulation needs from a plan: its ops (device, parallelism, batch, replicas, predicted
+latency) and the specs it was planned from (agent, workload, SLA, cluster), found through the plan's
+`inputs` and loaded with the same loaders the planner uses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terrazzo.catalog.load import Catalog
+from terrazzo.errors import TerrazzoError
+from terrazzo.plan.planner import PLAN_SCHEMA
+from terrazzo.sim.errors import SimError
+from terrazzo.spec.agent import Agent, LlmNode
+from terrazzo.spec.cluster import Cluster
+from terrazzo.spec.sla import Sla
+from terrazzo.spec.workload import Workload
+
+INPUTS = ("agent", "workload", "sla", "cluster")
+
+
+@dataclass(frozen=True)
+class PlannedOp:
+    """One op of the plan, as `Plan.to_json` writes it."""
+
+    name: str
+    kind: str
+    node: str
+    device: str
+    tp: int
+    pp: int
+    batch: int
+    replicas: int
+    visits: float
+    latency_s: float
+    usd_h: float
+
+    @property
+    def label(self) -> str:
+        par = f" tp{self.tp}" + (f"pp{self.pp}" if self.pp > 1 else "")
+        return f"{self.device}{par} ×{self.replicas}"
+
+
+@dataclass
+class SimModel:
+    name: str
+    plan: dict[str, Any]
+    agent: Agent
+    workload: Workload
+    sla: Sla
+    cluster: Cluster
+    catalog: Catalog
+    ops: dict[str, PlannedOp]
+    rate_per_s: float
+    deadline_s: float | None
+    usd_h: float
+    source: str = ""
+    by_node: dict[str, list[PlannedOp]] = field(default_factory=dict)
+    input_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def percentile(self) -> float:
+        return self.sla.end_to_end.percentile if self.sla.end_to_end else 99.0
+
+
+def _ops(plan: dict[str, Any]) -> dict[str, PlannedOp]:
+    try:
+        return {o["name"]: PlannedOp(o["name"], o["kind"], o["node"], o["device"], int(o["tp"]), int(o["pp"]),
+                                     int(o["batch"]), int(o["replicas"]), float(o["visits"]), float(o["latency_s"]),
+                                     float(o["usd_h"])) for o in plan["ops"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SimError(f"plan ops are malformed ({exc!r}); write the plan with `terrazzo plan ... -o plan.json`"
+                       ) from None
+
+
+def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
+                     catalog: Catalog, source: str = "") -> SimModel:
+    """A plan JSON and the specs it was made from (already loaded)."""
+    if plan.get("schema") != PLAN_SCHEMA:
+        raise SimError(f"expected a plan with schema {PLAN_SCHEMA}, got {plan.get('schema')!r}; "
+                       f"write one with `terrazzo plan AGENT --workload W --sla S --cluster C -o plan.json`")
+    ops = _ops(plan)
+    by_node: dict[str, list[PlannedOp]] = {}
+    for op in ops.values():
+        by_node.setdefault(op.node, []).append(op)
+    for path, node in agent.graph.leaves():
+        mine = by_node.get(path, [])
+        if isinstance(node, LlmNode):
+            roles = {o.kind.removeprefix("llm.") if o.kind.startswith("llm.") else o.name.rsplit(".", 1)[-1]
+                     for o in mine}
+            ok = "aggregated" in roles or {"prefill", "decode"} <= roles
+        else:
+            ok = bool(mine) or node.kind in ("branch", "loop")
+        if not ok:
+            have = ", ".join(o.name for o in mine) or "none"
+            raise SimError(f"the plan places no complete set of ops for node '{path}' of agent '{agent.name}' "
+                           f"(has: {have}); re-plan with the agent the plan names")
+    return SimModel(str(plan.get("agent", agent.name)), plan, agent, workload, sla, cluster, catalog, ops,
+                    float(plan.get("rate_per_s") or 0.0), plan.get("deadline_s"), float(plan.get("tco_usd_h", 0.0)),
+                    source, by_node)
+
+
+def _resolve(name: str, base: Path | None) -> Path:
+    """A plan input path: as written (relative to the working directory), else next to the plan or
+    in one of its parent folders (plans are written from the repository root)."""
+    p = Path(name)
+    if p.is_file() or p.is_absolute():
+        return p
+    if base is not None:
+        for folder in (base, *base.parents):
+            if (folder / p).is_file():
+                return folder / p
+    return p
+
+
+def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str = "") -> SimModel:
+    """Load the specs a plan JSON names in `inputs` and build the model."""
+    from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+
+    inputs = plan.get("inputs") or {}
+    missing = [k for k in INPUTS if k not in inputs]
+    if missing:
+        raise SimError(f"the plan does not record its inputs ({', '.join(missing)} missing); re-plan with "
+                       f"`terrazzo plan ... -o plan.json`, which records them")
+    paths = {k: _resolve(inputs[k], base) for k in INPUTS}
+    for k, p in paths.items():
+        if not p.is_file():
+            raise SimError(f"the plan's {k} spec '{inputs[k]}' was not found (looked relative to the working "
+                           f"directory and to the plan's folder); run from the folder the plan was made in")
+    try:
+        cluster, catalog = load_cluster(paths["cluster"])
+        agent = load_agent(paths["agent"], catalog)
+        workload = load_workload(paths["workload"], agent)
+        sla = load_sla(paths["sla"], agent)
+    except TerrazzoError as exc:
+        raise SimError(f"a spec the plan names no longer loads: {exc}") from None
+    model = model_from_specs(plan, agent, workload, sla, cluster, catalog, source)
+    model.input_paths = paths
+    return model
+
+
+def load_model(plan_path: str | Path) -> SimModel:
+    p = Path(plan_path)
+    if not p.is_file():
+        raise SimError(f"plan file {p} not found; write one with `terrazzo plan ... -o {p}`")
+    try:
+        plan = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise SimError(f"{p} is not JSON ({exc.msg} at line {exc.lineno}); pass a plan written by `terrazzo plan -o`"
+                       ) from None
+    return model_from_plan(plan, p.resolve().parent, str(p))

@@ -1,0 +1,403 @@
+"""A plan wired into the simulator: one pool per planned op, one stage per work node, links between
+devices, arrivals, and the records a report is made of.
+
+Each work node of the agent becomes a chain of stages, one per planned op (an LLM call: prefill → KV
+transfer → decode, or one aggregated stage; a tool: lookup → compute; a memory lookup: embed → search). Data moves
+between stages on different device types over a link of the sending replica (bandwidth the slower
+NIC's, as the planner prices it, shared by that replica's concurrent transfers to the same device
+type); on one device type it is free, as in the planner. KV always moves between prefill and decode.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import time
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from terrazzo.cost.candidates import deployment
+from terrazzo.cost.llm import kv_bytes_per_token
+from terrazzo.cost.network import scale_out_link
+from terrazzo.errors import TerrazzoError
+from terrazzo.sim.arrivals import renewal_times, trace_times
+from terrazzo.sim.costs import LlmCost, OpService
+from terrazzo.sim.engine import Environment
+from terrazzo.sim.errors import SimError
+from terrazzo.sim.flow import CNode, Flow, Request, Token, compile_graph
+from terrazzo.sim.links import Link
+from terrazzo.sim.model import PlannedOp, SimModel
+from terrazzo.sim.pools import LlmPool, Seq, ServerPool
+from terrazzo.sim.sampling import token_draws, uniform_draws
+from terrazzo.sim.traces import Trace
+from terrazzo.spec.agent import LlmNode, Node
+from terrazzo.spec.distributions import Dist
+
+if TYPE_CHECKING:
+    from terrazzo.sim.results import SimReport
+
+PREFILL_TOKEN_BUDGET = 8192  # prompt tokens per prefill iteration of an aggregated replica (engine setting)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How to drive a model. `rate_per_s` None: the plan's rate. `arrival`: poisson, gamma (cv > 1 is
+    bursty) or trace. Requests arriving in [warmup_s, duration_s) are measured; the run then drains
+    for up to `drain_s` so that they finish. Defaults: warm-up 5 % of the duration (at most 60 s),
+    drain four durations plus a minute."""
+
+    duration_s: float = 300.0
+    rate_per_s: float | None = None
+    arrival: str = "poisson"
+    cv: float = 1.0
+    trace: Trace | None = None
+    seed: int = 0
+    warmup_s: float | None = None
+    drain_s: float | None = None
+    progress: bool = False
+    prefill_token_budget: int = PREFILL_TOKEN_BUDGET
+
+    @property
+    def warmup(self) -> float:
+        return self.warmup_s if self.warmup_s is not None else min(0.05 * self.duration_s, 60.0)
+
+    @property
+    def drain(self) -> float:
+        return self.drain_s if self.drain_s is not None else 4 * self.duration_s + 60.0
+
+
+class Op:
+    """A planned op and the pool that runs it; `link()` gives a replica's link towards a device type."""
+
+    def __init__(self, sim: Simulation, planned: PlannedOp, pool: Any) -> None:
+        self.sim, self.planned, self.pool = sim, planned, pool
+        self.name, self.device = planned.name, planned.device
+        self.links: dict[tuple[int, str], Link] = {}
+
+    def link(self, replica: int, dst_device: str) -> Link:
+        key = (replica, dst_device)
+        link = self.links.get(key)
+        if link is None:
+            bw = min(self.sim.nic_bytes_s(self.device), self.sim.nic_bytes_s(dst_device))
+            link = self.links[key] = Link(self.sim.env, f"{self.name}#{replica}→{dst_device}", bw,
+                                          self.sim.fabric_latency_s)
+        return link
+
+
+class Stage:
+    """One step of a work node's chain; `next` is the following stage or None (then the node is done)."""
+
+    device: str
+    next: Stage | None = None
+
+    @property
+    def op_name(self) -> str:
+        return self.op.name  # type: ignore[attr-defined]
+
+    def __init__(self, sim: Simulation, node: CNode) -> None:
+        self.sim, self.node = sim, node
+
+    def start(self, tok: Token) -> None:
+        raise NotImplementedError
+
+    def finish(self, tok: Token, op: Op, replica: int) -> None:
+        tok.src = (op, replica)
+        if self.next is None:
+            self.sim.flow.leave(tok, self.node)
+        else:
+            self.sim.goto(tok, self.next)
+
+
+class OpStage(Stage):
+    """A non-LLM op: hold one of its pool's servers for the visit's service time (then `after_s` off it)."""
+
+    def __init__(self, sim: Simulation, node: CNode, op: Op, service: OpService) -> None:
+        super().__init__(sim, node)
+        self.op, self.device, self.service = op, op.device, service
+
+    def start(self, tok: Token) -> None:
+        hold, after = self.service()
+        tok.pred_s += hold + after  # the planner's formula on this visit's work, without queueing
+        self.op.pool.submit(hold, after, self._done, tok)
+
+    def _done(self, tok: Token, replica: int) -> None:
+        self.finish(tok, self.op, replica)
+
+
+class LlmStage(Stage):
+    """An LLM call: aggregated, or prefill → KV transfer → decode; records TTFT and TBT per call."""
+
+    def __init__(self, sim: Simulation, node: CNode, spec: LlmNode, ops: dict[str, Op], isl: Dist, osl: Dist,
+                 ttft_limit_s: float | None, tbt_limit_s: float | None) -> None:
+        super().__init__(sim, node)
+        self.agg, self.pre, self.dec = ops.get("aggregated"), ops.get("prefill"), ops.get("decode")
+        if self.agg is None and (self.pre is None or self.dec is None):
+            raise SimError(f"the plan serves LLM node '{node.path}' with neither an aggregated op nor a "
+                           f"prefill and a decode op; re-plan it")
+        self.device = (self.agg or self.pre).device  # type: ignore[union-attr]
+        self.op = self.agg or self.pre
+        seed = sim.config.seed
+        self.isl_draw, self.osl_draw = token_draws(isl, seed, f"{node.path}.isl"), token_draws(osl, seed,
+                                                                                              f"{node.path}.osl")
+        self.isl_mean, self.osl_mean = max(isl.expected, 1.0), max(osl.expected, 1.0)
+        kv_edge = sim.edge_bytes.get((self.pre.name, self.dec.name)) if self.pre and self.dec else None
+        self.kv_bytes_per_token = (kv_edge / self.isl_mean if kv_edge
+                                   else kv_bytes_per_token(sim.model.catalog.model(spec.model), spec.dtype))
+        self.ttft_limit = ttft_limit_s if ttft_limit_s is not None else math.inf
+        self.tbt_limit = tbt_limit_s if tbt_limit_s is not None else math.inf
+        self.ttft_limit_s, self.tbt_limit_s = ttft_limit_s, tbt_limit_s
+        self.calls = {k: array("d") for k in ("arrival_s", "request", "ttft_s", "tbt_s", "isl", "osl")}
+
+    def start(self, tok: Token) -> None:
+        req = tok.run.req  # type: ignore[union-attr]
+        if req.tokens is not None:
+            isl, osl = req.tokens
+        else:
+            isl, osl = int(self.isl_draw()), int(self.osl_draw())
+        env = self.sim.env
+        if self.agg is not None:
+            tok.pred_s += self.agg.planned.latency_s * osl / self.osl_mean
+            self.agg.pool.submit(Seq(isl, osl, self._decoded, tok, env.now))
+        else:
+            tok.pred_s += self.pre.planned.latency_s * isl / self.isl_mean  # type: ignore[union-attr]
+            self.pre.pool.submit(Seq(isl, osl, self._prefilled, tok, env.now))  # type: ignore[union-attr]
+
+    def _prefilled(self, seq: Seq, lane: int) -> None:
+        tok: Token = seq.arg
+        if seq.osl <= 1:
+            self._record(seq, tok)
+            self.finish(tok, self.pre, lane // self.pre.planned.pp)  # type: ignore[union-attr]
+            return
+        link = self.pre.link(lane // self.pre.planned.pp, self.dec.device)  # type: ignore[union-attr]
+        n_bytes = seq.isl * self.kv_bytes_per_token
+        tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s + self.dec.planned.latency_s * (  # type: ignore
+            seq.osl / self.osl_mean)
+        link.send(n_bytes, self._kv_arrived, seq)
+
+    def _kv_arrived(self, seq: Seq) -> None:
+        seq.fn = self._decoded
+        self.dec.pool.submit(seq)  # type: ignore[union-attr]
+
+    def _decoded(self, seq: Seq, lane: int) -> None:
+        tok: Token = seq.arg
+        self._record(seq, tok)
+        op = self.agg or self.dec
+        self.finish(tok, op, lane // op.planned.pp)  # type: ignore[union-attr]
+
+    def _record(self, seq: Seq, tok: Token) -> None:
+        req = tok.run.req  # type: ignore[union-attr]
+        ttft = seq.t_first - seq.t_call
+        tbt = (seq.t_done - seq.t_first) / (seq.osl - 1) if seq.osl > 1 else math.nan
+        if ttft > self.ttft_limit or tbt > self.tbt_limit:
+            req.llm_ok = False
+        c = self.calls
+        c["arrival_s"].append(req.t_arrival)
+        c["request"].append(req.id)
+        c["ttft_s"].append(ttft)
+        c["tbt_s"].append(tbt)
+        c["isl"].append(seq.isl)
+        c["osl"].append(seq.osl)
+
+
+_CHAIN_ORDER = {"lookup": 0, "embed": 0, "compute": 1, "search": 1}
+
+
+def _llm_role(p: PlannedOp) -> str:
+    """prefill, decode or aggregated: from the kind, or for MoE expert ops (moe.expert) from the name."""
+    if p.kind in ("llm.prefill", "llm.decode", "llm.aggregated"):
+        return p.kind.removeprefix("llm.")
+    return "prefill" if p.name.endswith(".prefill") else "decode" if p.name.endswith(".decode") else "aggregated"
+
+
+def planned_edges(model: SimModel) -> dict[tuple[str, str], float]:
+    """Bytes per visit between two ops, as the planner priced them (from the planning graph it solved)."""
+    from terrazzo.plan.from_ir import build
+
+    try:
+        graph = build(model.agent, model.workload, model.sla, model.cluster, model.catalog)
+    except TerrazzoError as exc:
+        raise SimError(f"could not rebuild the plan's graph from its specs: {exc}") from None
+    return {(e.src, e.dst): e.data_bytes for e in graph.edges}
+
+
+class Simulation:
+    def __init__(self, model: SimModel, config: SimConfig) -> None:
+        if config.duration_s <= 0:
+            raise SimError(f"duration must be positive, got {config.duration_s:g} s; pass --duration")
+        self.model, self.config = model, config
+        self.env = Environment()
+        self.fabric = model.cluster.fabric
+        self.fabric_latency_s = self.fabric.scale_out_latency_s
+        self._nic: dict[str, float] = {}
+        self.leaves = dict(model.agent.graph.leaves())
+        self.edge_bytes = planned_edges(model)
+        self.services: dict[str, OpService] = {}
+        self.notes: list[str] = []
+        self.ops: dict[str, Op] = {name: Op(self, p, self._pool(p)) for name, p in model.ops.items()}
+        self.graph = compile_graph(model.agent.graph)
+        self.flow = Flow(self.graph, self.goto, uniform_draws(config.seed, "branches"), self._done)
+        self.llm_stages: list[LlmStage] = []
+        for node in self.graph.work_nodes():
+            node.station = self._stages(node, self.leaves[node.path])
+        self.requests = {k: array("d") for k in ("id", "arrival_s", "e2e_s", "pred_s", "ok")}
+        self.arrived = 0
+        self.measured = 0  # arrivals in [warmup, duration)
+        self.snapshots: dict[str, dict[str, tuple[float, float]]] = {}
+        self.wall_s = 0.0
+
+    # building ---------------------------------------------------------------------------------
+
+    def nic_bytes_s(self, device: str) -> float:
+        if device not in self._nic:
+            self._nic[device] = scale_out_link(self.model.catalog.device(device), self.fabric).bw_bytes_s
+        return self._nic[device]
+
+    def _pool(self, p: PlannedOp) -> Any:
+        cat, env, leaves = self.model.catalog, self.env, self.leaves
+        node = leaves[p.node]
+        if isinstance(node, LlmNode):
+            cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
+            mode = _llm_role(p)
+            isl = self._tokens(p.node, node)[0].expected
+            budget = p.batch * isl if mode == "prefill" else self.config.prefill_token_budget
+            return LlmPool(env, p.name, mode, cost, p.replicas, p.pp, p.batch, budget,
+                           cost.kv_capacity_tokens(p.batch))
+        service = OpService(cat, node, p.kind, p.device, self.config.seed, p.name)
+        self.services[p.name] = service
+        if p.batch > 1:
+            self.notes.append(f"{p.name}: the plan batches {p.batch} requests per replica, which the planner's "
+                              f"current cost model does not price for a {p.kind} op; simulated one at a time "
+                              f"per server (re-plan to refresh the plan)")
+        return ServerPool(env, p.name, p.replicas, service.servers)
+
+    def _tokens(self, path: str, node: LlmNode) -> tuple[Dist, Dist]:
+        over = self.model.workload.tokens.get(path)
+        return ((over.input_tokens if over and over.input_tokens else node.input_tokens),
+                (over.output_tokens if over and over.output_tokens else node.output_tokens))
+
+    def _stages(self, node: CNode, spec: Node) -> Stage:
+        ops = [self.ops[o.name] for o in self.model.by_node.get(node.path, [])]
+        if isinstance(spec, LlmNode):
+            roles = {_llm_role(o.planned): o for o in ops}
+            use = {"aggregated": roles["aggregated"]} if "aggregated" in roles else roles
+            limits = self.model.sla.limits_for(node.path)
+            isl, osl = self._tokens(node.path, spec)
+            stage = LlmStage(self, node, spec, use, isl, osl, limits.ttft_s, limits.tbt_s)
+            self.llm_stages.append(stage)
+            return stage
+        ops.sort(key=lambda o: _CHAIN_ORDER.get(o.name.rsplit(".", 1)[-1], 0) if o.name != node.path else 0)
+        stages = [OpStage(self, node, o, self.services[o.name]) for o in ops]
+        for a, b in itertools.pairwise(stages):
+            a.next = b
+        return stages[0]
+
+    # running ----------------------------------------------------------------------------------
+
+    def goto(self, tok: Token, stage: Stage) -> None:
+        """Move a token's data to `stage`'s device if it is elsewhere, then start the stage. The bytes are
+        the planner's for that pair of ops, else the agent edge's."""
+        src = tok.src
+        if src is not None and src[0].device != stage.device:
+            op = src[0]
+            link = op.link(src[1], stage.device)
+            n_bytes = self.edge_bytes.get((op.name, stage.op_name), tok.nbytes)
+            tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s
+            link.send(n_bytes, stage.start, tok)
+        else:
+            stage.start(tok)
+
+    def _done(self, req: Request, pred_s: float) -> None:
+        r = self.requests
+        r["id"].append(req.id)
+        r["arrival_s"].append(req.t_arrival)
+        r["e2e_s"].append(self.env.now - req.t_arrival)
+        r["pred_s"].append(pred_s)
+        r["ok"].append(1.0 if req.llm_ok else 0.0)
+
+    def _arrivals(self) -> Iterator[tuple[float, tuple[int, int] | None]]:
+        c = self.config
+        if c.arrival == "trace":
+            if c.trace is None:
+                raise SimError("a trace arrival needs a trace file; pass --trace FILE")
+            trace = c.trace.scaled_to(c.rate_per_s) if c.rate_per_s else c.trace
+            return trace_times(trace, c.duration_s)
+        if c.arrival not in ("poisson", "gamma"):
+            raise SimError(f"unknown arrival process {c.arrival!r}; use poisson, gamma or trace")
+        rate = c.rate_per_s if c.rate_per_s is not None else self.model.rate_per_s
+        return renewal_times(rate, c.cv if c.arrival == "gamma" else 1.0, c.duration_s, c.seed)
+
+    def _arrive(self, item: tuple[Iterator, tuple[int, int] | None]) -> None:
+        it, tokens = item
+        req = Request(self.arrived, self.env.now, tokens)
+        self.arrived += 1
+        if self.config.warmup <= req.t_arrival < self.config.duration_s:
+            self.measured += 1
+        self.flow.start(req)
+        nxt = next(it, None)
+        if nxt is not None:
+            self.env.at(nxt[0], self._arrive, (it, nxt[1]))
+
+    def _snapshot(self, label: str) -> None:
+        snap = {name: (op.pool.busy_s(), op.pool.occupancy_s()) for name, op in self.ops.items()}
+        for op in self.ops.values():
+            for link in op.links.values():
+                snap[f"link:{link.name}"] = (link.busy_s(), link.bytes_total)
+        self.snapshots[label] = snap
+
+    def run(self) -> Simulation:
+        c = self.config
+        it = self._arrivals()
+        first = next(it, None)
+        if first is None:
+            raise SimError("no request arrives within the duration; lengthen --duration or check the trace")
+        self.env.at(first[0], self._arrive, (it, first[1]))
+        self.env.at(c.warmup, self._snapshot, "warmup")
+        self.env.at(c.duration_s, self._snapshot, "end")
+        horizon = c.duration_s + c.drain
+        t0 = time.perf_counter()
+        with _rare_gc():
+            self._loop(horizon)
+        self.wall_s = time.perf_counter() - t0
+        if "end" not in self.snapshots:
+            self._snapshot("end")
+        return self
+
+    def _loop(self, horizon: float) -> None:
+        c = self.config
+        if c.progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("simulating {task.description}"), BarColumn(),
+                          TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"), TimeElapsedColumn(),
+                          transient=True) as bar:
+                task = bar.add_task(self.model.name, total=c.duration_s)
+                self.env.run(horizon, lambda: bar.update(task, completed=min(self.env.now, c.duration_s)))
+        else:
+            self.env.run(horizon)
+
+
+@contextmanager
+def _rare_gc() -> Iterator[None]:
+    """Per event the simulator allocates a few small objects that reference counting frees (none form
+    cycles); the cyclic collector's passes over the large live heap would cost about a third of the run
+    time, so during a run the objects made before it are frozen and collections are rarer."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def simulate(model: SimModel, config: SimConfig) -> SimReport:
+    """Run `model` under `config` and summarise it."""
+    from terrazzo.sim.results import report_from
+
+    return report_from(Simulation(model, config).run())

@@ -1,0 +1,195 @@
+"""The simulator on plans: the voice agent meets its SLA at the planned rate and the report says where
+it breaks at 1.5×; runs are functions of their seed; the CLI functions write what they promise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from terrazzo.plan.planner import plan
+from terrazzo.sim.cli import check_plan, simulate_command
+from terrazzo.sim.errors import SimError
+from terrazzo.sim.model import load_model, model_from_plan
+from terrazzo.sim.run import SimConfig, Simulation, simulate
+from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+
+ROOT = Path(__file__).parent.parent
+INPUTS = {"agent": ROOT / "examples/agents/voice-agent.yaml", "workload": ROOT / "examples/workloads/steady-5rps.yaml",
+          "sla": ROOT / "examples/slas/interactive.yaml", "cluster": ROOT / "examples/clusters/hetero.yaml"}
+
+
+@pytest.fixture(scope="module")
+def voice_plan() -> dict:
+    """The voice agent planned now, at the example workload's 5 requests/s (what `terrazzo plan -o` writes)."""
+    cluster, cat = load_cluster(INPUTS["cluster"])
+    agent = load_agent(INPUTS["agent"], cat)
+    result = plan(agent, load_workload(INPUTS["workload"], agent), load_sla(INPUTS["sla"], agent), cluster, cat)
+    doc = result.to_json()
+    doc["inputs"] = {k: str(v) for k, v in INPUTS.items()}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def voice(voice_plan):
+    return model_from_plan(voice_plan)
+
+
+def render(x) -> str:
+    console = Console(width=200, record=True)
+    console.print(x.table())
+    return console.export_text()
+
+
+def test_voice_agent_meets_its_sla_at_the_planned_rate(voice):
+    r = simulate(voice, SimConfig(duration_s=600, seed=0))
+    assert r.rate_per_s == voice.rate_per_s == 5
+    assert r.meets_sla, r.breaks
+    assert r.unfinished == 0 and r.attainment >= voice.percentile / 100
+    assert r.e2e_at_sla_s <= voice.deadline_s
+    think = next(s for s in r.llm if s.node == "think")
+    assert think.ttft_at_sla_s <= 0.25 and think.tbt_at_sla_s <= 0.02
+    assert 0 < r.usd_per_request < 1 and r.usd_per_m_tokens > 0 and r.output_tokens > 0
+    assert "meets its SLA" in render(r)
+
+
+def test_the_rag_agent_also_meets_its_sla_at_the_planned_rate():
+    """Its LLM is a join of two retrieval paths and loops through a tool up to four times."""
+    inputs = {**INPUTS, "agent": ROOT / "examples/agents/rag-support.yaml"}
+    cluster, cat = load_cluster(inputs["cluster"])
+    agent = load_agent(inputs["agent"], cat)
+    doc = plan(agent, load_workload(inputs["workload"], agent), load_sla(inputs["sla"], agent), cluster,
+               cat).to_json()
+    doc["inputs"] = {k: str(v) for k, v in inputs.items()}
+    r = simulate(model_from_plan(doc), SimConfig(duration_s=600, seed=0))
+    assert r.meets_sla, r.breaks
+    assert not simulate(model_from_plan(doc), SimConfig(duration_s=600, rate_per_s=7.5, seed=0)).meets_sla
+
+
+def test_at_one_and_a_half_times_the_rate_the_report_shows_where_it_breaks(voice):
+    r = simulate(voice, SimConfig(duration_s=600, rate_per_s=1.5 * voice.rate_per_s, seed=0))
+    assert not r.meets_sla and r.attainment < 0.99
+    think_ops = [p.op for p in r.pools if p.op.startswith("think.")]
+    text = " ".join(r.breaks)
+    assert "think TTFT" in text or "think TBT" in text or "end-to-end" in text
+    assert any(op in text for op in think_ops)  # names the pool to blame
+    out = render(r)
+    assert "misses its SLA" in out and "✗" in out
+
+
+def test_same_seed_same_result(voice):
+    a = simulate(voice, SimConfig(duration_s=300, seed=7))
+    b = simulate(voice, SimConfig(duration_s=300, seed=7))
+    for key in a.records.requests:
+        np.testing.assert_array_equal(a.records.requests[key], b.records.requests[key])
+    ja, jb = a.to_json(), b.to_json()
+    for volatile in ("wall_s", "sim_requests_per_wall_s"):
+        ja.pop(volatile), jb.pop(volatile)
+    assert ja == jb
+
+
+def test_different_seeds_agree_within_the_stated_interval(voice):
+    a = simulate(voice, SimConfig(duration_s=600, seed=1))
+    b = simulate(voice, SimConfig(duration_s=600, seed=2))
+    assert a.records.requests["e2e_s"].tolist() != b.records.requests["e2e_s"].tolist()
+    half = (a.e2e_mean_ci95_s**2 + b.e2e_mean_ci95_s**2) ** 0.5  # 95 % interval of the difference
+    assert abs(a.e2e.mean_s - b.e2e.mean_s) <= half
+    assert a.e2e_mean_ci95_s < 0.1 * a.e2e.mean_s
+
+
+def test_visits_through_the_pools_match_the_plan(voice):
+    sim = Simulation(voice, SimConfig(duration_s=600, seed=3)).run()
+    expected = voice.agent.graph.visits()
+    n = sim.arrived
+    for path, v in expected.items():
+        se = max(v, 1) * 2.5 / n**0.5  # visits per request are bounded by the loop (≤ 4): a loose 4-sigma band
+        assert sim.flow.visits.get(path, 0) / n == pytest.approx(v, abs=se), path
+    for op in voice.ops.values():
+        assert op.visits == pytest.approx(expected[op.node], rel=1e-6)
+
+
+def test_gamma_arrivals_are_burstier_than_poisson(voice):
+    calm = simulate(voice, SimConfig(duration_s=600, seed=4))
+    bursty = simulate(voice, SimConfig(duration_s=600, seed=4, arrival="gamma", cv=4.0))
+    assert bursty.queue_wait_mean_s > calm.queue_wait_mean_s
+
+
+def test_plan_check_flags_and_explains_the_gaps(voice_plan):
+    check = check_plan(voice_plan, tolerance=0.2, seed=0)
+    assert check.rate_per_s == voice_plan["rate_per_s"]
+    by_op = {o.op: o for o in check.ops}
+    assert set(by_op) == {o["name"] for o in voice_plan["ops"]}
+    for o in check.ops:
+        assert o.flagged == (abs(o.ratio - 1) > 0.2)
+        assert bool(o.why) == o.flagged
+    assert check.e2e_planned_s == pytest.approx(voice_plan["e2e_latency_s"])
+    assert 0 <= check.requests_flagged <= 1
+    doc = json.loads(json.dumps(check.to_json()))
+    assert doc["schema"] == "terrazzo.plan-check/v1" and doc["simulation"]["schema"] == "terrazzo.sim/v1"
+    assert "plan check" in render(check)
+
+
+def test_simulate_command_writes_records_and_figures(voice_plan, tmp_path):
+    path = tmp_path / "voice.plan.json"
+    path.write_text(json.dumps(voice_plan))
+    out = tmp_path / "out"
+    r = simulate_command(str(path), rate=None, duration_s=120, trace=None, seed=0, out_dir=str(out), progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.json", "requests.csv", "llm_calls.csv", "latency-cdf.png", "utilisation.png"}
+    assert (out / "latency-cdf.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (out / "requests.csv").read_text().splitlines()
+    assert rows[0] == "request,arrival_s,e2e_s,predicted_s,llm_sla_ok" and len(rows) == r.completed + 1
+    assert json.loads((out / "report.json").read_text())["requests"] == r.requests
+
+
+def test_trace_replay_uses_the_trace_arrivals_and_tokens(voice_plan, tmp_path):
+    path = tmp_path / "voice.plan.json"
+    path.write_text(json.dumps(voice_plan))
+    trace = ROOT / "examples/traces/azure-sample.csv"
+    r = simulate_command(str(path), rate=None, duration_s=None, trace=str(trace), seed=0, out_dir=None,
+                         progress=False)
+    assert r.arrival == "trace" and r.duration_s > 299
+    calls = r.records.calls["think"]
+    assert set(calls["isl"].astype(int)) <= set(np.loadtxt(trace, delimiter=",", skiprows=1, usecols=1, dtype=int))
+    faster = simulate_command(str(path), rate=10.0, duration_s=None, trace=str(trace), seed=0, out_dir=None,
+                              progress=False)
+    assert faster.rate_per_s == 10.0 and faster.duration_s == pytest.approx(r.duration_s / 2, rel=0.1)
+
+
+def test_the_example_plan_file_simulates(tmp_path):
+    r = simulate_command(str(ROOT / "examples/plans/voice-agent.plan.json"), rate=None, duration_s=60, trace=None,
+                         seed=0, out_dir=None, progress=False)
+    assert r.requests > 200 and r.agent == "voice-agent"
+    doc = json.loads((ROOT / "examples/plans/voice-agent.plan.json").read_text())
+    batched = {o["name"] for o in doc["ops"] if o["batch"] > 1 and not o["kind"].startswith(("llm.", "moe."))}
+    assert {n.split(":")[0] for n in r.notes} == batched  # a plan from an older cost model is said to be one
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.update(schema="other"), "schema"),
+    (lambda d: d.pop("inputs"), "does not record its inputs"),
+    (lambda d: d["inputs"].update(agent="missing.yaml"), "was not found"),
+    (lambda d: d.update(ops=[o for o in d["ops"] if not o["name"].startswith("think")]), "node 'think'"),
+])
+def test_bad_plans_say_how_to_fix_them(voice_plan, mutate, match):
+    doc = json.loads(json.dumps(voice_plan))
+    mutate(doc)
+    with pytest.raises(SimError, match=match):
+        model_from_plan(doc)
+
+
+def test_bad_arguments_say_how_to_fix_them(voice_plan, tmp_path):
+    with pytest.raises(SimError, match="not found"):
+        load_model(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SimError, match="not JSON"):
+        load_model(tmp_path / "bad.json")
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(voice_plan))
+    with pytest.raises(SimError, match="--rate"):
+        simulate_command(str(path), rate=-1, duration_s=10, trace=None, seed=0, out_dir=None, progress=False)
+    with pytest.raises(SimError, match="tolerance"):
+        check_plan(voice_plan, tolerance=0, seed=0)
