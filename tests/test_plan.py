@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from terrazzo.cost.tco import HourlyCost
 from terrazzo.plan.check import Assignment, check, min_replicas
+from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.graph import OpCandidate, PlanEdge, PlanningGraph, PlanOp, VariantGroup
 from terrazzo.plan.milp import solve_milp
 from terrazzo.plan.planner import plan, plan_graph
-from terrazzo.plan.select import PlanInfeasible
 from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from terrazzo.catalog.load import load_catalog
 from terrazzo.cost.tco import annuity_usd_per_year, device_usd_per_hour, usd_per_million_tokens
+from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.scenario import load_scenario
-from terrazzo.plan.select import Edge, Option, PlanInfeasible, Problem, Stage, Transfer, enumerate_all, solve
+from terrazzo.plan.select import Edge, Option, Problem, Stage, Transfer, enumerate_all, solve
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = load_catalog()

@@ -12,10 +12,10 @@ from rich.table import Table
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.plan.check import Assignment, check, min_replicas
+from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.milp import Allow, solve_milp
-from terrazzo.plan.select import PlanInfeasible
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla

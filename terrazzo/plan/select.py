@@ -13,12 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import product
 
-from terrazzo.errors import TerrazzoError
+from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.lp import Model
-
-
-class PlanInfeasible(TerrazzoError):
-    """No choice meets the constraints; the message names what binds and by how much."""
 
 
 @dataclass(frozen=True)
