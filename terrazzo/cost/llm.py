@@ -8,7 +8,6 @@ wastes little, so no fragmentation allowance beyond the usable fraction).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
@@ -249,10 +248,6 @@ def mean_decode_context(isl: float, osl: float) -> float:
 
 def valid_tp(model: ModelSpec, max_tp: int) -> list[int]:
     return [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= max_tp and model.heads % t == 0]
-
-
-def ceil_div(a: float, b: float) -> int:
-    return math.ceil(a / b)
 
 
 def aggregated_tokens_per_s(dep: Deployment, isl: int, osl: int, batch: int) -> float:

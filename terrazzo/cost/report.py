@@ -8,7 +8,15 @@ from rich.table import Table
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.cost.candidates import deployment
-from terrazzo.cost.llm import decode_step, max_batch, mean_decode_context, memory_use, prefill
+from terrazzo.cost.llm import (
+    decode_step,
+    decode_tokens_per_s,
+    max_batch,
+    mean_decode_context,
+    memory_use,
+    prefill,
+    prefill_tokens_per_s,
+)
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
 
 
@@ -73,8 +81,8 @@ def cost_report(
     pre, step1 = prefill(dep, isl), decode_step(dep, 1, ctx)
     b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
     step_b = decode_step(dep, b, ctx) if b else None
-    decode_tps = b * pp / step_b.latency_s if step_b else 0.0
-    prefill_tps = isl * pp / pre.latency_s
+    decode_tps = decode_tokens_per_s(dep, b, ctx)
+    prefill_tps = prefill_tokens_per_s(dep, isl)
     mem = memory_use(dep, max(b, 1), isl + osl)
     usd_h = device_usd_per_hour(catalog, dep.device.name, tco).usd_h * dep.devices
     return CostReport(

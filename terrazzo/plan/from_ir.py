@@ -7,7 +7,7 @@ The IR is the single place candidates are priced (terrazzo/ir/costing.py); this 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, OpResult, SSAValue
@@ -104,8 +104,6 @@ def _plan_op(op: NodeOp, name: str | None = None) -> PlanOp:
 
 
 def _with_variant(op: PlanOp, variant: str) -> PlanOp:
-    from dataclasses import replace
-
     return replace(op, variant=variant, node=op.name.rsplit(".", 1)[0] if variant == "disaggregated" else op.node)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.table import Table
 
 from terrazzo.catalog.load import Catalog
-from terrazzo.plan.check import Assignment, check, min_replicas
+from terrazzo.plan.check import Assignment, check, devices_used, min_replicas
 from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
@@ -201,8 +201,6 @@ def baselines(graph: PlanningGraph) -> list[Baseline]:
 
 
 def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
-    from dataclasses import replace
-
     return replace(graph, cluster_devices=(*graph.cluster_devices, device))
 
 
@@ -257,19 +255,13 @@ def explain_infeasible(graph: PlanningGraph) -> str:
     if lines:
         return "; ".join(lines)
     if graph.mode == "inventory":
-        from dataclasses import replace
-
         free = solve_milp(replace(graph, mode="unconstrained"))
         if free.assignment is not None:
-            from terrazzo.plan.check import devices_used
-
             need = devices_used(graph, free.assignment)
             short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)}" for d, n in need.items()
                      if n > graph.inventory.get(d, 0)]
             return "inventory binds: the cheapest plan without it uses " + ", ".join(short)
     if graph.deadline_s is not None:
-        from dataclasses import replace
-
         relaxed = solve_milp(replace(graph, deadline_s=None))
         if relaxed.assignment is not None:
             fastest = _fastest_e2e(graph)
@@ -303,8 +295,6 @@ def _closest(o: Any, cands: list[OpCandidate]) -> str:
 
 def _fastest_e2e(graph: PlanningGraph) -> float:
     """Critical path with every op on its fastest feasible candidate (a lower bound on E2E)."""
-    from dataclasses import replace
-
     fast: dict[str, tuple[int, int]] = {}
     for o in graph.ops:
         ok = [(c.latency_s, k) for k, c in enumerate(o.candidates) if c.feasible and c.device in graph.cluster_devices]
