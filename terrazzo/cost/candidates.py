@@ -5,6 +5,7 @@ Infeasible candidates are kept, with the reason, so the planner can explain what
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,9 @@ from terrazzo.spec.cluster import Fabric
 
 Phase = Literal["prefill", "decode", "aggregated"]
 PREFILL_BATCHES = (1, 2, 4, 8, 16, 32)
+# Decode (and aggregated) candidates also at the largest batch whose TBT stays within these shares of
+# the limit: long outputs may need faster tokens than the TBT limit to meet an end-to-end percentile.
+TBT_SHARES = (1.0, 0.7, 0.5, 0.35)
 MAX_PP = 8
 
 
@@ -94,8 +98,8 @@ def llm_candidates(
                 out.append(_rejected("prefill", device, dtype, tp, pp, str(exc)))
                 continue
             out.extend(_prefill(dep, int(isl), ttft_s, usd_device_h * dep.devices))
-            out.append(_decode(dep, isl, osl, tbt_s, usd_device_h * dep.devices))
-            out.append(_aggregated(dep, int(isl), osl, ttft_s, tbt_s, usd_device_h * dep.devices))
+            out.extend(_decode(dep, isl, osl, tbt_s, usd_device_h * dep.devices))
+            out.extend(_aggregated(dep, int(isl), osl, ttft_s, tbt_s, usd_device_h * dep.devices))
     return out
 
 
@@ -117,19 +121,29 @@ def _prefill(dep: Deployment, isl: int, ttft_s: float | None, usd_h: float) -> l
     return out
 
 
-def _decode(dep: Deployment, isl: float, osl: float, tbt_s: float | None, usd_h: float) -> Candidate:
+def _batches(largest: Callable[[float | None], int], tbt_s: float | None) -> list[int]:
+    """Distinct largest batches within each share of the TBT limit (just the one without a limit)."""
+    if tbt_s is None:
+        return [largest(None)]
+    return list(dict.fromkeys(b for b in (largest(share * tbt_s) for share in TBT_SHARES) if b > 0))
+
+
+def _decode(dep: Deployment, isl: float, osl: float, tbt_s: float | None, usd_h: float) -> list[Candidate]:
     ctx = mean_decode_context(isl, osl)
-    b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
-    if b == 0:
+    batches = _batches(lambda limit: max_batch(dep, ctx, limit, peak_context=isl + osl), tbt_s)
+    if not batches or batches == [0]:
         est = decode_step(dep, 1, ctx)
         mem = memory_use(dep, 1, isl + osl)
         reason = _why_not(est, mem.fits, tbt_s, "TBT", mem.total, mem.capacity)
-        return Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, est.latency_s, 0.0, 0.0,
-                         mem.total, usd_h, est.bound, False, reason)
-    est = decode_step(dep, b, ctx)
-    tokens = b * dep.pp / est.latency_s
-    return Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, b, est.latency_s, tokens / osl, tokens,
-                     memory_use(dep, b, isl + osl).total, usd_h, est.bound, True)
+        return [Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, est.latency_s, 0.0, 0.0,
+                          mem.total, usd_h, est.bound, False, reason)]
+    out = []
+    for b in batches:
+        est = decode_step(dep, b, ctx)
+        tokens = b * dep.pp / est.latency_s
+        out.append(Candidate("decode", dep.device.name, dep.dtype, dep.tp, dep.pp, b, est.latency_s, tokens / osl,
+                             tokens, memory_use(dep, b, isl + osl).total, usd_h, est.bound, True))
+    return out
 
 
 def aggregated_tbt_s(dep: Deployment, isl: int, osl: float, batch: int) -> float:
@@ -140,31 +154,40 @@ def aggregated_tbt_s(dep: Deployment, isl: int, osl: float, batch: int) -> float
 
 
 def _aggregated(dep: Deployment, isl: int, osl: float, ttft_s: float | None, tbt_s: float | None,
-                usd_h: float) -> Candidate:
+                usd_h: float) -> list[Candidate]:
     """Prefill and decode on the same replica (no KV transfer); prefills stretch the decode steps."""
     pre = prefill(dep, isl)
     limit = max_batch(dep, mean_decode_context(isl, osl), None, peak_context=isl + osl)
     if limit == 0 or (ttft_s is not None and pre.latency_s > ttft_s):
         mem = memory_use(dep, 1, isl + osl, prefill_tokens=isl)
         reason = _why_not(pre, mem.fits, ttft_s, "TTFT", mem.total, mem.capacity) or "no memory for a batch"
-        return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, pre.latency_s, 0.0, 0.0,
-                         mem.total, usd_h, pre.bound, False, reason)
-    lo, hi = 1, limit
-    if tbt_s is not None:
-        if aggregated_tbt_s(dep, isl, osl, 1) > tbt_s:
-            tbt1 = aggregated_tbt_s(dep, isl, osl, 1)
-            return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, tbt1, 0.0, 0.0,
-                             memory_use(dep, 1, isl + osl).total, usd_h, "compute", False,
-                             f"TBT {tbt1 * 1e3:.1f} ms with prefills interleaved > {tbt_s * 1e3:.4g} ms limit")
+        return [Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, pre.latency_s, 0.0, 0.0,
+                          mem.total, usd_h, pre.bound, False, reason)]
+    if tbt_s is not None and aggregated_tbt_s(dep, isl, osl, 1) > tbt_s:
+        tbt1 = aggregated_tbt_s(dep, isl, osl, 1)
+        return [Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, tbt1, 0.0, 0.0,
+                          memory_use(dep, 1, isl + osl).total, usd_h, "compute", False,
+                          f"TBT {tbt1 * 1e3:.1f} ms with prefills interleaved > {tbt_s * 1e3:.4g} ms limit")]
+
+    def largest(tbt: float | None) -> int:
+        lo, hi = 1, limit
+        if tbt is None:
+            return limit
+        if aggregated_tbt_s(dep, isl, osl, 1) > tbt:
+            return 0
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if aggregated_tbt_s(dep, isl, osl, mid) <= tbt_s else (lo, mid - 1)
-    b = lo
-    tbt = aggregated_tbt_s(dep, isl, osl, b)
-    tokens = b * dep.pp / tbt
-    step = decode_step(dep, b, mean_decode_context(isl, osl))
-    return Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, b, tbt, tokens / osl, tokens,
-                     memory_use(dep, b, isl + osl).total, usd_h, step.bound, True)
+            lo, hi = (mid, hi) if aggregated_tbt_s(dep, isl, osl, mid) <= tbt else (lo, mid - 1)
+        return lo
+
+    out = []
+    for b in _batches(largest, tbt_s):
+        tbt = aggregated_tbt_s(dep, isl, osl, b)
+        tokens = b * dep.pp / tbt
+        step = decode_step(dep, b, mean_decode_context(isl, osl))
+        out.append(Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, b, tbt, tokens / osl, tokens,
+                             memory_use(dep, b, isl + osl).total, usd_h, step.bound, True))
+    return out
 
 
 def _why_not(est: Estimate, fits: bool, limit_s: float | None, what: str, used: float, capacity: float) -> str:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from terrazzo.plan.graph import OpCandidate, PlanningGraph
+from terrazzo.plan.queueing import servers_for, wait_quantile_s
 
 TOLERANCE = 1e-6
 
@@ -38,11 +39,38 @@ class Verdict:
 
 
 def min_replicas(graph: PlanningGraph, op: str, cand: OpCandidate) -> int:
-    """Replicas that carry the op's demand within the utilisation cap (at least one)."""
-    demand = graph.rate_per_s * graph.op(op).visits
+    """Replicas that carry the op's demand within the utilisation cap (at least one) and, for a
+    first-token op, keep its percentile TTFT — queueing included — within the limit."""
+    o = graph.op(op)
+    demand = graph.rate_per_s * o.visits
     if demand <= 0 or math.isinf(cand.rate_per_s):
         return 1
-    return max(1, math.ceil(demand / (cand.rate_per_s * graph.utilisation_cap) - TOLERANCE))
+    n = max(1, math.ceil(demand / (cand.rate_per_s * graph.utilisation_cap) - TOLERANCE))
+    if o.first_token_limit_s is None or cand.first_token_s is None:
+        return n
+    need = servers_for(demand, cand.first_token_s, first_token_tail_s(graph, op, cand), o.arrival_scv, o.work_scv,
+                       graph.percentile, o.first_token_limit_s * (1 + TOLERANCE), n, cand.prefill_slots)
+    return n if need is None else need  # None: unattainable at any size, which `check` reports
+
+
+def first_token_attainable(graph: PlanningGraph, op: str, cand: OpCandidate) -> bool:
+    """Whether an idle pool meets the op's percentile TTFT limit (queueing can only add to it)."""
+    limit = graph.op(op).first_token_limit_s
+    return limit is None or cand.first_token_s is None or first_token_tail_s(graph, op, cand) <= limit * (
+        1 + TOLERANCE)
+
+
+def first_token_tail_s(graph: PlanningGraph, op: str, cand: OpCandidate, replicas: int | None = None) -> float:
+    """Percentile time to first token: service of the percentile prompt (plus the running batch a
+    batched prefill waits out), and with `replicas` given, the percentile queueing wait too."""
+    o = graph.op(op)
+    if cand.first_token_s is None:
+        return cand.latency_s
+    service = cand.first_token_s * (o.work_tail_ratio + (1.0 if cand.prefill_slots > 1 else 0.0))
+    if replicas is None:
+        return service
+    return service + wait_quantile_s(replicas * cand.prefill_slots, graph.rate_per_s * o.visits,
+                                     cand.first_token_s, o.arrival_scv, o.work_scv, graph.percentile)
 
 
 def devices_used(graph: PlanningGraph, a: Assignment) -> dict[str, int]:
@@ -87,6 +115,12 @@ def check(graph: PlanningGraph, a: Assignment) -> Verdict:
         need = min_replicas(graph, name, c)
         if n < need:
             problems.append(f"{name}: {n} replicas of {c.label} carry less than the demand (needs {need})")
+        limit = graph.op(name).first_token_limit_s
+        if limit is not None and c.first_token_s is not None:
+            ttft = first_token_tail_s(graph, name, c, n)
+            if ttft > limit * (1 + TOLERANCE) + TOLERANCE:
+                problems.append(f"{name}: p{graph.percentile:g} TTFT {ttft * 1e3:.1f} ms with {n} replicas of "
+                                f"{c.label} exceeds the {limit * 1e3:.4g} ms limit")
     used = devices_used(graph, a)
     if graph.mode != "unconstrained":
         for device, n in used.items():

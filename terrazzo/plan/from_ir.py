@@ -7,8 +7,10 @@ The IR is the single place candidates are priced (terrazzo/ir/costing.py); this 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, OpResult, SSAValue
 
@@ -17,6 +19,7 @@ from terrazzo.cost.network import scale_out_link
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, KvType
 from terrazzo.ir.costing import PLACEABLE, CostModel
+from terrazzo.ir.dialects import granular as G
 from terrazzo.ir.dialects.agent import LlmCallOp, LoopOp, OutputOp, SubagentOp
 from terrazzo.ir.dialects.base import NodeOp, str_prop
 from terrazzo.ir.driver import DECOMPOSE, make_pass, run_pipeline
@@ -56,7 +59,8 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     auto = {path for path, n in agent.graph.leaves() if isinstance(n, LlmNode) and n.serving == "auto"}
     aggregated = estimated_module(_serving(agent, "aggregated"), cost_model) if auto else None
 
-    ops = {op.node_id: _plan_op(op) for op in disaggregated.walk() if isinstance(op, PLACEABLE)}
+    tails = _FirstToken(sla)
+    ops = {op.node_id: tails.apply(_plan_op(op), op) for op in disaggregated.walk() if isinstance(op, PLACEABLE)}
     uses = _contract(disaggregated, set(ops))
     groups = []
     llm_nodes = {op.node_id.rsplit(".", 1)[0] if not isinstance(op, LlmCallOp) else op.node_id
@@ -72,7 +76,7 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         if node in auto and aggregated is not None:
             agg = next(op for op in aggregated.walk() if isinstance(op, LlmCallOp) and op.node_id == node)
             name = f"{node}.aggregated"
-            ops[name] = _plan_op(agg, name)
+            ops[name] = tails.apply(_plan_op(agg, name), agg)
             variants["aggregated"] = (name,)
             uses += [_Use(u.src, name, u.data_bytes, False) for u in uses if u.dst in split and u.src not in split]
             uses += [_Use(name, u.dst, u.data_bytes, False) for u in uses if u.src in split and u.dst not in split]
@@ -88,30 +92,79 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         tuple(ops.values()), edges, tuple(groups), workload.arrival.rate_per_s or 0.0, deadline,
         sla.utilisation_cap, sla.penalty_usd_h_per_s, costs, links, cluster.fabric.scale_out_latency_s,
         tuple(devices), {catalog.device(d).name: n for d, n in cluster.inventory.items()},
-        tuple(catalog.device(d).name for d in cluster.buy), cluster.mode,
+        tuple(catalog.device(d).name for d in cluster.buy), cluster.mode, tails.percentile,
     )
+
+
+class _FirstToken:
+    """Marks first-token ops (prefill, aggregated) with their TTFT limit and their prompt's tail, and
+    rules out candidates whose service of the percentile prompt alone misses the limit."""
+
+    SAMPLES = 20_000  # draws per prompt distribution: the p99 to well under 1 %
+
+    def __init__(self, sla: Sla) -> None:
+        self.sla = sla if sla.mode == "interactive" else None
+        self.percentile = sla.end_to_end.percentile if sla.end_to_end else 99.0
+
+    def apply(self, plan_op: PlanOp, op: NodeOp) -> PlanOp:
+        limit = self.sla.limits_for(plan_op.node).ttft_s if self.sla and _first_token_role(op) else None
+        prompt = op.properties.get("input_tokens")
+        if limit is None or not isinstance(prompt, DistAttr):
+            return plan_op
+        draws = np.asarray(prompt.to_dist().sample(np.random.default_rng(0), self.SAMPLES), dtype=float)
+        mean = float(draws.mean()) or 1.0
+        ratio = max(float(np.percentile(draws, self.percentile)) / mean, 1.0)
+        scv = float(draws.var()) / mean**2
+        tailed = replace(plan_op, first_token_limit_s=limit, work_tail_ratio=ratio, work_scv=scv)
+        return replace(tailed, candidates=tuple(self._judge(c, tailed, prompt.mean_value) for c in tailed.candidates))
+
+    def _judge(self, c: OpCandidate, op: PlanOp, mean_prompt: float) -> OpCandidate:
+        if not c.feasible or c.first_token_s is None or op.first_token_limit_s is None:
+            return c
+        tail_s = c.first_token_s * (op.work_tail_ratio + (1.0 if c.prefill_slots > 1 else 0.0))
+        if tail_s <= op.first_token_limit_s:
+            return c
+        return replace(c, feasible=False, reason=(
+            f"TTFT {tail_s * 1e3:.1f} ms for the p{self.percentile:g} prompt "
+            f"({op.work_tail_ratio * mean_prompt:,.0f} tokens) > {op.first_token_limit_s * 1e3:.4g} ms limit"))
 
 
 def _plan_op(op: NodeOp, name: str | None = None) -> PlanOp:
     out_tokens = op.properties.get("output_tokens")
+    osl = out_tokens.mean_value if isinstance(out_tokens, DistAttr) else 0.0
     kind = "llm.aggregated" if isinstance(op, LlmCallOp) else op.name.split(".", 1)[1]
+    role = _first_token_role(op)
     return PlanOp(
         name or op.node_id, kind, op.node_id.rsplit(".", 1)[0] if name is None else op.node_id,
-        op.visit_count, prune([_candidate(c) for c in op.candidates]),
-        output_tokens=out_tokens.mean_value if isinstance(out_tokens, DistAttr) else 0.0,
-        model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
+        op.visit_count, prune([_candidate(c, role, osl) for c in op.candidates]),
+        output_tokens=osl, model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
     )
+
+
+def _first_token_role(op: NodeOp) -> str | None:
+    """'prefill' or 'aggregated' for the ops that produce an LLM call's first token, else None."""
+    if isinstance(op, LlmCallOp):
+        return "aggregated"
+    phase = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}.get(type(op)) or str_prop(op, "phase")
+    return "prefill" if phase == "prefill" else None
 
 
 def _with_variant(op: PlanOp, variant: str) -> PlanOp:
     return replace(op, variant=variant, node=op.name.rsplit(".", 1)[0] if variant == "disaggregated" else op.node)
 
 
-def _candidate(c: CandidateAttr) -> OpCandidate:
+def _candidate(c: CandidateAttr, role: str | None, osl: float) -> OpCandidate:
+    """A priced IR candidate; for a first-token op, also its time to the first token: a prefill's own
+    latency (a batch of `batch` prompts), or an aggregated replica's lone prefill (the span less the
+    decode) plus one decode step to wait out before the prompt joins."""
     tp, pp = c.tp.data, c.pp.data
+    first = {"prefill": c.span_s.data,
+             "aggregated": c.span_s.data - osl * c.latency_s.data + c.latency_s.data}.get(role or "")
     return OpCandidate(c.device.data, tp, pp, c.batch.data, c.span_s.data, c.requests_per_s.data, tp * pp,
                        c.usd_h.data, c.feasible, c.infeasible.data,
-                       f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound")
+                       f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
+                       first_token_s=first if first is not None and math.isfinite(first) else None,
+                       prefill_slots=c.batch.data if role == "prefill" else 1)
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

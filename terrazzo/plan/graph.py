@@ -22,7 +22,9 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class OpCandidate:
     """One way to run an op: `latency_s` per visit on the request's path, `rate_per_s` visits one
-    replica sustains, `devices` and `usd_h` per replica."""
+    replica sustains, `devices` and `usd_h` per replica. First-token ops (prefill, aggregated) also
+    carry `first_token_s`, the service time to the first token at the mean prompt, and how many
+    prompts a replica serves at once (`prefill_slots`); the planner sizes their queues from these."""
 
     device: str
     tp: int
@@ -35,6 +37,8 @@ class OpCandidate:
     feasible: bool = True
     reason: str = ""
     detail: str = ""
+    first_token_s: float | None = None
+    prefill_slots: int = 1
 
     @property
     def label(self) -> str:
@@ -43,6 +47,10 @@ class OpCandidate:
 
 @dataclass(frozen=True)
 class PlanOp:
+    """A placeable op. A first-token op with a TTFT limit also carries its prompt's tail: the SLA
+    percentile of its work over the mean (`work_tail_ratio`), the work's squared coefficient of
+    variation (`work_scv`), and its arrivals' (`arrival_scv`: 1 for Poisson)."""
+
     name: str
     kind: str
     node: str
@@ -52,6 +60,10 @@ class PlanOp:
     output_tokens: float = 0.0
     model: str | None = None
     dtype: str | None = None
+    first_token_limit_s: float | None = None
+    work_tail_ratio: float = 1.0
+    work_scv: float = 0.0
+    arrival_scv: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class PlanningGraph:
     inventory: dict[str, int] = field(default_factory=dict)
     buy: tuple[str, ...] = ()
     mode: str = "unconstrained"
+    percentile: float = 99.0  # the SLA's: first-token limits hold at this percentile
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})

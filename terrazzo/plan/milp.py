@@ -11,9 +11,11 @@ lowers cost or latency, so replicas are constants of the column rather than vari
          w[o,d] = Σ_{c on d} x[o,c]  (a crossing pays the slower NIC's time; a KV edge always pays)
        f[v] ≥ f[u] + visits(v)·(t[e] + Σ_c latency(c)·x[v,c]),  f[sink] ≤ deadline + s
        Σ devices(c)·n(o,c)·x[o,c] over ops on d ≤ inventory(d)
-Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for explanations. A data edge
-whose slowest transfer is under 1e-5 of the deadline is charged that worst case as a constant instead
-of t[e]'s rows: conservative (the plan still passes the check) and it keeps 1,000-op graphs tractable.
+A first-token op's replicas also keep its percentile TTFT, queueing included, within the limit
+(plan/queueing.py). Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for
+explanations. A data edge whose slowest transfer is under 1e-5 of the deadline is charged that worst
+case as a constant instead of t[e]'s rows: conservative (the plan still passes the check) and it
+keeps 1,000-op graphs tractable.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from terrazzo.plan.check import Assignment, min_replicas
+from terrazzo.plan.check import Assignment, first_token_attainable, min_replicas
 from terrazzo.plan.graph import OpCandidate, PlanningGraph, non_dominated
 from terrazzo.plan.lp import INF, Model
 
@@ -81,7 +83,8 @@ def _columns(graph: PlanningGraph, op: str, allow: Allow | None) -> list[int]:
     (latency, fleet $/h, fleet devices) by another on the same device type at this demand."""
     o = graph.op(op)
     ok = [k for k, c in enumerate(o.candidates)
-          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(op, c))]
+          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(op, c))
+          and first_token_attainable(graph, op, c)]
 
     def costs(k: int) -> tuple[float, float, float]:
         c = o.candidates[k]

@@ -16,6 +16,7 @@ from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.milp import Allow, solve_milp
+from terrazzo.plan.refine import refine
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -63,6 +64,12 @@ class Plan:
     solver_status: str
     explain: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
+    verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (plan/refine.py); empty if not run
+
+    @property
+    def sim_verified(self) -> bool | None:
+        """Whether the simulation at the planned rate met the SLA; None when the plan was not simulated."""
+        return self.verification[-1]["meets_sla"] if self.verification else None
 
     @property
     def usd_per_request(self) -> float:
@@ -103,6 +110,8 @@ class Plan:
             ],
             "placement": placement_json(self),
             "explain": self.explain,
+            "verification": {"simulated": bool(self.verification), "meets_sla": self.sim_verified,
+                             "rounds": list(self.verification)},
         }
 
     def table(self) -> Table:
@@ -141,9 +150,14 @@ def placement_json(plan: Plan) -> dict[str, Any]:
 
 
 def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
-         explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+         explain: bool = False, time_limit_s: float = 60.0, verify: bool = True) -> Plan:
+    """Plan, then (with `verify`, for an interactive SLA at a known rate) simulate the plan at its rate
+    and re-plan where the simulation misses the SLA (plan/refine.py)."""
     graph = build(agent, workload, sla, cluster, catalog)
-    return plan_graph(graph, agent.name, explain, time_limit_s)
+    if not verify or not graph.rate_per_s or sla.mode != "interactive":
+        return plan_graph(graph, agent.name, explain, time_limit_s)
+    return refine(graph, lambda g: plan_graph(g, agent.name, explain, time_limit_s), agent, workload, sla,
+                  cluster, catalog)
 
 
 def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:
