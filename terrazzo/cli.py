@@ -182,6 +182,8 @@ def plan_cmd(
                                            "predicted and simulated latency disagree")] = False,
     tolerance: Annotated[float, typer.Option(help="with --simulate: relative gap to flag (0.2 = ±20 %)")] = 0.2,
     seed: Annotated[int, typer.Option(help="with --simulate: random seed")] = 0,
+    verify: Annotated[bool, typer.Option(help="simulate the plan at its rate and re-plan where it misses the "
+                                         "SLA's percentile (plan/refine.py)")] = True,
 ) -> None:
     """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
     from terrazzo.plan.planner import plan as make_plan
@@ -190,7 +192,7 @@ def plan_cmd(
     cluster_spec, cat = load_cluster(cluster)
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
-                       explain=explain)
+                       explain=explain, verify=verify)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
     check = None
@@ -212,6 +214,10 @@ def plan_cmd(
         return
     console.print(result.table())
     console.print(result.baseline_table())
+    for r in result.verification:
+        verdict = "[green]meets the SLA[/]" if r["meets_sla"] else "[red]misses the SLA[/]"
+        console.print(f"simulated round {r['round']} (${r['tco_usd_h']:.2f}/h): {verdict}"
+                      + "".join(f"\n  {a}" for a in r.get("actions", [])))
     if check is not None:
         console.print(check.table())
     if explain:
