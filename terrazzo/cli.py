@@ -214,10 +214,8 @@ def plan_cmd(
         return
     console.print(result.table())
     console.print(result.baseline_table())
-    for r in result.verification:
-        verdict = "[green]meets the SLA[/]" if r["meets_sla"] else "[red]misses the SLA[/]"
-        console.print(f"simulated round {r['round']} (${r['tco_usd_h']:.2f}/h): {verdict}"
-                      + "".join(f"\n  {a}" for a in r.get("actions", [])))
+    for line in result.verification_lines():
+        console.print(line)
     if check is not None:
         console.print(check.table())
     if explain:

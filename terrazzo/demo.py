@@ -70,6 +70,8 @@ def run_demo(console: Console) -> None:
                       load_sla(EXAMPLES / "slas" / "interactive.yaml", agent), cluster, cat)
         console.print(result.table())
         console.print(result.baseline_table())
+        for line in result.verification_lines():
+            console.print(line)
 
     console.print(Rule("5. The RAG support agent run for real: MiniLM + FAISS + a tiny RANDOM-WEIGHT Llama"))
     from terrazzo.runtime.cli import run_command

@@ -127,6 +127,16 @@ class Plan:
                      f"${self.usd_per_m_tokens:.3f}/M output tokens")
         return t
 
+    def verification_lines(self) -> list[str]:
+        """One line per simulation round (rich markup), with what the planner learned from a miss."""
+        out = []
+        for r in self.verification:
+            verdict = "[green]meets the SLA[/]" if r["meets_sla"] else "[red]misses the SLA[/]"
+            out.append(f"simulated at {self.rate_per_s:g} req/s, round {r['round']} (${r['tco_usd_h']:.2f}/h): "
+                       f"p{r.get('percentile', 99):g} end-to-end {r['e2e_at_sla_s']:.2f} s, {verdict}"
+                       + "".join(f"\n  {a}" for a in r.get("actions", [])))
+        return out
+
     def baseline_table(self) -> Table:
         t = Table("baseline", "TCO $/h", "E2E ms", "cost ratio (baseline ÷ plan)", title="same inputs, baselines")
         for b in self.baselines:

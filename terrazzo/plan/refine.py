@@ -45,6 +45,7 @@ def refine(graph: PlanningGraph, solve: Any, agent: Agent, workload: Workload, s
     for i in range(1, MAX_ROUNDS + 1):
         fb = simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed)
         entry: dict[str, Any] = {"round": i, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
+                                 "percentile": graph.percentile,
                                  "e2e_at_sla_s": fb.e2e_at_sla_s,
                                  "ttft_at_sla_s": {n: at for n, (at, _) in fb.ttft_at_sla_s.items()},
                                  "breaks": list(fb.breaks)}
