@@ -20,7 +20,8 @@ from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
 REQUESTS = 4000  # per check: the p99 from ~40 requests above it
-MIN_DURATION_S, MAX_DURATION_S = 120.0, 1800.0
+LATENCIES = 10  # and at least this many planned end-to-end latencies, so queues reach their steady state
+MAX_DURATION_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Feedback:
 def simulate_plan(plan_json: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
                   catalog: Catalog, seed: int = 0) -> Feedback:
     model = model_from_specs(plan_json, agent, workload, sla, cluster, catalog, "planner check")
-    duration = min(max(MIN_DURATION_S, REQUESTS / model.rate_per_s), MAX_DURATION_S)
+    e2e_s = float(plan_json.get("e2e_latency_s") or 0.0)
+    duration = min(max(REQUESTS / model.rate_per_s, LATENCIES * e2e_s, 30.0), MAX_DURATION_S)
     sim = Simulation(model, SimConfig(duration_s=duration, seed=seed)).run()
     report = report_from(sim)
     ttft = {s.node: (s.ttft_at_sla_s, s.ttft_limit_s) for s in report.llm if s.ttft_limit_s is not None}
