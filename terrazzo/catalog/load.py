@@ -7,14 +7,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from terrazzo.catalog.schema import Device, Efficiency, ModelSpec, PriceProfile, TcoProfile
 from terrazzo.errors import TerrazzoError
+from terrazzo.profile.errors import ProfileError
 from terrazzo.spec.errors import SpecError
 from terrazzo.spec.source import YamlSource, read_yaml
+
+if TYPE_CHECKING:
+    from terrazzo.cost.calibration import Calibration
 
 DATA_DIR = Path(__file__).parent / "data"
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -40,17 +44,22 @@ class Catalog:
     tco_profiles: dict[str, TcoProfile] = field(default_factory=dict)
     efficiency: dict[str, dict[str, Efficiency]] = field(default_factory=dict)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
+    profiles: list[Calibration] = field(default_factory=list)  # measured profiles layered on top, in order
+    notes: list[str] = field(default_factory=list)  # what each profile changed, or why it was not applied
 
     def merge_file(self, path: str | Path) -> list[str]:
-        """Add or replace entries from a YAML file; returns the names it defined."""
+        """Add or replace entries from a YAML file (or layer a profile file); returns the names it defined.
+        A `profiles:` list in a catalog file layers those profiles (paths relative to the file) after it."""
         try:
             src = read_yaml(path)
         except SpecError as exc:
             raise CatalogError(str(exc)) from None
-        unknown = [k for k in src.data if k not in (*SECTIONS, "efficiency")]
+        if "schema" in src.data:  # a profile file given where a catalog file is expected
+            return self._layer_nested(path)
+        unknown = [k for k in src.data if k not in (*SECTIONS, "efficiency", "profiles")]
         if unknown:
             raise src.error(f"unknown section '{unknown[0]}'", (unknown[0],),
-                            f"use one of: {', '.join([*SECTIONS, 'efficiency'])}")
+                            f"use one of: {', '.join([*SECTIONS, 'efficiency', 'profiles'])}")
         defined: list[str] = []
         for section, schema in SECTIONS.items():
             entries = src.data.get(section) or {}
@@ -73,7 +82,27 @@ class Catalog:
             for op, body in (ops or {}).items():
                 self.efficiency.setdefault(cls, {})[op] = _validate(src, Efficiency, ("efficiency", cls, op), body)
                 defined.append(f"efficiency.{cls}.{op}")
+        profiles = src.data.get("profiles") or []
+        if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+            raise CatalogError(str(src.error("expected a list of profile files", ("profiles",),
+                                             "write 'profiles: [my-machine.yaml]' (paths relative to this file)")))
+        for rel in profiles:
+            defined += self._layer_nested(Path(src.file).parent / rel)
         return defined
+
+    def _layer_nested(self, path: str | Path) -> list[str]:
+        """A profile reached through a catalog file: its errors become the catalog's (still naming its file)."""
+        try:
+            return self.layer_profile(path)
+        except ProfileError as exc:
+            raise CatalogError(str(exc)) from None
+
+    def layer_profile(self, path: str | Path) -> list[str]:
+        """Layer a measured profile (`terrazzo profile -o FILE`): its device (if it defines one), fitted
+        efficiencies and measured points; what it changed, or why not, goes to `notes`."""
+        from terrazzo.profile.layer import layer_profile
+
+        return layer_profile(self, path)
 
     def _find(self, table: dict[str, T], what: str, name: str) -> T:
         key = name.lower()
@@ -143,8 +172,9 @@ def _shipped() -> Catalog:
     return cat
 
 
-def load_catalog(extra: Iterable[str | Path] = ()) -> Catalog:
-    """The shipped catalog, with each extra file layered over it in order (later files win)."""
+def load_catalog(extra: Iterable[str | Path] = (), profiles: Iterable[str | Path] = ()) -> Catalog:
+    """The shipped catalog, with each extra file layered over it in order (later files win), then each
+    measured profile (which only applies where its machine and model match; see `notes`)."""
     base = _shipped()
     cat = Catalog(
         dict(base.devices), dict(base.models), dict(base.price_profiles), dict(base.tco_profiles),
@@ -152,4 +182,6 @@ def load_catalog(extra: Iterable[str | Path] = ()) -> Catalog:
     )
     for path in extra:
         cat.merge_file(path)
+    for path in profiles:
+        cat.layer_profile(path)
     return cat

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
 DTYPE_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
@@ -132,11 +132,26 @@ class TcoProfile(Strict):
     source: str
 
 
-class Efficiency(Strict):
-    """Fraction of peak an op kind reaches on a device class (compute, memory bandwidth, network)."""
+FITTED_SOURCE = "fitted:"
+MAX_FITTED_EFFICIENCY = 10.0
 
-    compute: float = Field(gt=0, le=1)
-    memory: float = Field(gt=0, le=1)
-    network: float = Field(gt=0, le=1)
+
+class Efficiency(Strict):
+    """Fraction of peak an op kind reaches on a device class (compute, memory bandwidth, network).
+
+    Factors fitted to a measured profile (source "fitted:<file>") may exceed 1: they then also absorb
+    what the work count gets wrong on that machine (an embedding table counted as matmul weights, a
+    small model's weights served from cache rather than from memory)."""
+
+    compute: float = Field(gt=0, le=MAX_FITTED_EFFICIENCY)
+    memory: float = Field(gt=0, le=MAX_FITTED_EFFICIENCY)
+    network: float = Field(gt=0, le=MAX_FITTED_EFFICIENCY)
     static_latency_s: float = Field(ge=0, description="per kernel-launch-bound step, s")
     source: str
+
+    @model_validator(mode="after")
+    def _fraction_of_peak(self) -> Efficiency:
+        if max(self.compute, self.memory, self.network) > 1 and not self.source.startswith(FITTED_SOURCE):
+            raise ValueError("compute, memory and network are fractions of the peak (at most 1); only factors "
+                             "fitted to a measured profile (source 'fitted:<file>') may exceed 1")
+        return self

@@ -6,13 +6,15 @@ Infeasible candidates are kept, with the reason, so the planner can explain what
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.catalog.schema import TcoProfile
+from terrazzo.cost.calibration import llm_calibration
 from terrazzo.cost.errors import CostError
 from terrazzo.cost.llm import (
+    PREFILL_TOKEN_BUDGET,
     Deployment,
     decode_step,
     max_batch,
@@ -23,7 +25,7 @@ from terrazzo.cost.llm import (
     valid_tp,
 )
 from terrazzo.cost.network import scale_up_domain
-from terrazzo.cost.roofline import Estimate
+from terrazzo.cost.roofline import ANALYTIC, Estimate, join_sources, source_of
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.spec.cluster import Fabric
 
@@ -54,6 +56,7 @@ class Candidate:
     bound: str
     feasible: bool
     reason: str = ""
+    source: str = ANALYTIC  # analytic, fitted:<profile> or profile:<profile>#<points> (cost/calibration.py)
 
     @property
     def devices(self) -> int:
@@ -71,6 +74,7 @@ def deployment(catalog: Catalog, model: str, device: str, dtype: str, tp: int, p
         model=catalog.model(model), device=dev, dtype=dtype, tp=tp, pp=pp, fabric=fabric or Fabric(),
         prefill_eff=catalog.efficiency_for(dev.name, "prefill"),
         decode_eff=catalog.efficiency_for(dev.name, "decode"),
+        calibration=llm_calibration(catalog, dev.name, catalog.model(model).name, dtype),
     )
 
 
@@ -97,10 +101,25 @@ def llm_candidates(
             except CostError as exc:
                 out.append(_rejected("prefill", device, dtype, tp, pp, str(exc)))
                 continue
+            start = len(out)
             out.extend(_prefill(dep, int(isl), ttft_s, usd_device_h * dep.devices))
             out.extend(_decode(dep, isl, osl, tbt_s, usd_device_h * dep.devices))
             out.extend(_aggregated(dep, int(isl), osl, ttft_s, tbt_s, usd_device_h * dep.devices))
+            out[start:] = [_sourced(dep, c, int(isl), osl) for c in out[start:]]
     return out
+
+
+def _sourced(dep: Deployment, c: Candidate, isl: int, osl: float) -> Candidate:
+    """The candidate with the source of the estimates behind it (a profile's points, its fit, or analytic)."""
+    if dep.calibration is None and dep.prefill_eff.source == dep.decode_eff.source:
+        source = source_of(dep.prefill_eff)  # no measured points here: one source for every phase
+    elif c.phase == "prefill":
+        source = prefill(dep, isl, c.batch).source
+    else:
+        step = decode_step(dep, c.batch, mean_decode_context(isl, osl)).source
+        together = max(1, min(c.batch, PREFILL_TOKEN_BUDGET // max(isl, 1)))
+        source = step if c.phase == "decode" else join_sources(prefill(dep, isl, together).source, step)
+    return replace(c, source=source)
 
 
 def _rejected(phase: Phase, device: str, dtype: str, tp: int, pp: int, reason: str) -> Candidate:

@@ -26,9 +26,15 @@ def _peak_flops(device: Device, dtype: str) -> float:
 
 def encoder_forward(model: ModelSpec, device: Device, eff: Efficiency, tokens: float, dtype: str = "fp32") -> Estimate:
     """One forward pass of an encoder (embedding model) over `tokens` tokens."""
+    return encoder_batch(model, device, eff, 1, tokens, dtype)
+
+
+def encoder_batch(model: ModelSpec, device: Device, eff: Efficiency, texts: int, tokens: float,
+                  dtype: str = "fp32") -> Estimate:
+    """One forward pass over `texts` texts of `tokens` tokens each: weights read once, attention per text."""
     work = Work(
-        flops=2 * model.total_params * tokens + 4 * model.layers * tokens * tokens * model.hidden,
-        mem_bytes=model.total_params * DTYPE_BYTES[dtype] + tokens * model.hidden * 4 * model.layers,
+        flops=texts * (2 * model.total_params * tokens + 4 * model.layers * tokens * tokens * model.hidden),
+        mem_bytes=model.total_params * DTYPE_BYTES[dtype] + texts * tokens * model.hidden * 4 * model.layers,
     )
     return roofline(work, _peak_flops(device, dtype), device.memory_bw_gbyte_s.value * 1e9, eff)
 

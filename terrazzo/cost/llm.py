@@ -9,12 +9,16 @@ wastes little, so no fragmentation allowance beyond the usable fraction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
 from terrazzo.cost.errors import CostError
 from terrazzo.cost.network import Link, allreduce_s, group_link
 from terrazzo.cost.roofline import Estimate, Work, roofline
 from terrazzo.spec.cluster import Fabric
+
+if TYPE_CHECKING:
+    from terrazzo.cost.calibration import LlmCalibration
 
 USABLE_MEMORY_FRACTION = 0.9  # vLLM's default gpu_memory_utilization: https://docs.vllm.ai/en/latest/configuration/engine_args.html
 ACTIVATION_BYTES = 2  # activations and all-reduce payloads travel in 16-bit even for FP8 weights
@@ -37,6 +41,7 @@ class Deployment:
     tp: int = 1
     pp: int = 1
     kv_dtype: str | None = None
+    calibration: LlmCalibration | None = None  # measured points of this model on this device (a profile)
 
     def __post_init__(self) -> None:
         if self.device.tflops(self.compute_dtype) is None:
@@ -137,7 +142,13 @@ def _pp_comm_s(dep: Deployment, tokens: float) -> float:
 
 
 def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
-    """Prefill of `batch` prompts of `isl` tokens: the time to first token without queueing."""
+    """Prefill of `batch` prompts of `isl` tokens: the time to first token without queueing. Inside the
+    range a profile measured, the measured latency (interpolated) replaces the roofline's."""
+    est = prefill_roofline(dep, isl, batch)
+    return dep.calibration.prefill(dep, isl, batch, est) if dep.calibration else est
+
+
+def prefill_roofline(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     m, tokens = dep.model, isl * batch
     work = Work(
         flops=2 * m.active_params * tokens + attention_flops(m, tokens, isl / 2),
@@ -148,11 +159,18 @@ def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     comm = _tp_comm_s(dep, tokens) + _pp_comm_s(dep, tokens)
     one_stage = roofline(per_device, dep.peak_flops, dep.mem_bw_bytes_s, dep.prefill_eff)
     # A request crosses every pipeline stage in turn, each doing 1/pp of the layers.
-    return Estimate(one_stage.compute_s * dep.pp, one_stage.memory_s * dep.pp, comm, one_stage.static_s * dep.pp)
+    return Estimate(one_stage.compute_s * dep.pp, one_stage.memory_s * dep.pp, comm, one_stage.static_s * dep.pp,
+                    one_stage.source)
 
 
 def decode_step(dep: Deployment, batch: int, context: float) -> Estimate:
-    """One decode iteration producing a token for each of `batch` sequences at mean `context`."""
+    """One decode iteration producing a token for each of `batch` sequences at mean `context` (measured
+    and interpolated inside a profile's range, like `prefill`)."""
+    est = decode_roofline(dep, batch, context)
+    return dep.calibration.decode(dep, batch, context, est) if dep.calibration else est
+
+
+def decode_roofline(dep: Deployment, batch: int, context: float) -> Estimate:
     if batch < 1:
         raise CostError(f"batch must be at least 1, got {batch}")
     m = dep.model
@@ -164,7 +182,7 @@ def decode_step(dep: Deployment, batch: int, context: float) -> Estimate:
     per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
     comm = _tp_comm_s(dep, batch) + _pp_comm_s(dep, batch)
     stage = roofline(per_device, dep.peak_flops, dep.mem_bw_bytes_s, dep.decode_eff)
-    return Estimate(stage.compute_s * dep.pp, stage.memory_s * dep.pp, comm, stage.static_s * dep.pp)
+    return Estimate(stage.compute_s * dep.pp, stage.memory_s * dep.pp, comm, stage.static_s * dep.pp, stage.source)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from terrazzo.catalog.schema import Efficiency
+from terrazzo.catalog.schema import FITTED_SOURCE, Efficiency
+
+ANALYTIC = "analytic"
+FITTED = FITTED_SOURCE
 
 
 @dataclass(frozen=True)
@@ -17,12 +20,17 @@ class Work:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Latency of one step and where it goes: compute, memory, collectives/transfers, fixed overhead."""
+    """Latency of one step and where it goes: compute, memory, collectives/transfers, fixed overhead.
+
+    `source` says where the number comes from: "analytic" (catalog defaults), "fitted:<profile>" (efficiency
+    factors fitted to a measured profile) or "profile:<profile>#<points>" (interpolated between measurements).
+    """
 
     compute_s: float
     memory_s: float
     comm_s: float = 0.0
     static_s: float = 0.0
+    source: str = ANALYTIC
 
     @property
     def latency_s(self) -> float:
@@ -38,11 +46,22 @@ class Estimate:
         """Sequential composition: phases that run one after another (pipeline stages)."""
         return Estimate(
             self.compute_s + other.compute_s, self.memory_s + other.memory_s,
-            self.comm_s + other.comm_s, self.static_s + other.static_s,
+            self.comm_s + other.comm_s, self.static_s + other.static_s, join_sources(self.source, other.source),
         )
 
     def scaled(self, k: float) -> Estimate:
-        return Estimate(self.compute_s * k, self.memory_s * k, self.comm_s * k, self.static_s * k)
+        return Estimate(self.compute_s * k, self.memory_s * k, self.comm_s * k, self.static_s * k, self.source)
+
+
+def join_sources(*sources: str) -> str:
+    """Sources of a composite estimate, each named once in order ("fitted:p.yaml + analytic")."""
+    parts = dict.fromkeys(p for s in sources for p in s.split(" + "))
+    return " + ".join(parts)
+
+
+def source_of(eff: Efficiency) -> str:
+    """An efficiency fitted to a profile says so in its source ("fitted:<file>"); anything else is analytic."""
+    return eff.source if eff.source.startswith(FITTED) else ANALYTIC
 
 
 def roofline(work: Work, peak_flops: float, mem_bw_bytes_s: float, eff: Efficiency, comm_s: float = 0.0) -> Estimate:
@@ -51,4 +70,5 @@ def roofline(work: Work, peak_flops: float, mem_bw_bytes_s: float, eff: Efficien
         memory_s=work.mem_bytes / (mem_bw_bytes_s * eff.memory),
         comm_s=comm_s,
         static_s=eff.static_latency_s,
+        source=source_of(eff),
     )

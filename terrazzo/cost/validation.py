@@ -154,11 +154,13 @@ def vendor_mape(rows: Iterable[Row]) -> dict[str, tuple[int, float]]:
 
 
 def render_table(rows: list[Row] | None = None) -> str:
-    """Markdown: one line per point (predicted at 3 significant figures), then the error per vendor."""
+    """Markdown: one line per point (predicted at 3 significant figures, source cited), then the error per
+    vendor, then the sources."""
     rows = validate() if rows is None else rows
+    sources = {url: f"S{i + 1}" for i, url in enumerate(dict.fromkeys(r.point.source for r in rows))}
     out = [
-        "| id | setup | ISL/OSL | metric | batch | bound | measured | predicted | error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| id | setup | ISL/OSL | metric | batch | bound | measured | predicted | error | source |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = r.point
@@ -167,13 +169,16 @@ def render_table(rows: list[Row] | None = None) -> str:
         batch = f"{r.batch}{how}{'' if r.fits else ' †'}"
         out.append(
             f"| {p.id} | {setup} | {p.isl}/{p.osl} | {p.metric} | {batch} | {r.bound} | "
-            f"{_num(p.measured.value)} {p.measured.unit} | {_num(sig3(r.predicted))} | {r.error_pct:+.0f} % |"
+            f"{_num(p.measured.value)} {p.measured.unit} | {_num(sig3(r.predicted))} | {r.error_pct:+.0f} % | "
+            f"[{sources[p.source]}]({p.source}) |"
         )
     mape = vendor_mape(rows)
     out += ["", "| vendor | points | mean absolute error |", "|---|---|---|"]
     out += [f"| {v} | {n} | {e:.0f} % |" for v, (n, e) in mape.items()]
     every = [abs(r.error_pct) for r in rows]
     out.append(f"| all | {len(every)} | {sum(every) / len(every):.0f} % |")
+    out += ["", "Sources (the exact table, column and row of each figure is the point's `published` field):", ""]
+    out += [f"- {label}: {url}" for url, label in sources.items()]
     return "\n".join(out)
 
 

@@ -213,6 +213,7 @@ class CandidateAttr(RecordAttr):
         ("device", str, None), ("tp", int, 1), ("pp", int, 1), ("batch", int, 1), ("latency_s", float, None),
         ("span_s", float, None), ("requests_per_s", float, None), ("tokens_per_s", float, 0.0),
         ("memory_bytes", float, None), ("usd_h", float, None), ("bound", str, ""), ("infeasible", str, ""),
+        ("source", str, "analytic"),  # or fitted:<profile>, profile:<profile>#<points> (cost/calibration.py)
     )
 
     device: StringAttr
@@ -227,6 +228,7 @@ class CandidateAttr(RecordAttr):
     usd_h: FloatData
     bound: StringAttr
     infeasible: StringAttr
+    source: StringAttr
 
     @property
     def feasible(self) -> bool:

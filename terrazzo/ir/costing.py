@@ -15,8 +15,9 @@ from functools import cached_property
 
 from terrazzo.catalog.load import Catalog, CatalogError, load_catalog
 from terrazzo.catalog.schema import DTYPE_BYTES, Device, ModelSpec, TcoProfile
+from terrazzo.cost.calibration import ann_estimate, embed_estimate
 from terrazzo.cost.candidates import Candidate, llm_candidates
-from terrazzo.cost.cpu_ops import ann_search, cpu_seconds, encoder_forward
+from terrazzo.cost.cpu_ops import cpu_seconds, encoder_forward
 from terrazzo.cost.llm import USABLE_MEMORY_FRACTION
 from terrazzo.cost.roofline import Estimate, Work, roofline
 from terrazzo.cost.tco import device_usd_per_hour
@@ -132,7 +133,8 @@ class CostModel:
             why = f"needs {mem / 1e9:.1f} GB, {capacity / 1e9:.1f} GB usable" if mem > capacity else ""
             out.append(CandidateAttr.make(device=name, latency_s=est.latency_s, span_s=est.latency_s,
                                           requests_per_s=rps if not why else 0.0, memory_bytes=mem,
-                                          usd_h=self.usd_h[name], bound=est.bound, infeasible=why))
+                                          usd_h=self.usd_h[name], bound=est.bound, infeasible=why,
+                                          source=est.source))
         return out
 
 
@@ -172,10 +174,10 @@ def _from_llm(c: Candidate, osl: float) -> CandidateAttr:
         return CandidateAttr.make(device=c.device, tp=c.tp, pp=c.pp, batch=max(c.batch, 1), latency_s=c.latency_s,
                                   span_s=span, requests_per_s=c.requests_per_s, tokens_per_s=c.tokens_per_s,
                                   memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound,
-                                  infeasible=c.reason or "infeasible")
+                                  infeasible=c.reason or "infeasible", source=c.source)
     return CandidateAttr.make(device=c.device, tp=c.tp, pp=c.pp, batch=c.batch, latency_s=c.latency_s, span_s=span,
                               requests_per_s=c.requests_per_s, tokens_per_s=c.tokens_per_s,
-                              memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound)
+                              memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound, source=c.source)
 
 
 def _llm_phase(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
@@ -195,7 +197,8 @@ def _llm_aggregated(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
         first = ttft.get((c.device, c.tp, c.pp), c.latency_s)
         fields = dict(device=c.device, tp=c.tp, pp=c.pp, batch=max(c.batch, 1), latency_s=c.latency_s,
                       span_s=first + osl * c.latency_s, requests_per_s=c.requests_per_s if c.feasible else 0.0,
-                      tokens_per_s=c.tokens_per_s, memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound)
+                      tokens_per_s=c.tokens_per_s, memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound,
+                      source=c.source)
         out.append(CandidateAttr.make(**fields, **({} if c.feasible else {"infeasible": c.reason or "infeasible"})))
     return out
 
@@ -229,9 +232,9 @@ def _encoder(cm: CostModel, model: ModelSpec, tokens: float, steps: float = 0.0
         dtype = "fp32" if dev.kind == "cpu" else "fp16"
         if dev.tflops(dtype) is None:
             return f"{dev.name} has no {dtype} peak in the catalog"
-        eff = cm.catalog.efficiency_for(dev.name, "embed")
-        est = encoder_forward(model, dev, eff, tokens, dtype)
+        est = embed_estimate(cm.catalog, dev, model, tokens, dtype)  # measured points where a profile has them
         if steps:
+            eff = cm.catalog.efficiency_for(dev.name, "embed")
             est = est + encoder_forward(model, dev, eff, 1, dtype).scaled(steps)
         return est, 1.0 / est.latency_s, model.total_params * DTYPE_BYTES[dtype]
     return estimate
@@ -244,7 +247,7 @@ def _index_search(cm: CostModel, vectors: int, dim: int, k: int, index: str
     def estimate(dev: Device) -> tuple[Estimate, float, float] | str:
         if dev.tflops("fp32") is None:
             return f"{dev.name} has no fp32 peak in the catalog"
-        est = ann_search(dev, cm.catalog.efficiency_for(dev.name, "ann_search"), vectors, dim, k, index)
+        est = ann_estimate(cm.catalog, dev, vectors, dim, k, index)
         return est, 1.0 / est.latency_s, index_bytes
     return estimate
 

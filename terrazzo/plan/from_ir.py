@@ -164,7 +164,7 @@ def _candidate(c: CandidateAttr, role: str | None, osl: float) -> OpCandidate:
                        c.usd_h.data, c.feasible, c.infeasible.data,
                        f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
                        first_token_s=first if first is not None and math.isfinite(first) else None,
-                       prefill_slots=c.batch.data if role == "prefill" else 1)
+                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data)
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

@@ -39,6 +39,7 @@ class OpCandidate:
     detail: str = ""
     first_token_s: float | None = None
     prefill_slots: int = 1
+    source: str = "analytic"  # where the estimate comes from: analytic, fitted:<profile>, profile:<profile>#<points>
 
     @property
     def label(self) -> str:

@@ -99,7 +99,7 @@ class Plan:
                  "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
                  "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
                  "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": p.replicas * p.candidate.usd_h,
-                 "detail": p.candidate.detail}
+                 "detail": p.candidate.detail, "source": p.candidate.source}
                 for p in self.ops
             ],
             "baselines": [

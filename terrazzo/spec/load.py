@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,13 +134,14 @@ def load_sla(path: str | Path, agent: Agent | None = None) -> Sla:
     return sla
 
 
-def load_cluster(path: str | Path) -> tuple[Cluster, Catalog]:
-    """The cluster and the catalog it sees (shipped catalog plus the cluster's own catalog files)."""
+def load_cluster(path: str | Path, profiles: Iterable[str | Path] = ()) -> tuple[Cluster, Catalog]:
+    """The cluster and the catalog it sees (shipped catalog plus the cluster's own catalog files, then any
+    measured `profiles`, which may define devices the cluster names)."""
     src = read_yaml(path)
     cluster = validate(src, Cluster)
     extra = [Path(src.file).parent / c for c in cluster.catalogs]
     try:
-        catalog = load_catalog(extra)
+        catalog = load_catalog(extra, profiles)
     except CatalogError as exc:
         raise src.error(str(exc), ("catalogs",), "fix the catalog file it names") from None
     for key in ("devices", "buy"):
