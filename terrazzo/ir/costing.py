@@ -15,12 +15,19 @@ from functools import cached_property
 
 from terrazzo.catalog.load import Catalog, CatalogError, load_catalog
 from terrazzo.catalog.schema import DTYPE_BYTES, Device, ModelSpec, TcoProfile
-from terrazzo.cost.calibration import ann_estimate, embed_estimate
 from terrazzo.cost.candidates import Candidate, llm_candidates
-from terrazzo.cost.cpu_ops import cpu_seconds, encoder_forward
 from terrazzo.cost.llm import USABLE_MEMORY_FRACTION
-from terrazzo.cost.roofline import Estimate, Work, roofline
+from terrazzo.cost.roofline import Estimate
 from terrazzo.cost.tco import device_usd_per_hour
+from terrazzo.cost.work import (
+    HTTP_WAITS_PER_CORE,
+    encoder,
+    host_code,
+    memory_io,
+    tensor_dtype,
+    vector_search,
+    whisper_frames,
+)
 from terrazzo.errors import TerrazzoError
 from terrazzo.ir.attributes import CandidateAttr, DistAttr
 from terrazzo.ir.dialects import agent as A
@@ -32,9 +39,6 @@ from terrazzo.spec.load import load_cluster, load_sla
 from terrazzo.spec.sla import Sla
 
 DEFAULT_DEVICES = ("h100", "b200", "gaudi3", "mi300x", "a100", "a40", "epyc-9654")  # the paper's set + a CPU
-WHISPER_FRAMES_PER_WINDOW = 1500  # Whisper encodes 30 s windows of 1500 frames whatever the audio's length
-WHISPER_WINDOW_S = 30.0
-HTTP_WAITS_PER_CORE = 64  # concurrent outstanding HTTP calls one core's event loop keeps (asyncio, judgement call)
 HNSW_GRAPH_BYTES_PER_VECTOR = 2 * 32 * 4  # level-0 links: 2·M int32 neighbours, M = 32
 LLM_PHASES = (G.PrefillOp, G.DecodeOp, G.MoeExpertOp)
 
@@ -211,7 +215,7 @@ def _host_code(cm: CostModel, cpu_s: float) -> Callable[[Device], tuple[Estimate
     def estimate(dev: Device) -> tuple[Estimate, float, float] | str:
         if dev.kind != "cpu":
             return "host code: needs a CPU device"
-        est = cpu_seconds(cpu_s, cm.catalog.efficiency_for(dev.name, "cpu"))
+        est = host_code(cm.catalog, dev, cpu_s)
         return est, _cores(dev) / max(est.latency_s, 1e-9), 0.0
     return estimate
 
@@ -229,13 +233,10 @@ def _encoder(cm: CostModel, model: ModelSpec, tokens: float, steps: float = 0.0
              ) -> Callable[[Device], tuple[Estimate, float, float] | str]:
     """An encoder pass over `tokens`, plus `steps` weight-streaming decoder steps (Whisper's text decoder)."""
     def estimate(dev: Device) -> tuple[Estimate, float, float] | str:
-        dtype = "fp32" if dev.kind == "cpu" else "fp16"
+        dtype = tensor_dtype(dev)
         if dev.tflops(dtype) is None:
             return f"{dev.name} has no {dtype} peak in the catalog"
-        est = embed_estimate(cm.catalog, dev, model, tokens, dtype)  # measured points where a profile has them
-        if steps:
-            eff = cm.catalog.efficiency_for(dev.name, "embed")
-            est = est + encoder_forward(model, dev, eff, 1, dtype).scaled(steps)
+        est = encoder(cm.catalog, dev, model, tokens, steps)  # measured points where a profile has them
         return est, 1.0 / est.latency_s, model.total_params * DTYPE_BYTES[dtype]
     return estimate
 
@@ -247,15 +248,14 @@ def _index_search(cm: CostModel, vectors: int, dim: int, k: int, index: str
     def estimate(dev: Device) -> tuple[Estimate, float, float] | str:
         if dev.tflops("fp32") is None:
             return f"{dev.name} has no fp32 peak in the catalog"
-        est = ann_estimate(cm.catalog, dev, vectors, dim, k, index)
+        est = vector_search(cm.catalog, dev, vectors, dim, k, index)
         return est, 1.0 / est.latency_s, index_bytes
     return estimate
 
 
 def _memory_io(cm: CostModel, data_bytes: float) -> Callable[[Device], tuple[Estimate, float, float] | str]:
     def estimate(dev: Device) -> tuple[Estimate, float, float] | str:
-        eff = cm.catalog.efficiency_for(dev.name, "memory")
-        est = roofline(Work(0.0, data_bytes), 1.0, dev.memory_bw_gbyte_s.value * 1e9, eff)
+        est = memory_io(cm.catalog, dev, data_bytes)
         return est, 1.0 / est.latency_s, data_bytes
     return estimate
 
@@ -283,9 +283,8 @@ def _tool(cm: CostModel, op: NodeOp, with_lookup: bool) -> Callable[[Device], tu
 
 
 def _stt(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
-    windows = max(1, math.ceil(_mean(op, "audio_s") / WHISPER_WINDOW_S))
-    model = cm.model(op)
-    return cm.per_device(op, _encoder(cm, model, windows * WHISPER_FRAMES_PER_WINDOW, _mean(op, "output_tokens")))
+    frames = whisper_frames(_mean(op, "audio_s"))
+    return cm.per_device(op, _encoder(cm, cm.model(op), frames, _mean(op, "output_tokens")))
 
 
 def _tts(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:

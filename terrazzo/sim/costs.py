@@ -1,6 +1,6 @@
 """Service times from terrazzo's cost model, made cheap enough to call at every step of a simulation.
 
-Non-LLM ops follow the estimate the planner prices them with (terrazzo/ir/costing.py), evaluated on
+Non-LLM ops take the functions the planner prices them with (terrazzo/cost/work.py), evaluated on
 each visit's sampled work and memoised on it (token counts and audio windows are whole numbers).
 
 A decode step at batch b and context c is a roofline: max(compute, memory) + communication + overhead,
@@ -20,10 +20,9 @@ from typing import Any
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.catalog.schema import Device, ModelSpec
-from terrazzo.cost.cpu_ops import ann_search, encoder_forward
 from terrazzo.cost.llm import Deployment, decode_step, memory_use, prefill
 from terrazzo.cost.roofline import Estimate
-from terrazzo.ir.costing import WHISPER_FRAMES_PER_WINDOW, WHISPER_WINDOW_S
+from terrazzo.cost.work import HTTP_WAITS_PER_CORE, encoder, memory_io, vector_search, whisper_frames
 from terrazzo.sim.errors import SimError
 from terrazzo.sim.sampling import dist_draws, token_draws
 from terrazzo.spec.agent import (
@@ -118,9 +117,6 @@ class LlmCost:
         return max(free, 0.0) / per_token if per_token > 0 else math.inf
 
 
-HTTP_WAITS_PER_CORE = 64  # as terrazzo/ir/costing.py: outstanding HTTP calls one core's event loop keeps
-
-
 class OpService:
     """Per-visit service time of a non-LLM op with the planner's conventions (terrazzo/ir/costing.py), on
     this visit's sampled work. `servers` per replica: the cores for host code, 64 waits per core for an
@@ -132,9 +128,8 @@ class OpService:
         self.dev: Device = catalog.device(device)
         self.cat, self.node, self.kind = catalog, node, kind
         cores = int(self.dev.cores.value) if self.dev.cores else 1
-        self.dtype = "fp32" if self.dev.kind == "cpu" else "fp16"
         self._memo: dict[Any, float] = {}
-        host = catalog.efficiency_for(self.dev.name, "cpu").static_latency_s  # cpu_seconds' fixed overhead
+        host = catalog.efficiency_for(self.dev.name, "cpu").static_latency_s  # work.host_code's fixed overhead
         self.servers = 1
         self.fn: Callable[[], tuple[float, float]]
         if isinstance(node, ToolNode):
@@ -175,9 +170,7 @@ class OpService:
             self.fn = lambda: (search, 0.0)
         elif isinstance(node, MemoryLoadNode | MemoryStoreNode):
             size = dist_draws(node.data_bytes, seed, f"{path}.bytes")
-            eff = catalog.efficiency_for(self.dev.name, "memory")
-            bw = self.dev.memory_bw_gbyte_s.value * 1e9 * eff.memory
-            self.fn = lambda: (size() / bw + eff.static_latency_s, 0.0)
+            self.fn = lambda: (memory_io(catalog, self.dev, size()).latency_s, 0.0)
         else:
             raise SimError(f"op kind {kind!r} of node '{path}' has no simulator model")
 
@@ -188,18 +181,12 @@ class OpService:
         key = (model.name, tokens, steps)
         got = self._memo.get(key)
         if got is None:
-            eff = self.cat.efficiency_for(self.dev.name, "embed")
-            est = encoder_forward(model, self.dev, eff, tokens, self.dtype)
-            if steps:
-                est = est + encoder_forward(model, self.dev, eff, 1, self.dtype).scaled(steps)
-            got = self._memo[key] = est.latency_s
+            got = self._memo[key] = encoder(self.cat, self.dev, model, tokens, steps).latency_s
         return got
 
     def _whisper(self, model: ModelSpec, audio_s: float, steps: float) -> float:
         """Whisper encodes whole 30 s windows, then runs one decoder step per output token."""
-        windows = max(1, math.ceil(audio_s / WHISPER_WINDOW_S))
-        return self._encoder(model, windows * WHISPER_FRAMES_PER_WINDOW, steps)
+        return self._encoder(model, whisper_frames(audio_s), steps)
 
     def _search(self, node: MemoryLookupNode) -> float:
-        eff = self.cat.efficiency_for(self.dev.name, "ann_search")
-        return ann_search(self.dev, eff, node.index_vectors, node.dimension, node.k, node.index).latency_s
+        return vector_search(self.cat, self.dev, node.index_vectors, node.dimension, node.k, node.index).latency_s
