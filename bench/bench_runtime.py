@@ -4,9 +4,11 @@ in-process call and against LangGraph, on the same chain of no-op nodes, side by
     .venv/bin/python bench/bench_runtime.py [--nodes 10] [--requests 200] [--write]
 
 Per op = wall time / (requests × nodes), requests one after another (latency, not throughput), after
-a warm-up. "terrazzo local" crosses a process boundary per op (pipe + pickle both ways) — that is the
-price of isolating each op on its pool's worker; "concurrent" runs 16 requests at once. LangGraph runs
-every node in the calling process. --write appends the table to docs/BENCHMARKS.md.
+a warm-up; the 16-way column runs 16 requests at once. The chain's nodes all sit on one pool, so by
+default terrazzo runs them as one fused segment: one round trip to a worker process (pipe + pickle both
+ways) per request, every op still with its own span, metrics and sample. "one round trip per op"
+(fuse_ops: false) is what ops alternating between pools pay. LangGraph runs every node in the calling
+process. --write appends the table to docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def bench_langgraph(n: int, reqs: int) -> float | None:
     return (time.perf_counter() - t0) / (reqs * n)
 
 
-def bench_terrazzo(backend: str, n: int, reqs: int, concurrency: int) -> tuple[float, float]:
+def bench_terrazzo(backend: str, n: int, reqs: int, concurrency: int, fuse: bool = True) -> tuple[float, float]:
     agent = agent_from_text(chain_agent(n))
-    cfg = RunConfig(state_dir="/tmp/tz-bench", min_workers_per_pool=2, max_workers_per_pool=2, warmup=False)
+    cfg = RunConfig(state_dir="/tmp/tz-bench", min_workers_per_pool=2, max_workers_per_pool=2, warmup=False,
+                    fuse_ops=fuse)
 
     async def go() -> tuple[float, float]:
         async with Runtime(agent, load_plan(None), cfg, backend) as rt:
@@ -107,19 +110,20 @@ def main() -> None:
     rows = [("direct in-process call", direct, None)]
     if lg is not None:
         rows.append(("LangGraph (in-process)", lg, None))
-    seq, conc = bench_terrazzo("local", a.nodes, a.requests, 16)
-    rows += [("terrazzo local (process per pool)", seq, conc)]
+    rows.append(("terrazzo local, fused (default)", *bench_terrazzo("local", a.nodes, a.requests, 16)))
+    rows.append(("terrazzo local, one round trip per op", *bench_terrazzo("local", a.nodes, a.requests, 16, False)))
     if not a.no_ray:
         try:
             import ray  # noqa: F401
 
-            rseq, rconc = bench_terrazzo("ray", a.nodes, max(a.requests // 4, 20), 16)
-            rows.append(("terrazzo ray (actors)", rseq, rconc))
+            ray_reqs = max(a.requests // 4, 20)
+            rows.append(("terrazzo ray, fused (default)", *bench_terrazzo("ray", a.nodes, ray_reqs, 16)))
+            rows.append(("terrazzo ray, one actor call per op", *bench_terrazzo("ray", a.nodes, ray_reqs, 16, False)))
         except ImportError:
             pass
-    lines = [f"{'runner':36s} {'µs/op seq':>10s} {'µs/op 16-way':>13s} {'÷ direct':>10s} {'÷ LangGraph':>12s}"]
+    lines = [f"{'runner':38s} {'µs/op seq':>10s} {'µs/op 16-way':>13s} {'÷ direct':>10s} {'÷ LangGraph':>12s}"]
     for name, s, c in rows:
-        lines.append(f"{name:36s} {s * 1e6:10.1f} {'-' if c is None else f'{c * 1e6:.1f}':>13s} {s / direct:10.0f}"
+        lines.append(f"{name:38s} {s * 1e6:10.1f} {'-' if c is None else f'{c * 1e6:.1f}':>13s} {s / direct:10.0f}"
                      f" {'-' if lg is None else f'{s / lg:.2f}':>12s}")
     table = "\n".join(lines)
     print(table)

@@ -30,8 +30,11 @@ def _plan(tmp: Path, replicas: int = 2) -> Path:
     return p
 
 
-def _runtime(tmp: Path, fn: str, **cfg: object) -> Runtime:
-    config = RunConfig(state_dir=str(tmp), min_workers_per_pool=1, max_workers_per_pool=2, **cfg)  # type: ignore[arg-type]
+def _runtime(tmp: Path, fn: str, idempotent: bool | None = True, **cfg: object) -> Runtime:
+    """The fault agent; its tool is declared idempotent (safe to run again) unless `idempotent` says otherwise."""
+    tools = {"work": {"idempotent": idempotent}} if idempotent is not None else {}
+    config = RunConfig(state_dir=str(tmp), min_workers_per_pool=1, max_workers_per_pool=2, tools=tools,  # type: ignore[arg-type]
+                       **cfg)  # type: ignore[arg-type]
     return Runtime(agent_from_text(AGENT.replace("FN", fn)), load_plan(_plan(tmp)), config)
 
 
@@ -60,6 +63,23 @@ def test_killed_worker_request_completes_on_another_replica(tmp_path: Path) -> N
     assert stats["retried"] == 1 and stats["completed"] == 1 and stats["failed"] == 0
     done = [s for s in res.samples if s.op == "work.compute"]
     assert len(done) == 1 and str(pid) not in done[0].worker
+
+
+def test_killed_worker_does_not_rerun_a_tool_with_side_effects(tmp_path: Path) -> None:
+    """A python tool not declared idempotent (the default) is never run twice: the request fails naming
+    the op and the fix; the other replica keeps serving."""
+    async def go() -> tuple[RequestResult, RequestResult, dict]:
+        async with _runtime(tmp_path, "slow_echo", idempotent=None) as rt:
+            task = asyncio.create_task(rt.run("sleep:1.5 charge the card"))
+            await _kill_busy(rt.backend, "tools")
+            res = await task
+            return res, await rt.run("sleep:0 next"), rt.backend.stats()["tools"]
+
+    res, nxt, stats = asyncio.run(go())
+    assert not res.ok and res.error.startswith("[work.compute@tools]")
+    assert "not declared idempotent" in res.error and "idempotent: true for node 'work'" in res.error
+    assert stats["retried"] == 0 and stats["failed"] == 1
+    assert nxt.ok and nxt.output["tool_results"] == ["work: echo: next"]
 
 
 def test_hung_tool_times_out_without_affecting_others(tmp_path: Path) -> None:

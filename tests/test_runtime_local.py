@@ -19,7 +19,7 @@ from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.errors import ExecutionError
 from terrazzo.runtime.executors.text import ConditionUnknown, evaluate, parse_tool_call
 from terrazzo.runtime.executors.tools import call_http
-from terrazzo.runtime.orchestrator import Runtime
+from terrazzo.runtime.orchestrator import RequestResult, Runtime
 from terrazzo.runtime.placement import load_plan
 from terrazzo.spec.load import agent_from_text
 
@@ -133,9 +133,32 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *a: object) -> None:
         pass
 
+    def _reply(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError):
+            self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(self.path)
+        self.hits[url.path] = self.hits.get(url.path, 0) + 1
+        if url.path == "/slowget":
+            import time
+
+            time.sleep(0.8)
+        q = parse_qs(url.query)
+        self._reply(200, json.dumps({"got": q["query"][0], "arguments": json.loads(q["arguments"][0])}).encode())
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if self.path == "/broken":
+            self._reply(500, b"{}")
+            return
         if self.path == "/flaky" and n < 3:
             self.send_response(503)
             self.send_header("retry-after", "0")
@@ -180,3 +203,95 @@ nodes:
 """
     results, _ = _run(agent, RunConfig(state_dir=str(tmp_path)), ["order 42"])
     assert results[0].ok and '"you_asked": "order 42"' in results[0].output["tool_results"][0]
+
+
+def test_http_tool_get_and_retry_policy(loopback: str) -> None:
+    """GET sends URL parameters. A 500 is retried only for an idempotent tool: a POST that may have acted
+    is not sent twice."""
+    kw = {"timeout_s": 1.0, "retries": 2, "max_response_bytes": 1024}
+    assert json.loads(call_http(f"{loopback}/get", "hi", {"n": 2}, method="GET", **kw)) == {
+        "got": "hi", "arguments": {"n": 2}}
+    with pytest.raises(ExecutionError, match="not sent again because the tool is not declared idempotent"):
+        call_http(f"{loopback}/broken", "hi", {}, **kw)
+    assert _Handler.hits["/broken"] == 1
+    with pytest.raises(ExecutionError, match="failed after 3 tries: HTTP 500"):
+        call_http(f"{loopback}/broken", "hi", {}, idempotent=True, **kw)
+    assert _Handler.hits["/broken"] == 4
+
+
+def test_http_get_tool_is_idempotent_by_default_and_rerun_after_a_crash(loopback: str, tmp_path: Path) -> None:
+    agent = agent_from_text(f"name: g\nnodes:\n  - {{id: look, kind: tool, protocol: http, endpoint: '{loopback}'}}\n")
+    config = RunConfig(state_dir=str(tmp_path), max_workers_per_pool=2, min_workers_per_pool=2,
+                       tools={"look": {"endpoint": f"{loopback}/slowget", "method": "GET"}})
+
+    async def go() -> tuple[RequestResult, dict]:
+        async with Runtime(agent, load_plan(None), config) as rt:
+            task = asyncio.create_task(rt.run("order 7"))
+            for _ in range(2000):
+                busy = rt.backend.busy_index("cpu-default")
+                if busy is not None and _Handler.hits.get("/slowget"):  # the GET is in flight
+                    rt.backend.kill_worker("cpu-default", busy)
+                    break
+                await asyncio.sleep(0.005)
+            return await task, rt.backend.stats()["cpu-default"]
+
+    res, stats = asyncio.run(go())
+    assert res.ok, res.error
+    assert json.loads(res.output["tool_results"][0].removeprefix("look: "))["got"] == "order 7"
+    assert stats["retried"] == 1 and _Handler.hits["/slowget"] == 2  # sent twice: safe, it is a GET
+
+
+SUB_CHILD = """
+name: child
+nodes:
+  - {id: lookup, kind: tool, protocol: python, function: "terrazzo.runtime.testing:echo"}
+"""
+SUB_PARENT = """
+name: parent
+nodes:
+  - {id: intake, kind: compute, cpu_s: 1 ms}
+  - id: research
+    kind: subagent
+    graph:
+      nodes:
+        - {id: search, kind: tool, protocol: python, function: "terrazzo.runtime.testing:echo"}
+        - {id: sum, kind: compute, function: "terrazzo.runtime.testing:noop", cpu_s: 1 ms}
+      edges:
+        - {from: search, to: sum}
+  - {id: helper, kind: subagent, agent: child.yaml}
+  - {id: done, kind: compute, cpu_s: 1 ms}
+edges:
+  - {from: intake, to: research}
+  - {from: research, to: helper}
+  - {from: helper, to: done}
+"""
+
+
+def test_subagents_inline_and_from_file_run_their_own_graphs(tmp_path: Path) -> None:
+    """An inline sub-agent (its ops placed on their own pool, fused there into one round trip) and one
+    loaded from a file (its tool remapped in the run config by its prefixed node path)."""
+    from terrazzo.spec.load import load_agent
+
+    (tmp_path / "child.yaml").write_text(SUB_CHILD)
+    (tmp_path / "parent.yaml").write_text(SUB_PARENT)
+    place = {"device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "replicas": 1, "pool": "research"}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"schema": "terrazzo.placement/v1", "placements": dict.fromkeys(
+        ["research/search.lookup", "research/search.compute", "research/sum"], place)}))
+    config = RunConfig(state_dir=str(tmp_path), tools={"helper/lookup": {
+        "function": "terrazzo.runtime.testing:slow_echo"}})
+
+    async def go() -> tuple[list[RequestResult], dict]:
+        async with Runtime(load_agent(tmp_path / "parent.yaml"), load_plan(plan), config) as rt:
+            return list(await asyncio.gather(rt.run("sleep:0 hi"), rt.run("sleep:0 yo"))), rt.backend.stats()
+
+    results, stats = asyncio.run(go())
+    for r, word in zip(results, ["hi", "yo"], strict=True):
+        assert r.ok, r.error
+        assert r.path == ["intake", "research", "research/search", "research/sum", "helper", "helper/lookup", "done"]
+        assert r.output["tool_results"] == [f"search: echo: sleep:0 {word}", f"lookup: echo: {word}"]
+        assert [(s.op, s.pool) for s in r.samples] == [
+            ("intake", "cpu-default"), ("research/search.lookup", "research"), ("research/search.compute", "research"),
+            ("research/sum", "research"), ("helper/lookup.lookup", "cpu-default"),
+            ("helper/lookup.compute", "cpu-default"), ("done", "cpu-default")]
+    assert stats["research"]["submitted"] == 2  # the sub-agent's three ops: one round trip per request

@@ -13,14 +13,14 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from terrazzo.runtime.backends.ray_backend import LOCAL_DEVICE_UNITS  # noqa: E402
-from terrazzo.runtime.cli import make_tiny, run_command  # noqa: E402
-from terrazzo.runtime.config import RunConfig  # noqa: E402
+from terrazzo.runtime.cli import make_tiny  # noqa: E402
+from terrazzo.runtime.config import RunConfig, load_config  # noqa: E402
 from terrazzo.runtime.errors import ExecutionError  # noqa: E402
 from terrazzo.runtime.executors.llm_engine import LlmEngine  # noqa: E402
 from terrazzo.runtime.executors.text import build_prompt, new_message  # noqa: E402
 from terrazzo.runtime.orchestrator import Runtime  # noqa: E402
 from terrazzo.runtime.placement import load_plan  # noqa: E402
-from terrazzo.spec.load import agent_from_text  # noqa: E402
+from terrazzo.spec.load import agent_from_text, load_agent  # noqa: E402
 
 EX = Path(__file__).resolve().parents[1] / "examples"
 DEVICES = ("a40", "a100-80gb-sxm", "b200", "epyc-9654", "gaudi3", "cpu")
@@ -45,13 +45,25 @@ def test_actors_ask_for_the_device_resource(tmp_path: Path) -> None:
 
 
 def test_ray_disaggregated_token_identical_and_rag(tmp_path: Path) -> None:
+    """RAG on Ray actors; decode tokens stream out of the decode actor (a Ray streaming generator)."""
     tiny = tmp_path / "tiny"
     make_tiny(tiny)
-    rep = run_command(EX / "agents/rag-support.yaml", EX / "plans/rag-support.json", ["how do I return an item?"],
-                      "ray", EX / "runtime/rag.yaml", state_dir=str(tmp_path), default_checkpoint=str(tiny),
-                      max_new_tokens=12)
-    assert rep.ok, [r.error for r in rep.requests]
-    r = rep.requests[0]
+    config = load_config(EX / "runtime/rag.yaml", state_dir=str(tmp_path), default_checkpoint=str(tiny),
+                         max_new_tokens=12)
+    events: list[dict] = []
+
+    async def go():
+        async with Runtime(load_agent(EX / "agents/rag-support.yaml"), load_plan(EX / "plans/rag-support.json"),
+                           config, "ray") as rt:
+            return await rt.run("how do I return an item?", on_event=events.append)
+
+    r = asyncio.run(go())
+    assert r.ok, r.error
+    tokens = [e for e in events if e["type"] == "token"]
+    assert [e["index"] for e in tokens][:12] == list(range(12)) and {e["op"] for e in tokens} == {"answer.decode"}
+    assert "".join(e["text"] for e in tokens) == r.output["text"]
+    order = [e["type"] for e in events if e["op"] == "answer.decode"]
+    assert order == ["op_start", *["token"] * len(tokens), "op_end"]
     pre = next(s for s in r.samples if s.op == "answer.prefill")
     dec = next(s for s in r.samples if s.op == "answer.decode")
     assert pre.worker.startswith("prefill-gaudi3/") and dec.worker.startswith("decode-b200/")
@@ -69,7 +81,8 @@ def test_ray_killed_actor_request_is_retried(tmp_path: Path) -> None:
         "work.compute": {"device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "replicas": 2, "pool": "tools"}}}))
 
     async def go():
-        async with Runtime(agent, load_plan(plan), RunConfig(state_dir=str(tmp_path)), "ray") as rt:
+        config = RunConfig(state_dir=str(tmp_path), tools={"work": {"idempotent": True}})  # safe to run twice
+        async with Runtime(agent, load_plan(plan), config, "ray") as rt:
             task = asyncio.create_task(rt.run("sleep:1.5 hi"))
             for _ in range(2000):
                 i = rt.backend.busy_index("tools")

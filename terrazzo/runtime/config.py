@@ -30,9 +30,11 @@ class ModelTarget(_Strict):
 class ToolTarget(_Strict):
     function: str | None = None                     # 'pkg.module:callable' or 'path/to/file.py:callable'
     endpoint: str | None = None                     # http(s) URL; overrides the agent's endpoint
+    method: Literal["GET", "POST"] = "POST"         # HTTP tools: GET sends query/arguments as URL parameters
     timeout_s: float = 10.0
     retries: int = Field(default=2, ge=0, le=10)
     max_response_bytes: int = Field(default=1 << 20, gt=0)
+    idempotent: bool | None = None                  # safe to run twice? default: HTTP GET yes, others no
 
 
 class LookupTarget(_Strict):
@@ -46,6 +48,7 @@ class AudioTarget(_Strict):
     stt_model: str = "whisper-1"
     tts_model: str = "tts-1"
     tts_voice: str = "alloy"
+    tts_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
 
 
 class RunConfig(_Strict):
@@ -65,6 +68,7 @@ class RunConfig(_Strict):
     min_workers_per_pool: int = Field(default=1, ge=1, le=64)
     max_workers_per_pool: int = Field(default=2, ge=1, le=64)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    fuse_ops: bool = True                           # consecutive ops on one pool run in one worker round trip
     queue_depth: int = Field(default=1024, ge=1)
     warmup: bool = True                             # workers load checkpoints/indexes before taking ops
     max_steps_per_request: int = Field(default=200, ge=1)

@@ -22,7 +22,16 @@ def _rebuild(cls: type[ExecutionError], message: str, fix: str, op: str | None, 
 
 
 class WorkerLost(ExecutionError):
-    """The worker running an op died (killed, crashed); the op is safe to retry on another replica."""
+    """The worker running an op died (killed, crashed); the op is retried on another replica when it may
+    run twice (pure ops, idempotent tools). `sent` is False when the op never reached the worker."""
+
+    sent = True
+
+    @classmethod
+    def unsent(cls, message: str) -> WorkerLost:
+        exc = cls(message)
+        exc.sent = False
+        return exc
 
 
 class OpTimeout(ExecutionError):
@@ -31,3 +40,15 @@ class OpTimeout(ExecutionError):
 
 class Overloaded(ExecutionError):
     """A pool's bounded queue is full: the caller should back off (HTTP 429 with Retry-After)."""
+
+
+class SegmentFailed(ExecutionError):
+    """An op inside a fused segment failed: carries that op's own error (`cause`) and the timings of the
+    ops that completed before it, so each still gets its sample."""
+
+    def __init__(self, cause: ExecutionError, done: list[dict]) -> None:
+        super().__init__(cause.reason, fix=cause.fix, op=cause.op, pool=cause.pool)
+        self.cause, self.done = cause, done
+
+    def __reduce__(self):
+        return (SegmentFailed, (self.cause, self.done))

@@ -53,7 +53,9 @@ def create_app(checkpoint: str | Path, served_name: str = "terrazzo-tiny", max_p
                     for t in it:
                         ids.append(t)
                         text = engine.tokenizer.decode(ids, skip_special_tokens=True)
-                        yield f"data: {json.dumps(chunk(kind, rid, text[len(prev):], None, chat))}\n\n"
+                        # token_ids: an extra field (clients ignore it) so terrazzo's client keeps exact ids
+                        data = chunk(kind, rid, text[len(prev):], None, chat) | {"token_ids": [t]}
+                        yield f"data: {json.dumps(data)}\n\n"
                         prev = text
                     yield f"data: {json.dumps(chunk(kind, rid, '', 'length', chat))}\n\n"
                     yield "data: [DONE]\n\n"
@@ -85,4 +87,45 @@ def create_app(checkpoint: str | Path, served_name: str = "terrazzo-tiny", max_p
     async def models():
         return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "terrazzo"}]}
 
+    return app
+
+
+def create_audio_app() -> Any:
+    """A TEST audio server with OpenAI's audio routes, speaking the FSK test codec (terrazzo.runtime.fsk),
+    not speech: `/v1/audio/speech` turns text into a WAV of tones and `/v1/audio/transcriptions` turns
+    such a WAV back into its text. It lets the STT/TTS client code run against real HTTP endpoints."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse, Response
+
+    from terrazzo.runtime import fsk
+
+    app = FastAPI(title=f"terrazzo test audio server — {fsk.LABEL}")
+
+    @app.post("/v1/audio/speech")
+    async def speech(body: dict[str, Any]):
+        if body.get("response_format", "mp3") != "wav":
+            raise HTTPException(400, f"this test server writes only response_format 'wav' ({fsk.LABEL})")
+        if not isinstance(body.get("input"), str):
+            raise HTTPException(400, "'input' (text) is required")
+        return Response(fsk.encode(body["input"]), media_type="audio/wav", headers={"x-codec": fsk.LABEL})
+
+    async def transcriptions(request: Any) -> Any:
+        """Multipart form (file, model) → {"text"}; parsed with the standard library's MIME parser."""
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return JSONResponse({"detail": "send multipart/form-data with a 'file' field"}, 400)
+        msg = BytesParser(policy=HTTP).parsebytes(f"content-type: {ctype}\r\n\r\n".encode() + await request.body())
+        parts = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
+        if "file" not in parts:
+            return JSONResponse({"detail": "the form has no 'file' field"}, 400)
+        try:
+            text = fsk.decode(parts["file"].get_payload(decode=True) or b"")
+        except ValueError as exc:
+            return JSONResponse({"detail": f"cannot decode the audio ({fsk.LABEL}): {exc}"}, 400)
+        return JSONResponse({"text": text})
+
+    app.router.add_route("/v1/audio/transcriptions", transcriptions, methods=["POST"])
     return app

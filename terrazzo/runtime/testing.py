@@ -44,3 +44,11 @@ def tool_caller(message: dict) -> str:
 
 def noop(message: dict) -> dict:
     return {}
+
+
+def nap_echo(query: str, **_: object) -> str:
+    """Sleeps S seconds for a 'nap:S' word anywhere in the query (a second slow tool, independent of slow_echo)."""
+    for word in query.split():
+        if word.startswith("nap:"):
+            time.sleep(float(word.removeprefix("nap:")))
+    return f"napped: {query}"

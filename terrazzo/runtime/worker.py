@@ -3,15 +3,18 @@ lazily and caches them, so a pool's worker pays for loading a checkpoint or inde
 
 from __future__ import annotations
 
+import itertools
 import os
+import pickle
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.errors import ExecutionError, SegmentFailed
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class OpCall:
     kind: str        # executor: llm.prefill, llm.decode, llm.aggregated, embed, ann.search, tool.lookup, ...
     payload: Any
     attempt: int = 0
+    stream: bool = False  # someone listens: send events (decode tokens, fused ops' starts/ends) while running
+
+
+Emit = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class WorkerState:
         self.name = name
         self.pid = os.getpid()
         self._cache: dict[tuple[str, str], Any] = {}
+        self._emit: Emit | None = None   # set while an op with stream=True runs
+        self._op = self._request = ""
+        self.report_progress: Callable[[int], None] = lambda index: None  # the backend may publish it
+        self._segments: dict[str, tuple] = {}
 
     def _get(self, kind: str, key: str, make: Any) -> Any:
         if (kind, key) not in self._cache:
@@ -51,11 +62,15 @@ class WorkerState:
         return self._get("llm", checkpoint, lambda: LlmEngine(checkpoint, threads=1,
                                                               max_prompt_tokens=self.config.max_prompt_tokens))
 
-    def execute(self, call: OpCall) -> OpResult:
-        """Run one op; any failure surfaces as ExecutionError naming the op (never a bare traceback)."""
+    def execute(self, call: OpCall, emit: Emit | None = None) -> OpResult:
+        """Run one op; any failure surfaces as ExecutionError naming the op (never a bare traceback).
+        `emit` receives events while it runs (decode tokens as they are produced)."""
         t0 = time.perf_counter()
+        self._emit, self._op, self._request = emit, call.op, call.request_id
         try:
             value, tokens, info = getattr(self, "_" + call.kind.replace(".", "_"))(call.payload)
+        except SegmentFailed:
+            raise
         except ExecutionError as exc:
             if exc.op is None:
                 raise type(exc)(exc.reason, fix=exc.fix, op=call.op, pool=self.name) from None
@@ -68,11 +83,68 @@ class WorkerState:
         except Exception as exc:
             raise ExecutionError(f"{type(exc).__name__}: {exc}", op=call.op, pool=self.name,
                                  fix="see the worker traceback: " + traceback.format_exc(limit=3)) from None
+        finally:
+            self._emit = None
         return OpResult(value, time.perf_counter() - t0, self.name, self.pid, tokens, info)
+
+    def _tokens(self, eng: Any, ids: Iterable[int]) -> list[int]:
+        """Drain a decode iterator; when streaming, emit one `token` event per token as it is produced
+        (text delta of the incremental detokenisation; held back while it ends in a partial character)."""
+        out: list[int] = []
+        emit, op, shown = self._emit, self._op, ""
+        for t in ids:
+            out.append(t)
+            if emit is not None:
+                text = eng.tokenizer.decode(out, skip_special_tokens=True)
+                clean = text.startswith(shown) and not text.endswith("\ufffd")
+                emit({"type": "token", "op": op, "index": len(out) - 1, "token_id": t,
+                      "text": text[len(shown):] if clean else ""})
+                shown = text if clean else shown
+        if emit is not None:
+            final = eng.tokenizer.decode(out, skip_special_tokens=True)
+            if final != shown and final.startswith(shown):  # flush what was held back
+                emit({"type": "token", "op": op, "index": len(out), "token_id": None, "text": final[len(shown):]})
+        return out
 
     # --- executors: payload -> (value, tokens, info) -------------------------------------------------
     def _noop(self, p: Any) -> tuple[Any, int, dict]:
         return p, 0, {}
+
+    def _segment(self, p: dict) -> tuple[Any, int, dict]:
+        """A fused segment: the nodes' programs run back to back here, each op through `execute` (so
+        errors name the op), reporting which op runs (for its own timeout) and, when streaming, each op's
+        start and end. Returns the output message and per-op timings; an op's failure raises
+        SegmentFailed with the timings of the ops before it."""
+        from terrazzo.runtime.program import steps
+
+        if p["key"] not in self._segments:
+            self._segments[p["key"]] = pickle.loads(p["programs"])
+        emit, rid = self._emit, self._request
+        msg, done, tokens, t0, i = p["msg"], [], 0, time.perf_counter(), 0
+        for prog in self._segments[p["key"]]:
+            gen = steps(prog, msg, rid)
+            try:
+                op, kind, payload = next(gen)
+                while True:
+                    self.report_progress(i)
+                    if emit is not None and i > 0:
+                        emit({"type": "op_start", "op": op})
+                    start_s = time.perf_counter() - t0
+                    try:
+                        res = self.execute(OpCall(rid, op, kind, payload, stream=emit is not None), emit)
+                    except ExecutionError as exc:
+                        raise SegmentFailed(exc, done) from None
+                    done.append({"op": op, "start_s": start_s, "exec_s": res.exec_s, "tokens": res.tokens,
+                                 "info": res.info, "worker": self.name})
+                    tokens += res.tokens
+                    if emit is not None:
+                        emit({"type": "op_end", "op": op, "exec_s": res.exec_s, "tokens": res.tokens,
+                              "worker": self.name, "ok": True})
+                    i += 1
+                    op, kind, payload = gen.send(res)
+            except StopIteration as stop:
+                msg = stop.value
+        return {"msg": msg, "done": done}, tokens, {}
 
     def _warmup(self, items: list[dict[str, str]]) -> tuple[Any, int, dict]:
         from terrazzo.runtime.executors.vector import Embedder, VectorIndex
@@ -93,7 +165,8 @@ class WorkerState:
         return kv, len(ids), {"kv_bytes": kv.nbytes, "checkpoint": p["checkpoint"]}
 
     def _llm_decode(self, p: dict) -> tuple[Any, int, dict]:
-        gen = self.engine(p["checkpoint"]).decode(p["kv"])
+        eng = self.engine(p["checkpoint"])
+        gen = eng.generation(self._tokens(eng, eng.iter_decode(p["kv"])), p["kv"].prompt_len)
         return gen, len(gen.token_ids), {}
 
     def _llm_aggregated(self, p: dict) -> tuple[Any, int, dict]:
@@ -102,10 +175,18 @@ class WorkerState:
 
             client = self._get("http", p["endpoint"], lambda: OpenAIClient(p["endpoint"], api_key=p.get("api_key"),
                                                                           timeout_s=self.config.op_timeout_s))
-            gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"])
+            if self._emit is None:
+                gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"])
+            else:
+                emit, op, n = self._emit, self._op, itertools.count()
+                gen = client.complete_streaming(
+                    p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"],
+                    on_delta=lambda text, tid: emit({"type": "token", "op": op, "index": next(n), "token_id": tid,
+                                                     "text": text}))
             return gen, len(gen.token_ids), {"endpoint": p["endpoint"]}
         eng = self.engine(p["checkpoint"])
-        gen = eng.generate(p.get("prompt_ids") or eng.encode(p["prompt"]), p["max_new_tokens"])
+        kv = eng.prefill(list(p.get("prompt_ids") or eng.encode(p["prompt"])), p["max_new_tokens"])
+        gen = eng.generation(self._tokens(eng, eng.iter_decode(kv)), kv.prompt_len)
         return gen, len(gen.token_ids), {}
 
     def _embed(self, p: dict) -> tuple[Any, int, dict]:
@@ -138,7 +219,8 @@ class WorkerState:
         if t.get("function"):
             return call_python(t["function"], self.config.base_dir, p["query"], p["args"]), 0, {}
         return call_http(t["endpoint"], p["query"], p["args"], timeout_s=t["timeout_s"], retries=t["retries"],
-                         max_response_bytes=t["max_response_bytes"]), 0, {}
+                         max_response_bytes=t["max_response_bytes"], method=t.get("method", "POST"),
+                         idempotent=bool(t.get("idempotent"))), 0, {}
 
     def _compute(self, p: dict) -> tuple[Any, int, dict]:
         if not p.get("function"):
@@ -161,7 +243,7 @@ class WorkerState:
         a = self.config.audio
         out_dir = self.config.path(self.config.state_dir) / "audio"  # type: ignore[operator]
         out, mode = synthesize(p["text"], a.tts_endpoint, a.tts_model, a.tts_voice, out_dir, p["name"],
-                               self.config.op_timeout_s)
+                               self.config.op_timeout_s, a.tts_format)
         return out, 0, {"mode": mode}
 
     def _memory(self):  # -> MemoryStore
@@ -174,5 +256,5 @@ class WorkerState:
         return self._memory().load(p["store"], p["session"]), 0, {}
 
     def _memory_store(self, p: dict) -> tuple[Any, int, dict]:
-        self._memory().store(p["store"], p["session"], p["text"])
+        self._memory().store(p["store"], p["session"], p["text"], key=p.get("key"))
         return None, 0, {}

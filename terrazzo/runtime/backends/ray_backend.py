@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from terrazzo.runtime.backends.base import PoolBackend, WorkerHandle
@@ -36,6 +39,26 @@ class _Actor:
             return True, self.state.execute(call)
         except ExecutionError as exc:
             return False, exc
+
+    def execute_stream(self, call: OpCall) -> Iterator[tuple[bool | None, Any]]:
+        """A Ray streaming generator: (None, event) as the op produces them, then (ok, result). The op
+        runs on a helper thread that feeds a queue, so each event is yielded the moment it exists."""
+        q: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work() -> None:
+            try:
+                q.put((True, self.state.execute(call, lambda ev: q.put((None, ev)))))
+            except ExecutionError as exc:
+                q.put((False, exc))
+            except BaseException as exc:  # reported as the op's failure, never lost
+                q.put((False, ExecutionError(f"{type(exc).__name__}: {exc}", op=call.op)))
+
+        threading.Thread(target=work, name=f"op-{call.op}", daemon=True).start()
+        while True:
+            item = q.get()
+            yield item
+            if item[0] is not None:
+                return
 
 
 def ensure_ray(address: str | None, devices: set[str], num_cpus: int | None = None) -> None:
@@ -65,13 +88,23 @@ class RayWorker(WorkerHandle):
     def __init__(self, actor: Any, name: str, pid: int) -> None:
         self.actor, self.name, self._pid, self._dead = actor, name, pid, False
 
-    async def run(self, call: OpCall) -> OpResult:
+    async def run(self, call: OpCall, on_event: Callable[[dict], None] | None = None) -> OpResult:
         import ray
 
         if self._dead:
-            raise WorkerLost(f"actor {self.name} is dead")
+            raise WorkerLost.unsent(f"actor {self.name} is dead")
         try:
-            ok, value = await self.actor.execute.remote(call)
+            if not call.stream:
+                ok, value = await self.actor.execute.remote(call)
+            else:
+                ok, value = False, WorkerLost(f"actor {self.name} ended its stream without a result")
+                async for ref in self.actor.execute_stream.options(num_returns="streaming").remote(call):
+                    ok, value = await ref
+                    if ok is None:
+                        if on_event is not None:
+                            on_event(value)
+                        continue
+                    break
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
             self._dead = True
             raise WorkerLost(f"actor {self.name} (pid {self._pid}) died: {type(exc).__name__}") from None

@@ -124,9 +124,11 @@ class LlmEngine:
 
     def decode(self, kv: KvHandoff) -> Generation:
         """Continue greedily from an imported cache until `max_new_tokens` or EOS."""
-        generated = list(self.iter_decode(kv))
+        return self.generation(list(self.iter_decode(kv)), kv.prompt_len)
+
+    def generation(self, generated: list[int], prompt_len: int) -> Generation:
         return Generation(token_ids=tuple(generated), text=self.tokenizer.decode(generated, skip_special_tokens=True),
-                          prompt_tokens=kv.prompt_len)
+                          prompt_tokens=prompt_len)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         """Aggregated serving: prefill and decode in this process (the handoff stays in memory)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from terrazzo.runtime.errors import ExecutionError
@@ -66,6 +66,12 @@ class OpenAIClient:
 
     def stream(self, prompt: str, *, model: str, max_tokens: int) -> Iterator[str]:
         """Yield text deltas as the server sends them (Server-Sent Events, `data: {...}` … `data: [DONE]`)."""
+        for delta, _ in self.stream_chunks(prompt, model=model, max_tokens=max_tokens):
+            if delta:
+                yield delta
+
+    def stream_chunks(self, prompt: str, *, model: str, max_tokens: int) -> Iterator[tuple[str, list[int]]]:
+        """(text delta, token ids) per SSE chunk; ids only where the server sends them (terrazzo's does)."""
         resp = self._post("/completions", {"model": model, "prompt": prompt, "max_tokens": max_tokens,
                                            "temperature": 0, "stream": True}, stream=True)
         try:
@@ -75,12 +81,30 @@ class OpenAIClient:
                 payload = line.removeprefix("data:").strip()
                 if payload == "[DONE]":
                     return
-                choice = json.loads(payload)["choices"][0]
+                data = json.loads(payload)
+                choice = data["choices"][0]
                 delta = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content", "")
-                if delta:
-                    yield delta
+                ids = data.get("token_ids") or []
+                if delta or ids:
+                    yield delta or "", list(ids)
         finally:
             resp.close()
+
+    def complete_streaming(self, prompt: str, *, model: str, max_tokens: int,
+                           on_delta: Callable[[str, int | None], None]) -> Generation:
+        """Like `complete`, over SSE, calling `on_delta(text, token_id)` per chunk as it arrives."""
+        t0 = time.perf_counter()
+        texts: list[str] = []
+        ids: list[int] = []
+        chunks = 0
+        for delta, tok in self.stream_chunks(prompt, model=model, max_tokens=max_tokens):
+            texts.append(delta)
+            ids += tok
+            chunks += 1
+            on_delta(delta, tok[0] if len(tok) == 1 else None)
+        n = len(ids) or chunks
+        return Generation(token_ids=tuple(ids) or tuple([-1] * n), text="".join(texts), prompt_tokens=0,
+                          decode_s=time.perf_counter() - t0)
 
     def close(self) -> None:
         self.client.close()

@@ -60,24 +60,37 @@ def call_python(spec: str, base_dir: str, query: str, args: dict[str, Any]) -> s
     return out if isinstance(out, str) else json.dumps(out, default=str)
 
 
+# Answers that say the request was not processed, so even a non-idempotent call may be sent again.
+_NOT_PROCESSED = {429, 503}
+
+
 def call_http(url: str, query: str, args: dict[str, Any], *, timeout_s: float, retries: int,
-              max_response_bytes: int) -> str:
-    """POST {"query", "arguments"} as JSON; returns the body text. Raises ExecutionError when out of tries."""
+              max_response_bytes: int, method: str = "POST", idempotent: bool = False) -> str:
+    """POST {"query", "arguments"} as JSON (GET: as URL parameters); returns the body text. Raises
+    ExecutionError when out of tries. A non-idempotent call is sent again only when it surely was not
+    processed (connection refused, 429, 503); an idempotent one also after timeouts and other 5xx."""
     import httpx
 
     body = {"query": query, "arguments": args}
+    send: dict[str, Any] = ({"params": {"query": query, "arguments": json.dumps(args)}} if method == "GET"
+                            else {"json": body})
     last = ""
     deadline = time.monotonic() + timeout_s * (retries + 1)
     with httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False) as client:
         for attempt in range(retries + 1):
             wait_s = min(0.05 * 2**attempt, 1.0)
             try:
-                with client.stream("POST", url, json=body) as resp:
-                    if resp.status_code == 429 or resp.status_code >= 500:
+                with client.stream(method, url, **send) as resp:
+                    if resp.status_code in _NOT_PROCESSED or (resp.status_code >= 500 and idempotent):
                         last = f"HTTP {resp.status_code}"
                         retry_after = resp.headers.get("retry-after", "")
                         if retry_after.replace(".", "", 1).isdigit():
                             wait_s = min(float(retry_after), timeout_s)
+                    elif resp.status_code >= 500:
+                        raise ExecutionError(f"tool endpoint {url} answered HTTP {resp.status_code}; not sent again "
+                                             "because the tool is not declared idempotent (it may have acted)",
+                                             fix="set idempotent: true for the tool in the run config if a "
+                                                 "second call is safe")
                     elif resp.status_code >= 400:
                         raise ExecutionError(f"tool endpoint {url} answered HTTP {resp.status_code}",
                                              fix="check the endpoint URL and request format")
@@ -90,10 +103,16 @@ def call_http(url: str, query: str, args: dict[str, Any], *, timeout_s: float, r
                                                      fix="raise max_response_bytes for this tool or page results")
                             chunks.append(chunk)
                         return b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
-            except httpx.TimeoutException:
-                last = f"timed out after {timeout_s:g} s"
-            except httpx.TransportError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server
                 last = f"{type(exc).__name__}: {exc}"
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"timed out after {timeout_s:g} s" if isinstance(exc, httpx.TimeoutException) else \
+                    f"{type(exc).__name__}: {exc}"
+                if not idempotent:
+                    raise ExecutionError(f"tool endpoint {url} failed: {last}; not sent again because the tool is "
+                                         "not declared idempotent (the request may have been processed)",
+                                         fix="set idempotent: true for the tool in the run config if a second call "
+                                             "is safe, or raise its timeout_s") from None
             if attempt < retries and time.monotonic() + wait_s < deadline:
                 time.sleep(wait_s)
     raise ExecutionError(f"tool endpoint {url} failed after {retries + 1} tries: {last}",
