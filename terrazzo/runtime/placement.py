@@ -21,6 +21,7 @@ class OpPlacement:
     replicas: int = 1
     predicted_s: float | None = None   # the plan's latency per visit, when the plan has one
     kind: str = ""
+    devices: int = 1                   # devices one replica spans (tp × pp)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class PoolSpec:
     device: str
     workers: int
     ops: tuple[str, ...] = ()
+    devices_per_worker: int = 1  # tp × pp: the `tz/<device>` units one worker claims on a Ray node
 
     @property
     def resource(self) -> str:
@@ -70,7 +72,7 @@ class RuntimePlan:
                                      fix="give each pool one device type (re-run terrazzo plan)")
             want = max(p.replicas for p in ops)
             out[name] = PoolSpec(name, devices.pop(), max(min_workers, min(want, max_workers)),
-                                 tuple(p.op for p in ops))
+                                 tuple(p.op for p in ops), max(p.devices for p in ops))
         return out
 
 
@@ -92,11 +94,15 @@ def load_plan(path: str | Path | None) -> RuntimePlan:
         for o in data.get("ops", []):
             ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
                                          float(o["latency_s"]) if o.get("latency_s") is not None else None,
-                                         o.get("kind", ""))
+                                         o.get("kind", ""), _span(o))
     elif schema == "terrazzo.placement/v1":
         for name, o in data.get("placements", {}).items():
-            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)))
+            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o))
     else:
         raise ExecutionError(f"plan '{p}' has schema {schema!r}",
                              fix="use a terrazzo.plan/v1 or terrazzo.placement/v1 file (terrazzo plan -o)")
     return RuntimePlan(data.get("agent"), ops, str(p))
+
+
+def _span(o: dict[str, Any]) -> int:
+    return max(1, int(o.get("tp", 1)) * int(o.get("pp", 1)))

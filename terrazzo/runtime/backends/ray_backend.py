@@ -19,7 +19,7 @@ from terrazzo.runtime.errors import ExecutionError, WorkerLost
 from terrazzo.runtime.placement import PoolSpec
 from terrazzo.runtime.worker import OpCall, OpResult
 
-LOCAL_DEVICE_UNITS = 64  # per device type on a local ray.init(): actors ask for 1 each
+LOCAL_DEVICE_UNITS = 512  # per device type on a local ray.init(): a worker asks for its replica's tp × pp
 
 
 class _Actor:
@@ -137,8 +137,8 @@ class RayBackend(PoolBackend):
         import ray
 
         name = f"{spec.name}/{index}#{next(RayWorker._ids)}"
-        actor_cls = ray.remote(_Actor).options(num_cpus=0, resources={spec.resource: 1}, max_restarts=0,
-                                               max_concurrency=1, name=None)
+        actor_cls = ray.remote(_Actor).options(num_cpus=0, resources={spec.resource: spec.devices_per_worker},
+                                               max_restarts=0, max_concurrency=1, name=None)
         actor = actor_cls.remote(self.config.model_dump(), name)
         try:
             pid = await asyncio.wait_for(actor.pid.remote(), 120)
