@@ -24,10 +24,22 @@ console = Console()
 CatalogOpt = Annotated[
     list[Path] | None, typer.Option("--catalog", help="extra catalog YAML, layered over the shipped one")
 ]
+ProfileOpt = Annotated[
+    list[Path] | None, typer.Option("--profile", help="measured profile (terrazzo profile -o FILE), layered last; "
+                                    "applies only where its machine and model match")
+]
 
 
-def _catalog(extra: list[Path] | None) -> Catalog:
-    return load_catalog(extra or [])
+def _catalog(extra: list[Path] | None, profiles: list[Path] | None = None) -> Catalog:
+    cat = load_catalog(extra or [], profiles or [])
+    _profile_notes(cat)
+    return cat
+
+
+def _profile_notes(cat: Catalog) -> None:
+    """What each --profile changed, or why it was not applied (on stderr, so --json output stays clean)."""
+    for note in cat.notes:
+        Console(stderr=True).print(f"profile: {note}", highlight=False, soft_wrap=True)
 
 
 @hw_app.command("list")
@@ -111,11 +123,12 @@ def cost(
     tco: Annotated[str, typer.Option(help="TCO profile")] = "paper-2507.19635",
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     catalog: CatalogOpt = None,
+    profile: ProfileOpt = None,
 ) -> None:
     """Roofline cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens."""
     from terrazzo.cost.report import cost_report
 
-    report = cost_report(_catalog(catalog), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
+    report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
     if as_json:
         print(json.dumps(asdict(report), indent=2))
     else:
@@ -184,16 +197,19 @@ def plan_cmd(
     seed: Annotated[int, typer.Option(help="with --simulate: random seed")] = 0,
     verify: Annotated[bool, typer.Option(help="simulate the plan at its rate and re-plan where it misses the "
                                          "SLA's percentile (plan/refine.py)")] = True,
+    profile: ProfileOpt = None,
 ) -> None:
     """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
     from terrazzo.plan.planner import plan as make_plan
     from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
 
-    cluster_spec, cat = load_cluster(cluster)
+    cluster_spec, cat = load_cluster(cluster, profile or [])
+    _profile_notes(cat)
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
                        explain=explain, verify=verify)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
+    inputs.update({f"profile[{i}]": p for i, p in enumerate(profile or [])})
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
     check = None
     if simulate:
@@ -252,6 +268,30 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve_cmd(
+    agent: Annotated[Path, typer.Argument(help="agent YAML")],
+    plan: Annotated[Path | None, typer.Option(help="plan JSON (terrazzo plan -o): pools, replicas, planner inputs")]
+    = None,
+    config: Annotated[Path | None, typer.Option(help="run config YAML: checkpoints, documents, tools")] = None,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    advisory: Annotated[bool, typer.Option("--advisory", help="controller logs its decisions, applies none")] = False,
+    token_env: Annotated[str | None, typer.Option(help="env var holding the API token [TERRAZZO_TOKEN]")] = None,
+    serve_config: Annotated[Path | None, typer.Option(help="serve YAML: auth, limits, controller policy")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="no token (only on a loopback host)")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """HTTP API for the agent (invoke, SSE, OpenAI chat, plan, health, metrics); re-plans as load moves."""
+    from terrazzo.server.run import serve_command
+
+    code = serve_command(agent, plan, config, backend, host, port, advisory, token_env, serve_config, no_auth,
+                         log_level)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("simulate")
 def simulate_cmd(
     plan_file: Annotated[Path, typer.Argument(help="plan JSON written by `terrazzo plan ... -o`")],
@@ -302,6 +342,63 @@ def reproduce(
                       f"{ben['h100-sxm::gaudi3']:.2f}")
     console.print(table)
     console.print(f"wrote {out / 'paper-pairs.csv'}, " + ", ".join(str(f) for f in figures))
+
+
+@app.command("profile")
+def profile_cmd(
+    output: Annotated[Path, typer.Option("-o", "--output", help="profile YAML to write")],
+    device: Annotated[str, typer.Option(help="cpu, or cuda (needs an NVIDIA GPU and a CUDA build of torch)")] = "cpu",
+    model: Annotated[Path | None, typer.Option(help="HF checkpoint dir for prefill/decode (default: a tiny "
+                                               "random-weight Llama made on the fly)")] = None,
+    model_name: Annotated[str | None, typer.Option(help="catalog name of --model (checked against its shape)")] = None,
+    embed_model: Annotated[Path | None, typer.Option(help="sentence-transformers dir (default: MiniLM)")] = None,
+    as_device: Annotated[str | None, typer.Option("--as", help="calibrate this catalog device (the machine must be "
+                                                  "one), or the name of the device the profile defines")] = None,
+    base: Annotated[str | None, typer.Option(help="catalog device whose price/TDP a defined device shares")] = None,
+    threads: Annotated[int, typer.Option(help="torch and FAISS threads (the runtime's workers use 1)")] = 1,
+    repeats: Annotated[int, typer.Option(help="measured rounds per point (median and p10-p90)")] = 15,
+    warmup: Annotated[int, typer.Option(help="warm-up rounds, not recorded")] = 3,
+    ops: Annotated[str, typer.Option(help="comma-separated: prefill,decode,embed,ann,transfer")] = (
+        "prefill,decode,embed,ann,transfer"),
+    quick: Annotated[bool, typer.Option(help="few points and repeats: a smoke test, not for planning")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Measure this machine (engine prefill/decode, embeddings, FAISS, transfers) and fit the cost model to it."""
+    from terrazzo.profile.run import Options, profile_command
+
+    fields = dict(device=device, model=model, model_name=model_name, embed_model=embed_model, as_device=as_device,
+                  base=base, threads=threads, repeats=repeats, warmup=warmup, catalogs=catalog or [],
+                  ops=tuple(o.strip() for o in ops.split(",") if o.strip()),
+                  command=" ".join(["terrazzo", *sys.argv[1:]]))
+    if quick:
+        fields.update(repeats=min(repeats, 5), warmup=min(warmup, 1))
+    profile_command(Options.quick(**fields) if quick else Options(**fields), output, console)  # type: ignore[arg-type]
+
+
+@app.command("deploy")
+def deploy_cmd(
+    plan: Annotated[Path, typer.Argument(help="plan JSON (terrazzo plan -o) or placement JSON")],
+    target: Annotated[str, typer.Option(help="ray (cluster launcher YAML for `ray up`) or kuberay (manifests)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder to write into")],
+    namespace: Annotated[str, typer.Option(help="kuberay: Kubernetes namespace")] = "default",
+    image: Annotated[str | None, typer.Option(help="container image with terrazzo installed")] = None,
+    provider: Annotated[str, typer.Option(help="ray: aws or local (on-premises machines)")] = "aws",
+    region: Annotated[str | None, typer.Option(help="ray, aws: region")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="folder of `terrazzo compile --emit vmfb --plan`: "
+                                                   "records which artifact serves each pool")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Cluster files from a plan: a Ray cluster config or KubeRay manifests, validated against their schemas."""
+    from terrazzo.deploy.write import deploy
+
+    written = deploy(plan, target, output, namespace, image, provider, region, artifacts, catalog)
+    for g in written.fleet.groups:
+        console.print(f"{g.device}: {g.devices} devices → {g.nodes} node(s) of {g.per_node}, resource "
+                      f"{g.resource}, pools {', '.join(p.pool for p in g.pools)}")
+    for f in written.files:
+        console.print(f"wrote {f} (validated)")
+    for item in written.todo:
+        console.print(f"  fill in: {item}", markup=False)
 
 
 @app.command()
