@@ -295,3 +295,24 @@ def test_subagents_inline_and_from_file_run_their_own_graphs(tmp_path: Path) -> 
             ("research/sum", "research"), ("helper/lookup.lookup", "cpu-default"),
             ("helper/lookup.compute", "cpu-default"), ("done", "cpu-default")]
     assert stats["research"]["submitted"] == 2  # the sub-agent's three ops: one round trip per request
+
+
+def test_a_current_index_is_reused_without_loading_the_model(tmp_path):
+    """The FAISS index is rebuilt only when documents or model change; a current one loads no model."""
+    from terrazzo.runtime.executors.vector import Embedder, build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Returns are free within 30 days.\n\nShipping takes two days.")
+    loads: list[str] = []
+
+    def counting(model_dir: str) -> Embedder:
+        loads.append(model_dir)
+        return Embedder(model_dir)
+
+    model = RunConfig().embed_path()
+    first = build_index(docs, tmp_path / "idx", model, counting)
+    again = build_index(docs, tmp_path / "idx", model, counting)
+    assert first == again and first["vectors"] == 2 and len(loads) == 1
+    (docs / "b.txt").write_text("Gift cards never expire.")
+    assert build_index(docs, tmp_path / "idx", model, counting)["vectors"] == 3 and len(loads) == 2

@@ -197,7 +197,7 @@ class Runtime:
             if note not in self.notes:
                 self.notes.append(note)
         elif node.kind == "memory_lookup":
-            from terrazzo.runtime.executors.vector import Embedder, build_index
+            from terrazzo.runtime.executors.vector import build_index
 
             lk = self.config.lookups.get(path)
             docs = self.config.path((lk.documents if lk else None) or self.config.documents)
@@ -207,7 +207,7 @@ class Runtime:
                                          "in the run config")
             index_dir = self.config.path(lk.index_dir if lk and lk.index_dir else None) or (
                 Path(self.config.path(self.config.state_dir)) / "index" / path.replace("/", "__"))
-            meta = build_index(docs, index_dir, Embedder(self.config.embed_path()))
+            meta = build_index(docs, index_dir, self.config.embed_path())
             self._index_dirs[path] = str(index_dir)
             self.notes.append(f"lookup '{path}': FAISS flat-IP index of {meta['vectors']} passages × "
                               f"{meta['dimension']} dims from {docs} (MiniLM embeddings), at {index_dir}")

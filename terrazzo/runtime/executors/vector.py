@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,19 @@ def read_passages(documents: Path) -> list[dict[str, str]]:
     return out
 
 
-def build_index(documents: Path, index_dir: Path, embedder: Embedder) -> dict[str, Any]:
-    """Embed every passage and write a FAISS inner-product index (cosine on normalised vectors)."""
+def build_index(documents: Path, index_dir: Path, model_dir: str | Path,
+                make_embedder: Callable[[str], Embedder] = Embedder) -> dict[str, Any]:
+    """Embed every passage and write a FAISS inner-product index (cosine on normalised vectors). The
+    model is loaded only when the index is missing or stale: a current one costs a hash, not a load."""
     import faiss
     import numpy as np
 
     passages = read_passages(documents)
-    digest = hashlib.sha256(json.dumps([passages, embedder.model_dir]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([passages, str(model_dir)]).encode()).hexdigest()
     manifest = index_dir / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("digest") == digest:
         return json.loads(manifest.read_text())
+    embedder = make_embedder(str(model_dir))
     vecs = np.asarray(embedder.encode([p["text"] for p in passages]), dtype="float32")
     index = faiss.IndexFlatIP(vecs.shape[1])
     index.add(vecs)
