@@ -58,6 +58,7 @@ class RequestResult:
     ok: bool
     text: str = ""
     error: str | None = None
+    error_kind: str | None = None  # the failure's exception type: Overloaded, OpTimeout, WorkerLost, ExecutionError
     e2e_s: float = 0.0
     path: list[str] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -594,7 +595,7 @@ class Runtime:
                 exc = group.exceptions[0]
                 while isinstance(exc, ExceptionGroup):
                     exc = exc.exceptions[0]
-                result.error = str(exc)
+                result.error, result.error_kind = str(exc), type(exc).__name__
                 span.set_attribute("tz.error", result.error)
         result.e2e_s = time.perf_counter() - t0
         self.telemetry.requests.labels("ok" if result.ok else "error").inc()

@@ -26,18 +26,18 @@ log = logging.getLogger("terrazzo.server")
 
 
 def failure(result: RequestResult, retry_after: Callable[[], int]) -> ApiError:
-    """The HTTP error for a request the runtime ran and failed. The runtime reports a failure as text;
-    its exception types print distinctive phrases (errors.py), matched here."""
+    """The HTTP error for a request the runtime ran and failed, by the failure's exception type."""
     msg = result.error or "unknown error"
     rid = result.request_id
-    if "pool queue full" in msg:
+    kind = result.error_kind
+    if kind == "Overloaded":
         after = retry_after()
         return ApiError(429, f"request {rid}: {msg}", type="rate_limit_error", code="pool_queue_full",
                         retry_after_s=after, headers={"Retry-After": str(after)}, fix=f"retry after {after} s")
-    if "timed out after" in msg:
+    if kind == "OpTimeout":
         return ApiError(504, f"request {rid}: an op passed its deadline: {msg}", type="timeout_error",
                         code="op_deadline", fix="raise op_timeouts_s for that op in the run config")
-    if "worker died" in msg or "died while running" in msg:
+    if kind == "WorkerLost":
         return ApiError(503, f"request {rid}: {msg}", type="worker_error", code="worker_lost",
                         fix="retry; see the server log for why the workers died")
     return ApiError(500, f"request {rid} failed: {msg}", type="agent_error", code="agent_failed",
