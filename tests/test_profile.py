@@ -13,7 +13,7 @@ import pytest
 from terrazzo.catalog.load import load_catalog
 from terrazzo.cost.calibration import ann_estimate, embed_estimate
 from terrazzo.cost.candidates import deployment
-from terrazzo.cost.llm import decode_step, prefill
+from terrazzo.cost.llm import decode_roofline, decode_step, prefill
 from terrazzo.profile.errors import ProfileError
 from terrazzo.profile.measure import pin_threads
 from terrazzo.profile.run import Options, profile_machine
@@ -73,9 +73,12 @@ def test_layering_defines_the_machine_and_is_exact_at_measured_points(measured):
         assert est.source == f"profile:{path}#prefill[batch=1,isl={p.isl}]"
     for p in prof.points.decode:
         assert decode_step(dep, p.batch, p.context).latency_s == pytest.approx(p.timing.median_s, rel=1e-9)
-    between = decode_step(dep, 1, 32)
-    lo, hi = sorted(p.timing.median_s for p in prof.points.decode if p.batch == 1)
-    assert lo <= between.latency_s <= hi and between.source.endswith("decode[batch=1,context=16..64]")
+    between = decode_step(dep, 1, 32)  # between two measured contexts: the fit, scaled by their measured/fit ratios
+    ratios = sorted(p.timing.median_s / decode_roofline(dep, 1, p.context).latency_s
+                    for p in prof.points.decode if p.batch == 1)
+    scale = between.latency_s / decode_roofline(dep, 1, 32).latency_s
+    assert ratios[0] - 1e-9 <= scale <= ratios[-1] + 1e-9
+    assert between.source.endswith("decode[batch=1,context=16..64]")
     assert prefill(dep, 4096).source == f"fitted:{path}"  # beyond the measured prompts: the fitted roofline
     assert prefill(deployment(cat, prof.llm.name, "local-cpu", "fp32", 1, 2), 16).source == f"fitted:{path}"
 
