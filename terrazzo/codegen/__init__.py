@@ -1,0 +1,1 @@
+"""Target-aware code generation: terrazzo's tensor operators lowered through IREE to per-target artifacts."""

@@ -1,0 +1,101 @@
+"""`terrazzo compile AGENT --emit vmfb --target T [--plan P] -o DIR`: the agent's tensor operators
+compiled for a target family, copied out of the cache, with a manifest naming which artifact serves
+each plan pool (by the pool's device type)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from terrazzo.codegen.compile import EMBED_BUCKETS, Artifact, Operator, Target, compile_operator, parse_target
+from terrazzo.codegen.compile import target_for_device as device_target
+from terrazzo.codegen.errors import CodegenError
+from terrazzo.codegen.operators import embed_operator, pii_operator
+
+MANIFEST_SCHEMA = "terrazzo.artifacts/v1"
+ENCODER_MODELS = ("all-minilm-l6-v2",)  # catalog models whose weights ship with the runtime extra
+PII_FUNCTION = "terrazzo.runtime.executors.classifier:pii_filter"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    manifest: Path
+    artifacts: list[Artifact]
+    pools: dict[str, list[str]]
+    skipped: list[str]
+
+
+def agent_operators(agent: Any) -> dict[str, list[Operator]]:
+    """Node path → the operators it runs: an embedding model's buckets, or the privacy filter."""
+    out: dict[str, list[Operator]] = {}
+    for path, node in agent.graph.leaves():
+        model = getattr(node, "model", None) if node.kind == "embed" else getattr(node, "embed_model", None)
+        if node.kind in ("embed", "memory_lookup") and model in ENCODER_MODELS:
+            out[path] = [embed_operator(b, s) for b, s in EMBED_BUCKETS]
+        elif node.kind == "compute" and getattr(node, "function", None) == PII_FUNCTION:
+            out[path] = [pii_operator(1), pii_operator(32)]
+    return out
+
+
+def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_path: str | Path | None = None,
+              root: str | Path | None = None) -> Emitted:
+    from terrazzo.spec.load import load_agent
+
+    agent = load_agent(agent_path)
+    ops = agent_operators(agent)
+    if not ops:
+        raise CodegenError(f"{agent_path}: no node runs a tensor operator terrazzo lowers (embed or memory_lookup "
+                           f"with {', '.join(ENCODER_MODELS)}, or a compute node with function {PII_FUNCTION})")
+    wanted = parse_target(target)
+    family = wanted[0].family
+    placements = _placements(plan_path) if plan_path else {}
+    pool_targets = {pool: device_target(dev) for pool, (dev, _) in placements.items()}
+    extra = [t for t in pool_targets.values() if t is not None and t.family == family and t not in wanted]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    built: dict[tuple[str, tuple, Target], Artifact] = {}
+    for node_ops in ops.values():
+        for op in node_ops:
+            for t in dict.fromkeys([*wanted, *extra]):
+                if (op.name, op.shapes, t) not in built:
+                    art = compile_operator(op, t, root)
+                    shutil.copyfile(art.path, out / art.path.name)
+                    built[op.name, op.shapes, t] = art
+    pools: dict[str, list[str]] = {}
+    skipped = []
+    for pool, (device, nodes) in placements.items():
+        t = pool_targets[pool]
+        names = [a.path.name for (name, _, tt), a in built.items()
+                 if tt == t and any(name in {o.name for o in ops.get(n, [])} for n in nodes)]
+        if names:
+            pools[pool] = sorted(names)
+        elif any(n in ops for n in nodes):
+            why = "no IREE backend" if t is None else f"its target {t.name} is not {family}"
+            skipped.append(f"pool {pool} ({device}): {why}; it keeps the PyTorch path")
+    artifacts = list(built.values())
+    manifest = out / "manifest.json"
+    manifest.write_text(json.dumps({"schema": MANIFEST_SCHEMA, "agent": agent.name,
+                                    "artifacts": [a.to_json() for a in artifacts], "pools": pools,
+                                    "notes": skipped}, indent=2))
+    return Emitted(manifest, artifacts, pools, skipped)
+
+
+def _placements(plan_path: str | Path) -> dict[str, tuple[str, set[str]]]:
+    """Pool → (device type, node paths of the ops placed on it)."""
+    try:
+        doc = json.loads(Path(plan_path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CodegenError(f"{plan_path}: cannot read the plan ({exc}); pass a file from `terrazzo plan -o`") from None
+    rows = doc.get("ops") or [{"name": k, **v} for k, v in doc.get("placements", {}).items()]
+    out: dict[str, tuple[str, set[str]]] = {}
+    for r in rows:
+        try:
+            pool, device, name = r["pool"], r["device"], r["name"]
+        except KeyError as exc:
+            raise CodegenError(f"{plan_path}: an op lacks '{exc.args[0]}'; re-plan with `terrazzo plan -o`") from None
+        node = r.get("node") or name.rsplit(".", 1)[0]
+        out.setdefault(pool, (device, set()))[1].update({node, name.rsplit(".", 1)[0]})
+    return out
