@@ -5,14 +5,14 @@ to /audio/transcriptions, JSON to /audio/speech, the WAV written to state_dir â€
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
+
+from loopback import serve  # noqa: E402
 
 from terrazzo.runtime import fsk  # noqa: E402
 from terrazzo.runtime.config import RunConfig  # noqa: E402
@@ -35,17 +35,8 @@ edges:
 
 @pytest.fixture(scope="module")
 def audio_url() -> Iterator[str]:
-    srv = uvicorn.Server(uvicorn.Config(create_audio_app(), host="127.0.0.1", port=0, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(500):  # bounded wait for start-up
-        if srv.started:
-            break
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    t.join(timeout=10)
+    with serve(create_audio_app()) as url:
+        yield f"{url}/v1"
 
 
 def test_codec_round_trip_and_rejects_other_audio() -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
+
+from loopback import serve  # noqa: E402
 
 from terrazzo.runtime.cli import make_tiny  # noqa: E402
 from terrazzo.runtime.config import RunConfig  # noqa: E402
@@ -35,17 +35,8 @@ def _free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     tiny = tmp_path_factory.mktemp("tiny")
     make_tiny(tiny)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tiny, "tiny"), host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(500):  # bounded wait for start-up
-        if srv.started:
-            break
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", tiny
-    srv.should_exit = True
-    t.join(timeout=10)
+    with serve(create_app(tiny, "tiny")) as url:
+        yield f"{url}/v1", tiny
 
 
 def test_complete_and_stream_match_the_engine(server: tuple[str, Path]) -> None:
