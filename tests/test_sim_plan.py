@@ -205,7 +205,7 @@ def test_bad_plans_say_how_to_fix_them(voice_plan, mutate, match):
 
 
 def test_bad_arguments_say_how_to_fix_them(voice_plan, tmp_path):
-    with pytest.raises(SimError, match="not found"):
+    with pytest.raises(SimError, match="no such plan file"):
         load_model(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SimError, match="not JSON"):

@@ -14,6 +14,7 @@ from terrazzo.codegen.compile import EMBED_BUCKETS, Artifact, Operator, Target, 
 from terrazzo.codegen.compile import target_for_device as device_target
 from terrazzo.codegen.errors import CodegenError
 from terrazzo.codegen.operators import embed_operator, pii_operator
+from terrazzo.plan.files import read_plan_json
 
 MANIFEST_SCHEMA = "terrazzo.artifacts/v1"
 ENCODER_MODELS = ("all-minilm-l6-v2",)  # catalog models whose weights ship with the runtime extra
@@ -85,10 +86,7 @@ def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_pat
 
 def _placements(plan_path: str | Path) -> dict[str, tuple[str, set[str]]]:
     """Pool → (device type, node paths of the ops placed on it)."""
-    try:
-        doc = json.loads(Path(plan_path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CodegenError(f"{plan_path}: cannot read the plan ({exc}); pass a file from `terrazzo plan -o`") from None
+    doc = read_plan_json(plan_path, CodegenError)
     rows = doc.get("ops") or [{"name": k, **v} for k, v in doc.get("placements", {}).items()]
     out: dict[str, tuple[str, set[str]]] = {}
     for r in rows:

@@ -3,7 +3,6 @@ the nodes that hold them. Both output formats (Ray launcher, KubeRay) are writte
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +13,7 @@ import yaml
 
 from terrazzo.catalog.load import Catalog, CatalogError
 from terrazzo.deploy.errors import DeployError
+from terrazzo.plan.files import read_plan_json
 from terrazzo.plan.planner import PLACEMENT_SCHEMA, PLAN_SCHEMA
 
 HEADROOM = 2  # max nodes per group = planned × this: room for the controller to scale up
@@ -83,18 +83,10 @@ def targets() -> dict[str, Any]:
 
 
 def load_plan_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise DeployError(f"{p}: no such plan file; write one with `terrazzo plan ... -o {p}`")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise DeployError(f"{p}:{exc.lineno}: not JSON ({exc.msg}); pass a plan written by `terrazzo plan -o`"
-                          ) from None
-    if not isinstance(doc, dict) or doc.get("schema") not in (PLAN_SCHEMA, PLACEMENT_SCHEMA):
-        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise DeployError(f"{p}: schema: expected {PLAN_SCHEMA} or {PLACEMENT_SCHEMA}, got {got!r}; "
-                          f"write the plan with `terrazzo plan ... -o {p.name}`")
+    doc = read_plan_json(path, DeployError)
+    if doc.get("schema") not in (PLAN_SCHEMA, PLACEMENT_SCHEMA):
+        raise DeployError(f"{path}: schema: expected {PLAN_SCHEMA} or {PLACEMENT_SCHEMA}, got {doc.get('schema')!r}; "
+                          f"write the plan with `terrazzo plan ... -o {Path(path).name}`")
     return doc
 
 

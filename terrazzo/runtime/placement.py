@@ -3,11 +3,11 @@ needs: for each granular op its pool, device label and predicted latency, and ea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from terrazzo.plan.files import read_plan_json
 from terrazzo.runtime.errors import ExecutionError
 
 DEFAULT_POOL = "cpu-default"
@@ -81,13 +81,7 @@ def load_plan(path: str | Path | None) -> RuntimePlan:
     if path is None:
         return RuntimePlan(None, {})
     p = Path(path)
-    try:
-        data: dict[str, Any] = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ExecutionError(f"plan '{p}' does not exist",
-                             fix="write one with `terrazzo plan ... -o PLAN.json`") from None
-    except json.JSONDecodeError as exc:
-        raise ExecutionError(f"plan '{p}' is not JSON: {exc}", fix="pass the file `terrazzo plan -o` wrote") from None
+    data = read_plan_json(p, ExecutionError)
     schema = data.get("schema")
     ops: dict[str, OpPlacement] = {}
     if schema == "terrazzo.plan/v1":

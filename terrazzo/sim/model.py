@@ -4,13 +4,13 @@ latency) and the specs it was planned from (agent, workload, SLA, cluster), foun
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.errors import TerrazzoError
+from terrazzo.plan.files import read_plan_json
 from terrazzo.plan.planner import PLAN_SCHEMA
 from terrazzo.sim.errors import SimError
 from terrazzo.spec.agent import Agent, LlmNode
@@ -143,11 +143,4 @@ def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str 
 
 def load_model(plan_path: str | Path) -> SimModel:
     p = Path(plan_path)
-    if not p.is_file():
-        raise SimError(f"plan file {p} not found; write one with `terrazzo plan ... -o {p}`")
-    try:
-        plan = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise SimError(f"{p} is not JSON ({exc.msg} at line {exc.lineno}); pass a plan written by `terrazzo plan -o`"
-                       ) from None
-    return model_from_plan(plan, p.resolve().parent, str(p))
+    return model_from_plan(read_plan_json(p, SimError), p.resolve().parent, str(p))

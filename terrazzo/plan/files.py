@@ -1,0 +1,22 @@
+"""Reading a plan file back: one place for the checks and messages every consumer (simulator, runtime,
+deployment, code generation) needs, raised as the caller's own layer's exception type."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_plan_json(path: str | Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in `path`, or `error(message)` saying how to write one."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: no such plan file; write one with `terrazzo plan ... -o {p}`")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{p}:{exc.lineno}: not JSON ({exc.msg}); pass a plan written by `terrazzo plan -o`") from None
+    if not isinstance(doc, dict):
+        raise error(f"{p}: expected a JSON object, got {type(doc).__name__}; pass a plan written by `terrazzo plan -o`")
+    return doc
