@@ -57,6 +57,7 @@ class Operator:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
     build: Callable[[], tuple[Any, tuple[Any, ...], str]]
+    source: str = ""  # where the weights come from (a checkpoint folder): built modules are reused per source
 
     def key(self, weights: str, extra: list[str]) -> str:
         doc = [self.name, self.shapes, self.dtypes, extra, compiler_version(), weights]
@@ -143,7 +144,7 @@ BUILT: dict[str, tuple[Any, tuple[Any, ...], str]] = {}
 
 def built_operator(op: Operator) -> tuple[Any, tuple[Any, ...], str]:
     """(module, example inputs, weights hash), built once per process."""
-    ident = f"{op.name}{op.shapes}"
+    ident = f"{op.name}{op.shapes}{op.source}"
     if ident not in BUILT:
         BUILT[ident] = op.build()
     return BUILT[ident]

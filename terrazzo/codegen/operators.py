@@ -25,7 +25,7 @@ def embed_operator(batch: int, seq: int, model_dir: str | Path | None = None) ->
         ids = torch.zeros(batch, seq, dtype=torch.int64)
         return enc, (ids, torch.ones(batch, seq, dtype=torch.int64)), digest
 
-    return Operator(EMBED, ((batch, seq), (batch, seq)), ("i64", "i64"), build)
+    return Operator(EMBED, ((batch, seq), (batch, seq)), ("i64", "i64"), build, str(model_dir or ""))
 
 
 def pii_operator(batch: int, root: str | Path | None = None) -> Operator:
