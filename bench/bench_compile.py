@@ -5,28 +5,27 @@
 The agent chains `motifs` copies of a 10-node block (memory load, vector lookup, an LLM with a bounded
 tool loop behind a branch, a second LLM, a calculator, an embedding, a memory store), so 100 motifs make
 1,000 nodes with 100 branches and 100 loops. Models rotate over llama-3-8b, llama-3-70b and mixtral-8x7b.
-The plan is the cheapest feasible candidate per op (terrazzo.ir.placement.cheapest_plan).
+The plan is the cheapest feasible candidate per op (terrazzo.ir.placement_file.cheapest_plan).
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.ir.context import parse_module, print_module
-from terrazzo.ir.dialects.base import NodeOp
-from terrazzo.ir.driver import STAGES, make_pass
+from terrazzo.ir.dialects.node_op import NodeOp
+from terrazzo.ir.driver import STAGES, make_pass, pass_context
 from terrazzo.ir.frontend import agent_to_module
-from terrazzo.ir.graph import structurally_equal
-from terrazzo.ir.placement import cheapest_plan
+from terrazzo.ir.module_graph import structurally_equal
+from terrazzo.ir.placement_file import cheapest_plan
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.builder import AgentBuilder
-from terrazzo.spec.load import load_cluster
+from terrazzo.spec.spec_loader import load_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("llama-3-8b", "llama-3-70b", "mixtral-8x7b")
@@ -85,15 +84,13 @@ def main() -> None:
                          lambda a: f"{len(a.graph.nodes)} nodes, {len(a.graph.edges)} edges")
     timed(rows, "  (AgentGraph.visits alone)", agent.graph.visits, lambda v: f"{len(v)} nodes")
     module = timed(rows, "frontend (incl. visits)", lambda: agent_to_module(agent, catalog), ops_of)
-    ctx = None
-    plan_file = Path(tempfile.mkdtemp()) / "plan.json"
+    ctx = pass_context(args.cluster)
     for name in STAGES["partitioned"]:
         if name == "apply-plan":
-            plan = timed(rows, "  (cheapest_plan)", lambda: cheapest_plan(module),
-                         lambda p: f"{len(p.placements)} placed")
-            plan_file.write_text(plan.dumps())
-        p = make_pass(name, args.cluster, str(plan_file))
-        timed(rows, name, lambda p=p: p.apply(ctx, module) or module, ops_of)  # type: ignore[arg-type]
+            ctx.placements = timed(rows, "  (cheapest_plan)", lambda: cheapest_plan(module),
+                                   lambda p: f"{len(p.placements)} placed")
+        p = make_pass(name)
+        timed(rows, name, lambda p=p: p.apply(ctx, module) or module, ops_of)
         timed(rows, "  verify", lambda: module.verify() or module, lambda _: "")
     text = timed(rows, "print (partitioned)", lambda: print_module(module), lambda t: f"{len(t) / 1e6:.1f} MB")
     again = timed(rows, "parse (partitioned)", lambda: parse_module(text), ops_of)

@@ -14,7 +14,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.plan.check import check
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.milp import solve_milp

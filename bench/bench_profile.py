@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_profile.py [--repeats 21] [--warmup 3] [--threads 1] [--device cpu|cuda]
                                             [--model DIR]
 
-One interleaved measurement run (terrazzo.profile.run) covers a fitting grid and, between its
+One interleaved measurement run (terrazzo.profile.profile_command) covers a fitting grid and, between its
 points, held-out points; the profile is refitted on the grid alone, layered over the catalog, and
 the cost functions the planner uses predict every held-out point. Printed per point: the measured
 median (with its p10–p90 spread), the calibrated prediction and its source, its error, and the
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from terrazzo.profile.heldout import GROUPS, Row, evaluate, mape, split
-from terrazzo.profile.run import Options, profile_machine, summary
+from terrazzo.profile.profile_command import Options, profile_machine, summary
 
 FIT_ISL = (16, 32, 64, 128, 256, 512, 1024, 2048)
 HELD_ISL = (24, 48, 96, 192, 384, 768, 1536, 3072)  # 3072: outside the grid

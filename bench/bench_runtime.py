@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 from typing import TypedDict
 
+import tests_path  # noqa: F401  (tests/ on the path: drill tools, loopback harness)
+
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.orchestrator import Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.spec.load import agent_from_text
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.spec.spec_loader import agent_from_text
 
 
 def chain_agent(n: int) -> str:
-    nodes = "\n".join(f"  - {{id: n{i}, kind: compute, function: 'terrazzo.runtime.testing:noop', cpu_s: 0 s}}"
+    nodes = "\n".join(f"  - {{id: n{i}, kind: compute, function: 'drills:noop', cpu_s: 0 s}}"
                       for i in range(n))
     edges = "\n".join(f"  - {{from: n{i}, to: n{i + 1}}}" for i in range(n - 1))
     return f"name: chain\nnodes:\n{nodes}\nedges:\n{edges}\n"

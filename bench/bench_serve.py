@@ -237,7 +237,8 @@ def main() -> None:
     buf = io.StringIO()
     with tempfile.TemporaryDirectory() as d, redirect_stdout(Tee(buf)):
         tmp, token = Path(d), secrets.token_hex(16)
-        from terrazzo.server.testing import free_port
+        import tests_path  # noqa: F401  (tests/ on the path: the loopback harness)
+        from serve_harness import free_port
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -19,12 +19,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from terrazzo.plan.planner import plan
-from terrazzo.sim.model import model_from_specs
 from terrazzo.sim.results import report_from
-from terrazzo.sim.run import SimConfig, Simulation
-from terrazzo.spec.load import load_agent, load_cluster, load_sla
+from terrazzo.sim.sim_inputs import model_from_specs
+from terrazzo.sim.simulation import SimConfig, Simulation
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla
 from terrazzo.spec.workload import Workload
+from terrazzo.verify.replan import verified_plan as plan
 
 ROOT = Path(__file__).parent.parent
 AGENT, SLA, CLUSTER = (ROOT / "examples/agents/voice-agent.yaml", ROOT / "examples/slas/interactive.yaml",

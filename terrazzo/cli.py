@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from terrazzo.catalog.load import Catalog, load_catalog
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.errors import TerrazzoError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
@@ -98,7 +98,7 @@ def models_list(catalog: CatalogOpt = None) -> None:
 @models_app.command("make-tiny")
 def models_make_tiny(directory: Path) -> None:
     """Write a tiny RANDOM-WEIGHT Llama checkpoint (for tests and the demo; it cannot produce sensible text)."""
-    from terrazzo.runtime.cli import make_tiny
+    from terrazzo.runtime.run_command import make_tiny
 
     console.print(make_tiny(directory))
 
@@ -126,7 +126,7 @@ def cost(
     profile: ProfileOpt = None,
 ) -> None:
     """Roofline cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens."""
-    from terrazzo.cost.report import cost_report
+    from terrazzo.cost.cost_report import cost_report
 
     report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
     if as_json:
@@ -161,8 +161,9 @@ def worked_example(
 @app.command("compile")
 def compile_cmd(
     path: Annotated[Path, typer.Argument(help="agent YAML, or MLIR text printed by terrazzo")],
-    emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned, or vmfb (IREE "
-                                      "artifacts of the agent's tensor operators; needs -o DIR)")] = "granular",
+    emit: Annotated[str, typer.Option(help="agent|granular|estimated|placed|partitioned, placement (the cheapest "
+                                      "candidate per op as a placement file), or vmfb (IREE artifacts of the "
+                                      "agent's tensor operators; needs -o DIR)")] = "granular",
     target: Annotated[str, typer.Option(help="with --emit vmfb: llvm-cpu|cuda|rocm|vulkan, or family:arch")
                       ] = "llvm-cpu",
     pipeline: Annotated[str | None, typer.Option(help="comma-separated passes to run instead")] = None,
@@ -214,12 +215,12 @@ def plan_cmd(
     tolerance: Annotated[float, typer.Option(help="with --simulate: relative gap to flag (0.2 = ±20 %)")] = 0.2,
     seed: Annotated[int, typer.Option(help="with --simulate: random seed")] = 0,
     verify: Annotated[bool, typer.Option(help="simulate the plan at its rate and re-plan where it misses the "
-                                         "SLA's percentile (plan/refine.py)")] = True,
+                                         "SLA's percentile (verify/replan.py)")] = True,
     profile: ProfileOpt = None,
 ) -> None:
     """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
-    from terrazzo.plan.planner import plan as make_plan
-    from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+    from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+    from terrazzo.verify.replan import verified_plan as make_plan
 
     cluster_spec, cat = load_cluster(cluster, profile or [])
     _profile_notes(cat)
@@ -231,13 +232,13 @@ def plan_cmd(
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
     check = None
     if simulate:
-        from terrazzo.sim.cli import check_plan
+        from terrazzo.sim.simulate_command import check_plan
 
         check = check_plan(result.to_json(), tolerance, seed)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2))
     if figure:
-        from terrazzo.report.figures import plan_figure
+        from terrazzo.report.paper_figures import plan_figure
 
         plan_figure(result, figure)
     if as_json:
@@ -273,7 +274,7 @@ def run_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write the JSON report here")] = None,
 ) -> None:
     """Execute requests through the agent for real, each op on a worker of its planned pool."""
-    from terrazzo.runtime.cli import run_command
+    from terrazzo.runtime.run_command import run_command
 
     report = run_command(agent, plan, inputs or [], backend, config, concurrency)
     if output:
@@ -302,7 +303,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """HTTP API for the agent (invoke, SSE, OpenAI chat, plan, health, metrics); re-plans as load moves."""
-    from terrazzo.server.run import serve_command
+    from terrazzo.server.serve_command import serve_command
 
     code = serve_command(agent, plan, config, backend, host, port, advisory, token_env, serve_config, no_auth,
                          log_level)
@@ -321,7 +322,7 @@ def simulate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Discrete-event simulation of a plan: latency against the SLA, where it breaks, utilisation, cost."""
-    from terrazzo.sim.cli import simulate_command
+    from terrazzo.sim.simulate_command import simulate_command
 
     report = simulate_command(str(plan_file), rate, duration, str(trace) if trace else None, seed,
                               str(out) if out else None, progress=not as_json)
@@ -342,7 +343,7 @@ def reproduce(
     """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
     from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, to_csv
     from terrazzo.plan.reproduce import reproduce as run_reproduce
-    from terrazzo.report.figures import benefit_heatmaps
+    from terrazzo.report.paper_figures import benefit_heatmaps
 
     if what != "paper":
         raise typer.BadParameter(f"unknown target {what!r}; the one reproducible target is 'paper'")
@@ -382,7 +383,7 @@ def profile_cmd(
     catalog: CatalogOpt = None,
 ) -> None:
     """Measure this machine (engine prefill/decode, embeddings, FAISS, transfers) and fit the cost model to it."""
-    from terrazzo.profile.run import Options, profile_command
+    from terrazzo.profile.profile_command import Options, profile_command
 
     fields = dict(device=device, model=model, model_name=model_name, embed_model=embed_model, as_device=as_device,
                   base=base, threads=threads, repeats=repeats, warmup=warmup, catalogs=catalog or [],

@@ -8,13 +8,13 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import best, closest_miss, llm_candidates
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
-from terrazzo.plan.planner import plan
 from terrazzo.plan.scenario import load_scenario
 from terrazzo.plan.select import enumerate_all, solve
-from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.verify.replan import verified_plan as plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAPER_DEVICES = ("a40", "a100-80gb-sxm", "gaudi3", "mi300x", "h100-sxm", "b200")
@@ -74,7 +74,7 @@ def run_demo(console: Console) -> None:
             console.print(line)
 
     console.print(Rule("5. The RAG support agent run for real: MiniLM + FAISS + a tiny RANDOM-WEIGHT Llama"))
-    from terrazzo.runtime.cli import run_command
+    from terrazzo.runtime.run_command import run_command
 
     report = run_command(EXAMPLES / "agents" / "rag-support.yaml", EXAMPLES / "plans" / "rag-support.plan.json",
                          ["Where is my order 1234?", "How do I reset my password?", "Can I return a gift?"],

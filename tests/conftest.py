@@ -1,14 +1,18 @@
-"""Shared fixtures for the spec tests: the shipped catalog and the example spec files."""
+"""Shared fixtures: the shipped catalog and the example spec files. Puts tests/ on every child process's path,
+so worker processes and Ray actors can import the drill tools (`drills:fn`) the tests name."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from terrazzo.catalog.load import Catalog, load_catalog
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 
 SPECS = Path(__file__).parent / "data" / "specs"
+TESTS = str(Path(__file__).parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

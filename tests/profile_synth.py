@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from terrazzo.catalog.load import Catalog, load_catalog
-from terrazzo.catalog.schema import Efficiency
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.catalog.catalog_schema import Efficiency
 from terrazzo.profile import fit as F
 from terrazzo.profile.layer import model_spec
-from terrazzo.profile.run import fit_ops
-from terrazzo.profile.schema import (
+from terrazzo.profile.profile_command import fit_ops
+from terrazzo.profile.profile_file import (
     PROFILE_SCHEMA,
     AnnPoint,
     DecodePoint,

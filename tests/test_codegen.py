@@ -22,11 +22,11 @@ from terrazzo.codegen.compile import (
 )
 from terrazzo.codegen.emit import emit_vmfb
 from terrazzo.codegen.encoder import load_encoder, minilm_dir
-from terrazzo.codegen.errors import CodegenError
 from terrazzo.codegen.operators import embed_operator, pii_operator
 from terrazzo.codegen.pii import encode, synthetic, train
 from terrazzo.codegen.runner import IreeFunction
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.errors import CodegenError
+from terrazzo.runtime.failures import ExecutionError
 
 HOST = Target("llvm-cpu", "host")
 TEXTS = ["Where is my order 1234?", "my email is ana12@example.com", "x",

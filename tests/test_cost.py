@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terrazzo.catalog.load import load_catalog
-from terrazzo.catalog.schema import Sourced
+from terrazzo.catalog.catalog_loader import load_catalog
+from terrazzo.catalog.catalog_schema import Sourced
 from terrazzo.cost.candidates import deployment, llm_candidates
-from terrazzo.cost.errors import CostError
 from terrazzo.cost.llm import (
     decode_step,
     kv_bytes_per_token,
@@ -21,6 +20,7 @@ from terrazzo.cost.llm import (
     weight_bytes_read,
 )
 from terrazzo.cost.network import Link, allreduce_s, kv_egress_peak_bytes_s, kv_ingress_peak_bytes_s
+from terrazzo.errors import CostError
 
 CAT = load_catalog()
 ACCELERATORS = [d.name for d in CAT.devices.values() if d.kind != "cpu"]

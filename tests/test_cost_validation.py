@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.validation import (
     DOCS,
     MEASUREMENTS,

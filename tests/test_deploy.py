@@ -11,14 +11,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cli import app
-from terrazzo.deploy.errors import DeployError
 from terrazzo.deploy.fleet import fleet_from_plan
 from terrazzo.deploy.kuberay import manifests
 from terrazzo.deploy.ray_cluster import ray_config
 from terrazzo.deploy.validate import manifest_errors, ray_config_errors
 from terrazzo.deploy.write import deploy, read_artifacts
+from terrazzo.errors import DeployError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xdsl.dialects.builtin import ModuleOp
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.llm import kv_bytes_per_token
-from terrazzo.ir.dialects import agent as A
-from terrazzo.ir.dialects import granular as G
-from terrazzo.ir.dialects.base import NodeOp
+from terrazzo.ir.dialects import agent_dialect as A
+from terrazzo.ir.dialects import granular_dialect as G
+from terrazzo.ir.dialects.node_op import NodeOp
 from terrazzo.ir.driver import DECOMPOSE, load_module, make_pass, run_pipeline
 from terrazzo.ir.frontend import agent_to_module
-from terrazzo.ir.graph import INPUT, OUTPUT, data_edges
+from terrazzo.ir.module_graph import INPUT, OUTPUT, data_edges
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.builder import AgentBuilder
 

@@ -9,9 +9,9 @@ import pytest
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, FloatData, StringAttr
 from xdsl.utils.exceptions import VerifyException
 
+from terrazzo.errors import IRError
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, PlacementAttr, fmt_float
 from terrazzo.ir.context import parse_module, print_module
-from terrazzo.ir.errors import IRError
 from terrazzo.spec.distributions import Dist
 
 GOOD = """builtin.module {

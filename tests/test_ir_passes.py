@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xdsl.dialects.builtin import ModuleOp
 
+from terrazzo.errors import IRError
 from terrazzo.ir.context import parse_module, print_module
-from terrazzo.ir.dialects import agent as A
-from terrazzo.ir.dialects import granular as G
-from terrazzo.ir.dialects.base import NodeOp
-from terrazzo.ir.driver import DECOMPOSE, STAGES, compile_path, load_module, make_pass, run_pipeline
-from terrazzo.ir.errors import IRError
-from terrazzo.ir.graph import INPUT, OUTPUT, data_edges, placeable_ops
+from terrazzo.ir.dialects import agent_dialect as A
+from terrazzo.ir.dialects import granular_dialect as G
+from terrazzo.ir.dialects.node_op import NodeOp
+from terrazzo.ir.driver import DECOMPOSE, STAGES, compile_path, load_module, make_pass, pass_context, run_pipeline
+from terrazzo.ir.module_graph import INPUT, OUTPUT, data_edges, placeable_ops
 from terrazzo.ir.passes import PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def estimated_text() -> dict[str, str]:
 
 
 def run(text: str, *names: str, plan: str | None = None) -> ModuleOp:
-    return run_pipeline(parse_module(text), [make_pass(n, CLUSTER, plan) for n in names])
+    return run_pipeline(parse_module(text), [make_pass(n) for n in names], pass_context(CLUSTER, plan))
 
 
 def write_plan(placements: dict[str, dict]) -> str:
@@ -115,8 +115,8 @@ def test_estimates_cover_placeable_ops_and_keep_reasons(estimated_text: dict[str
 def test_sla_limits_filter_llm_candidates(tmp_path: Path) -> None:
     sla = tmp_path / "sla.yaml"
     sla.write_text("mode: interactive\nllm_default: {ttft_s: 50 ms, tbt_s: 10 ms}\n")
-    text = compile_path(agent_path("voice-agent"), pipeline=[*DECOMPOSE, f"estimate-cost{{sla=\"{sla}\"}}"],
-                        cluster=CLUSTER)
+    text = compile_path(agent_path("voice-agent"), pipeline=[*DECOMPOSE, "estimate-cost"], cluster=CLUSTER,
+                        sla=str(sla))
     ops = {op.node_id: op for op in placeable_ops(parse_module(text))}
     for c in ops["think.decode"].candidates:
         assert not c.feasible or c.latency_s.data <= 0.010

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from terrazzo.cost.tco import HourlyCost
+from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.check import Assignment, check, min_replicas
-from terrazzo.plan.errors import PlanInfeasible
-from terrazzo.plan.graph import OpCandidate, PlanEdge, PlanningGraph, PlanOp, VariantGroup
 from terrazzo.plan.milp import solve_milp
-from terrazzo.plan.planner import plan, plan_graph
-from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.plan.planner import plan_graph
+from terrazzo.plan.planning_graph import OpCandidate, PlanEdge, PlanningGraph, PlanOp, VariantGroup
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.verify.replan import verified_plan as plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("fast", "cheap", "cpu")

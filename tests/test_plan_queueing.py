@@ -10,8 +10,8 @@ import pytest
 
 from terrazzo.cost.tco import HourlyCost
 from terrazzo.plan.check import Assignment, check, first_token_tail_s, min_replicas
-from terrazzo.plan.graph import OpCandidate, PlanningGraph, PlanOp
 from terrazzo.plan.milp import solve_milp
+from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp
 from terrazzo.plan.queueing import erlang_c, servers_for, wait_quantile_s
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import ServerPool

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.calibration import ann_estimate, embed_estimate
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import decode_roofline, decode_step, prefill
-from terrazzo.profile.errors import ProfileError
+from terrazzo.errors import ProfileError, SpecError
 from terrazzo.profile.measure import pin_threads
-from terrazzo.profile.run import Options, profile_machine
-from terrazzo.profile.schema import Profile, load_profile, write_profile
-from terrazzo.spec.errors import SpecError
-from terrazzo.spec.load import load_cluster
+from terrazzo.profile.profile_command import Options, profile_machine
+from terrazzo.profile.profile_file import Profile, load_profile, write_profile
+from terrazzo.spec.spec_loader import load_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from profile_synth import KNOWN, synthetic_profile
 
-from terrazzo.catalog.schema import Efficiency
+from terrazzo.catalog.catalog_schema import Efficiency
 from terrazzo.cost.calibration import Grid, calibrate
 from terrazzo.cost.roofline import Estimate
 from terrazzo.profile import fit as F

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from profile_synth import TINY, synthetic_profile
 
-from terrazzo.catalog.load import Catalog, load_catalog
-from terrazzo.ir.costing import CostModel
-from terrazzo.ir.dialects.base import NodeOp
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.ir.candidate_pricing import CostModel
+from terrazzo.ir.dialects.node_op import NodeOp
 from terrazzo.plan.from_ir import build, estimated_module
 from terrazzo.plan.planner import plan_graph
-from terrazzo.profile.schema import write_profile
-from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.profile.profile_file import write_profile
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT, WORKLOAD = ROOT / "examples/agents/rag-support.yaml", ROOT / "examples/workloads/steady-5rps.yaml"

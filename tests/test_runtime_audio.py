@@ -16,12 +16,12 @@ from loopback import serve  # noqa: E402
 
 from terrazzo.runtime import fsk  # noqa: E402
 from terrazzo.runtime.config import RunConfig  # noqa: E402
-from terrazzo.runtime.errors import ExecutionError  # noqa: E402
 from terrazzo.runtime.executors.speech import synthesize, transcribe  # noqa: E402
+from terrazzo.runtime.failures import ExecutionError  # noqa: E402
 from terrazzo.runtime.orchestrator import Runtime  # noqa: E402
-from terrazzo.runtime.placement import load_plan  # noqa: E402
+from terrazzo.runtime.pool_layout import load_plan  # noqa: E402
 from terrazzo.runtime.serve import create_audio_app  # noqa: E402
-from terrazzo.spec.load import agent_from_text  # noqa: E402
+from terrazzo.spec.spec_loader import agent_from_text  # noqa: E402
 
 VOICE = """
 name: echo-voice

@@ -13,12 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, is_random_checkpoint
-from terrazzo.runtime.cli import make_tiny
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.executors.llm_engine import LlmEngine
 from terrazzo.runtime.orchestrator import Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.spec.load import agent_from_text
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.runtime.run_command import make_tiny
+from terrazzo.spec.spec_loader import agent_from_text
 
 PROMPTS = ["where is my order? the parcel is late", "tell me a joke about computers", "a"]
 ONE_LLM = """

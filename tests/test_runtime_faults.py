@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from terrazzo.runtime.backends.base import PoolBackend
+from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.orchestrator import RequestResult, Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.spec.load import agent_from_text
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.spec.spec_loader import agent_from_text
 
 AGENT = """
 name: fault-agent
 nodes:
-  - {id: work, kind: tool, protocol: python, function: "terrazzo.runtime.testing:FN"}
+  - {id: work, kind: tool, protocol: python, function: "drills:FN"}
 """
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.executors.memory import MemoryStore
 from terrazzo.runtime.orchestrator import RequestResult, Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.spec.load import agent_from_text
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.spec.spec_loader import agent_from_text
 
 CHAIN = """
 name: chain
 nodes:
-  - {id: a, kind: tool, protocol: python, function: "terrazzo.runtime.testing:slow_echo"}
-  - {id: b, kind: compute, function: "terrazzo.runtime.testing:noop", cpu_s: 1 ms}
-  - {id: c, kind: tool, protocol: python, function: "terrazzo.runtime.testing:nap_echo"}
+  - {id: a, kind: tool, protocol: python, function: "drills:slow_echo"}
+  - {id: b, kind: compute, function: "drills:noop", cpu_s: 1 ms}
+  - {id: c, kind: tool, protocol: python, function: "drills:nap_echo"}
   - {id: d, kind: memory_store}
 edges:
   - {from: a, to: b}
@@ -94,7 +94,7 @@ def test_fused_op_keeps_its_own_timeout(tmp_path: Path) -> None:
 
 
 def test_failure_inside_a_segment_names_the_op_and_keeps_earlier_samples(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, tools={"c": {"function": "terrazzo.runtime.testing:no_such_tool"}})
+    cfg = _config(tmp_path, tools={"c": {"function": "drills:no_such_tool"}})
 
     async def go() -> tuple[RequestResult, dict]:
         async with Runtime(agent_from_text(CHAIN), load_plan(_plan(tmp_path)), cfg) as rt:
@@ -102,7 +102,7 @@ def test_failure_inside_a_segment_names_the_op_and_keeps_earlier_samples(tmp_pat
 
     res, stats = asyncio.run(go())
     assert not res.ok and res.error.startswith("[c.lookup@host/0")
-    assert "cannot load python tool 'terrazzo.runtime.testing:no_such_tool'" in res.error
+    assert "cannot load python tool 'drills:no_such_tool'" in res.error
     assert [(s.op, s.error is None) for s in res.samples] == [("a.lookup", True), ("a.compute", True), ("b", True),
                                                               ("c.lookup", False)]
     assert stats["failed"] == 1 and stats["completed"] == 0

@@ -14,15 +14,15 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from loopback import serve  # noqa: E402
 
-from terrazzo.runtime.cli import make_tiny  # noqa: E402
 from terrazzo.runtime.config import RunConfig  # noqa: E402
-from terrazzo.runtime.errors import ExecutionError  # noqa: E402
 from terrazzo.runtime.executors.llm_engine import LlmEngine  # noqa: E402
 from terrazzo.runtime.executors.llm_http import OpenAIClient  # noqa: E402
+from terrazzo.runtime.failures import ExecutionError  # noqa: E402
 from terrazzo.runtime.orchestrator import Runtime  # noqa: E402
-from terrazzo.runtime.placement import load_plan  # noqa: E402
+from terrazzo.runtime.pool_layout import load_plan  # noqa: E402
+from terrazzo.runtime.run_command import make_tiny  # noqa: E402
 from terrazzo.runtime.serve import create_app  # noqa: E402
-from terrazzo.spec.load import agent_from_text  # noqa: E402
+from terrazzo.spec.spec_loader import agent_from_text  # noqa: E402
 
 
 def _free_port() -> int:

@@ -14,14 +14,14 @@ from typing import ClassVar
 
 import pytest
 
-from terrazzo.runtime.cli import run_command
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.errors import ExecutionError
 from terrazzo.runtime.executors.text import ConditionUnknown, evaluate, parse_tool_call
 from terrazzo.runtime.executors.tools import call_http
+from terrazzo.runtime.failures import ExecutionError
 from terrazzo.runtime.orchestrator import RequestResult, Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.spec.load import agent_from_text
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.runtime.run_command import run_command
+from terrazzo.spec.spec_loader import agent_from_text
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples"
@@ -67,9 +67,9 @@ def test_rag_agent_end_to_end_with_memory(state: Path) -> None:
 LOOP_AGENT = """
 name: loop-agent
 nodes:
-  - {id: think, kind: compute, function: "terrazzo.runtime.testing:tool_caller", cpu_s: 1 ms}
+  - {id: think, kind: compute, function: "drills:tool_caller", cpu_s: 1 ms}
   - {id: route, kind: branch}
-  - {id: search, kind: tool, protocol: python, function: "terrazzo.runtime.testing:echo"}
+  - {id: search, kind: tool, protocol: python, function: "drills:echo"}
   - {id: again, kind: loop, body: think, bound: 3}
   - {id: done, kind: compute, cpu_s: 1 ms}
 edges:
@@ -244,7 +244,7 @@ def test_http_get_tool_is_idempotent_by_default_and_rerun_after_a_crash(loopback
 SUB_CHILD = """
 name: child
 nodes:
-  - {id: lookup, kind: tool, protocol: python, function: "terrazzo.runtime.testing:echo"}
+  - {id: lookup, kind: tool, protocol: python, function: "drills:echo"}
 """
 SUB_PARENT = """
 name: parent
@@ -254,8 +254,8 @@ nodes:
     kind: subagent
     graph:
       nodes:
-        - {id: search, kind: tool, protocol: python, function: "terrazzo.runtime.testing:echo"}
-        - {id: sum, kind: compute, function: "terrazzo.runtime.testing:noop", cpu_s: 1 ms}
+        - {id: search, kind: tool, protocol: python, function: "drills:echo"}
+        - {id: sum, kind: compute, function: "drills:noop", cpu_s: 1 ms}
       edges:
         - {from: search, to: sum}
   - {id: helper, kind: subagent, agent: child.yaml}
@@ -270,7 +270,7 @@ edges:
 def test_subagents_inline_and_from_file_run_their_own_graphs(tmp_path: Path) -> None:
     """An inline sub-agent (its ops placed on their own pool, fused there into one round trip) and one
     loaded from a file (its tool remapped in the run config by its prefixed node path)."""
-    from terrazzo.spec.load import load_agent
+    from terrazzo.spec.spec_loader import load_agent
 
     (tmp_path / "child.yaml").write_text(SUB_CHILD)
     (tmp_path / "parent.yaml").write_text(SUB_PARENT)
@@ -279,7 +279,7 @@ def test_subagents_inline_and_from_file_run_their_own_graphs(tmp_path: Path) -> 
     plan.write_text(json.dumps({"schema": "terrazzo.placement/v1", "placements": dict.fromkeys(
         ["research/search.lookup", "research/search.compute", "research/sum"], place)}))
     config = RunConfig(state_dir=str(tmp_path), tools={"helper/lookup": {
-        "function": "terrazzo.runtime.testing:slow_echo"}})
+        "function": "drills:slow_echo"}})
 
     async def go() -> tuple[list[RequestResult], dict]:
         async with Runtime(load_agent(tmp_path / "parent.yaml"), load_plan(plan), config) as rt:

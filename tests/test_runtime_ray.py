@@ -13,14 +13,14 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from terrazzo.runtime.backends.ray_backend import LOCAL_DEVICE_UNITS  # noqa: E402
-from terrazzo.runtime.cli import make_tiny  # noqa: E402
 from terrazzo.runtime.config import RunConfig, load_config  # noqa: E402
-from terrazzo.runtime.errors import ExecutionError  # noqa: E402
 from terrazzo.runtime.executors.llm_engine import LlmEngine  # noqa: E402
 from terrazzo.runtime.executors.text import build_prompt, new_message  # noqa: E402
+from terrazzo.runtime.failures import ExecutionError  # noqa: E402
 from terrazzo.runtime.orchestrator import Runtime  # noqa: E402
-from terrazzo.runtime.placement import load_plan  # noqa: E402
-from terrazzo.spec.load import agent_from_text, load_agent  # noqa: E402
+from terrazzo.runtime.pool_layout import load_plan  # noqa: E402
+from terrazzo.runtime.run_command import make_tiny  # noqa: E402
+from terrazzo.spec.spec_loader import agent_from_text, load_agent  # noqa: E402
 
 EX = Path(__file__).resolve().parents[1] / "examples"
 DEVICES = ("a40", "a100-80gb-sxm", "b200", "epyc-9654", "gaudi3", "cpu")
@@ -75,7 +75,7 @@ def test_ray_disaggregated_token_identical_and_rag(tmp_path: Path) -> None:
 
 def test_ray_killed_actor_request_is_retried(tmp_path: Path) -> None:
     agent = agent_from_text('name: f\nnodes:\n  - {id: work, kind: tool, protocol: python, '
-                            'function: "terrazzo.runtime.testing:slow_echo"}\n')
+                            'function: "drills:slow_echo"}\n')
     plan = tmp_path / "p.json"
     plan.write_text(json.dumps({"schema": "terrazzo.placement/v1", "placements": {
         "work.compute": {"device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "replicas": 2, "pool": "tools"}}}))

@@ -26,8 +26,8 @@ from ray._private.authentication_test_utils import reset_auth_token_state  # noq
 
 from terrazzo.runtime.config import RunConfig  # noqa: E402
 from terrazzo.runtime.orchestrator import Runtime  # noqa: E402
-from terrazzo.runtime.placement import load_plan  # noqa: E402
-from terrazzo.spec.load import agent_from_text  # noqa: E402
+from terrazzo.runtime.pool_layout import load_plan  # noqa: E402
+from terrazzo.spec.spec_loader import agent_from_text  # noqa: E402
 
 RAY = Path(sys.executable).parent / "ray"  # the `ray` command installed with this interpreter's ray
 
@@ -82,7 +82,7 @@ def cluster() -> Iterator[str]:
 
 def test_joins_an_existing_cluster_by_address(cluster: str, tmp_path: Path) -> None:
     agent = agent_from_text("name: c\nnodes:\n  - {id: a, kind: compute, cpu_s: 1 ms}\n"
-                            "  - {id: b, kind: tool, protocol: python, function: 'terrazzo.runtime.testing:echo'}\n"
+                            "  - {id: b, kind: tool, protocol: python, function: 'drills:echo'}\n"
                             "edges:\n  - {from: a, to: b}\n")
     plan = tmp_path / "p.json"
     place = {"device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "replicas": 2, "pool": "cpu"}

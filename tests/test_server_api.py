@@ -18,12 +18,12 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from serve_harness import ServerThread  # noqa: E402
 
-from terrazzo.runtime.cli import make_tiny  # noqa: E402
+from terrazzo.runtime.run_command import make_tiny  # noqa: E402
 from terrazzo.server.controller import PlannerInputs, Replanner  # noqa: E402
 from terrazzo.server.service import AgentService  # noqa: E402
 from terrazzo.server.settings import ControllerSettings, LimitSettings, ServeSettings  # noqa: E402
-from terrazzo.server.testing import ServerThread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "serve"

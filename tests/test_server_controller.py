@@ -13,9 +13,10 @@ pytest.importorskip("fastapi")
 
 from terrazzo.runtime.backends.local import LocalBackend
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.placement import PoolSpec
+from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.worker import OpCall
 from terrazzo.server.admission import Admission, retry_after_s
+from terrazzo.server.api_errors import ApiError
 from terrazzo.server.controller import (
     Measurements,
     Policy,
@@ -23,7 +24,6 @@ from terrazzo.server.controller import (
     decide,
     worker_targets,
 )
-from terrazzo.server.errors import ApiError
 from terrazzo.server.rates import RateMeter
 
 POLICY = Policy(band_up=1.3, band_down=0.6, dwell_s=60, min_window_s=10, min_rate_per_s=0.05, persist_s=10)
@@ -115,7 +115,7 @@ def test_rate_meter_window() -> None:
 
 # --- resize on the local backend ----------------------------------------------------------------------
 def _call(i: int, sleep_s: float) -> OpCall:
-    return OpCall(f"r{i}", "work", "tool.compute", {"target": {"function": "terrazzo.runtime.testing:slow_echo"},
+    return OpCall(f"r{i}", "work", "tool.compute", {"target": {"function": "drills:slow_echo"},
                                                    "query": f"sleep:{sleep_s} q{i}", "args": {}})
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 httpx = pytest.importorskip("httpx")
+from serve_harness import free_port  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from terrazzo.cli import app  # noqa: E402
-from terrazzo.server.errors import ServeError  # noqa: E402
-from terrazzo.server.testing import free_port  # noqa: E402
+from terrazzo.server.api_errors import ServeError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "shutdown-test-token-0123456789"

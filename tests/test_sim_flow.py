@@ -14,7 +14,7 @@ from terrazzo.sim.flow import Flow, Request, compile_graph
 from terrazzo.sim.sampling import uniform_draws
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.builder import AgentBuilder
-from terrazzo.spec.load import load_agent
+from terrazzo.spec.spec_loader import load_agent
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "agents"
 T_9995_19 = 3.883  # Student t, 99.95 % quantile, 19 degrees of freedom

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from terrazzo.plan.planner import plan
-from terrazzo.sim.cli import check_plan, simulate_command
-from terrazzo.sim.errors import SimError
-from terrazzo.sim.model import load_model, model_from_plan
-from terrazzo.sim.run import SimConfig, Simulation, simulate
-from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.errors import SimError
+from terrazzo.sim.results import simulate
+from terrazzo.sim.sim_inputs import load_model, model_from_plan
+from terrazzo.sim.simulate_command import check_plan, simulate_command
+from terrazzo.sim.simulation import SimConfig, Simulation
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.verify.replan import verified_plan as plan
 
 ROOT = Path(__file__).parent.parent
 INPUTS = {"agent": ROOT / "examples/agents/voice-agent.yaml", "workload": ROOT / "examples/workloads/steady-5rps.yaml",

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import decode_step, prefill
-from terrazzo.sim.costs import LlmCost
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import LlmPool, Seq
+from terrazzo.sim.service_times import LlmCost
 
 
 @pytest.fixture(scope="module")

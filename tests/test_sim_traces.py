@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from terrazzo.sim.errors import SimError
+from terrazzo.errors import SimError
 from terrazzo.sim.traces import detect_format, load_trace
 
 TRACES = Path(__file__).parent.parent / "examples" / "traces"

@@ -12,12 +12,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import SpecError
 from terrazzo.spec.agent import Agent, AgentGraph, SubagentNode
 from terrazzo.spec.builder import AgentBuilder
 from terrazzo.spec.distributions import Dist
-from terrazzo.spec.errors import SpecError
-from terrazzo.spec.load import agent_from_text, load_agent
+from terrazzo.spec.spec_loader import agent_from_text, load_agent
 
 EMPTY = Catalog()  # enough for graphs whose nodes name no model
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.spec.errors import SpecError
-from terrazzo.spec.load import agent_from_text, load_agent, load_cluster, load_sla, load_workload
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import SpecError
+from terrazzo.spec.spec_loader import agent_from_text, load_agent, load_cluster, load_sla, load_workload
 
 EMPTY = Catalog()
 

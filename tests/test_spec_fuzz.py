@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import Device, Efficiency, ModelSpec, PriceProfile, Sourced, TcoProfile
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import Device, Efficiency, ModelSpec, PriceProfile, Sourced, TcoProfile
+from terrazzo.errors import SpecError
 from terrazzo.spec import agent as agent_mod
 from terrazzo.spec.agent import NODE_KINDS, Agent
 from terrazzo.spec.cluster import Cluster, Fabric
 from terrazzo.spec.distributions import Dist
-from terrazzo.spec.errors import SpecError
-from terrazzo.spec.load import agent_from_text, load_cluster, load_sla, load_workload
 from terrazzo.spec.sla import EndToEnd, LlmLimits, Sla
+from terrazzo.spec.spec_loader import agent_from_text, load_cluster, load_sla, load_workload
 from terrazzo.spec.workload import Arrival, TokenOverride, Workload
 
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terrazzo.catalog.load import load_catalog
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.tco import annuity_usd_per_year, device_usd_per_hour, usd_per_million_tokens
-from terrazzo.plan.errors import PlanInfeasible
+from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.scenario import load_scenario
 from terrazzo.plan.select import Edge, Option, Problem, Stage, Transfer, enumerate_all, solve
 

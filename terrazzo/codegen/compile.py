@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from terrazzo.codegen.errors import CodegenError
+from terrazzo.errors import CodegenError
 
 DEFAULT_CACHE = Path(".terrazzo") / "artifacts"
 EMBED_BUCKETS = ((1, 128), (32, 128))  # (batch, sequence) shapes the embedding operator is compiled for

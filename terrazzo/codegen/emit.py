@@ -12,9 +12,9 @@ from typing import Any
 
 from terrazzo.codegen.compile import EMBED_BUCKETS, Artifact, Operator, Target, compile_operator, parse_target
 from terrazzo.codegen.compile import target_for_device as device_target
-from terrazzo.codegen.errors import CodegenError
 from terrazzo.codegen.operators import embed_operator, pii_operator
-from terrazzo.plan.files import read_plan_json
+from terrazzo.errors import CodegenError
+from terrazzo.plan_file import read_plan_json
 
 MANIFEST_SCHEMA = "terrazzo.artifacts/v1"
 ENCODER_MODELS = ("all-minilm-l6-v2",)  # catalog models whose weights ship with the runtime extra
@@ -43,7 +43,7 @@ def agent_operators(agent: Any) -> dict[str, list[Operator]]:
 
 def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_path: str | Path | None = None,
               root: str | Path | None = None) -> Emitted:
-    from terrazzo.spec.load import load_agent
+    from terrazzo.spec.spec_loader import load_agent
 
     agent = load_agent(agent_path)
     ops = agent_operators(agent)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from terrazzo.codegen.errors import CodegenError
+from terrazzo.errors import CodegenError
 
 
 class _Layer(nn.Module):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.codegen.errors import CodegenError
+from terrazzo.errors import CodegenError
 
 
 class IreeFunction:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from terrazzo.catalog.schema import Device, ModelSpec
+from terrazzo.catalog.catalog_schema import Device, ModelSpec
 from terrazzo.cost.cpu_ops import ann_search, encoder_batch
 from terrazzo.cost.roofline import Estimate
 

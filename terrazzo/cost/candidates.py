@@ -9,10 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import TcoProfile
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import TcoProfile
 from terrazzo.cost.calibration import llm_calibration
-from terrazzo.cost.errors import CostError
 from terrazzo.cost.llm import (
     PREFILL_TOKEN_BUDGET,
     Deployment,
@@ -27,6 +26,7 @@ from terrazzo.cost.llm import (
 from terrazzo.cost.network import scale_up_domain
 from terrazzo.cost.roofline import ANALYTIC, Estimate, join_sources, source_of
 from terrazzo.cost.tco import device_usd_per_hour
+from terrazzo.errors import CostError
 from terrazzo.spec.cluster import Fabric
 
 Phase = Literal["prefill", "decode", "aggregated"]

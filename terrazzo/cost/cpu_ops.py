@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
-from terrazzo.cost.errors import CostError
+from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
 from terrazzo.cost.roofline import Estimate, Work, roofline
+from terrazzo.errors import CostError
 
 IVF_PROBE_FRACTION = 16 / 1024  # nprobe/nlist, FAISS guidance for ~1M vectors: https://github.com/facebookresearch/faiss/wiki/Faster-search
 HNSW_DISTANCES_PER_LEVEL = 32 * 16  # ef_search × M neighbours visited per level (FAISS IndexHNSWFlat defaults)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from terrazzo.catalog.schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
-from terrazzo.cost.errors import CostError
+from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
 from terrazzo.cost.network import Link, allreduce_s, group_link
 from terrazzo.cost.roofline import Estimate, Work, roofline
+from terrazzo.errors import CostError
 from terrazzo.spec.cluster import Fabric
 
 if TYPE_CHECKING:

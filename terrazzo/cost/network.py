@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from terrazzo.catalog.schema import Device
+from terrazzo.catalog.catalog_schema import Device
 from terrazzo.spec.cluster import Fabric
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from terrazzo.catalog.schema import FITTED_SOURCE, Efficiency
+from terrazzo.catalog.catalog_schema import FITTED_SOURCE, Efficiency
 
 ANALYTIC = "analytic"
 FITTED = FITTED_SOURCE

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import TcoProfile
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import TcoProfile
 
 HOURS_PER_YEAR = 8760.0
 

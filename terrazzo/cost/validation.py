@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from terrazzo.catalog.load import DATA_DIR, Catalog, load_catalog
+from terrazzo.catalog.catalog_loader import DATA_DIR, Catalog, load_catalog
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import (
     Deployment,

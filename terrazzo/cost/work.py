@@ -1,14 +1,14 @@
 """Latency of one visit of a non-LLM op on a device, for a given amount of work. The planner prices an
-op at its mean work (terrazzo/ir/costing.py) and the simulator at each visit's sampled work
-(terrazzo/sim/costs.py) through these same functions, so a profile that calibrates a device moves both.
+op at its mean work (terrazzo/ir/candidate_pricing.py) and the simulator at each visit's sampled work
+(terrazzo/sim/service_times.py) through these same functions, so a profile that calibrates a device moves both.
 """
 
 from __future__ import annotations
 
 import math
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import Device, ModelSpec
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import Device, ModelSpec
 from terrazzo.cost.calibration import ann_estimate, embed_estimate
 from terrazzo.cost.cpu_ops import cpu_seconds, encoder_forward
 from terrazzo.cost.roofline import Estimate, Work, roofline

@@ -11,10 +11,9 @@ from typing import Any
 
 import yaml
 
-from terrazzo.catalog.load import Catalog, CatalogError
-from terrazzo.deploy.errors import DeployError
-from terrazzo.plan.files import read_plan_json
-from terrazzo.plan.planner import PLACEMENT_SCHEMA, PLAN_SCHEMA
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import CatalogError, DeployError
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, read_plan_json
 
 HEADROOM = 2  # max nodes per group = planned × this: room for the controller to scale up
 
@@ -64,7 +63,7 @@ class DeviceGroup:
 
     @property
     def resource(self) -> str:
-        """The Ray custom resource the runtime's actors ask for (terrazzo/runtime/placement.py)."""
+        """The Ray custom resource the runtime's actors ask for (terrazzo/runtime/pool_layout.py)."""
         return f"tz/{self.device}"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from terrazzo.deploy.errors import DeployError
 from terrazzo.deploy.fleet import HEADROOM, DeviceGroup, Fleet
+from terrazzo.errors import DeployError
 
 PROVIDERS = ("aws", "local")
 

@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from terrazzo.deploy.errors import DeployError
+from terrazzo.errors import DeployError
 
 K8S_VERSION = "1.37"
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from terrazzo.catalog.load import load_catalog
-from terrazzo.deploy.errors import DeployError
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.deploy.fleet import Fleet, fleet_from_plan
 from terrazzo.deploy.kuberay import manifests
 from terrazzo.deploy.ray_cluster import ray_config
 from terrazzo.deploy.validate import manifest_errors, ray_config_errors
+from terrazzo.errors import DeployError
 
 TARGETS = ("ray", "kuberay")
 ARTIFACTS_SCHEMA = "terrazzo.artifacts/v1"

@@ -1,9 +1,11 @@
-"""Reading and writing terrazzo IR: a context with both dialects loaded, the parser and the printer."""
+"""Reading and writing terrazzo IR: the pass context (both dialects loaded, plus the catalog, cluster, SLA
+and placements the passes price and place against), the parser and the printer."""
 
 from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ArrayAttr, Builtin, ModuleOp
@@ -12,16 +14,41 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import ParseError, VerifyException
 
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.errors import IRError
 from terrazzo.ir.dialects import Agent, Tz
-from terrazzo.ir.dialects.base import CANDIDATES
-from terrazzo.ir.errors import IRError
+from terrazzo.ir.dialects.node_op import CANDIDATES
+from terrazzo.ir.placement_file import PlacementFile
+from terrazzo.spec.cluster import Cluster
+from terrazzo.spec.sla import Sla
 
 
-def make_context() -> Context:
-    ctx = Context()
+@dataclass
+class TerrazzoContext(Context):
+    """xDSL's context plus the inputs terrazzo's passes read, each loaded once by the caller.
+
+    A pass never opens a file: the catalog (shipped, a cluster's own catalogs and a profile layered on),
+    the cluster, the SLA and the placements arrive here, so every pass of a run sees the same ones. Passes run
+    under a plain xDSL `Context` (xdsl-opt) see the shipped catalog and no cluster, SLA or plan.
+    """
+
+    catalog: Catalog = field(default_factory=load_catalog)
+    cluster: Cluster | None = None
+    sla: Sla | None = None
+    placements: PlacementFile | None = None
+
+
+def make_context(catalog: Catalog | None = None, cluster: Cluster | None = None, sla: Sla | None = None,
+                 placements: PlacementFile | None = None) -> TerrazzoContext:
+    ctx = TerrazzoContext(catalog=catalog or load_catalog(), cluster=cluster, sla=sla, placements=placements)
     for dialect in (Builtin, Agent, Tz):
         ctx.load_dialect(dialect)
     return ctx
+
+
+def inputs_of(ctx: Context) -> TerrazzoContext:
+    """`ctx` itself when it is terrazzo's; the shipped defaults under a plain xDSL context."""
+    return ctx if isinstance(ctx, TerrazzoContext) else make_context()
 
 
 def parse_module(text: str, name: str = "<mlir>") -> ModuleOp:

@@ -6,15 +6,19 @@ Stages, each the previous one plus passes:
   estimated    + estimate-cost
   placed       + apply-plan, verify-placement
   partitioned  + partition
+`--emit placement` stops at `estimated` and prints each op's cheapest feasible candidate as a placement file,
+for trying apply-plan and partition before a planner result is at hand.
 `pipeline` replaces the stage's passes. A `.mlir` input is parsed, verified and brought to the stage the same
 way: the decompositions and partition change nothing the text has already been through, and estimate-cost
 and apply-plan are skipped when its ops already carry candidates or placements and no --cluster or --plan
 asks for new ones.
+
+The cluster (with its own catalogs), the SLA and the plan are loaded once, here, into the pass context that
+every pass reads (ir/context.py); passes take no file paths.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,14 +27,14 @@ from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import parse_spec
 from xdsl.utils.exceptions import ArgSpecParseError, DiagnosticException
 
-from terrazzo.catalog.load import load_catalog
-from terrazzo.errors import TerrazzoError
-from terrazzo.ir.context import make_context, parse_module, print_module, verify
-from terrazzo.ir.dialects.base import CANDIDATES, PLACE
-from terrazzo.ir.errors import IRError
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.errors import IRError, TerrazzoError
+from terrazzo.ir.context import TerrazzoContext, make_context, parse_module, print_module, verify
+from terrazzo.ir.dialects.node_op import CANDIDATES, PLACE
 from terrazzo.ir.frontend import agent_to_module
 from terrazzo.ir.passes import PASSES
-from terrazzo.spec.load import load_agent, load_cluster
+from terrazzo.ir.placement_file import cheapest_plan, load_placements
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla
 
 DECOMPOSE = ["decompose-llm", "decompose-moe", "decompose-tools", "decompose-memory"]
 STAGES: dict[str, list[str]] = {
@@ -42,8 +46,8 @@ STAGES: dict[str, list[str]] = {
 }
 
 
-def make_pass(entry: str, cluster: str | None = None, plan: str | None = None, sla: str | None = None) -> ModulePass:
-    """A pass from `name` or `name{option=value ...}`; cluster/plan/sla fill the options the entry leaves unset."""
+def make_pass(entry: str) -> ModulePass:
+    """A pass from `name` or `name{option=value ...}`."""
     try:
         spec = parse_spec(entry.strip())
     except ArgSpecParseError as exc:
@@ -52,18 +56,29 @@ def make_pass(entry: str, cluster: str | None = None, plan: str | None = None, s
     if cls is None:
         raise IRError(f"unknown pass {spec.name!r}; passes are {', '.join(PASSES)}")
     try:
-        instance = cls.from_spec(spec)
+        return cls.from_spec(spec)
     except Exception as exc:  # xDSL raises plain exceptions for bad options
         raise IRError(f"bad options for {spec.name}: {exc}") from None
-    fill = {k: v for k, v in (("cluster", cluster), ("plan", plan), ("sla", sla))
-            if v is not None and hasattr(instance, k) and getattr(instance, k) is None}
-    return dataclasses.replace(instance, **fill) if fill else instance
 
 
-def run_pipeline(module: ModuleOp, passes: Sequence[ModulePass],
+def pass_context(cluster: str | None = None, plan: str | None = None, sla: str | None = None,
+                 catalog: Catalog | None = None) -> TerrazzoContext:
+    """The inputs the passes read, each file loaded once: a cluster brings its own catalogs (layered on
+    `catalog`, or the shipped one), an SLA its limits, a plan its placements."""
+    try:
+        spec, cat = load_cluster(cluster) if cluster else (None, catalog or load_catalog())
+        return make_context(cat, spec, load_sla(sla) if sla else None, load_placements(plan) if plan else None)
+    except IRError:
+        raise
+    except TerrazzoError as exc:  # spec and catalog errors keep their file:line message
+        raise IRError(str(exc)) from None
+
+
+def run_pipeline(module: ModuleOp, passes: Sequence[ModulePass], ctx: TerrazzoContext | None = None,
                  after_each: Callable[[str, ModuleOp], None] | None = None) -> ModuleOp:
-    """Run `passes` in order, verifying the module after each; errors name the pass."""
-    ctx = make_context()
+    """Run `passes` in order under `ctx` (default: the shipped catalog), verifying the module after each;
+    errors name the pass."""
+    ctx = ctx or make_context()
     for p in passes:
         try:
             p.apply(ctx, module)
@@ -77,16 +92,17 @@ def run_pipeline(module: ModuleOp, passes: Sequence[ModulePass],
     return module
 
 
-def load_module(path: str, cluster: str | None = None) -> ModuleOp:
-    """An agent YAML through the frontend, or terrazzo MLIR text parsed and verified."""
+def load_module(path: str, ctx: TerrazzoContext | None = None) -> ModuleOp:
+    """An agent YAML through the frontend (models from `ctx`'s catalog), or terrazzo MLIR text parsed and
+    verified."""
     if path.endswith(".mlir"):
         try:
             text = Path(path).read_text()
         except OSError as exc:
             raise IRError(f"cannot read {path}: {exc.strerror}") from None
         return parse_module(text, path)
+    catalog = (ctx or make_context()).catalog
     try:
-        catalog = load_cluster(cluster)[1] if cluster else load_catalog()
         agent = load_agent(path, catalog)
     except TerrazzoError as exc:
         raise IRError(str(exc)) from None
@@ -100,14 +116,16 @@ def compile_path(
     plan: str | None = None, sla: str | None = None,
 ) -> str:
     """Compile `path` to the `emit` stage (or through `pipeline`) and return the module as MLIR text."""
-    if pipeline is None and emit not in STAGES:
-        raise IRError(f"unknown --emit {emit!r}; stages are {', '.join(STAGES)}")
-    names = pipeline if pipeline is not None else STAGES[emit]
-    passes = [make_pass(n, cluster, plan, sla) for n in names if n.strip()]
-    module = load_module(path, cluster)
+    if pipeline is None and emit not in (*STAGES, "placement"):
+        raise IRError(f"unknown --emit {emit!r}; stages are {', '.join(STAGES)} (or placement)")
+    names = pipeline if pipeline is not None else STAGES["estimated" if emit == "placement" else emit]
+    passes = [make_pass(n) for n in names if n.strip()]
+    ctx = pass_context(cluster, plan, sla)
+    module = load_module(path, ctx)
     if pipeline is None and path.endswith(".mlir"):
         passes = [p for p in passes if not _done(module, p.name, cluster, plan)]
-    return print_module(run_pipeline(module, passes))
+    run_pipeline(module, passes, ctx)
+    return cheapest_plan(module).dumps() if emit == "placement" and pipeline is None else print_module(module)
 
 
 def _done(module: ModuleOp, name: str, cluster: str | None, plan: str | None) -> bool:

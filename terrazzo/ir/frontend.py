@@ -14,10 +14,11 @@ from functools import cached_property
 from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, ModuleOp, StringAttr, f64
 from xdsl.ir import Block, Region, SSAValue
 
-from terrazzo.catalog.load import Catalog, CatalogError
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import CatalogError
 from terrazzo.ir.attributes import DataType, DistAttr
-from terrazzo.ir.dialects import agent as A
-from terrazzo.ir.dialects.base import NodeOp, count_attr, f64_attr, i64_attr, name_hint
+from terrazzo.ir.dialects import agent_dialect as A
+from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, i64_attr, name_hint
 from terrazzo.spec.agent import Agent, AgentGraph, ComputeNode, Edge, LoopNode, Node, SubagentNode
 from terrazzo.spec.distributions import Dist
 

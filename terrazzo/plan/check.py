@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from terrazzo.plan.graph import OpCandidate, PlanningGraph
+from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph
 from terrazzo.plan.queueing import servers_for, wait_quantile_s
 
 TOLERANCE = 1e-6

@@ -2,7 +2,7 @@
 edges between them (routers and riders contracted, loop repeats dropped), and both serving variants
 of every LLM call whose spec lets the planner choose.
 
-The IR is the single place candidates are priced (terrazzo/ir/costing.py); this module only reads it.
+The IR is the single place candidates are priced (terrazzo/ir/candidate_pricing.py); this module only reads it.
 """
 
 from __future__ import annotations
@@ -14,19 +14,28 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, OpResult, SSAValue
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.network import scale_out_link
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, KvType
-from terrazzo.ir.costing import PLACEABLE, CostModel
-from terrazzo.ir.dialects import granular as G
-from terrazzo.ir.dialects.agent import LlmCallOp, LoopOp, OutputOp, SubagentOp
-from terrazzo.ir.dialects.base import NodeOp, str_prop
+from terrazzo.ir.candidate_pricing import PLACEABLE, CostModel
+from terrazzo.ir.context import make_context
+from terrazzo.ir.dialects import granular_dialect as G
+from terrazzo.ir.dialects.agent_dialect import LlmCallOp, LoopOp, OutputOp, SubagentOp
+from terrazzo.ir.dialects.node_op import NodeOp, str_prop
 from terrazzo.ir.driver import DECOMPOSE, make_pass, run_pipeline
 from terrazzo.ir.frontend import agent_to_module
-from terrazzo.ir.graph import INPUT, OUTPUT, is_transfer, source
+from terrazzo.ir.module_graph import INPUT, OUTPUT, is_transfer, source
 from terrazzo.ir.passes.estimate_cost import annotate
-from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanEdge, PlanningGraph, PlanOp, VariantGroup, prune
+from terrazzo.plan.planning_graph import (
+    REFERENCE_DEVICE,
+    OpCandidate,
+    PlanEdge,
+    PlanningGraph,
+    PlanOp,
+    VariantGroup,
+    prune,
+)
 from terrazzo.spec.agent import Agent, AgentGraph, LlmNode, SubagentNode
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -44,7 +53,7 @@ class _Use:
 def estimated_module(agent: Agent, cost_model: CostModel) -> ModuleOp:
     """agent → granular (every decomposition) → estimated, the `--emit estimated` stage of the compiler."""
     module = agent_to_module(agent, cost_model.catalog)
-    run_pipeline(module, [make_pass(p) for p in DECOMPOSE])
+    run_pipeline(module, [make_pass(p) for p in DECOMPOSE], make_context(cost_model.catalog))
     annotate(module, cost_model)
     return module
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from terrazzo.plan.check import Assignment, first_token_attainable, min_replicas
-from terrazzo.plan.graph import OpCandidate, PlanningGraph, non_dominated
 from terrazzo.plan.lp import INF, Model
+from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, non_dominated
 
 Allow = Callable[[str, OpCandidate], bool]
 NEGLIGIBLE_TRANSFER = 1e-5  # data transfers below this fraction of the deadline enter as worst-case constants

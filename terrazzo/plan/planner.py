@@ -10,20 +10,17 @@ from typing import Any
 
 from rich.table import Table
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.check import Assignment, check, devices_used, min_replicas
-from terrazzo.plan.errors import PlanInfeasible
 from terrazzo.plan.from_ir import build
-from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.milp import Allow, solve_milp
-from terrazzo.plan.refine import refine
+from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
-
-PLAN_SCHEMA = "terrazzo.plan/v1"
-PLACEMENT_SCHEMA = "terrazzo.placement/v1"
 
 
 @dataclass(frozen=True)
@@ -38,8 +35,11 @@ class PlacedOp:
 
     @property
     def pool(self) -> str:
+        """Ops on one device and parallelism share a pool, except a disaggregated call's prefill and decode
+        phases, which run on pools of their own even on one device type."""
         c = self.candidate
-        return f"{c.device}-tp{c.tp}-pp{c.pp}"
+        role = {"llm.prefill": "prefill-", "llm.decode": "decode-"}.get(self.kind, "")
+        return f"{role}{c.device}-tp{c.tp}-pp{c.pp}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Plan:
     solver_status: str
     explain: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
-    verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (plan/refine.py); empty if not run
+    verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (verify/replan.py); empty if not run
 
     @property
     def sim_verified(self) -> bool | None:
@@ -160,14 +160,10 @@ def placement_json(plan: Plan) -> dict[str, Any]:
 
 
 def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
-         explain: bool = False, time_limit_s: float = 60.0, verify: bool = True) -> Plan:
-    """Plan, then (with `verify`, for an interactive SLA at a known rate) simulate the plan at its rate
-    and re-plan where the simulation misses the SLA (plan/refine.py)."""
-    graph = build(agent, workload, sla, cluster, catalog)
-    if not verify or not graph.rate_per_s or sla.mode != "interactive":
-        return plan_graph(graph, agent.name, explain, time_limit_s)
-    return refine(graph, lambda g: plan_graph(g, agent.name, explain, time_limit_s), agent, workload, sla,
-                  cluster, catalog)
+         explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+    """The MILP's plan for the specs, checked and with baselines; `terrazzo.verify.replan.verified_plan`
+    also simulates it and re-plans on a miss."""
+    return plan_graph(build(agent, workload, sla, cluster, catalog), agent.name, explain, time_limit_s)
 
 
 def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:

@@ -10,7 +10,7 @@ Wait model: G/G/c. Erlang C gives the probability of waiting and, for Poisson ar
 exponential service, the tail P(W > t) = C·exp(−(cμ − λ)t); other variability scales the wait by
 (c_a² + c_s²)/2 (Kingman / Allen–Cunneen), c² being squared coefficients of variation: c_s² the
 prompt length's (prefill is affine in tokens), c_a² 1 for Poisson arrivals, or what a simulation of
-the plan measured (plan/refine.py).
+the plan measured (verify/replan.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.candidates import Candidate, llm_candidates
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link

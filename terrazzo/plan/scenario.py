@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from terrazzo.plan.select import Edge, Option, Problem, Stage, Transfer
 from terrazzo.spec.distributions import Seconds
-from terrazzo.spec.load import validate
 from terrazzo.spec.source import read_yaml
+from terrazzo.spec.spec_loader import validate
 
 Per = Literal["input_tokens", "output_tokens", "request"]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import product
 
-from terrazzo.plan.errors import PlanInfeasible
+from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.lp import Model
 
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from terrazzo.catalog.schema import MAX_FITTED_EFFICIENCY, Device, Efficiency, ModelSpec
+from terrazzo.catalog.catalog_schema import MAX_FITTED_EFFICIENCY, Device, Efficiency, ModelSpec
 from terrazzo.cost.cpu_ops import ann_search, encoder_batch
 from terrazzo.cost.llm import Deployment, decode_roofline, prefill_roofline
-from terrazzo.profile.schema import AnnPoint, DecodePoint, EmbedPoint, LinkFit, OpFit, PrefillPoint
+from terrazzo.profile.profile_file import AnnPoint, DecodePoint, EmbedPoint, LinkFit, OpFit, PrefillPoint
 
 UNIT = Efficiency(compute=1.0, memory=1.0, network=1.0, static_latency_s=0.0,
                   source="derived: unit factors, so a step's time is its work at the device's peaks")

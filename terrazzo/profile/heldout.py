@@ -14,14 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from terrazzo.catalog.load import Catalog, load_catalog
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cost.calibration import PROFILE, ann_estimate, embed_estimate
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.cpu_ops import ann_search, encoder_batch
 from terrazzo.cost.llm import decode_roofline, decode_step, prefill, prefill_roofline
 from terrazzo.profile.layer import define_device
-from terrazzo.profile.run import fit_links, fit_ops
-from terrazzo.profile.schema import AnnPoint, DecodePoint, EmbedPoint, Points, PrefillPoint, Profile, write_profile
+from terrazzo.profile.profile_command import fit_links, fit_ops
+from terrazzo.profile.profile_file import (
+    AnnPoint,
+    DecodePoint,
+    EmbedPoint,
+    Points,
+    PrefillPoint,
+    Profile,
+    write_profile,
+)
 
 Point = PrefillPoint | DecodePoint | EmbedPoint | AnnPoint
 GROUPS = {"prefill": "prefill", "decode": "decode", "embed": "embed", "ann": "ann_search"}

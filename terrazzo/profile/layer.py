@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from terrazzo.catalog.schema import Device, Efficiency, ModelSpec, ScaleOut, Sourced
+from terrazzo.catalog.catalog_schema import Device, Efficiency, ModelSpec, ScaleOut, Sourced
 from terrazzo.cost.calibration import Calibration, Grid
 from terrazzo.cost.roofline import FITTED
-from terrazzo.profile.errors import ProfileError
-from terrazzo.profile.schema import DeviceSection, EncoderShape, LinkFit, LlmShape, Profile, load_profile
+from terrazzo.errors import ProfileError
+from terrazzo.profile.profile_file import DeviceSection, EncoderShape, LinkFit, LlmShape, Profile, load_profile
 
 LLM_OPS = ("prefill", "decode")
 
@@ -37,7 +37,7 @@ def names_device(identity: str, device: Device) -> bool:
 
 
 def layer_profile(catalog: Any, path: str | Path) -> list[str]:
-    """Apply the profile at `path` to `catalog` (a terrazzo.catalog.load.Catalog); returns what it defined."""
+    """Apply the profile at `path` to `catalog` (a terrazzo.catalog.catalog_loader.Catalog); returns what it defined."""
     prof = load_profile(path)
     label = str(path)
     device = _device(catalog, prof, label)

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from terrazzo.errors import ProfileError
 from terrazzo.profile import echo
-from terrazzo.profile.errors import ProfileError
-from terrazzo.profile.schema import EncoderShape, LlmShape, Machine, Timing
+from terrazzo.profile.profile_file import EncoderShape, LlmShape, Machine, Timing
 
 Bench = Callable[[], float]  # runs one repeat of a point and returns its elapsed seconds
 WORDS = ("the", "order", "status", "of", "my", "parcel", "is", "late", "and", "an", "agent", "will", "check", "help",

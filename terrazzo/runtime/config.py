@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 
 
 class _Strict(BaseModel):

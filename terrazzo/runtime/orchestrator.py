@@ -26,11 +26,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from terrazzo.runtime.backends.base import PoolBackend, Steps
+from terrazzo.runtime.backends.pool_backend import PoolBackend, Steps
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.errors import ExecutionError, SegmentFailed
 from terrazzo.runtime.executors.text import ConditionUnknown, condition_names, evaluate, merge, new_message
-from terrazzo.runtime.placement import OpPlacement, RuntimePlan
+from terrazzo.runtime.failures import ExecutionError, SegmentFailed
+from terrazzo.runtime.pool_layout import OpPlacement, RuntimePlan
 from terrazzo.runtime.program import NodeProgram, steps
 from terrazzo.runtime.telemetry import Telemetry
 from terrazzo.runtime.worker import OpCall, OpResult

@@ -13,8 +13,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from terrazzo.runtime.errors import ExecutionError
 from terrazzo.runtime.executors.text import build_prompt, parse_tool_call
+from terrazzo.runtime.failures import ExecutionError
 
 Step = tuple[str, str, Any]  # (granular op, executor kind, payload)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.errors import ExecutionError, SegmentFailed
+from terrazzo.runtime.failures import ExecutionError, SegmentFailed
 
 
 @dataclass(frozen=True)

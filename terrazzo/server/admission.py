@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from terrazzo.server.errors import ApiError
+from terrazzo.server.api_errors import ApiError
 from terrazzo.server.rates import RateMeter, Window
 
 MAX_RETRY_AFTER_S = 120

@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from terrazzo.server.errors import ApiError
+from terrazzo.server.api_errors import ApiError
 from terrazzo.server.guard import Guard
 from terrazzo.server.metrics import HttpMetrics, ServerMetrics
 from terrazzo.server.openai_compat import chat_completion

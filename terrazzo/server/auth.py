@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from terrazzo.server.errors import ApiError, ServeError
+from terrazzo.server.api_errors import ApiError, ServeError
 from terrazzo.server.settings import ServeSettings
 
 MIN_TOKEN_CHARS = 16

@@ -208,7 +208,7 @@ class Replanner:
     """The planner (terrazzo.plan) at a given arrival rate; the specs are loaded once and checked at start."""
 
     def __init__(self, inputs: PlannerInputs, verify: bool) -> None:
-        from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+        from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
 
         self.inputs, self.verify = inputs, verify
         self.cluster, self.catalog = (load_cluster(inputs.cluster, list(inputs.profiles)) if inputs.profiles
@@ -221,8 +221,8 @@ class Replanner:
         return self.workload.arrival.rate_per_s
 
     def plan_at(self, rate_per_s: float) -> dict[str, Any]:
-        from terrazzo.plan.planner import plan
         from terrazzo.spec.workload import Arrival
+        from terrazzo.verify.replan import verified_plan as plan
 
         arrival = Arrival(process="poisson", rate_per_s=rate_per_s)
         result = plan(self.agent, self.workload.model_copy(update={"arrival": arrival}), self.sla, self.cluster,

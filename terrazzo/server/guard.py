@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from terrazzo.server.api_errors import ApiError
 from terrazzo.server.auth import PUBLIC_PATHS, check_bearer
-from terrazzo.server.errors import ApiError
 
 
 class BodyTooLarge(ApiError):

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from terrazzo.server.errors import ApiError
+from terrazzo.server.api_errors import ApiError
 from terrazzo.server.schemas import ChatMessage, ChatRequest
 from terrazzo.server.service import AgentService
 from terrazzo.server.sse import frame, pump

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from terrazzo.errors import TerrazzoError
+from terrazzo.plan_file import PLAN_SCHEMA
 from terrazzo.runtime.config import load_config
 from terrazzo.runtime.orchestrator import RequestResult, Runtime
-from terrazzo.runtime.placement import load_plan
+from terrazzo.runtime.pool_layout import load_plan
 from terrazzo.server.admission import Admission
+from terrazzo.server.api_errors import ApiError, ServeError
 from terrazzo.server.controller import Controller, PlanState, Replanner, planner_inputs
-from terrazzo.server.errors import ApiError, ServeError
 from terrazzo.server.settings import ServeSettings
 
 log = logging.getLogger("terrazzo.server")
@@ -55,7 +56,7 @@ class AgentService:
     def __init__(self, agent_path: str | Path, plan_path: str | Path | None, config_path: str | Path | None,
                  backend: str, settings: ServeSettings, clock: Callable[[], float] = time.monotonic,
                  **config_overrides: Any) -> None:
-        from terrazzo.spec.load import load_agent
+        from terrazzo.spec.spec_loader import load_agent
 
         self.settings, self.clock = settings, clock
         self.agent = load_agent(agent_path)
@@ -67,7 +68,7 @@ class AgentService:
         self.config = load_config(config_path, **config_overrides)
         self.runtime = Runtime(self.agent, runtime_plan, self.config, backend)
         doc = json.loads(Path(plan_path).read_text()) if plan_path else None
-        plan_doc = doc if doc and doc.get("schema") == "terrazzo.plan/v1" else None
+        plan_doc = doc if doc and doc.get("schema") == PLAN_SCHEMA else None
 
         c = settings.controller
         replanner, off = None, "the controller is disabled"

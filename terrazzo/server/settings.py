@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from terrazzo.server.errors import ServeError
+from terrazzo.server.api_errors import ServeError
 
 
 class _Strict(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from terrazzo.sim.errors import SimError
+from terrazzo.errors import SimError
 from terrazzo.sim.sampling import stream
 from terrazzo.sim.traces import Trace
 

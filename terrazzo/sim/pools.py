@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.sim.costs import LlmCost
 from terrazzo.sim.engine import Environment, Timer
+from terrazzo.sim.service_times import LlmCost
 
 Done = Callable[[Any, int], None]  # fn(arg, replica) when an item leaves its pool
 

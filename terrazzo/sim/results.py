@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from terrazzo.sim.run import Simulation
+from terrazzo.sim.sim_inputs import SimModel
+from terrazzo.sim.simulation import SimConfig, Simulation
 
 BATCHES = 20  # batch means for the confidence interval of the mean end-to-end latency
 T_975_19 = 2.093  # Student t, 97.5 % quantile, 19 degrees of freedom
@@ -227,6 +227,11 @@ def _window(sim: Simulation, key: str, snaps: str = "end") -> tuple[float, float
     a = sim.snapshots.get("warmup", {}).get(key, (0.0, 0.0))
     b = sim.snapshots.get(snaps, {}).get(key, (0.0, 0.0))
     return b[0] - a[0], b[1] - a[1]
+
+
+def simulate(model: SimModel, config: SimConfig) -> SimReport:
+    """Run `model` under `config` and summarise it."""
+    return report_from(Simulation(model, config).run())
 
 
 def report_from(sim: Simulation) -> SimReport:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terrazzo.sim.errors import SimError
+from terrazzo.errors import SimError
 
 AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import SpecError
 from terrazzo.spec.agent import Agent
-from terrazzo.spec.errors import SpecError
-from terrazzo.spec.load import check_agent
+from terrazzo.spec.spec_loader import check_agent
 
 
 class AgentBuilder:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from terrazzo.spec.errors import SpecError
+from terrazzo.errors import SpecError
 
 Loc = tuple[str | int, ...]
 

@@ -1,4 +1,4 @@
-"""apply-plan: write a placement file's decisions onto the ops as `tz.place` (see terrazzo/ir/placement.py).
+"""apply-plan: write a placement file's decisions onto the ops as `tz.place` (see terrazzo/ir/placement_file.py).
 
 The module ends up with exactly the plan's placements: earlier ones are cleared, and a key that names no op
 is an error (a plan for another agent, say). A key may be an op id, a node id (every op made from that node:
@@ -15,24 +15,23 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
+from terrazzo.errors import IRError
 from terrazzo.ir.attributes import PlacementAttr
-from terrazzo.ir.dialects.base import PLACE, NodeOp, i64_attr
-from terrazzo.ir.dialects.granular import AllReduceOp, MoeExpertOp
-from terrazzo.ir.errors import IRError
-from terrazzo.ir.graph import placeable_ops
-from terrazzo.ir.placement import load_placements
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.granular_dialect import AllReduceOp, MoeExpertOp
+from terrazzo.ir.dialects.node_op import PLACE, NodeOp, i64_attr
+from terrazzo.ir.module_graph import placeable_ops
 
 
 @dataclass(frozen=True)
 class ApplyPlan(ModulePass):
     name = "apply-plan"
-    plan: str | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        if not self.plan:
+        plan = inputs_of(ctx).placements
+        if plan is None:
             raise IRError("apply-plan needs a placement file: pass --plan PLAN.json (schema terrazzo.placement/v1, "
-                          "see terrazzo/ir/placement.py)")
-        plan = load_placements(self.plan)
+                          "see terrazzo/ir/placement_file.py)")
         ops = {o.node_id: o for o in placeable_ops(op)}
         by_node: dict[str, list[NodeOp]] = {}
         for o in ops.values():
@@ -40,7 +39,7 @@ class ApplyPlan(ModulePass):
         targets = {key: _targets(key, ops, by_node) for key in plan.placements}
         unknown = sorted(k for k, t in targets.items() if not t)
         if unknown:
-            raise IRError(f"{self.plan} places {', '.join(repr(u) for u in unknown[:5])}, which this module does not "
+            raise IRError(f"{plan.path} places {', '.join(repr(u) for u in unknown[:5])}, which this module does not "
                           f"have; its placeable ops are {', '.join(sorted(ops)[:12])}"
                           + (" …" if len(ops) > 12 else ""))
         for target in ops.values():

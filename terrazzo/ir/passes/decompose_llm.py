@@ -13,13 +13,14 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.ir.attributes import DataType, KvType
-from terrazzo.ir.dialects.agent import LlmCallOp
-from terrazzo.ir.dialects.base import count_attr
-from terrazzo.ir.dialects.granular import DecodeOp, KvTransferOp, PrefillOp
-from terrazzo.ir.passes.common import catalog_for, model_of, rewrite
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.agent_dialect import LlmCallOp
+from terrazzo.ir.dialects.granular_dialect import DecodeOp, KvTransferOp, PrefillOp
+from terrazzo.ir.dialects.node_op import count_attr
+from terrazzo.ir.passes.common import model_of, rewrite
 
 
 @dataclass
@@ -45,7 +46,6 @@ class SplitLlmCall(RewritePattern):
 @dataclass(frozen=True)
 class DecomposeLlm(ModulePass):
     name = "decompose-llm"
-    cluster: str | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        rewrite(op, SplitLlmCall(catalog_for(self.cluster)))
+        rewrite(op, SplitLlmCall(inputs_of(ctx).catalog))

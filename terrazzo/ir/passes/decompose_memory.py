@@ -12,9 +12,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
-from terrazzo.ir.dialects.agent import EmbedOp, MemoryLoadOp, MemoryLookupOp, MemoryStoreOp
-from terrazzo.ir.dialects.base import NodeOp, int_prop
-from terrazzo.ir.dialects.granular import AnnSearchOp, EmbedEncodeOp, MemLoadOp, MemStoreOp
+from terrazzo.ir.dialects.agent_dialect import EmbedOp, MemoryLoadOp, MemoryLookupOp, MemoryStoreOp
+from terrazzo.ir.dialects.granular_dialect import AnnSearchOp, EmbedEncodeOp, MemLoadOp, MemStoreOp
+from terrazzo.ir.dialects.node_op import NodeOp, int_prop
 from terrazzo.ir.passes.common import rewrite
 
 EMBEDDING_BYTES_PER_DIM = 4  # fp32 query vector

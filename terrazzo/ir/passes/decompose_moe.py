@@ -16,12 +16,12 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import DTYPE_BYTES, ModelSpec
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import DTYPE_BYTES, ModelSpec
 from terrazzo.cost.llm import ACTIVATION_BYTES
 from terrazzo.ir.attributes import ActType
-from terrazzo.ir.dialects.base import count_attr, i64_attr
-from terrazzo.ir.dialects.granular import (
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.granular_dialect import (
     AllReduceOp,
     DecodeOp,
     LlmPhase,
@@ -30,7 +30,8 @@ from terrazzo.ir.dialects.granular import (
     MoeMergeOp,
     PrefillOp,
 )
-from terrazzo.ir.passes.common import catalog_for, model_of, rewrite
+from terrazzo.ir.dialects.node_op import count_attr, i64_attr
+from terrazzo.ir.passes.common import model_of, rewrite
 
 
 def moe_work(model: ModelSpec, tokens: float, dtype: str) -> dict[str, float]:
@@ -90,8 +91,7 @@ class DecomposeMoe(ModulePass):
     """`tp` is the tensor-parallel degree written on experts and all-reduces until apply-plan sets the plan's."""
 
     name = "decompose-moe"
-    cluster: str | None = None
     tp: int = 1
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        rewrite(op, SplitMoePhase(catalog_for(self.cluster), self.tp))
+        rewrite(op, SplitMoePhase(inputs_of(ctx).catalog, self.tp))

@@ -11,9 +11,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
-from terrazzo.ir.dialects.agent import ToolInvokeOp
-from terrazzo.ir.dialects.base import float_prop
-from terrazzo.ir.dialects.granular import ToolComputeOp, ToolLookupOp
+from terrazzo.ir.dialects.agent_dialect import ToolInvokeOp
+from terrazzo.ir.dialects.granular_dialect import ToolComputeOp, ToolLookupOp
+from terrazzo.ir.dialects.node_op import float_prop
 from terrazzo.ir.passes.common import rewrite
 
 LOOKUP_PROPS = ("protocol", "cpu_s", "request_bytes")

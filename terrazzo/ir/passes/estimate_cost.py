@@ -1,7 +1,7 @@
 """estimate-cost: attach `tz.candidates` — every device configuration that could run the op, priced.
 
-Devices, fabric and TCO profile come from `cluster` (a cluster YAML) or the default device list; an `sla`
-file sets the TTFT/TBT limits LLM candidates must meet. Re-running replaces the annotations.
+Devices, fabric and TCO profile come from the context's cluster, or the default device list; its SLA sets the
+TTFT/TBT limits LLM candidates must meet. Re-running replaces the annotations.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ArrayAttr, ModuleOp
 from xdsl.passes import ModulePass
 
-from terrazzo.ir.costing import CostModel
-from terrazzo.ir.dialects.base import CANDIDATES, NodeOp
+from terrazzo.ir.candidate_pricing import CostModel
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.node_op import CANDIDATES, NodeOp
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,10 @@ class EstimateCost(ModulePass):
     """`keep_all` keeps dominated candidates too (the default keeps each device's Pareto front)."""
 
     name = "estimate-cost"
-    cluster: str | None = None
-    sla: str | None = None
     keep_all: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        annotate(op, CostModel.load(self.cluster, self.sla, self.keep_all))
+        annotate(op, CostModel.for_context(inputs_of(ctx), self.keep_all))
 
 
 def annotate(module: ModuleOp, model: CostModel) -> None:

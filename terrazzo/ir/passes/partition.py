@@ -19,17 +19,15 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.ir import Block, Operation, OpResult, Region, SSAValue
 from xdsl.passes import ModulePass
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.network import scale_out_link
-from terrazzo.errors import TerrazzoError
-from terrazzo.ir.costing import PLACEABLE
-from terrazzo.ir.dialects.agent import BranchOp, GraphOp, LoopOp, OutputOp, SubagentOp
-from terrazzo.ir.dialects.base import NodeOp, count_attr, f64_attr, float_prop, name_hint
-from terrazzo.ir.dialects.granular import AllReduceOp, KvTransferOp, MoeRider, PoolOp, TransferOp, YieldOp
-from terrazzo.ir.errors import IRError
-from terrazzo.ir.passes.common import catalog_for
+from terrazzo.errors import IRError, TerrazzoError
+from terrazzo.ir.candidate_pricing import PLACEABLE
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.agent_dialect import BranchOp, GraphOp, LoopOp, OutputOp, SubagentOp
+from terrazzo.ir.dialects.granular_dialect import AllReduceOp, KvTransferOp, MoeRider, PoolOp, TransferOp, YieldOp
+from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, float_prop, name_hint
 from terrazzo.spec.cluster import Fabric
-from terrazzo.spec.load import load_cluster
 
 TOP = ""  # home of values that live in the graph's body: the request and the transfers
 
@@ -266,14 +264,10 @@ def _graphs(module: ModuleOp) -> Iterable[GraphOp]:
 @dataclass(frozen=True)
 class Partition(ModulePass):
     name = "partition"
-    cluster: str | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        catalog = catalog_for(self.cluster)
-        try:
-            fabric = load_cluster(self.cluster)[0].fabric if self.cluster else Fabric()
-        except TerrazzoError as exc:
-            raise IRError(str(exc)) from None
+        inputs = inputs_of(ctx)
+        catalog, fabric = inputs.catalog, inputs.cluster.fabric if inputs.cluster else Fabric()
         for graph in _graphs(op):
             if any(isinstance(o, PoolOp) for o in graph.body.block.ops):
                 continue  # already partitioned

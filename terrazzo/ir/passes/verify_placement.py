@@ -13,18 +13,17 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import memory_use
-from terrazzo.errors import TerrazzoError
+from terrazzo.errors import IRError, TerrazzoError
 from terrazzo.ir.attributes import PlacementAttr
-from terrazzo.ir.costing import CostModel
-from terrazzo.ir.dialects.agent import LlmCallOp
-from terrazzo.ir.dialects.base import NodeOp, str_prop
-from terrazzo.ir.dialects.granular import AllReduceOp, DecodeOp, MoeExpertOp, MoeRider, PrefillOp
-from terrazzo.ir.errors import IRError
-from terrazzo.ir.graph import placeable_ops
-from terrazzo.ir.passes.common import catalog_for
+from terrazzo.ir.candidate_pricing import CostModel
+from terrazzo.ir.context import inputs_of
+from terrazzo.ir.dialects.agent_dialect import LlmCallOp
+from terrazzo.ir.dialects.granular_dialect import AllReduceOp, DecodeOp, MoeExpertOp, MoeRider, PrefillOp
+from terrazzo.ir.dialects.node_op import NodeOp, str_prop
+from terrazzo.ir.module_graph import placeable_ops
 
 GB = 1e9
 
@@ -94,10 +93,9 @@ def problems(module: ModuleOp, catalog: Catalog) -> list[str]:
 @dataclass(frozen=True)
 class VerifyPlacement(ModulePass):
     name = "verify-placement"
-    cluster: str | None = None
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        found = problems(op, catalog_for(self.cluster))
+        found = problems(op, inputs_of(ctx).catalog)
         if found:
             shown = "\n  - ".join(found[:20])
             more = f"\n  (and {len(found) - 20} more)" if len(found) > 20 else ""

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from terrazzo.runtime.backends.base import PoolBackend, WorkerHandle
-from terrazzo.runtime.errors import ExecutionError, WorkerLost
-from terrazzo.runtime.placement import PoolSpec
+from terrazzo.runtime.backends.pool_backend import PoolBackend, WorkerHandle
+from terrazzo.runtime.failures import ExecutionError, WorkerLost
+from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.worker import OpCall, OpResult
 
 _CTX = mp.get_context("spawn")

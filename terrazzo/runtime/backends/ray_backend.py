@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from terrazzo.runtime.backends.base import PoolBackend, WorkerHandle
-from terrazzo.runtime.errors import ExecutionError, WorkerLost
-from terrazzo.runtime.placement import PoolSpec
+from terrazzo.runtime.backends.pool_backend import PoolBackend, WorkerHandle
+from terrazzo.runtime.failures import ExecutionError, WorkerLost
+from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.worker import OpCall, OpResult
 
 LOCAL_DEVICE_UNITS = 512  # per device type on a local ray.init(): a worker asks for its replica's tp × pp

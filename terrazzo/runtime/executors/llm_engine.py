@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from terrazzo.runtime.errors import ExecutionError
 from terrazzo.runtime.executors.llm_engine import Generation
+from terrazzo.runtime.failures import ExecutionError
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 

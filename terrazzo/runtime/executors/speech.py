@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 
 PASS_THROUGH = "text pass-through (no audio endpoint configured)"
 

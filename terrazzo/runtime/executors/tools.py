@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 
 _FUNCS: dict[str, Any] = {}
 

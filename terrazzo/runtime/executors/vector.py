@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 
 
 class Embedder:

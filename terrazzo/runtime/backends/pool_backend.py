@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.errors import ExecutionError, OpTimeout, Overloaded, WorkerLost
-from terrazzo.runtime.placement import PoolSpec
+from terrazzo.runtime.failures import ExecutionError, OpTimeout, Overloaded, WorkerLost
+from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.worker import OpCall, OpResult
 
 

@@ -15,29 +15,43 @@ Up to MAX_ROUNDS; the plan records each round, and says so when the last one sti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.plan.errors import PlanInfeasible
-from terrazzo.plan.graph import PlanningGraph
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import PlanInfeasible
+from terrazzo.plan.from_ir import build
+from terrazzo.plan.planner import Plan, plan_graph
+from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
+from terrazzo.verify.feedback import Feedback, simulate_plan
 
 MAX_ROUNDS = 4
 MARGIN = 0.95  # re-plan to 95 % of a missed target: the next simulation has its own sampling noise
 
 
-def refine(graph: PlanningGraph, solve: Any, agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
-           catalog: Catalog, seed: int = 0) -> Any:
-    """`solve(graph)` → Plan; returns the last plan with its `verification` rounds filled in."""
-    from terrazzo.sim.feedback import simulate_plan  # the simulator builds on the planner, not the reverse
+def verified_plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
+                  explain: bool = False, time_limit_s: float = 60.0, verify: bool = True) -> Plan:
+    """The planner's plan; with `verify`, for an interactive SLA at a known rate, simulated at its rate
+    and re-planned where the simulation misses the SLA."""
+    graph = build(agent, workload, sla, cluster, catalog)
+    solve = partial(plan_graph, name=agent.name, explain=explain, time_limit_s=time_limit_s)
+    if not verify or not graph.rate_per_s or sla.mode != "interactive":
+        return solve(graph)
+    return refine(graph, solve, agent, workload, sla, cluster, catalog)
 
+
+def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: Agent, workload: Workload,
+           sla: Sla, cluster: Cluster, catalog: Catalog, seed: int = 0) -> Plan:
+    """`solve(graph)` → Plan; returns the last plan with its `verification` rounds filled in."""
     deadline_s = graph.deadline_s
 
-    def solve_to_sla(g: PlanningGraph) -> Any:  # judged, and reported, against the SLA's own deadline
+    def solve_to_sla(g: PlanningGraph) -> Plan:  # judged, and reported, against the SLA's own deadline
         return replace(solve(g), deadline_s=deadline_s)
 
     plan = solve_to_sla(graph)
@@ -65,7 +79,7 @@ def refine(graph: PlanningGraph, solve: Any, agent: Agent, workload: Workload, s
     return replace(plan, verification=tuple(rounds))
 
 
-def _learn(graph: PlanningGraph, plan: Any, fb: Any) -> tuple[PlanningGraph, list[str]]:
+def _learn(graph: PlanningGraph, plan: Plan, fb: Feedback) -> tuple[PlanningGraph, list[str]]:
     actions: list[str] = []
     misses = fb.ttft_misses()
     ops = []

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from terrazzo.plan.files import read_plan_json
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, read_plan_json
+from terrazzo.runtime.failures import ExecutionError
 
 DEFAULT_POOL = "cpu-default"
 
@@ -84,17 +84,17 @@ def load_plan(path: str | Path | None) -> RuntimePlan:
     data = read_plan_json(p, ExecutionError)
     schema = data.get("schema")
     ops: dict[str, OpPlacement] = {}
-    if schema == "terrazzo.plan/v1":
+    if schema == PLAN_SCHEMA:
         for o in data.get("ops", []):
             ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
                                          float(o["latency_s"]) if o.get("latency_s") is not None else None,
                                          o.get("kind", ""), _span(o))
-    elif schema == "terrazzo.placement/v1":
+    elif schema == PLACEMENT_SCHEMA:
         for name, o in data.get("placements", {}).items():
             ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o))
     else:
         raise ExecutionError(f"plan '{p}' has schema {schema!r}",
-                             fix="use a terrazzo.plan/v1 or terrazzo.placement/v1 file (terrazzo plan -o)")
+                             fix=f"use a {PLAN_SCHEMA} or {PLACEMENT_SCHEMA} file (terrazzo plan -o)")
     return RuntimePlan(data.get("agent"), ops, str(p))
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from terrazzo.server.api_errors import ServeError
 from terrazzo.server.app import create_app
-from terrazzo.server.errors import ServeError
-from terrazzo.server.run import DrainingServer
+from terrazzo.server.serve_command import DrainingServer
 from terrazzo.server.service import AgentService
 from terrazzo.server.settings import ServeSettings
 

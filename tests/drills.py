@@ -1,4 +1,4 @@
-"""Callables for fault drills and tests, importable by worker processes ('terrazzo.runtime.testing:fn').
+"""Callables for fault drills and tests, importable by worker processes ('drills:fn').
 
 They are real tools with real side effects (sleeping, exiting the process), not stand-ins for
 runtime components: the drills kill and hang the actual workers that run them.

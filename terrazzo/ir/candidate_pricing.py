@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from terrazzo.catalog.load import Catalog, CatalogError, load_catalog
-from terrazzo.catalog.schema import DTYPE_BYTES, Device, ModelSpec, TcoProfile
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, ModelSpec, TcoProfile
 from terrazzo.cost.candidates import Candidate, llm_candidates
 from terrazzo.cost.llm import USABLE_MEMORY_FRACTION
 from terrazzo.cost.roofline import Estimate
@@ -28,14 +28,13 @@ from terrazzo.cost.work import (
     vector_search,
     whisper_frames,
 )
-from terrazzo.errors import TerrazzoError
+from terrazzo.errors import CatalogError, IRError, TerrazzoError
 from terrazzo.ir.attributes import CandidateAttr, DistAttr
-from terrazzo.ir.dialects import agent as A
-from terrazzo.ir.dialects import granular as G
-from terrazzo.ir.dialects.base import NodeOp, float_prop, int_prop, str_prop
-from terrazzo.ir.errors import IRError
+from terrazzo.ir.context import TerrazzoContext
+from terrazzo.ir.dialects import agent_dialect as A
+from terrazzo.ir.dialects import granular_dialect as G
+from terrazzo.ir.dialects.node_op import NodeOp, float_prop, int_prop, str_prop
 from terrazzo.spec.cluster import Cluster, Fabric
-from terrazzo.spec.load import load_cluster, load_sla
 from terrazzo.spec.sla import Sla
 
 DEFAULT_DEVICES = ("h100", "b200", "gaudi3", "mi300x", "a100", "a40", "epyc-9654")  # the paper's set + a CPU
@@ -58,16 +57,14 @@ class CostModel:
     _done: dict[tuple, list[CandidateAttr]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, cluster: str | None = None, sla: str | None = None, keep_all: bool = False) -> CostModel:
+    def for_context(cls, ctx: TerrazzoContext, keep_all: bool = False) -> CostModel:
+        """Over the context's cluster (or the default devices), priced with its catalog, limited by its SLA."""
+        spec, catalog = ctx.cluster or Cluster(devices=list(DEFAULT_DEVICES)), ctx.catalog
         try:
-            if cluster:
-                spec, catalog = load_cluster(cluster)
-            else:
-                spec, catalog = Cluster(devices=list(DEFAULT_DEVICES)), load_catalog()
             devices = list(dict.fromkeys(catalog.device(d).name for d in spec.device_types))
             return cls(catalog, devices, catalog.tco_profile(spec.tco_profile), spec.fabric, spec.price_profile,
-                       load_sla(sla) if sla else None, keep_all)
-        except TerrazzoError as exc:  # spec and catalog errors keep their file:line message
+                       ctx.sla, keep_all)
+        except TerrazzoError as exc:  # catalog errors keep their message
             raise IRError(str(exc)) from None
 
     @classmethod

@@ -20,13 +20,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from terrazzo.catalog.load import Catalog, load_catalog
-from terrazzo.catalog.schema import Device
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.catalog.catalog_schema import Device
+from terrazzo.errors import ProfileError
 from terrazzo.profile import fit as F
 from terrazzo.profile import measure as M
-from terrazzo.profile.errors import ProfileError
 from terrazzo.profile.layer import define_device, model_spec, names_device
-from terrazzo.profile.schema import (
+from terrazzo.profile.profile_file import (
     PROFILE_SCHEMA,
     AnnPoint,
     DecodePoint,

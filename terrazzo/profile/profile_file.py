@@ -14,15 +14,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from terrazzo.catalog.schema import MAX_FITTED_EFFICIENCY
-from terrazzo.profile.errors import ProfileError
-from terrazzo.spec.errors import SpecError
+from terrazzo.catalog.catalog_schema import MAX_FITTED_EFFICIENCY
+from terrazzo.errors import ProfileError, SpecError
 from terrazzo.spec.source import read_yaml
 
 PROFILE_SCHEMA = "terrazzo.profile/v1"
 OpKind = Literal["prefill", "decode", "embed", "ann_search"]
 LinkKind = Literal["pipe", "shm", "h2d", "d2h"]
-FIX = "re-run `terrazzo profile -o FILE`, or correct the field (layout: terrazzo/profile/schema.py)"
+FIX = "re-run `terrazzo profile -o FILE`, or correct the field (layout: terrazzo/profile/profile_file.py)"
 
 
 class Strict(BaseModel):

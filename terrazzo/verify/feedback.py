@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.sim.model import model_from_specs
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.sim.results import report_from
-from terrazzo.sim.run import SimConfig, Simulation
+from terrazzo.sim.sim_inputs import model_from_specs
+from terrazzo.sim.simulation import SimConfig, Simulation
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla

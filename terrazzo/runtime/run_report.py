@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from terrazzo.runtime.orchestrator import RequestResult
-from terrazzo.runtime.placement import RuntimePlan
+from terrazzo.runtime.pool_layout import RuntimePlan
 
 
 def _pct(xs: list[float], q: float) -> float:

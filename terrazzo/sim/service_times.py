@@ -18,12 +18,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.catalog.schema import Device, ModelSpec
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.catalog_schema import Device, ModelSpec
 from terrazzo.cost.llm import Deployment, decode_step, memory_use, prefill
 from terrazzo.cost.roofline import Estimate
 from terrazzo.cost.work import HTTP_WAITS_PER_CORE, encoder, memory_io, vector_search, whisper_frames
-from terrazzo.sim.errors import SimError
+from terrazzo.errors import SimError
 from terrazzo.sim.sampling import dist_draws, token_draws
 from terrazzo.spec.agent import (
     ComputeNode,
@@ -118,7 +118,7 @@ class LlmCost:
 
 
 class OpService:
-    """Per-visit service time of a non-LLM op with the planner's conventions (terrazzo/ir/costing.py), on
+    """Per-visit service time of a non-LLM op with the planner's conventions (terrazzo/ir/candidate_pricing.py), on
     this visit's sampled work. `servers` per replica: the cores for host code, 64 waits per core for an
     HTTP call, one for a tensor op on any device (the planner prices those one request at a time).
     Calling it gives (hold_s, after_s): time holding a server, then time off it (an undecomposed tool's

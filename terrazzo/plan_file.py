@@ -1,11 +1,19 @@
-"""Reading a plan file back: one place for the checks and messages every consumer (simulator, runtime,
-deployment, code generation) needs, raised as the caller's own layer's exception type."""
+"""The plan-file formats and reading them back: the schema names every layer writes or checks, and one
+place for the checks and messages every consumer (simulator, runtime, deployment, code generation) needs,
+raised as the caller's own layer's exception type.
+
+- `terrazzo.plan/v1`: the planner's result (`terrazzo plan -o`), with its `placement` inside;
+- `terrazzo.placement/v1`: bare placements, what the IR's apply-plan pass reads.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+PLAN_SCHEMA = "terrazzo.plan/v1"
+PLACEMENT_SCHEMA = "terrazzo.placement/v1"
 
 
 def read_plan_json(path: str | Path, error: type[Exception]) -> dict[str, Any]:

@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from terrazzo.catalog.load import Catalog
-from terrazzo.errors import TerrazzoError
-from terrazzo.plan.files import read_plan_json
-from terrazzo.plan.planner import PLAN_SCHEMA
-from terrazzo.sim.errors import SimError
+from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.errors import SimError, TerrazzoError
+from terrazzo.plan_file import PLAN_SCHEMA, read_plan_json
 from terrazzo.spec.agent import Agent, LlmNode
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -117,7 +115,7 @@ def _resolve(name: str, base: Path | None) -> Path:
 
 def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str = "") -> SimModel:
     """Load the specs a plan JSON names in `inputs` and build the model."""
-    from terrazzo.spec.load import load_agent, load_cluster, load_sla, load_workload
+    from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
 
     inputs = plan.get("inputs") or {}
     missing = [k for k in INPUTS if k not in inputs]

@@ -19,11 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from xdsl.dialects.builtin import ModuleOp
 
-from terrazzo.ir.dialects.base import NodeOp
-from terrazzo.ir.errors import IRError
-
-SCHEMA = "terrazzo.placement/v1"
-PLAN_SCHEMA = "terrazzo.plan/v1"
+from terrazzo.errors import IRError
+from terrazzo.ir.dialects.node_op import NodeOp
+from terrazzo.plan_file import PLACEMENT_SCHEMA as SCHEMA
+from terrazzo.plan_file import PLAN_SCHEMA
 
 
 class Placement(BaseModel):
@@ -46,6 +45,7 @@ class PlacementFile(BaseModel):
 
     schema_: Literal["terrazzo.placement/v1"] = Field(default=SCHEMA, alias="schema")
     placements: dict[str, Placement]
+    path: str = Field(default="the placement file", exclude=True, description="where it was read from, for messages")
 
     def dumps(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True), indent=2) + "\n"
@@ -67,7 +67,7 @@ def load_placements(path: str | Path) -> PlacementFile:
         raise IRError(f"{path}: schema is {data.get('schema')!r}; this terrazzo reads '{SCHEMA}' (or a "
                       f"'{PLAN_SCHEMA}' result); write \"schema\": \"{SCHEMA}\" at the top")
     try:
-        return PlacementFile.model_validate(data)
+        return PlacementFile.model_validate(data).model_copy(update={"path": str(path)})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -94,22 +94,3 @@ def cheapest_plan(module: ModuleOp) -> PlacementFile:
                                     pool=f"{role}-{device}" if role else device)
     return PlacementFile(placements=out)
 
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m terrazzo.ir.placement AGENT.yaml [--cluster C.yaml] [--sla S.yaml]`: print the cheapest plan."""
-    import argparse
-
-    from terrazzo.ir.driver import STAGES, load_module, make_pass, run_pipeline
-
-    parser = argparse.ArgumentParser(prog="python -m terrazzo.ir.placement", description=main.__doc__)
-    parser.add_argument("agent")
-    parser.add_argument("--cluster")
-    parser.add_argument("--sla")
-    args = parser.parse_args(argv)
-    module = load_module(args.agent, args.cluster)
-    run_pipeline(module, [make_pass(n, args.cluster, sla=args.sla) for n in STAGES["estimated"]])
-    print(cheapest_plan(module).dumps(), end="")
-
-
-if __name__ == "__main__":
-    main()

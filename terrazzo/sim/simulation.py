@@ -18,27 +18,23 @@ from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
-from terrazzo.errors import TerrazzoError
+from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.sim.arrivals import renewal_times, trace_times
-from terrazzo.sim.costs import LlmCost, OpService
 from terrazzo.sim.engine import Environment
-from terrazzo.sim.errors import SimError
 from terrazzo.sim.flow import CNode, Flow, Request, Token, compile_graph
 from terrazzo.sim.links import Link
-from terrazzo.sim.model import PlannedOp, SimModel
 from terrazzo.sim.pools import LlmPool, Seq, ServerPool
 from terrazzo.sim.sampling import token_draws, uniform_draws
+from terrazzo.sim.service_times import LlmCost, OpService
+from terrazzo.sim.sim_inputs import PlannedOp, SimModel
 from terrazzo.sim.traces import Trace
 from terrazzo.spec.agent import LlmNode, Node
 from terrazzo.spec.distributions import Dist
-
-if TYPE_CHECKING:
-    from terrazzo.sim.results import SimReport
 
 PREFILL_TOKEN_BUDGET = 8192  # prompt tokens per prefill iteration of an aggregated replica (engine setting)
 
@@ -394,10 +390,3 @@ def _rare_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
-
-
-def simulate(model: SimModel, config: SimConfig) -> SimReport:
-    """Run `model` under `config` and summarise it."""
-    from terrazzo.sim.results import report_from
-
-    return report_from(Simulation(model, config).run())

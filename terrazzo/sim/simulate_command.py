@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from terrazzo.sim.errors import SimError
-from terrazzo.sim.model import SimModel, load_model, model_from_plan
-from terrazzo.sim.results import PlanCheck, SimReport, plan_check_from
-from terrazzo.sim.run import SimConfig, simulate
+from terrazzo.errors import SimError
+from terrazzo.sim.results import PlanCheck, SimReport, plan_check_from, simulate
+from terrazzo.sim.sim_inputs import SimModel, load_model, model_from_plan
+from terrazzo.sim.simulation import SimConfig
 from terrazzo.sim.traces import load_trace
 
 DEFAULT_DURATION_S = 300.0
@@ -77,7 +77,7 @@ def check_plan(plan_json: dict[str, Any], tolerance: float, seed: int) -> PlanCh
 
 def write_outputs(report: SimReport, out: Path) -> list[Path]:
     """report.json, requests.csv, llm_calls.csv, latency-cdf.png and utilisation.png under `out`."""
-    from terrazzo.sim.figures import latency_cdf, utilisation
+    from terrazzo.sim.sim_figures import latency_cdf, utilisation
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from terrazzo.catalog.load import Catalog, CatalogError, load_catalog
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.errors import CatalogError, SpecError
 from terrazzo.spec.agent import NODE_KINDS, Agent, AgentGraph, GraphError, LlmNode, SubagentNode
 from terrazzo.spec.cluster import Cluster
-from terrazzo.spec.errors import SpecError
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.source import Loc, YamlSource, parse_yaml, read_yaml
 from terrazzo.spec.workload import Workload

@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from terrazzo.catalog.schema import Device, Efficiency, ModelSpec, PriceProfile, TcoProfile
-from terrazzo.errors import TerrazzoError
-from terrazzo.profile.errors import ProfileError
-from terrazzo.spec.errors import SpecError
+from terrazzo.catalog.catalog_schema import Device, Efficiency, ModelSpec, PriceProfile, TcoProfile
+from terrazzo.errors import CatalogError, ProfileError, SpecError
 from terrazzo.spec.source import YamlSource, read_yaml
 
 if TYPE_CHECKING:
@@ -25,10 +23,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "devices": Device, "models": ModelSpec, "price_profiles": PriceProfile, "tco_profiles": TcoProfile,
 }
 T = TypeVar("T")
-
-
-class CatalogError(TerrazzoError):
-    """Unknown name, or a catalog file that does not validate."""
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -159,7 +153,8 @@ def _validate(src: YamlSource, schema: type[BaseModel], loc: tuple[str, ...], bo
         err = exc.errors()[0]
         where = (*loc, *err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        raise CatalogError(str(src.error(message, where, "see terrazzo/catalog/schema.py for the fields"))) from None
+        fix = "see terrazzo/catalog/catalog_schema.py for the fields"
+        raise CatalogError(str(src.error(message, where, fix))) from None
 
 
 @lru_cache(maxsize=1)

@@ -36,8 +36,8 @@ from terrazzo.ir.attributes import (
     KvType,
     PlacementAttr,
 )
-from terrazzo.ir.dialects.agent import verify_index, verify_tool
-from terrazzo.ir.dialects.base import (
+from terrazzo.ir.dialects.agent_dialect import verify_index, verify_tool
+from terrazzo.ir.dialects.node_op import (
     DTYPES,
     PHASES,
     SERVING,

@@ -29,7 +29,7 @@ from xdsl.traits import IsTerminator, SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
 from terrazzo.ir.attributes import DataType, DistAttr
-from terrazzo.ir.dialects.base import (
+from terrazzo.ir.dialects.node_op import (
     DTYPES,
     SERVING,
     NodeOp,

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from terrazzo.runtime.config import load_config
-from terrazzo.runtime.errors import ExecutionError
+from terrazzo.runtime.failures import ExecutionError
 from terrazzo.runtime.orchestrator import Runtime
-from terrazzo.runtime.placement import load_plan
-from terrazzo.runtime.report import RunReport
+from terrazzo.runtime.pool_layout import load_plan
+from terrazzo.runtime.run_report import RunReport
 
 
 def make_tiny(directory: str | Path) -> str:
@@ -23,7 +23,7 @@ def make_tiny(directory: str | Path) -> str:
 
 async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
                     config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
-    from terrazzo.spec.load import load_agent
+    from terrazzo.spec.spec_loader import load_agent
 
     agent = load_agent(agent_path)
     plan = load_plan(plan_path)

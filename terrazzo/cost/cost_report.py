@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from terrazzo.catalog.load import Catalog
+from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import (
     decode_step,

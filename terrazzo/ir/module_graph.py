@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, BlockArgument, Operation, OpResult, SSAValue
 
-from terrazzo.ir.costing import PLACEABLE
-from terrazzo.ir.dialects.agent import InputOp, OutputOp, SubagentOp
-from terrazzo.ir.dialects.base import NodeOp
-from terrazzo.ir.dialects.granular import KvTransferOp, PoolOp, TransferOp, YieldOp
+from terrazzo.ir.candidate_pricing import PLACEABLE
+from terrazzo.ir.dialects.agent_dialect import InputOp, OutputOp, SubagentOp
+from terrazzo.ir.dialects.granular_dialect import KvTransferOp, PoolOp, TransferOp, YieldOp
+from terrazzo.ir.dialects.node_op import NodeOp
 
 INPUT, OUTPUT = "^input", "^output"
 
