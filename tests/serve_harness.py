@@ -42,7 +42,10 @@ class ServerThread:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.server.started:
-                r = httpx.get(self.url + "/readyz", timeout=5)
+                try:
+                    r = httpx.get(self.url + "/readyz", timeout=5)
+                except httpx.TimeoutException:  # start-up (ray.init) may hold the loop for a while
+                    continue
                 if r.status_code == 200:
                     return self
                 if r.json().get("status") == "failed":

@@ -187,8 +187,8 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
                     return
                 yield frame("result", result_json(svc.name, result))
             finally:
-                if not task.done():
-                    task.cancel()  # the client left: stop its request
+                if not task.done() and body.request_id is None:
+                    task.cancel()  # the client left: stop its request (one with an id finishes, for a resend)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Request-Id": rid, "Cache-Control": "no-cache"})

@@ -117,6 +117,7 @@ class AgentService:
         self.aborting = False                                     # shutdown past its grace: in-flight end (503)
         self.requests = IdempotencyStore.in_dir(self.config.path(self.config.state_dir),  # type: ignore[arg-type]
                                                 settings.idempotency.retention_s)
+        self._fingerprints: dict[tuple[str, str], str] = {}
         self._pruned_s = -1e18
         self._recent_ids: OrderedDict[str, None] = OrderedDict()  # a retried request id arrives once
         self.on_outcome: Callable[[str], None] = lambda outcome: None
@@ -175,11 +176,14 @@ class AgentService:
                                         code="input_too_long", param="input",
                                         fix="shorten it (limits.max_input_chars in the serve config)"))
         rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
+        fingerprint = hashlib.sha256(json.dumps([text, session]).encode()).hexdigest()[:32]
         if (tenant, rid) in self.in_flight_ids:
+            running = self.tasks.get((tenant, rid))
+            if running is not None and self._fingerprints.get((tenant, rid)) == fingerprint:
+                return rid, running  # a resend while it runs: the same answer, when it comes
             raise self._refuse(ApiError(409, f"request id '{rid}' is already in flight", type="conflict_error",
                                         code="duplicate_request_id", param="request_id",
                                         fix="wait for its answer; use a new id for a new request"))
-        fingerprint = hashlib.sha256(json.dumps([text, session]).encode()).hexdigest()[:32]
         if request_id is not None:
             replay = self._replay(tenant, rid, fingerprint)
             if replay is not None:
@@ -202,6 +206,7 @@ class AgentService:
         deadline_s = min(timeout_s or limits.request_timeout_s, limits.max_request_timeout_s)
         task = asyncio.create_task(self._run(text, tenant, rid, session, deadline_s, on_event))
         self.tasks[key] = task
+        self._fingerprints[key] = fingerprint
         task.add_done_callback(lambda t: self._done(key, t, remember=request_id is not None))
         return rid, task
 
@@ -258,6 +263,7 @@ class AgentService:
     def _done(self, key: tuple[str, str], task: asyncio.Task[RequestResult], remember: bool) -> None:
         self.in_flight_ids.discard(key)
         self.tasks.pop(key, None)
+        self._fingerprints.pop(key, None)
         result = None if task.cancelled() or task.exception() is not None else task.result()
         if remember:
             if result is not None and result.ok:
@@ -275,8 +281,9 @@ class AgentService:
         self.on_outcome(outcome)
 
     async def answer(self, task: asyncio.Task[RequestResult]) -> RequestResult:
-        """The finished request, or the ApiError its failure maps to."""
-        result = await task
+        """The finished request, or the ApiError its failure maps to. Shielded: a caller that goes away does
+        not cancel a request another caller (a resend of its id) may be waiting for."""
+        result = await asyncio.shield(task)
         if not result.ok:
             raise failure(result, lambda: self.admission.pool_retry_after(
                 next((s.pool for s in result.samples if s.error), ""), self.config.queue_depth), logged=True)
