@@ -52,3 +52,42 @@ def nap_echo(query: str, **_: object) -> str:
         if word.startswith("nap:"):
             time.sleep(float(word.removeprefix("nap:")))
     return f"napped: {query}"
+
+
+def recall(message: dict) -> str:
+    """A compute node that answers with the conversation it was given (memory_load's history), so a test
+    can see exactly which history a request read."""
+    history = " | ".join(message.get("history", []))
+    return f"heard: {message['input']} || history: {history}"
+
+
+def effects_dir() -> Path:
+    d = Path(os.environ.get("TZ_EFFECTS_DIR", "/tmp/tz-effects"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def charge(query: str, **_: object) -> str:
+    """A tool with a side effect that must not happen twice: appends one line per call to a ledger file
+    (TZ_EFFECTS_DIR/ledger). 'sleep:S' words make it slow; 'crash-after' makes its worker die right after
+    acting, before it answers (the worst case for a retry)."""
+    with open(effects_dir() / "ledger", "a") as f:
+        f.write(query + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for word in query.split():
+        if word.startswith("sleep:"):
+            time.sleep(float(word.removeprefix("sleep:")))
+    if "crash-after" in query:
+        os._exit(23)
+    return f"charged: {query}"
+
+
+def ledger() -> list[str]:
+    path = effects_dir() / "ledger"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def fail_with_path(query: str, **_: object) -> str:
+    """A tool that fails with an internal path in its message (what error bodies must not show)."""
+    raise FileNotFoundError(f"/srv/secret/config/{query}.yaml")

@@ -10,11 +10,10 @@ import time
 from typing import Any
 
 import httpx
-import uvicorn
 
 from terrazzo.server.api_errors import ServeError
 from terrazzo.server.app import create_app
-from terrazzo.server.serve_command import DrainingServer
+from terrazzo.server.serve_command import DrainingServer, uvicorn_config
 from terrazzo.server.service import AgentService
 from terrazzo.server.settings import ServeSettings
 
@@ -26,14 +25,13 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, services: list[AgentService], settings: ServeSettings, token: str | None,
+    def __init__(self, services: list[AgentService], settings: ServeSettings, token: str | dict[str, str] | None,
                  log_level: str = "warning") -> None:
         self.services = {s.name: s for s in services}
         self.app = create_app(services, settings, token, on_fatal=lambda msg: None)
         self.port = free_port()
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level=log_level, lifespan="on",
-                             limit_concurrency=settings.limits.max_connections,
-                             timeout_graceful_shutdown=int(settings.limits.shutdown_grace_s) + 5)
+        cfg = uvicorn_config(self.app, settings, "127.0.0.1", self.port, log_level)
+        self.limits = cfg.connection_limits  # type: ignore[attr-defined]
         self.server = DrainingServer(cfg, self.app.state.lifecycle)
         self.thread = threading.Thread(target=self.server.run, name=f"serve-{self.port}", daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -44,7 +42,10 @@ class ServerThread:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.server.started:
-                r = httpx.get(self.url + "/readyz", timeout=5)
+                try:
+                    r = httpx.get(self.url + "/readyz", timeout=5)
+                except httpx.TimeoutException:  # start-up (ray.init) may hold the loop for a while
+                    continue
                 if r.status_code == 200:
                     return self
                 if r.json().get("status") == "failed":

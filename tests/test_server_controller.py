@@ -130,8 +130,11 @@ def test_local_pool_resizes_without_dropping_ops(tmp_path: Path) -> None:
             assert len({r.worker for r in grown}) == 3  # three idle slots took one op each
             procs = [w.proc for w in backend.pools["p"].workers if w is not None]  # type: ignore[attr-defined]
             ops = [asyncio.create_task(backend.submit("p", _call(i, 0.3), 30)) for i in range(6)]
-            while backend.load()["p"]["busy"] < 3:  # three running, three queued
+            for _ in range(3000):  # bounded wait (30 s): three running, three queued
+                if backend.load()["p"]["busy"] >= 3:
+                    break
                 await asyncio.sleep(0.01)
+            assert backend.load()["p"]["busy"] == 3
             await backend.resize("p", 1)
             done = await asyncio.gather(*ops)
             assert sorted(r.value for r in done) == sorted(f"echo: q{i}" for i in range(6))  # none dropped

@@ -233,7 +233,9 @@ class Runtime:
         `on_event`, when given, is called on the event loop, in order, with `{"type": "op_start", "op",
         "pool", "device"}` when an op is submitted to its pool, `{"type": "token", "op", "text", "index",
         "token_id"}` for each LLM token as the decode worker produces it, and `{"type": "op_end", "op",
-        "pool", "device", "latency_s", "exec_s", "tokens", "worker", "ok"}` (or `"ok": False, "error"`)."""
+        "pool", "device", "latency_s", "exec_s", "tokens", "worker", "ok"}` (or `"ok": False, "error"`).
+        Memory nodes read and write `session`; without one the request has a history of its own, shared with
+        no other request (a request id is not a session)."""
         rid = request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:6]}"
         result = RequestResult(rid, text, ok=False)
         req = RequestState(rid, random.Random(f"{self.config.seed}:{rid}"), result, on_event=on_event)
@@ -242,7 +244,8 @@ class Runtime:
             span.set_attribute("tz.request", rid)
             req.span, req.span_ctx = span, self.telemetry.context_of(span)
             try:
-                out = await self._run_graph(req, self.agent.graph, "", new_message(text, session or rid))
+                own = f"once:{uuid.uuid4().hex}"  # no session: a history of its own
+                out = await self._run_graph(req, self.agent.graph, "", new_message(text, session or own))
                 result.ok, result.text, result.path = True, out.get("speech") or out["text"], out.get("path", [])
                 result.output = {k: v for k, v in out.items() if k != "embedding"}
             except* ExecutionError as group:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 from terrazzo.runtime.config import load_config
@@ -33,10 +34,11 @@ async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs
     config = load_config(config_path, **overrides)
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
+    run_id = uuid.uuid4().hex[:8]  # request ids of separate runs never meet in the idempotency store
     async with Runtime(agent, plan, config, backend) as rt:
         async def one(i: int, text: str):
             async with sem:
-                return await rt.run(text, request_id=f"req{i}")
+                return await rt.run(text, request_id=f"req{i}-{run_id}")
 
         results = await asyncio.gather(*(one(i, t) for i, t in enumerate(inputs)))
         stats = rt.backend.stats() if rt.backend else {}

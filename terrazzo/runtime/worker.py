@@ -219,11 +219,27 @@ class WorkerState:
         from terrazzo.runtime.executors.tools import call_http, call_python
 
         t = p["target"]
-        if t.get("function"):
-            return call_python(t["function"], self.config.base_dir, p["query"], p["args"]), 0, {}
-        return call_http(t["endpoint"], p["query"], p["args"], timeout_s=t["timeout_s"], retries=t["retries"],
-                         max_response_bytes=t["max_response_bytes"], method=t.get("method", "POST"),
-                         idempotent=bool(t.get("idempotent"))), 0, {}
+
+        def call() -> str:
+            if t.get("function"):
+                return call_python(t["function"], self.config.base_dir, p["query"], p["args"])
+            return call_http(t["endpoint"], p["query"], p["args"], timeout_s=t["timeout_s"], retries=t["retries"],
+                             max_response_bytes=t["max_response_bytes"], method=t.get("method", "POST"),
+                             idempotent=bool(t.get("idempotent")))
+
+        if t.get("idempotent"):
+            return call(), 0, {}
+        from terrazzo.runtime.idempotency import effect_key
+
+        store = self._get("idempotency", "", self._idempotency)  # a tool with side effects: at most once per id
+        wait_s = float(t.get("timeout_s") or self.config.op_timeout_s) * (int(t.get("retries") or 0) + 1)
+        return store.once(effect_key(self._request, self._op, p["query"], p["args"]), self._request, self._op,
+                          call, wait_s), 0, {"at_most_once": True}
+
+    def _idempotency(self):  # -> IdempotencyStore
+        from terrazzo.runtime.idempotency import IdempotencyStore
+
+        return IdempotencyStore.in_dir(self.config.path(self.config.state_dir))  # type: ignore[arg-type]
 
     def _compute(self, p: dict) -> tuple[Any, int, dict]:
         if not p.get("function"):

@@ -4,6 +4,8 @@ OpenAI clients parse, so both the agent routes and the OpenAI-compatible route f
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -34,3 +36,24 @@ class ApiError(HTTPException):
         if self.fix:
             err["fix"] = self.fix
         return {"error": err | self.extra}
+
+
+# What a client must not see of the server's insides: worker tracebacks, file paths, internal URLs.
+_TRACE_TAIL = re.compile(r"\s*(— fix: )?see the worker traceback:.*", re.S)
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.S)
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\]]+")
+_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[\w.@+~-]+){2,}/?")
+MAX_PUBLIC_CHARS = 400
+
+
+def public_message(text: str) -> str:
+    """`text` without tracebacks, file paths or URLs, on one line and bounded, for an error body."""
+    text = _TRACEBACK.sub("", _TRACE_TAIL.sub("", text))
+    text = _PATH.sub("<path>", _URL.sub("<url>", text))
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_PUBLIC_CHARS else text[: MAX_PUBLIC_CHARS - 1] + "…"
+
+
+def correlation_id() -> str:
+    """Ties an error body to the full trace in the server log."""
+    return uuid.uuid4().hex[:16]

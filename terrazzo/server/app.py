@@ -16,7 +16,8 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from terrazzo.server.api_errors import ApiError
+from terrazzo.server.api_errors import ApiError, correlation_id
+from terrazzo.server.auth import DEFAULT_TENANT, TokenMap, as_token_map
 from terrazzo.server.guard import Guard
 from terrazzo.server.metrics import HttpMetrics, ServerMetrics
 from terrazzo.server.openai_compat import chat_completion
@@ -36,10 +37,16 @@ from terrazzo.server.sse import frame, pump
 log = logging.getLogger("terrazzo.server")
 
 _ERRORS = {401: "missing or wrong bearer token", 404: "no such agent or model", 409: "request id already in flight",
+           408: "the request body stalled past limits.read_timeout_s", 502: "the model server gave no valid answer",
            413: "body over limits.max_body_bytes", 422: "invalid request (the error lists each field's path)",
            429: "over capacity: in-flight cap or a full pool queue; see Retry-After",
            500: "the agent failed (the message names the op)", 503: "starting, draining, or its workers died",
            504: "past the request's or an op's deadline"}
+
+
+def tenant_of(request: Request) -> str:
+    """The tenant the guard found for the request's bearer token."""
+    return str(request.scope.get("state", {}).get("tenant", DEFAULT_TENANT))
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -64,11 +71,20 @@ class Lifecycle:
         deadline = time.monotonic() + self.grace_s
         while self.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return self.in_flight()
+        left = self.in_flight()
+        if left:  # past the grace: each gets its error (JSON envelope or SSE error event), then the server stops
+            for s in self.services.values():
+                s.abort_in_flight()
+            for _ in range(100):  # bounded (5 s): the cancelled requests settle and their answers are written
+                if not self.in_flight():
+                    break
+                await asyncio.sleep(0.05)
+        return left
 
 
-def create_app(services: list[AgentService], settings: ServeSettings, token: str | None,
+def create_app(services: list[AgentService], settings: ServeSettings, token: str | TokenMap | None,
                on_fatal: Callable[[str], None] | None = None, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """`token`: one token (tenant `default`), a token → tenant map, or None (auth off, loopback only)."""
     by_name = {s.name: s for s in services}
     lifecycle = Lifecycle(by_name, settings.limits.shutdown_grace_s)
     metrics = ServerMetrics(by_name)
@@ -125,8 +141,10 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal").body()
+        cid = correlation_id()
+        log.exception("unhandled error on %s %s [correlation_id %s]", request.method, request.url.path, cid)
+        body = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal",
+                        correlation_id=cid, fix="the server log has the trace under correlation_id").body()
         return JSONResponse(body, 500)
 
     def service(name: str) -> AgentService:
@@ -140,20 +158,22 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
               responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                                "description": "the answer; or, when streaming, events: request, op_start, token, "
                                               "op_end, then result or error"},
-                         **_errors(401, 404, 409, 413, 422, 429, 500, 503, 504)})
+                         **_errors(401, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)})
     async def invoke(name: Annotated[str, PathParam(json_schema_extra={"enum": names})], body: InvokeRequest,
-                     accept: Annotated[str | None, Header()] = None) -> Any:
+                     request: Request, accept: Annotated[str | None, Header()] = None) -> Any:
         """Run one request through the agent. JSON answer, or Server-Sent Events with `"stream": true` or
-        `Accept: text/event-stream`: per-op progress and LLM tokens in the order they happen."""
+        `Accept: text/event-stream`: per-op progress and LLM tokens in the order they happen. A `request_id`
+        whose request completed (within the retention window) is answered again, not run again."""
         svc = service(name)
+        tenant = tenant_of(request)
         if not (body.stream or "text/event-stream" in (accept or "")):
             rid, task = svc.begin(body.input, request_id=body.request_id, session=body.session,
-                                  timeout_s=body.timeout_s)
+                                  timeout_s=body.timeout_s, tenant=tenant)
             result = await svc.answer(task)
             return JSONResponse(result_json(svc.name, result), headers={"X-Request-Id": rid})
         queue: asyncio.Queue = asyncio.Queue()
         rid, task = svc.begin(body.input, request_id=body.request_id, session=body.session, timeout_s=body.timeout_s,
-                              on_event=queue.put_nowait)
+                              on_event=queue.put_nowait, tenant=tenant)
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -167,8 +187,8 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
                     return
                 yield frame("result", result_json(svc.name, result))
             finally:
-                if not task.done():
-                    task.cancel()  # the client left: stop its request
+                if not task.done() and body.request_id is None:
+                    task.cancel()  # the client left: stop its request (one with an id finishes, for a resend)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Request-Id": rid, "Cache-Control": "no-cache"})
@@ -177,10 +197,10 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
               responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                                "description": "chat.completion, or chat.completion.chunk events with stream"},
                          400: {"model": ErrorResponse, "description": "the agent is not a single LLM node"},
-                         **_errors(401, 404, 413, 422, 429, 500, 503, 504)})
-    async def chat(body: ChatRequest) -> Any:
+                         **_errors(401, 404, 408, 413, 422, 429, 500, 502, 503, 504)})
+    async def chat(body: ChatRequest, request: Request) -> Any:
         """OpenAI-compatible chat completions for agents that are a single LLM node (model = agent name)."""
-        return await chat_completion(by_name, body, keepalive_s)
+        return await chat_completion(by_name, body, keepalive_s, tenant_of(request))
 
     @app.get("/v1/models", tags=["openai"], dependencies=bearer, response_model=ModelList,
              responses=_errors(401))
@@ -225,6 +245,7 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
         return app.openapi_schema or doc
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(Guard, token=token, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(Guard, tokens=as_token_map(token), max_body_bytes=settings.limits.max_body_bytes,
+                       read_timeout_s=settings.limits.read_timeout_s)
     app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: counts what the guard refuses too
     return app

@@ -1,14 +1,16 @@
-"""The outermost ASGI layer: auth before anything reads the body, then the body-size limit, enforced
-while the body streams in (a chunked body without Content-Length is counted too), so an oversize
-request costs at most the limit in memory. Errors use the app's JSON envelope."""
+"""The outermost ASGI layer: auth before anything reads the body (the token names the tenant, put in the
+request's state), then the body-size limit and a read deadline, enforced while the body streams in (a
+chunked body without Content-Length is counted too), so an oversize or stalled request costs at most the
+limit in memory and the deadline in time. Errors use the app's JSON envelope."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from terrazzo.server.api_errors import ApiError
-from terrazzo.server.auth import PUBLIC_PATHS, check_bearer
+from terrazzo.server.auth import PUBLIC_PATHS, TokenMap, check_bearer
 
 
 class BodyTooLarge(ApiError):
@@ -27,9 +29,16 @@ async def send_error(send: Any, err: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyStalled(ApiError):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the request body paused for more than {timeout_s:g} s", type="invalid_request_error",
+                         code="body_timeout", fix="send the whole body promptly (limits.read_timeout_s)",
+                         headers={"Connection": "close"})
+
+
 class Guard:
-    def __init__(self, app: Any, token: str | None, max_body_bytes: int) -> None:
-        self.app, self.token, self.limit = app, token, max_body_bytes
+    def __init__(self, app: Any, tokens: TokenMap | None, max_body_bytes: int, read_timeout_s: float = 30.0) -> None:
+        self.app, self.tokens, self.limit, self.read_timeout_s = app, tokens, max_body_bytes, read_timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -37,7 +46,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if scope["path"] not in PUBLIC_PATHS:
-                check_bearer(headers.get("authorization"), self.token)
+                scope.setdefault("state", {})["tenant"] = check_bearer(headers.get("authorization"), self.tokens)
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.limit:
                 raise BodyTooLarge(self.limit, int(length))
@@ -45,15 +54,22 @@ class Guard:
             return await send_error(send, err)
 
         seen = 0
-        started = False
+        started = body_done = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() waits for the client to leave: no deadline on that
+                return await receive()
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyStalled(self.read_timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise BodyTooLarge(self.limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracked_send(message: dict) -> None:
@@ -63,6 +79,6 @@ class Guard:
 
         try:
             await self.app(scope, limited_receive, tracked_send)
-        except BodyTooLarge as err:  # raised from receive() while the app read the body
+        except (BodyTooLarge, BodyStalled) as err:  # raised from receive() while the app read the body
             if not started:
                 await send_error(send, err)

@@ -97,8 +97,21 @@ class ServerMetrics:
         return generate_latest(self.registry).decode()
 
 
+# Label values come from a closed set, so no client can mint time series: the route template (not the raw
+# path), one of the methods HTTP defines (anything else is "other"), and the status code.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 class HttpMetrics:
-    """ASGI wrapper counting every answer by route template (not raw path: bounded label values)."""
+    """ASGI wrapper counting every answer by route template, method and status, all bounded label values."""
 
     def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -119,5 +132,6 @@ class HttpMetrics:
             await self.app(scope, receive, tracked)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.http.labels(route, scope["method"], str(status)).inc()
-            self.metrics.http_s.labels(route, scope["method"]).observe(time.perf_counter() - t0)
+            method = method_label(scope["method"])
+            self.metrics.http.labels(route, method, status_label(status)).inc()
+            self.metrics.http_s.labels(route, method).observe(time.perf_counter() - t0)

@@ -53,7 +53,8 @@ def _prompt_tokens(samples: list[Any]) -> int:
     return sum(s.tokens for s in samples if s.op.endswith(".prefill"))
 
 
-async def chat_completion(services: dict[str, AgentService], body: ChatRequest, keepalive_s: float) -> Any:
+async def chat_completion(services: dict[str, AgentService], body: ChatRequest, keepalive_s: float,
+                          tenant: str = "default") -> Any:
     svc = chat_service(services, body.model)
     wanted = body.max_completion_tokens or body.max_tokens
     cap = min(wanted or svc.config.max_new_tokens, svc.config.max_new_tokens)
@@ -65,7 +66,7 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
         if ev.get("type") == "token":
             (queue.put_nowait if body.stream else tokens.append)(ev)
 
-    _, task = svc.begin(conversation(body.messages), on_event=on_event)
+    _, task = svc.begin(conversation(body.messages), on_event=on_event, tenant=tenant)
     if not body.stream:
         result = await svc.answer(task)
         ids = [t for t in tokens if t.get("token_id") is not None]

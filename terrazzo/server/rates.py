@@ -55,3 +55,29 @@ class Window:
     def mean(self, now_s: float) -> float | None:
         xs = self.values(now_s)
         return sum(xs) / len(xs) if xs else None
+
+
+class BusyTime:
+    """Seconds within the last `window_s` during which something was in flight: the denominator of a drain
+    rate, so an idle spell before a burst does not dilute how fast the burst drains."""
+
+    def __init__(self, window_s: float, max_spells: int = 10_000) -> None:
+        self.window_s = window_s
+        self._spells: deque[tuple[float, float]] = deque(maxlen=max_spells)
+        self._since: float | None = None
+
+    def start(self, now_s: float) -> None:
+        if self._since is None:
+            self._since = now_s
+
+    def stop(self, now_s: float) -> None:
+        if self._since is not None:
+            self._spells.append((self._since, now_s))
+            self._since = None
+
+    def seconds(self, now_s: float) -> float:
+        cut = now_s - self.window_s
+        while self._spells and self._spells[0][1] <= cut:
+            self._spells.popleft()
+        total = sum(end - max(start, cut) for start, end in self._spells)
+        return total + (now_s - max(self._since, cut) if self._since is not None else 0.0)

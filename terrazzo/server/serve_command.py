@@ -15,7 +15,8 @@ from typing import Any
 import uvicorn
 
 from terrazzo.server.app import Lifecycle, create_app
-from terrazzo.server.auth import resolve_token
+from terrazzo.server.auth import resolve_tokens
+from terrazzo.server.connections import ConnectionLimits, limited_protocol
 from terrazzo.server.service import AgentService
 from terrazzo.server.settings import ServeSettings, load_settings
 
@@ -68,19 +69,28 @@ def _logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
+def uvicorn_config(app: Any, settings: ServeSettings, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """uvicorn with the socket limits of connections.py in place of its own `limit_concurrency` (which counts
+    idle sockets, so half-open ones lock real clients out): a head deadline, caps that evict the idlest."""
+    lim = settings.limits
+    limits = ConnectionLimits(lim.max_connections, lim.max_connections_per_client, lim.header_timeout_s)
+    cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                         http=limited_protocol(limits), timeout_keep_alive=5,
+                         timeout_graceful_shutdown=int(lim.shutdown_grace_s) + 10)
+    cfg.connection_limits = limits  # type: ignore[attr-defined]  # for tests and the benchmark to read
+    return cfg
+
+
 def build_server(agent: str | Path, plan: str | Path | None, config: str | Path | None, settings: ServeSettings,
                  backend: str = "local", host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                  **config_overrides: Any) -> DrainingServer:
     """The uvicorn server for one agent, not yet running (tests run it in a thread)."""
-    token = resolve_token(settings, host)
+    tokens = resolve_tokens(settings, host)
     service = AgentService(agent, plan, config, backend, settings, **config_overrides)
     holder: list[DrainingServer] = []
-    app = create_app([service], settings, token, on_fatal=lambda msg: holder[0].fatal(msg),
+    app = create_app([service], settings, tokens, on_fatal=lambda msg: holder[0].fatal(msg),
                      on_ready=lambda: holder[0].reclaim_signals())
-    cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                         limit_concurrency=settings.limits.max_connections,
-                         timeout_graceful_shutdown=int(settings.limits.shutdown_grace_s) + 5)
-    server = DrainingServer(cfg, app.state.lifecycle)
+    server = DrainingServer(uvicorn_config(app, settings, host, port, log_level), app.state.lifecycle)
     holder.append(server)
     return server
 

@@ -4,6 +4,7 @@ Every way in (JSON, SSE, chat) goes through `begin()`, so limits and accounting 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -16,19 +17,30 @@ from typing import Any
 from terrazzo.errors import TerrazzoError
 from terrazzo.plan_file import PLAN_SCHEMA
 from terrazzo.runtime.config import load_config
-from terrazzo.runtime.orchestrator import RequestResult, Runtime
+from terrazzo.runtime.idempotency import IdempotencyStore
+from terrazzo.runtime.orchestrator import OpSample, RequestResult, Runtime
 from terrazzo.runtime.pool_layout import load_plan
 from terrazzo.server.admission import Admission
-from terrazzo.server.api_errors import ApiError, ServeError
+from terrazzo.server.api_errors import ApiError, ServeError, correlation_id, public_message
 from terrazzo.server.controller import Controller, PlanState, Replanner, planner_inputs
 from terrazzo.server.settings import ServeSettings
 
 log = logging.getLogger("terrazzo.server")
 
 
-def failure(result: RequestResult, retry_after: Callable[[], int]) -> ApiError:
-    """The HTTP error for a request the runtime ran and failed, by the failure's exception type."""
-    msg = result.error or "unknown error"
+def failure(result: RequestResult, retry_after: Callable[[], int], *, logged: bool = False) -> ApiError:
+    """The HTTP error for a request the runtime ran and failed, by the failure's exception type. The body
+    carries no traceback, path or internal URL: the full error goes to the log under the correlation id
+    the body returns."""
+    cid = correlation_id()
+    if logged:
+        log.error("request %s failed [correlation_id %s]: %s", result.request_id, cid, result.error)
+    err = _failure(result, retry_after, public_message(result.error or "unknown error"))
+    err.extra["correlation_id"] = cid
+    return err
+
+
+def _failure(result: RequestResult, retry_after: Callable[[], int], msg: str) -> ApiError:
     rid = result.request_id
     kind = result.error_kind
     if kind == "Overloaded":
@@ -41,8 +53,19 @@ def failure(result: RequestResult, retry_after: Callable[[], int]) -> ApiError:
     if kind == "WorkerLost":
         return ApiError(503, f"request {rid}: {msg}", type="worker_error", code="worker_lost",
                         fix="retry; see the server log for why the workers died")
+    if kind == "UpstreamError":
+        return ApiError(502, f"request {rid}: the model server gave no valid answer: {msg}", type="upstream_error",
+                        code="upstream_failed", fix="retry; if it persists, the model server is down or misbehaving")
     return ApiError(500, f"request {rid} failed: {msg}", type="agent_error", code="agent_failed",
-                    fix="see the message: it names the op and the fix")
+                    fix="see the message: it names the op; the server log has the full error under correlation_id")
+
+
+def replayed(record: dict[str, Any]) -> RequestResult:
+    """A completed request's answer, rebuilt from the idempotency store (`result_json` inverted)."""
+    samples = [OpSample(record["request_id"], o["op"], o["pool"], o["device"], o["latency_s"], o.get("exec_s"),
+                        o.get("tokens", 0), o.get("worker", "")) for o in record.get("ops", [])]
+    return RequestResult(record["request_id"], "", True, record["text"], e2e_s=record["e2e_s"],
+                         path=record.get("path", []), decisions=record.get("decisions", []), samples=samples)
 
 
 def result_json(agent: str, r: RequestResult) -> dict[str, Any]:
@@ -89,7 +112,13 @@ class AgentService:
         self.controller = Controller(self.name, self.runtime, self.plan, c, replanner, off, clock)
         self.state, self.error = "starting", ""
         self.draining = False
-        self.in_flight_ids: set[str] = set()
+        self.in_flight_ids: set[tuple[str, str]] = set()          # (tenant, request id)
+        self.tasks: dict[tuple[str, str], asyncio.Task[RequestResult]] = {}
+        self.aborting = False                                     # shutdown past its grace: in-flight end (503)
+        self.requests = IdempotencyStore.in_dir(self.config.path(self.config.state_dir),  # type: ignore[arg-type]
+                                                settings.idempotency.retention_s)
+        self._fingerprints: dict[tuple[str, str], str] = {}
+        self._pruned_s = -1e18
         self._recent_ids: OrderedDict[str, None] = OrderedDict()  # a retried request id arrives once
         self.on_outcome: Callable[[str], None] = lambda outcome: None
         self.on_reject: Callable[[str], None] = lambda code: None
@@ -122,10 +151,14 @@ class AgentService:
 
     def begin(self, text: str, *, request_id: str | None = None, session: str | None = None,
               timeout_s: float | None = None, on_event: Callable[[dict[str, Any]], None] | None = None,
-              ) -> tuple[str, asyncio.Task[RequestResult]]:
+              tenant: str = "default") -> tuple[str, asyncio.Task[RequestResult]]:
         """Admit one request and start it under its deadline, or raise the ApiError that refuses it.
         The admission slot is released when the task ends, however it ends (answered, failed, past its
-        deadline, or its client gone), so a dropped connection can never leak capacity."""
+        deadline, or its client gone), so a dropped connection can never leak capacity.
+
+        The tenant owns its request ids and sessions: the runtime sees `tenant:id` and `tenant:session`, so
+        one tenant can neither read another's memory nor collide with its ids. A request id whose request
+        completed within the retention window is answered from the idempotency store, not run again."""
         if self.draining:
             raise self._refuse(ApiError(503, "the server is shutting down and admits no new requests",
                                         type="unavailable_error", code="draining", fix="send it to another replica",
@@ -143,10 +176,18 @@ class AgentService:
                                         code="input_too_long", param="input",
                                         fix="shorten it (limits.max_input_chars in the serve config)"))
         rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
-        if rid in self.in_flight_ids:
+        fingerprint = hashlib.sha256(json.dumps([text, session]).encode()).hexdigest()[:32]
+        if (tenant, rid) in self.in_flight_ids:
+            running = self.tasks.get((tenant, rid))
+            if running is not None and self._fingerprints.get((tenant, rid)) == fingerprint:
+                return rid, running  # a resend while it runs: the same answer, when it comes
             raise self._refuse(ApiError(409, f"request id '{rid}' is already in flight", type="conflict_error",
                                         code="duplicate_request_id", param="request_id",
                                         fix="wait for its answer; use a new id for a new request"))
+        if request_id is not None:
+            replay = self._replay(tenant, rid, fingerprint)
+            if replay is not None:
+                return rid, replay
         if request_id is None or request_id not in self._recent_ids:
             self.controller.arrived()
             if request_id is not None:
@@ -158,26 +199,77 @@ class AgentService:
             self.admission.admit(load, set(load))
         except ApiError as err:
             raise self._refuse(err) from None
-        self.in_flight_ids.add(rid)
+        key = (tenant, rid)
+        self.in_flight_ids.add(key)
+        if request_id is not None:
+            self.requests.started(tenant, rid, fingerprint)
         deadline_s = min(timeout_s or limits.request_timeout_s, limits.max_request_timeout_s)
-        task = asyncio.create_task(self._run(text, rid, session, deadline_s, on_event))
-        task.add_done_callback(lambda t: self._done(rid, t))
+        task = asyncio.create_task(self._run(text, tenant, rid, session, deadline_s, on_event))
+        self.tasks[key] = task
+        self._fingerprints[key] = fingerprint
+        task.add_done_callback(lambda t: self._done(key, t, remember=request_id is not None))
         return rid, task
 
-    async def _run(self, text: str, rid: str, session: str | None, deadline_s: float,
+    def _replay(self, tenant: str, rid: str, fingerprint: str) -> asyncio.Task[RequestResult] | None:
+        now = self.clock()
+        if now - self._pruned_s > 60:
+            self._pruned_s = now
+            self.requests.prune()
+        record = self.requests.lookup(tenant, rid)
+        if record is None or record.state != "done" or record.result is None:
+            return None  # never seen, or cut off before it answered (server restart): run it (tools run once)
+        if record.fingerprint != fingerprint:
+            raise self._refuse(ApiError(422, f"request id '{rid}' was used for a different request", param="request_id",
+                                        type="invalid_request_error", code="request_id_reused",
+                                        fix="use a new request_id for a new request; resend the same body to get "
+                                            "the first answer again"))
+        self.on_outcome("replayed")
+
+        async def answer() -> RequestResult:
+            return replayed(record.result or {})
+
+        return asyncio.create_task(answer())
+
+    async def _run(self, text: str, tenant: str, rid: str, session: str | None, deadline_s: float,
                    on_event: Callable[[dict[str, Any]], None] | None) -> RequestResult:
         try:
             async with asyncio.timeout(deadline_s):
-                return await self.runtime.run(text, request_id=rid, session=session, on_event=on_event)
+                result = await self.runtime.run(text, request_id=f"{tenant}:{rid}", on_event=on_event,
+                                                session=f"{tenant}:{session}" if session else None)
         except TimeoutError:
             raise ApiError(504, f"request {rid} passed its deadline of {deadline_s:g} s and was cancelled",
                            type="timeout_error", code="request_deadline",
                            fix="send a larger timeout_s (up to limits.max_request_timeout_s), or retry when the "
                                "server is less busy") from None
+        except asyncio.CancelledError:
+            if not self.aborting:
+                raise  # its client left
+            raise ApiError(503, f"request {rid} was cut off: the server shut down before it finished",
+                           type="unavailable_error", code="shutdown", headers={"Connection": "close"},
+                           fix="send it again (to another replica); with the same request_id, a completed "
+                               "request is answered from the idempotency store and tools never run twice") from None
+        result.request_id = rid  # the client's id, not the runtime's tenant-qualified one
+        return result
 
-    def _done(self, rid: str, task: asyncio.Task[RequestResult]) -> None:
-        self.in_flight_ids.discard(rid)
+    def abort_in_flight(self) -> int:
+        """Past the shutdown grace: end every request still running with a 503 (a JSON error, or an SSE
+        error event), so no client sees a cut connection. Returns how many were running."""
+        self.aborting = True
+        running = [t for t in self.tasks.values() if not t.done()]
+        for t in running:
+            t.cancel()
+        return len(running)
+
+    def _done(self, key: tuple[str, str], task: asyncio.Task[RequestResult], remember: bool) -> None:
+        self.in_flight_ids.discard(key)
+        self.tasks.pop(key, None)
+        self._fingerprints.pop(key, None)
         result = None if task.cancelled() or task.exception() is not None else task.result()
+        if remember:
+            if result is not None and result.ok:
+                self.requests.finished(*key, result_json(self.name, result))
+            else:
+                self.requests.forget(*key)
         if result is None:
             outcome = "cancelled" if task.cancelled() else getattr(task.exception(), "code", None) or "error"
         else:
@@ -189,11 +281,12 @@ class AgentService:
         self.on_outcome(outcome)
 
     async def answer(self, task: asyncio.Task[RequestResult]) -> RequestResult:
-        """The finished request, or the ApiError its failure maps to."""
-        result = await task
+        """The finished request, or the ApiError its failure maps to. Shielded: a caller that goes away does
+        not cancel a request another caller (a resend of its id) may be waiting for."""
+        result = await asyncio.shield(task)
         if not result.ok:
             raise failure(result, lambda: self.admission.pool_retry_after(
-                next((s.pool for s in result.samples if s.error), ""), self.config.queue_depth))
+                next((s.pool for s in result.samples if s.error), ""), self.config.queue_depth), logged=True)
         return result
 
     # --- views ----------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ config (`--config`) stays what it is for `terrazzo run`: checkpoints, documents,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from terrazzo.server.api_errors import ServeError
 
@@ -16,11 +16,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AuthSettings(_Strict):
-    token_env: str = Field(default="TERRAZZO_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class TokenSource(_Strict):
+    token_env: str | None = Field(default=None, pattern=_ENV_NAME)  # read first, when set and exported
     token: str | None = None         # the token itself (keep this file private), used when the env var is unset
     token_file: str | None = None    # or a file holding it (relative to the serve config's folder)
+
+
+class AuthSettings(TokenSource):
+    token_env: str | None = Field(default="TERRAZZO_TOKEN", pattern=_ENV_NAME)
     disabled: bool = False           # no auth at all: refused unless the host is loopback
+    # several tokens, each naming its tenant (then the single token above is not used); a tenant's sessions,
+    # request ids and remembered results are its own
+    tenants: dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")], TokenSource] = {}
 
 
 class LimitSettings(_Strict):
@@ -29,7 +39,10 @@ class LimitSettings(_Strict):
     request_timeout_s: float = Field(default=120.0, gt=0)        # default per-request deadline (504 past it)
     max_request_timeout_s: float = Field(default=600.0, gt=0)    # the most a request may ask for
     max_in_flight: int = Field(default=64, ge=1)                 # per agent; 429 beyond
-    max_connections: int = Field(default=1024, ge=1)             # uvicorn answers 503 beyond
+    max_connections: int = Field(default=1024, ge=1)             # open sockets; beyond, the idlest is closed
+    max_connections_per_client: int = Field(default=256, ge=1)   # per client address, the same way
+    header_timeout_s: float = Field(default=10.0, gt=0)          # a request's head must arrive within this
+    read_timeout_s: float = Field(default=30.0, gt=0)            # the most a body may pause between chunks (408)
     shutdown_grace_s: float = Field(default=30.0, ge=0)          # SIGTERM: time in-flight requests get to finish
     sse_keepalive_s: float = Field(default=15.0, gt=0)           # comment line on an idle event stream
 
@@ -57,9 +70,14 @@ class ControllerSettings(_Strict):
     cluster: str | None = None
 
 
+class IdempotencySettings(_Strict):
+    retention_s: float = Field(default=86_400.0, gt=0)           # a request id's answer is replayed this long
+
+
 class ServeSettings(_Strict):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     controller: ControllerSettings = ControllerSettings()
     base_dir: str = "."              # relative paths in the file resolve here
 

@@ -1,22 +1,28 @@
-"""Agent memory (memory_load / memory_store nodes): a SQLite file shared by every worker process,
-keyed by store and session, so a conversation survives worker restarts and pool boundaries. Writes carry
-a key (request, op, content), so a store retried after its worker died adds no second row."""
+"""Agent memory (memory_load / memory_store nodes): a SQLite file shared by every worker process and
+thread, keyed by store and session, so a conversation survives worker restarts and pool boundaries.
+The session key is the caller's: the server prefixes it with the tenant, and a request without a session
+gets a key of its own (no shared history). Writes carry a key (request, op, content), so a store retried
+after its worker died adds no second row."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+from terrazzo.runtime.state_db import StateDb
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS memory (store TEXT, session TEXT, ts REAL, text TEXT)")
+    if "key" not in {row[1] for row in db.execute("PRAGMA table_info(memory)")}:  # older files
+        db.execute("ALTER TABLE memory ADD COLUMN key TEXT")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS memory_key ON memory (key)")
+    db.execute("CREATE INDEX IF NOT EXISTS memory_session ON memory (store, session)")
+
 
 class MemoryStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS memory (store TEXT, session TEXT, ts REAL, text TEXT)")
-        if "key" not in {row[1] for row in self.db.execute("PRAGMA table_info(memory)")}:  # older files
-            self.db.execute("ALTER TABLE memory ADD COLUMN key TEXT")
-        self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS memory_key ON memory (key)")
+        self.db = StateDb(path, _schema)
 
     def load(self, store: str, session: str, limit: int = 8) -> list[str]:
         rows = self.db.execute("SELECT text FROM memory WHERE store=? AND session=? ORDER BY rowid DESC LIMIT ?",
