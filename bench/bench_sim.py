@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
 import time
 import tracemalloc
-import sys
 from pathlib import Path
 
 from terrazzo.sim.results import report_from
@@ -42,7 +42,6 @@ def peak_rss_mib() -> float:
 def vidur(requests: int, seed: int) -> None:
     """Vidur's scenario (bench/vidur_scenario.py) under each scheduler, on the same request stream."""
     import numpy as np
-
     import vidur_scenario as V
 
     scenario = V.Scenario(requests=requests, seed=seed)
@@ -69,7 +68,8 @@ def vidur(requests: int, seed: int) -> None:
     for name, run, pct in rows:
         print(f"  {name:26} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
               f"E2E p50 {pct['e2e_s'][0]:.2f} s ({pct['e2e_s'][0] / V.VIDUR['e2e_p50_s']:.2f}×)  "
-              f"speed {requests / run.wall_s:,.0f} req/s ({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}×)")
+              f"speed {requests / run.wall_s:,.0f} req/s "
+              f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}×)")
 
 
 def main() -> None:
