@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from test_sim_queueing import batch_ci
 
 from terrazzo.cost.candidates import deployment
+from terrazzo.errors import SimError
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import LlmPool, Seq
 from terrazzo.sim.sampling import stream
 from terrazzo.sim.schedulers import CHUNKED, PAGED, PREFILL_FIRST, RESERVE, BlockManager, Lane, Scheduler
 from terrazzo.sim.service_times import LlmCost
+from terrazzo.sim.sim_inputs import scheduler_of
 
 ALL = [(p, k) for p in (PREFILL_FIRST, CHUNKED) for k in (RESERVE, PAGED)]
 
@@ -190,3 +192,58 @@ def test_one_sequence_at_a_time_is_md1_under_every_scheduler(cost, policy, kv):
     mean, half = batch_ci(waits)
     assert abs(mean - expected) <= half, f"{policy}/{kv}: wait {mean:.4f} ± {half:.4f}, theory {expected:.4f}"
     assert all(s.t_done - s.t_admit == pytest.approx(service_s, rel=1e-9) for s in seqs[:100])
+
+
+# the plan names each pool's engine and scheduler ---------------------------------------------------
+
+def test_a_plan_without_scheduler_fields_keeps_the_policy_it_was_priced_with():
+    s = scheduler_of({"name": "think.aggregated", "batch": 48}, None, 48)
+    assert (s.policy, s.kv, s.max_num_seqs, s.max_batched_tokens, s.engine) == (PREFILL_FIRST, RESERVE, 48, 8192, None)
+
+
+def test_a_named_engine_brings_its_scheduler_and_fields_override_it():
+    s = scheduler_of({"name": "op", "engine": "vllm", "engine_version": "0.32.0"}, None, 64)
+    assert (s.policy, s.kv, s.block_size, s.max_num_seqs) == (CHUNKED, PAGED, 16, 64)
+    assert str(s.engine) == "vllm-0.32.0"
+    pool = {"name": "p0", "engine": "vllm", "scheduler": {"max_batched_tokens": 512, "block_size": 128,
+                                                           "kv_blocks": 2048}}
+    s = scheduler_of({"name": "op", "pool": "p0"}, pool, 32)
+    assert (s.max_batched_tokens, s.block_size, s.kv_blocks) == (512, 128, 2048)
+    assert scheduler_of({"name": "op", "engine": "vllm", "scheduler": "prefill-first"}, None, 8).policy == PREFILL_FIRST
+
+
+@pytest.mark.parametrize(("rec", "match"), [
+    ({"engine": "vllmm"}, "field 'engine'.*use one of"),
+    ({"scheduler": {"chunk": 512}}, "unknown field 'scheduler.chunk'"),
+    ({"scheduler": "sarathi"}, "scheduler.policy.*use one of"),
+    ({"scheduler": {"kv": "swap"}}, "scheduler.kv"),
+    ({"scheduler": {"block_size": "big"}}, "whole numbers"),
+    ({"scheduler": {"kv_blocks": 0}}, "kv_blocks must be at least 1"),
+])
+def test_bad_scheduler_fields_say_which_and_how_to_fix(rec, match):
+    with pytest.raises(SimError, match=match):
+        scheduler_of({"name": "op", **rec}, None, 8)
+
+
+def test_a_v2_style_plan_with_vllm_pools_simulates_under_the_chunked_scheduler():
+    from test_sim_plan import INPUTS
+
+    from terrazzo.sim.results import simulate
+    from terrazzo.sim.sim_inputs import model_from_plan
+    from terrazzo.sim.simulation import SimConfig
+    from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+    from terrazzo.verify.replan import verified_plan
+
+    cluster, cat = load_cluster(INPUTS["cluster"])
+    agent = load_agent(INPUTS["agent"], cat)
+    doc = verified_plan(agent, load_workload(INPUTS["workload"], agent), load_sla(INPUTS["sla"], agent), cluster,
+                        cat).to_json()
+    doc["inputs"] = {k: str(v) for k, v in INPUTS.items()}
+    for op in doc["ops"]:
+        if op["kind"].startswith("llm."):
+            op.update(engine="vllm", engine_version="0.32.0")
+    model = model_from_plan(doc)
+    llm = [o for o in model.ops.values() if o.kind.startswith("llm.")]
+    assert llm and all(o.scheduler.policy == CHUNKED and o.scheduler.kv == PAGED for o in llm)
+    report = simulate(model, SimConfig(duration_s=120, seed=3))
+    assert report.unfinished == 0 and report.e2e.p50_s > 0
