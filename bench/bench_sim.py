@@ -1,7 +1,9 @@
 """Simulator throughput: simulated requests per wall-clock second for the voice agent at 1,000 requests/s
-over 10 simulated minutes, and the peak memory it takes.
+over 10 simulated minutes, and the peak memory it takes; or Vidur's reference scenario (one CodeLlama-34B
+replica on A100 TP2, 10,000 requests) with the chunked scheduler and the previous one side by side.
 
     .venv/bin/python bench/bench_sim.py [--rate 1000] [--duration 600] [--seed 0] [--tracemalloc]
+    .venv/bin/python bench/bench_sim.py --scenario vidur [--requests 10000] [--seed 0]
 
 The voice agent is planned at the benchmark's rate first (terrazzo.plan.planner.plan, a workload with
 rate_per_s = --rate), so the simulated fleet is the one the planner would buy for that load. Wall time
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -27,6 +30,7 @@ from terrazzo.spec.workload import Workload
 from terrazzo.verify.replan import verified_plan as plan
 
 ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(Path(__file__).parent))  # vidur_scenario.py beside this file
 AGENT, SLA, CLUSTER = (ROOT / "examples/agents/voice-agent.yaml", ROOT / "examples/slas/interactive.yaml",
                        ROOT / "examples/clusters/hetero.yaml")
 
@@ -35,13 +39,51 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def vidur(requests: int, seed: int) -> None:
+    """Vidur's scenario (bench/vidur_scenario.py) under each scheduler, on the same request stream."""
+    import numpy as np
+    import vidur_scenario as V
+
+    scenario = V.Scenario(requests=requests, seed=seed)
+    stream = V.stream(scenario)
+    isl, osl = np.array([r[1] for r in stream]), np.array([r[2] for r in stream])
+    print(f"Vidur scenario: CodeLlama-34B fp16, A100-80GB TP2 × 1, {requests:,} requests, Poisson "
+          f"{scenario.rate_per_s:g}/s, prompt median {np.median(isl):.0f} (mean {isl.mean():.0f}), output median "
+          f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens; cost: {V.PINNED}")
+    llm = V.cost()
+    rows = []
+    for name, sched in V.schedulers(scenario).items():
+        run = V.run(scenario, sched, stream, llm)
+        pct = {m: np.nanpercentile(getattr(run, m), [50, 90, 99]) for m in ("ttft_s", "tbt_s", "e2e_s")}
+        rows.append((name, run, pct))
+        print(f"\n{name}: {sched.label}")
+        print(f"  {requests:,} requests in {run.wall_s:.2f} s wall: {requests / run.wall_s:,.0f} simulated requests/s "
+              f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}× Vidur's "
+              f"{V.VIDUR['requests_per_wall_s']:g}), {run.events / requests:.1f} events/request, "
+              f"{run.preemptions} preemptions")
+        for m, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("e2e_s", "E2E")):
+            p50, p90, p99 = pct[m]
+            print(f"  {label:4} p50 {p50:.3f} s  p90 {p90:.3f} s  p99 {p99:.3f} s")
+    print("\nagainst Vidur (TTFT p50 0.335 s, E2E p50 7.3 s):")
+    for name, run, pct in rows:
+        print(f"  {name:26} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
+              f"E2E p50 {pct['e2e_s'][0]:.2f} s ({pct['e2e_s'][0] / V.VIDUR['e2e_p50_s']:.2f}×)  "
+              f"speed {requests / run.wall_s:,.0f} req/s "
+              f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}×)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("voice", "vidur"), default="voice")
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--requests", type=int, default=10_000, help="vidur: requests in the stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tracemalloc", action="store_true", help="also measure the Python heap's peak")
     args = parser.parse_args()
+    if args.scenario == "vidur":
+        vidur(args.requests, args.seed)
+        return
 
     cluster, catalog = load_cluster(CLUSTER)
     agent = load_agent(AGENT, catalog)

@@ -4,8 +4,9 @@
   cores for host code, an event loop's concurrent waits for HTTP tools, one request at a time for a
   tensor op (embedding, ANN search, speech) on any device — the planner's model of each.
 - `LlmPool`: LLM replicas in one of three roles. `prefill` batches prompts under a token budget;
-  `decode` runs continuous batching; `aggregated` does both on one replica, a prefill iteration
-  stalling the decode steps of the sequences already running (as engines without chunked prefill do).
+  `decode` runs continuous batching; `aggregated` does both on one replica. What a decode or aggregated
+  replica runs in each iteration, and how it holds KV cache, is its engine's scheduler
+  (`schedulers.py`: whole prompts first or chunked prefill; reserved or paged KV with preemption).
 
 Continuous batching without an event per token: between two changes of a replica's batch, every step
 has the same batch, so the replica sets one timer at the end of the next k steps, k being the steps
@@ -24,12 +25,12 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Callable
-from heapq import heappop, heappush
 from typing import Any
 
 import numpy as np
 
-from terrazzo.sim.engine import Environment, Timer
+from terrazzo.sim.engine import Environment
+from terrazzo.sim.schedulers import Lane, Scheduler
 from terrazzo.sim.service_times import LlmCost
 
 Done = Callable[[Any, int], None]  # fn(arg, replica) when an item leaves its pool
@@ -108,36 +109,37 @@ class ServerPool:
 
 
 class Seq:
-    """One LLM call as the pools see it; `fn(seq, lane)` runs when the pool is done with it."""
+    """One LLM call as the pools see it; `fn(seq, lane)` runs when the pool is done with it.
 
-    __slots__ = ("arg", "ctx0", "end_step", "fn", "isl", "kv", "osl", "t_admit", "t_call", "t_done", "t_first",
-                 "t_submit")
+    `need` tokens are to be prefilled (the prompt; after a preemption, the prompt and what had been
+    generated), `done` of them are computed; `out` tokens are generated. A decode pool receives the
+    sequence with its KV (done = need) and its first token (out = 1)."""
+
+    __slots__ = ("arg", "blocks", "ctx0", "done", "end_step", "fn", "gen", "isl", "kv", "need", "osl", "out",
+                 "preemptions", "state", "t_admit", "t_call", "t_done", "t_first", "t_submit")
 
     def __init__(self, isl: int, osl: int, fn: Done, arg: Any, now: float) -> None:
         self.isl, self.osl, self.fn, self.arg = isl, osl, fn, arg
-        self.kv = isl + osl  # context reserved at admission: the whole sequence's KV
+        self.kv = isl + osl  # context reserved at admission under the `reserve` KV policy
         self.t_call = self.t_submit = now
         self.t_admit = self.t_first = self.t_done = -1.0
         self.ctx0 = 0
         self.end_step = 0
+        self.need, self.done, self.out = isl, 0, 0
+        self.blocks = 0  # paged KV blocks held while prefilling
+        self.gen = 0  # bumped on preemption: stale heap and admission entries are skipped
+        self.state = 0  # 0 waiting, 1 prefilling, 2 decoding, -1 finished
+        self.preemptions = 0
 
 
-class _Lane:
-    __slots__ = ("busy_s", "ctx_base", "dt", "k", "kv_used", "n", "occ_s", "prefilling", "running", "steps", "t0",
-                 "timer", "waiting")
+class _PrefillLane:
+    __slots__ = ("busy_s", "dt", "occ_s", "prefilling", "t0", "waiting")
 
     def __init__(self) -> None:
         self.waiting: deque[Seq] = deque()
-        self.running: list[tuple[int, int, Seq]] = []  # heap of (end step, tiebreak, seq)
-        self.n = 0  # sequences decoding
-        self.steps = 0  # decode steps done
-        self.ctx_base = 0  # Σ (context at join − step at join): mean context = ctx_base / n + steps
-        self.kv_used = 0
-        self.t0 = -1.0  # start of the span in progress, -1 when idle
+        self.t0 = -1.0  # start of the batch in progress, -1 when idle
         self.dt = 0.0
-        self.k = 0  # steps in the span in progress; 0 while a prefill runs
         self.prefilling: list[Seq] = []
-        self.timer: Timer | None = None  # the end of the span in progress
         self.busy_s = 0.0
         self.occ_s = 0.0
 
@@ -145,23 +147,26 @@ class _Lane:
 class LlmPool:
     """`replicas` × `pp` lanes of one LLM deployment in role `mode` ("prefill", "decode", "aggregated").
 
-    `max_batch`: prompts per prefill batch (prefill) or sequences decoding at once (decode, aggregated);
+    `max_batch`: prompts per prefill batch (prefill) or sequences running at once (decode, aggregated);
     `token_budget`: prompt tokens one prefill iteration takes (a longer prompt runs alone);
-    `kv_tokens`: context tokens a lane can hold; a sequence reserves isl + osl when admitted.
+    `kv_tokens`: context tokens a lane can hold. Decode and aggregated lanes follow `sched`
+    (schedulers.py); without one, today's policy: whole prompts first, whole context reserved.
     """
 
     def __init__(self, env: Environment, name: str, mode: str, cost: LlmCost, replicas: int, pp: int,
-                 max_batch: int, token_budget: float, kv_tokens: float) -> None:
+                 max_batch: int, token_budget: float, kv_tokens: float, sched: Scheduler | None = None) -> None:
         if mode not in ("prefill", "decode", "aggregated"):
             raise ValueError(f"unknown LLM pool mode {mode!r}")
         self.env, self.name, self.mode, self.cost = env, name, mode, cost
         self.replicas, self.pp = replicas, pp
         self.max_batch, self.token_budget, self.kv_tokens = max(1, max_batch), token_budget, kv_tokens
-        self.lanes = [_Lane() for _ in range(replicas * pp)]
-        self.capacity = len(self.lanes)
-        self.load = np.zeros(len(self.lanes), dtype=np.float64)
+        self.sched = sched or Scheduler(max_num_seqs=self.max_batch, max_batched_tokens=int(token_budget))
+        n = replicas * pp
+        self.lanes: list[Any] = ([_PrefillLane() for _ in range(n)] if mode == "prefill"
+                                 else [Lane(self.sched, cost, kv_tokens) for _ in range(n)])
+        self.capacity = n
+        self.load = np.zeros(n, dtype=np.float64)
         self.visits = Visits()
-        self._tiebreak = 0
 
     # routing ----------------------------------------------------------------------------------
 
@@ -170,21 +175,21 @@ class LlmPool:
         r = int(self.load.argmin())
         lane = self.lanes[r]
         seq.t_submit = self.env.now
-        lane.waiting.append(seq)
         if self.mode == "prefill":
+            lane.waiting.append(seq)
             self.load[r] += seq.isl
             if lane.t0 < 0:
                 self._prefill_start(r)
             return
+        if self.mode == "decode":  # the KV and the first token arrived with it
+            seq.done, seq.out = seq.need, max(seq.out, 1)
+        lane.check_fits(seq)
+        lane.waiting.append(seq)
         self.load[r] += 1
         if lane.t0 < 0:
             self._next(r)
-        elif lane.k > 1 and self._admissible(lane):
+        elif lane.span > 1 and lane.admissible():
             self._cut_span(r)
-
-    def _admissible(self, lane: _Lane) -> bool:
-        head = lane.waiting[0]
-        return lane.n < self.max_batch and (lane.kv_used + head.kv <= self.kv_tokens or lane.n == 0)
 
     # prefill pools ----------------------------------------------------------------------------
 
@@ -220,58 +225,26 @@ class LlmPool:
 
     # decode and aggregated pools --------------------------------------------------------------
 
-    def _join(self, lane: _Lane, s: Seq) -> None:
-        """Start decoding `s` at the current step boundary: it holds its first token already."""
-        s.ctx0 = s.isl + 1 - lane.steps
-        s.end_step = lane.steps + s.osl - 1
-        lane.ctx_base += s.ctx0
-        lane.n += 1
-        self._tiebreak += 1
-        heappush(lane.running, (s.end_step, self._tiebreak, s))
-
     def _next(self, r: int) -> None:
-        """At a step boundary of lane r: admit what fits, then start a prefill or a decode span."""
-        lane, now = self.lanes[r], self.env.now
-        if lane.waiting and self._admissible(lane):
-            if self.mode == "decode":
-                while lane.waiting and self._admissible(lane):
-                    s = lane.waiting.popleft()
-                    s.t_admit = now
-                    lane.kv_used += s.kv
-                    self._join(lane, s)
-            else:  # aggregated: the newcomers' prefill runs first, the running sequences wait
-                batch: list[Seq] = []
-                tokens = sq = 0
-                while lane.waiting and lane.n + len(batch) < self.max_batch and (
-                        lane.kv_used + lane.waiting[0].kv <= self.kv_tokens or lane.n + len(batch) == 0) and (
-                        not batch or tokens + lane.waiting[0].isl <= self.token_budget):
-                    s = lane.waiting.popleft()
-                    s.t_admit = now
-                    lane.kv_used += s.kv
-                    batch.append(s)
-                    tokens += s.isl
-                    sq += s.isl * s.isl
-                dt = self.cost.prefill_s(tokens, sq)
-                lane.t0, lane.dt, lane.k, lane.prefilling = now, dt, 0, batch
-                lane.timer = self.env.timer(dt, self._span_end, r)
-                return
-        if lane.n == 0:
+        """At an iteration boundary of lane r: let its scheduler compose the next iteration and time it."""
+        lane = self.lanes[r]
+        now = self.env.now
+        got = lane.compose(now)
+        if got is None:
             lane.t0 = -1.0
             return
-        k = max(1, lane.running[0][0] - lane.steps)
-        if lane.waiting and self._admissible(lane):
-            k = 1  # the rest of a token budget joins at the next boundary
-        dt = self.cost.decode_step_s(lane.n, lane.ctx_base / lane.n + lane.steps + (k - 1) / 2)
-        lane.t0, lane.dt, lane.k = now, dt, k
+        dt, k = got
+        lane.t0, lane.dt, lane.span = now, dt, k
+        lane.occupied = lane.n + len(lane.prefilling)
         lane.timer = self.env.timer(k * dt, self._span_end, r)
 
     def _cut_span(self, r: int) -> None:
         """A newcomer can join: end the span at the next step boundary instead."""
         lane = self.lanes[r]
         j = int((self.env.now - lane.t0) / lane.dt) + 1
-        if j < lane.k:
-            lane.k = j
-            lane.timer.cancel()  # type: ignore[union-attr]
+        if j < lane.span:
+            lane.span = j
+            lane.timer.cancel()
             lane.timer = self.env.timer(lane.t0 + j * lane.dt - self.env.now, self._span_end, r)
 
     def _span_end(self, r: int) -> None:
@@ -279,28 +252,10 @@ class LlmPool:
         now = self.env.now
         span = now - lane.t0
         lane.busy_s += span
-        finished: list[Seq] = []
-        if lane.k == 0:  # a prefill iteration ended: its prompts have their first token
-            batch, lane.prefilling = lane.prefilling, []
-            lane.occ_s += span * (lane.n + len(batch)) / self.max_batch
-            for s in batch:
-                s.t_first = now
-                if s.osl <= 1:
-                    finished.append(s)
-                else:
-                    self._join(lane, s)
-        else:
-            lane.occ_s += span * lane.n / self.max_batch
-            lane.steps += lane.k
-            running = lane.running
-            while running and running[0][0] <= lane.steps:
-                s = heappop(running)[2]
-                lane.n -= 1
-                lane.ctx_base -= s.ctx0
-                finished.append(s)
+        lane.occ_s += span * lane.occupied / self.max_batch
+        finished = lane.complete(lane.span, now)
         for s in finished:
             s.t_done = now
-            lane.kv_used -= s.kv
             self.load[r] -= 1
             self.visits.add(s.t_submit, s.t_admit - s.t_submit, now - s.t_admit)
         self._next(r)
@@ -320,9 +275,14 @@ class LlmPool:
         for lane in self.lanes:
             total += lane.occ_s
             if lane.t0 >= 0:
-                n = len(lane.prefilling) if self.mode == "prefill" else lane.n + len(lane.prefilling)
+                n = len(lane.prefilling) if self.mode == "prefill" else lane.occupied
                 total += (now - lane.t0) * n / self.max_batch
         return total
 
     def in_system(self) -> int:
-        return sum(len(lane.waiting) + lane.n + len(lane.prefilling) for lane in self.lanes)
+        if self.mode == "prefill":
+            return sum(len(lane.waiting) + len(lane.prefilling) for lane in self.lanes)
+        return sum(lane.in_system() for lane in self.lanes)
+
+    def preemptions(self) -> int:
+        return sum(getattr(lane, "preemptions", 0) for lane in self.lanes)

@@ -106,6 +106,32 @@ class LlmCost:
                  for t, q, e in ((3000.0, sq, check), (16.0, 256.0, small)))
         return coef if ok else None
 
+    # mixed iterations (chunked prefill) ---------------------------------------------------------
+
+    def mixed_step_s(self, batch: int, context: float, tokens: float, sum_sq: float) -> float:
+        """One iteration that decodes `batch` sequences at mean `context` and prefills chunks of `tokens`
+        tokens in all (Σ c² + 2·c·prefix = `sum_sq`, the attention work of chunks after their prefixes).
+
+        The same roofline over the union of the work: FLOPs add (each part at its phase's efficiency),
+        the weights stream once (the decode step's bytes plus the chunks' KV writes), and the fixed cost
+        is the larger of the two phases' (one launch per iteration, collectives over all the tokens)."""
+        if tokens <= 0:
+            return self.decode_step_s(batch, context)
+        if batch <= 0:
+            return self.prefill_s(tokens, sum_sq)
+        coef = self._steps.get(batch, False)
+        if coef is False:
+            coef = self._steps[batch] = self._fit_step(batch)
+        if coef is None or self._prefill is None:  # MoE: the decodes are one-token chunks of a prefill
+            return max(self.prefill_s(tokens + batch, sum_sq + batch * (1 + 2 * context)),
+                       self.decode_step_s(batch, context))
+        c0, c1, m0, m1, rest = coef
+        ct, cs, _, mt, r0, rt = self._prefill
+        compute = c0 + c1 * context + ct * tokens + cs * sum_sq
+        memory = m0 + m1 * context + mt * tokens
+        fixed = r0 + rt * (tokens + batch)
+        return (compute if compute > memory else memory) + (fixed if fixed > rest else rest)
+
     # memory -----------------------------------------------------------------------------------
 
     def kv_capacity_tokens(self, batch: int) -> float:

@@ -4,19 +4,24 @@ latency) and the specs it was planned from (agent, workload, SLA, cluster), foun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.plan_file import PLAN_SCHEMA, read_plan_json
+from terrazzo.sim.schedulers import KV_POLICIES, POLICIES, Scheduler, engine_scheduler
 from terrazzo.spec.agent import Agent, LlmNode
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
 INPUTS = ("agent", "workload", "sla", "cluster")
+SCHEMAS = tuple(dict.fromkeys((PLAN_SCHEMA, "terrazzo.plan/v1", "terrazzo.plan/v2")))
+PREVIOUS_TOKEN_BUDGET = 8192  # prompt tokens per prefill iteration in plans that name no scheduler
+SCHEDULER_FIELDS = ("policy", "kv", "max_num_seqs", "max_batched_tokens", "block_size", "kv_blocks")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class PlannedOp:
     visits: float
     latency_s: float
     usd_h: float
+    scheduler: Scheduler = field(default_factory=Scheduler)
 
     @property
     def label(self) -> str:
@@ -65,19 +71,78 @@ class SimModel:
 
 def _ops(plan: dict[str, Any]) -> dict[str, PlannedOp]:
     try:
-        return {o["name"]: PlannedOp(o["name"], o["kind"], o["node"], o["device"], int(o["tp"]), int(o["pp"]),
-                                     int(o["batch"]), int(o["replicas"]), float(o["visits"]), float(o["latency_s"]),
-                                     float(o["usd_h"])) for o in plan["ops"]}
+        ops = {o["name"]: PlannedOp(o["name"], o["kind"], o["node"], o["device"], int(o["tp"]), int(o["pp"]),
+                                    int(o["batch"]), int(o["replicas"]), float(o["visits"]), float(o["latency_s"]),
+                                    float(o["usd_h"])) for o in plan["ops"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise SimError(f"plan ops are malformed ({exc!r}); write the plan with `terrazzo plan ... -o plan.json`"
                        ) from None
+    pools = _pools_by_op(plan)
+    return {name: replace(op, scheduler=scheduler_of(rec, pools.get(name), op.batch))
+            for (name, op), rec in zip(ops.items(), plan["ops"], strict=True)}
+
+
+def _pools_by_op(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A v2 plan's pool records, by the ops each serves (a pool lists `ops`, or an op names its `pool`)."""
+    out: dict[str, dict[str, Any]] = {}
+    pools = plan.get("pools")
+    if isinstance(pools, list):
+        by_name = {p.get("name"): p for p in pools if isinstance(p, dict)}
+        for p in by_name.values():
+            for op in p.get("ops") or ():
+                out[op if isinstance(op, str) else op.get("name", "")] = p
+        for o in plan.get("ops", ()):
+            if isinstance(o.get("pool"), str) and o["pool"] in by_name:
+                out.setdefault(o["name"], by_name[o["pool"]])
+    return out
+
+
+def scheduler_of(op: dict[str, Any], pool: dict[str, Any] | None, batch: int) -> Scheduler:
+    """The engine and scheduler a plan's LLM op runs under, from its own record or its pool's (v2 fields:
+    `engine`, `engine_version`, `scheduler` as a policy name or an object of SCHEDULER_FIELDS).
+
+    Absent (every v1 plan): the policy the plan was priced with: whole prompts first, up to 8,192 prompt
+    tokens per iteration, whole context reserved, at most the planned batch running. A named engine
+    brings its defaults (schedulers.ENGINE_DEFAULTS); explicit fields override them."""
+    rec = {**(pool or {}), **{k: v for k, v in op.items() if v is not None}}
+    where = f"plan op '{op.get('name', '?')}'"
+    engine: EngineVersion | None = None
+    if rec.get("engine") is not None:
+        try:
+            engine = EngineVersion(Engine(str(rec["engine"]).lower()), str(rec.get("engine_version") or ""))
+        except ValueError:
+            raise SimError(f"{where}: field 'engine' is {rec['engine']!r}; use one of "
+                           f"{', '.join(e.value for e in Engine)}") from None
+    raw = rec.get("scheduler")
+    fields: dict[str, Any] = {"policy": raw} if isinstance(raw, str) else dict(raw or {})
+    unknown = sorted(set(fields) - set(SCHEDULER_FIELDS))
+    if unknown:
+        raise SimError(f"{where}: unknown field 'scheduler.{unknown[0]}'; the scheduler's fields are "
+                       f"{', '.join(SCHEDULER_FIELDS)}")
+    if fields.get("policy") is not None and fields["policy"] not in POLICIES:
+        raise SimError(f"{where}: field 'scheduler.policy' is {fields['policy']!r}; use one of {', '.join(POLICIES)}")
+    if fields.get("kv") is not None and fields["kv"] not in KV_POLICIES:
+        raise SimError(f"{where}: field 'scheduler.kv' is {fields['kv']!r}; use one of {', '.join(KV_POLICIES)}")
+    try:
+        ints = {k: int(fields[k]) for k in SCHEDULER_FIELDS[2:] if fields.get(k) is not None}
+    except (TypeError, ValueError):
+        raise SimError(f"{where}: the scheduler's counts ({', '.join(SCHEDULER_FIELDS[2:])}) must be whole "
+                       f"numbers") from None
+    seqs = ints.pop("max_num_seqs", max(1, batch))
+    try:
+        if engine is None:
+            return Scheduler(policy=fields.get("policy") or "prefill-first", kv=fields.get("kv") or "reserve",
+                             max_num_seqs=seqs, **{"max_batched_tokens": PREVIOUS_TOKEN_BUDGET, **ints})
+        return engine_scheduler(engine, seqs, policy=fields.get("policy"), kv=fields.get("kv"), **ints)
+    except ValueError as exc:
+        raise SimError(f"{where}: {exc}") from None
 
 
 def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
                      catalog: Catalog, source: str = "") -> SimModel:
     """A plan JSON and the specs it was made from (already loaded)."""
-    if plan.get("schema") != PLAN_SCHEMA:
-        raise SimError(f"expected a plan with schema {PLAN_SCHEMA}, got {plan.get('schema')!r}; "
+    if plan.get("schema") not in SCHEMAS:
+        raise SimError(f"expected a plan with schema {' or '.join(SCHEMAS)}, got {plan.get('schema')!r}; "
                        f"write one with `terrazzo plan AGENT --workload W --sla S --cluster C -o plan.json`")
     ops = _ops(plan)
     by_node: dict[str, list[PlannedOp]] = {}

@@ -17,7 +17,7 @@ import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from terrazzo.cost.candidates import deployment
@@ -31,7 +31,7 @@ from terrazzo.sim.links import Link
 from terrazzo.sim.pools import LlmPool, Seq, ServerPool
 from terrazzo.sim.sampling import token_draws, uniform_draws
 from terrazzo.sim.service_times import LlmCost, OpService
-from terrazzo.sim.sim_inputs import PlannedOp, SimModel
+from terrazzo.sim.sim_inputs import PREVIOUS_TOKEN_BUDGET, PlannedOp, SimModel
 from terrazzo.sim.traces import Trace
 from terrazzo.spec.agent import LlmNode, Node
 from terrazzo.spec.distributions import Dist
@@ -259,9 +259,12 @@ class Simulation:
             cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
             mode = _llm_role(p)
             isl = self._tokens(p.node, node)[0].expected
-            budget = p.batch * isl if mode == "prefill" else self.config.prefill_token_budget
+            sched = p.scheduler
+            if sched.engine is None and sched.max_batched_tokens == PREVIOUS_TOKEN_BUDGET:
+                sched = replace(sched, max_batched_tokens=self.config.prefill_token_budget)
+            budget = p.batch * isl if mode == "prefill" else sched.max_batched_tokens
             return LlmPool(env, p.name, mode, cost, p.replicas, p.pp, p.batch, budget,
-                           cost.kv_capacity_tokens(p.batch))
+                           cost.kv_capacity_tokens(p.batch), sched)
         service = OpService(cat, node, p.kind, p.device, self.config.seed, p.name)
         self.services[p.name] = service
         if p.batch > 1:
