@@ -14,7 +14,9 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail
+from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
+from terrazzo.spec.cluster import Cluster
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help=f"{__doc__}\n\n{EXIT_CODES_HELP}")
@@ -46,6 +48,16 @@ def _profile_notes(cat: Catalog) -> None:
     """What each --profile changed, or why it was not applied (on stderr, so --json output stays clean)."""
     for note in cat.notes:
         Console(stderr=True).print(f"profile: {note}", highlight=False, soft_wrap=True)
+
+
+def _with_profiled_devices(cluster: Cluster, cat: Catalog) -> Cluster:
+    """A device a --profile defines joins the cluster (or a note says how to add it)."""
+    from terrazzo.spec.profiled_devices import with_profiled_devices
+
+    cluster, added = with_profiled_devices(cluster, cat)
+    for line in added:
+        remark(line)
+    return cluster
 
 
 @hw_app.command("list")
@@ -238,6 +250,7 @@ def plan_cmd(
 
     cluster_spec, cat = load_cluster(cluster, profile or [])
     _profile_notes(cat)
+    cluster_spec = _with_profiled_devices(cluster_spec, cat)
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
                        explain=explain, verify=verify)
