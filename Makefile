@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,runtime,codegen]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,runtime,codegen,frames,langgraph]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)

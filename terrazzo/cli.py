@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,14 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail
+from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
+from terrazzo.spec.cluster import Cluster
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+                  help=f"{__doc__}\n\n{EXIT_CODES_HELP}")
 hw_app = typer.Typer(no_args_is_help=True, help="Device catalog: list, show, validate your own entries.")
 models_app = typer.Typer(no_args_is_help=True, help="Model catalog: list and show shapes.")
 app.add_typer(hw_app, name="hw")
 app.add_typer(models_app, name="models")
-console = Console()
 CatalogOpt = Annotated[
     list[Path] | None, typer.Option("--catalog", help="extra catalog YAML, layered over the shipped one")
 ]
@@ -28,6 +31,11 @@ ProfileOpt = Annotated[
     list[Path] | None, typer.Option("--profile", help="measured profile (terrazzo profile -o FILE), layered last; "
                                     "applies only where its machine and model match")
 ]
+
+
+@app.callback()
+def _root(version: VersionOpt = None) -> None:
+    pass
 
 
 def _catalog(extra: list[Path] | None, profiles: list[Path] | None = None) -> Catalog:
@@ -42,10 +50,22 @@ def _profile_notes(cat: Catalog) -> None:
         Console(stderr=True).print(f"profile: {note}", highlight=False, soft_wrap=True)
 
 
+def _with_profiled_devices(cluster: Cluster, cat: Catalog) -> Cluster:
+    """A device a --profile defines joins the cluster (or a note says how to add it)."""
+    from terrazzo.spec.profiled_devices import with_profiled_devices
+
+    cluster, added = with_profiled_devices(cluster, cat)
+    for line in added:
+        remark(line)
+    return cluster
+
+
 @hw_app.command("list")
-def hw_list(catalog: CatalogOpt = None) -> None:
+def hw_list(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
     """Devices with their dense peaks, memory, bandwidth, power and price."""
     cat = _catalog(catalog)
+    if as_json:
+        return emit_json([d.model_dump(mode="json", exclude_none=True) for d in cat.devices.values()])
     table = Table("device", "vendor", "kind", "bf16 TFLOPS", "fp8 TFLOPS", "memory GB", "HBM GB/s", "TDP W", "price $")
     for d in cat.devices.values():
         fp8 = d.tflops("fp8")
@@ -56,9 +76,12 @@ def hw_list(catalog: CatalogOpt = None) -> None:
 
 
 @hw_app.command("show")
-def hw_show(name: str, catalog: CatalogOpt = None) -> None:
+def hw_show(name: Annotated[str, typer.Argument(help="device name or alias (terrazzo hw list)")],
+            catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
     """Every field of one device, each with its source."""
     d = _catalog(catalog).device(name)
+    if as_json:
+        return emit_json(d.model_dump(mode="json", exclude_none=True))
     table = Table("field", "value", "source", title=f"{d.name} ({d.vendor} {d.generation})")
     for key, sourced in _sourced_fields(d.model_dump()):
         note = f" — {sourced['note']}" if sourced.get("note") else ""
@@ -77,15 +100,17 @@ def _sourced_fields(data: dict, prefix: str = "") -> list[tuple[str, dict]]:
 
 
 @hw_app.command("validate")
-def hw_validate(file: Path) -> None:
+def hw_validate(file: Annotated[Path, typer.Argument(help="catalog YAML to check")]) -> None:
     """Check a catalog YAML (devices, models, price/TCO profiles, efficiency) against the schema."""
     defined = load_catalog().merge_file(file)
     console.print(f"[green]ok[/green] {file}: {len(defined)} entries ({', '.join(defined)})")
 
 
 @models_app.command("list")
-def models_list(catalog: CatalogOpt = None) -> None:
+def models_list(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
     """Models with their parameter counts and attention shape."""
+    if as_json:
+        return emit_json([m.model_dump(mode="json", exclude_none=True) for m in _catalog(catalog).models.values()])
     table = Table("model", "kind", "params B", "active B", "layers", "hidden", "heads/kv", "experts", "attention")
     for m in _catalog(catalog).models.values():
         active = m.active_params_b.value if m.active_params_b else m.params_b.value
@@ -96,7 +121,7 @@ def models_list(catalog: CatalogOpt = None) -> None:
 
 
 @models_app.command("make-tiny")
-def models_make_tiny(directory: Path) -> None:
+def models_make_tiny(directory: Annotated[Path, typer.Argument(help="folder to write the checkpoint into")]) -> None:
     """Write a tiny RANDOM-WEIGHT Llama checkpoint (for tests and the demo; it cannot produce sensible text)."""
     from terrazzo.runtime.run_command import make_tiny
 
@@ -104,9 +129,11 @@ def models_make_tiny(directory: Path) -> None:
 
 
 @models_app.command("show")
-def models_show(name: str, catalog: CatalogOpt = None) -> None:
+def models_show(name: Annotated[str, typer.Argument(help="model name or alias (terrazzo models list)")],
+                catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Every field of one model (shape, parameter counts with their sources) as JSON."""
     m = _catalog(catalog).model(name)
-    console.print_json(json.dumps(m.model_dump(exclude_none=True)))
+    emit_json(m.model_dump(mode="json", exclude_none=True))
 
 
 @app.command()
@@ -130,9 +157,8 @@ def cost(
 
     report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
     if as_json:
-        print(json.dumps(asdict(report), indent=2))
-    else:
-        console.print(report.table())
+        return emit_json(report)
+    console.print(report.table())
 
 
 @app.command("worked-example")
@@ -224,6 +250,7 @@ def plan_cmd(
 
     cluster_spec, cat = load_cluster(cluster, profile or [])
     _profile_notes(cat)
+    cluster_spec = _with_profiled_devices(cluster_spec, cat)
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
                        explain=explain, verify=verify)
@@ -432,8 +459,7 @@ def main() -> None:
     try:
         app()
     except TerrazzoError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(fail(exc))
 
 
 if __name__ == "__main__":

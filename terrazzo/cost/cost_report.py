@@ -9,9 +9,11 @@ from rich.table import Table
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import (
+    Deployment,
     decode_step,
     decode_tokens_per_s,
     max_batch,
+    max_memory_batch,
     mean_decode_context,
     memory_use,
     prefill,
@@ -47,6 +49,7 @@ class CostReport:
     usd_per_m_output_tokens: float
     usd_per_m_input_tokens: float
     meets_ttft: bool
+    tbt_note: str = ""  # why no batch meets the TBT limit, and what would
 
     def table(self) -> Table:
         t = Table("quantity", "value", title=f"{self.model} {self.dtype} on {self.tp * self.pp}× {self.device} "
@@ -60,14 +63,16 @@ class CostReport:
                       f"{self.max_sla_batch} (TBT {self.tbt_at_max_batch_s * 1e3:.2f} ms, "  # type: ignore[operator]
                       f"{self.bound_at_max_batch}-bound)")
         else:
-            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none: limit unattainable or no memory")
-        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}")
+            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none (see below)")
+            t.caption = f"no batch: {self.tbt_note}"
+        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}" if self.max_sla_batch else "-")
         t.add_row("prefill tokens/s per replica", f"{self.prefill_tokens_per_s:,.0f}")
         t.add_row("memory per device", f"weights {self.weights_gb_per_device:.1f} GB + "
                   f"KV {self.kv_gb_per_device:.1f} GB"
                   f" of {self.capacity_gb_per_device:.1f} GB usable")
         t.add_row("replica TCO", f"${self.replica_usd_h:.3f}/h")
-        t.add_row("$/M output tokens (decode)", f"${self.usd_per_m_output_tokens:.4f}")
+        t.add_row("$/M output tokens (decode)",
+                  f"${self.usd_per_m_output_tokens:.4f}" if self.max_sla_batch else "- (no batch meets the TBT limit)")
         t.add_row("$/M input tokens (prefill)", f"${self.usd_per_m_input_tokens:.4f}")
         return t
 
@@ -81,7 +86,7 @@ def cost_report(
     pre, step1 = prefill(dep, isl), decode_step(dep, 1, ctx)
     b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
     step_b = decode_step(dep, b, ctx) if b else None
-    decode_tps = decode_tokens_per_s(dep, b, ctx)
+    decode_tps = decode_tokens_per_s(dep, b, ctx) if b else 0.0
     prefill_tps = prefill_tokens_per_s(dep, isl)
     mem = memory_use(dep, max(b, 1), isl + osl)
     usd_h = device_usd_per_hour(catalog, dep.device.name, tco).usd_h * dep.devices
@@ -95,4 +100,16 @@ def cost_report(
         capacity_gb_per_device=mem.capacity / 1e9, replica_usd_h=usd_h,
         usd_per_m_output_tokens=usd_per_million_tokens(usd_h, decode_tps),
         usd_per_m_input_tokens=usd_per_million_tokens(usd_h, prefill_tps), meets_ttft=pre.latency_s <= ttft_s,
+        tbt_note="" if b else _unattainable(dep, ctx, isl + osl, step1.latency_s, step1.bound, tbt_s, mem.capacity),
     )
+
+
+def _unattainable(dep: Deployment, ctx: float, peak_context: int, tbt_b1_s: float, bound: str, tbt_s: float,
+                  capacity_bytes: float) -> str:
+    """Why no decode batch qualifies: batch 1 is already slower than the limit, or one sequence's KV does
+    not fit beside the weights; each with what would change it."""
+    if max_memory_batch(dep, peak_context) == 0:
+        return (f"one sequence of {peak_context} tokens does not fit in {capacity_bytes / 1e9:.1f} GB per device "
+                "beside the weights; raise --tp or --pp, use a smaller --dtype, or shorten --isl/--osl")
+    return (f"TBT limit {tbt_s * 1e3:g} ms is unattainable: batch 1 already takes {tbt_b1_s * 1e3:.2f} ms "
+            f"({bound}-bound); raise --tbt, raise --tp, or pick a faster device or a smaller --dtype")

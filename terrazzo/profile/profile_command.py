@@ -331,6 +331,10 @@ def profile_command(opts: Options, output: Path, console: Console) -> Profile:
     console.print(summary(prof))
     for note in prof.notes:
         console.print(f"note: {note}", highlight=False)
+    from terrazzo.profile.plausibility import profile_warnings
+
+    for warning in profile_warnings(prof):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     use = f"--profile {output}" if prof.device.defines else f"--profile {output} (calibrates {prof.device.name})"
     console.print(f"wrote {output}; plan with it: terrazzo plan ... {use}"
                   + (f"; the device is '{prof.device.name}'" if prof.device.defines else ""))

@@ -12,6 +12,7 @@ from terrazzo.runtime.failures import ExecutionError
 from terrazzo.runtime.orchestrator import Runtime
 from terrazzo.runtime.pool_layout import load_plan
 from terrazzo.runtime.run_report import RunReport
+from terrazzo.spec.agent import Agent
 
 
 def make_tiny(directory: str | Path) -> str:
@@ -22,11 +23,13 @@ def make_tiny(directory: str | Path) -> str:
     return f"wrote {path}\n{RANDOM_WEIGHTS_NOTE}"
 
 
-async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
-                    config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+async def run_async(agent_path: str | Path | Agent, plan_path: str | Path | None, inputs: list[str],
+                    backend: str = "local", config_path: str | Path | None = None, concurrency: int = 8,
+                    **overrides: object) -> RunReport:
+    """`agent_path`: an agent YAML, or an Agent already loaded (the Python API passes built agents)."""
     from terrazzo.spec.spec_loader import load_agent
 
-    agent = load_agent(agent_path)
+    agent = agent_path if isinstance(agent_path, Agent) else load_agent(agent_path)
     plan = load_plan(plan_path)
     if plan.agent and plan.agent != agent.name:
         raise ExecutionError(f"plan '{plan_path}' is for agent '{plan.agent}', not '{agent.name}'",

@@ -180,6 +180,7 @@ def _resolve(name: str, base: Path | None) -> Path:
 
 def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str = "") -> SimModel:
     """Load the specs a plan JSON names in `inputs` and build the model."""
+    from terrazzo.spec.profiled_devices import with_profiled_devices
     from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
 
     inputs = plan.get("inputs") or {}
@@ -192,8 +193,10 @@ def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str 
         if not p.is_file():
             raise SimError(f"the plan's {k} spec '{inputs[k]}' was not found (looked relative to the working "
                            f"directory and to the plan's folder); run from the folder the plan was made in")
+    profiles = [_resolve(v, base) for k, v in sorted(inputs.items()) if k.startswith("profile[")]
     try:
-        cluster, catalog = load_cluster(paths["cluster"])
+        cluster, catalog = load_cluster(paths["cluster"], profiles)
+        cluster = with_profiled_devices(cluster, catalog)[0]  # as `terrazzo plan --profile` planned it
         agent = load_agent(paths["agent"], catalog)
         workload = load_workload(paths["workload"], agent)
         sla = load_sla(paths["sla"], agent)
