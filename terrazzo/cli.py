@@ -217,16 +217,42 @@ def plan_cmd(
     verify: Annotated[bool, typer.Option(help="simulate the plan at its rate and re-plan where it misses the "
                                          "SLA's percentile (verify/replan.py)")] = True,
     profile: ProfileOpt = None,
+    bom: Annotated[Path | None, typer.Option(help="write the bill of materials to BOM.csv and BOM.json")] = None,
+    candidates: Annotated[bool, typer.Option("--candidates", help="print every candidate of every op "
+                                             "(device × TP × PP × batch, $/h, TTFT, TBT, feasible or why not)")
+                          ] = False,
+    pareto: Annotated[str | None, typer.Option(help="cost,latency,energy: the non-dominated plans (ε-constraint "
+                                               "on HiGHS), each simulated")] = None,
+    pareto_figure: Annotated[Path | None, typer.Option(help="with --pareto: PNG of the front")] = None,
 ) -> None:
-    """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
+    """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines; a workload
+    with a rate curve gets a day plan (peak fleet against an autoscaled schedule)."""
     from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
     from terrazzo.verify.replan import verified_plan as make_plan
 
     cluster_spec, cat = load_cluster(cluster, profile or [])
     _profile_notes(cat)
     agent_spec = load_agent(agent, cat)
-    result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
-                       explain=explain, verify=verify)
+    workload_spec, sla_spec = load_workload(workload, agent_spec), load_sla(sla, agent_spec)
+    if candidates:
+        from terrazzo.plan.from_ir import build
+        from terrazzo.plan.plan_tables import candidates_table
+
+        console.print(candidates_table(build(agent_spec, workload_spec, sla_spec, cluster_spec, cat)))
+        return
+    if pareto is not None:
+        from terrazzo.plan.pareto import pareto_command
+
+        code = pareto_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, pareto, output,
+                              pareto_figure, as_json, console)
+        raise typer.Exit(code)
+    if workload_spec.rate_curve is not None:
+        from terrazzo.plan.day_plan import day_plan_command
+
+        code = day_plan_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, workload, output, as_json,
+                                console, figure)
+        raise typer.Exit(code)
+    result = make_plan(agent_spec, workload_spec, sla_spec, cluster_spec, cat, explain=explain, verify=verify)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     inputs.update({f"profile[{i}]": p for i, p in enumerate(profile or [])})
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
@@ -237,6 +263,11 @@ def plan_cmd(
         check = check_plan(result.to_json(), tolerance, seed)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2))
+    if bom and result.fleet is not None:
+        from terrazzo.plan.keep_or_buy import write_bom
+
+        Console(stderr=True).print("wrote " + ", ".join(str(p) for p in write_bom(result.fleet, result.agent,
+                                                                                  result.rate_per_s, bom)))
     if figure:
         from terrazzo.report.paper_figures import plan_figure
 
@@ -248,6 +279,8 @@ def plan_cmd(
         print(json.dumps(doc, indent=2))
         return
     console.print(result.table())
+    if result.fleet is not None:
+        console.print(result.fleet.table())
     console.print(result.baseline_table())
     for line in result.verification_lines():
         console.print(line)

@@ -34,6 +34,8 @@ class Cluster(Strict):
     tco_profile: str = "paper-2507.19635"
     price_profile: str | None = Field(default=None, description="override the TCO profile's price profile")
     catalogs: list[str] = Field(default_factory=list, description="extra catalog YAML files (relative to this file)")
+    max_kw: float | None = Field(default=None, gt=0, description="power limit: device draw, utilisation-weighted, kW")
+    max_devices: int | None = Field(default=None, gt=0, description="rack limit: devices of all types together")
 
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
