@@ -295,6 +295,53 @@ def plan_cmd(
         console.print(f"wrote {output}")
 
 
+@app.command("compare")
+def compare_cmd(
+    agent: Annotated[Path, typer.Argument(help="agent YAML")],
+    workload: Annotated[Path, typer.Option(help="workload YAML (the same for every option)")],
+    sla: Annotated[list[Path], typer.Option(help="SLA YAML; repeat to compare SLAs")],
+    cluster: Annotated[list[Path], typer.Option(help="cluster YAML; repeat to compare clusters")],
+    price_profile: Annotated[list[str] | None, typer.Option(help="price profile; repeat to compare prices")] = None,
+    buy: Annotated[str | None, typer.Option(help="with one owned cluster: device types to buy, one option each, "
+                                            "e.g. h200,mi300x,b200")] = None,
+    verify: Annotated[bool, typer.Option(help="simulate each plan and re-plan on a miss, as `plan` does")] = True,
+    sim_requests: Annotated[int, typer.Option(help="simulated requests per option for its p99")] = 4000,
+    figure: Annotated[Path | None, typer.Option(help="write a PNG of TCO per option")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the rows as JSON here")] = None,
+) -> None:
+    """What-if: one table of TCO, capex, devices, p99 latency and energy per cluster, price profile, SLA or
+    device to buy, on the same agent and workload."""
+    from terrazzo.plan.compare import compare, compare_figure, compare_table, options
+    from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+
+    clusters = []
+    for path in cluster:
+        spec, cat = load_cluster(path)
+        clusters.append((path.stem, spec, cat))
+    agent_spec = load_agent(agent, clusters[0][2])
+    slas = [(p.stem, load_sla(p, agent_spec)) for p in sla]
+    opts = options(clusters, slas, price_profile or [], [b.strip() for b in buy.split(",") if b.strip()] if buy
+                   else [])
+    wl = load_workload(workload, agent_spec)
+    rows = compare(agent_spec, wl, opts, verify, sim_requests)
+    doc = {"schema": "terrazzo.compare/v1", "agent": agent_spec.name, "rate_per_s": wl.arrival.rate_per_s,
+           "rows": [r.to_json() for r in rows]}
+    if output:
+        output.write_text(json.dumps(doc, indent=2))
+    if figure:
+        compare_figure(rows, figure, agent_spec.name)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        console.print(compare_table(rows, agent_spec.name, wl.arrival.rate_per_s or 0.0))
+        for path in (output, figure):
+            if path:
+                console.print(f"wrote {path}")
+    if not any(r.plan is not None for r in rows):
+        raise typer.Exit(1)
+
+
 @app.command("run")
 def run_cmd(
     agent: Annotated[Path, typer.Argument(help="agent YAML")],

@@ -180,7 +180,8 @@ def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: 
     return plan_graph(build(agent, workload, sla, cluster, catalog), agent.name, explain, time_limit_s)
 
 
-def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0,
+               with_baselines: bool = True) -> Plan:
     sol = solve_milp(graph, time_limit_s=time_limit_s)
     if sol.assignment is None:
         raise PlanInfeasible(explain_infeasible(graph))
@@ -191,7 +192,8 @@ def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limi
                            graph.penalty_usd_h_per_s * verdict.slack_s if verdict.slack_s else 0.0)
     return Plan(
         name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), fleet.usd_h,
-        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), tuple(baselines(graph)), sol.status,
+        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment),
+        tuple(baselines(graph)) if with_baselines else (), sol.status,
         runner_ups(graph, sol.assignment) if explain else {}, fleet=fleet,
         power_kw=fleet_power_kw(graph, sol.assignment.chosen),
         energy_j_per_request=energy_j_per_request(graph, sol.assignment.chosen), percentile=graph.percentile,
