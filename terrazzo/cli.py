@@ -243,8 +243,16 @@ def plan_cmd(
     verify: Annotated[bool, typer.Option(help="simulate the plan at its rate and re-plan where it misses the "
                                          "SLA's percentile (verify/replan.py)")] = True,
     profile: ProfileOpt = None,
+    bom: Annotated[Path | None, typer.Option(help="write the bill of materials to BOM.csv and BOM.json")] = None,
+    candidates: Annotated[bool, typer.Option("--candidates", help="print every candidate of every op "
+                                             "(device × TP × PP × batch, $/h, TTFT, TBT, feasible or why not)")
+                          ] = False,
+    pareto: Annotated[str | None, typer.Option(help="cost,latency,energy: the non-dominated plans (ε-constraint "
+                                               "on HiGHS), each simulated")] = None,
+    pareto_figure: Annotated[Path | None, typer.Option(help="with --pareto: PNG of the front")] = None,
 ) -> None:
-    """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines."""
+    """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines; a workload
+    with a rate curve gets a day plan (peak fleet against an autoscaled schedule)."""
     from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
     from terrazzo.verify.replan import verified_plan as make_plan
 
@@ -252,8 +260,26 @@ def plan_cmd(
     _profile_notes(cat)
     cluster_spec = _with_profiled_devices(cluster_spec, cat)
     agent_spec = load_agent(agent, cat)
-    result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
-                       explain=explain, verify=verify)
+    workload_spec, sla_spec = load_workload(workload, agent_spec), load_sla(sla, agent_spec)
+    if candidates:
+        from terrazzo.plan.from_ir import build
+        from terrazzo.plan.plan_tables import candidates_table
+
+        console.print(candidates_table(build(agent_spec, workload_spec, sla_spec, cluster_spec, cat)))
+        return
+    if pareto is not None:
+        from terrazzo.plan.pareto import pareto_command
+
+        code = pareto_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, pareto, output,
+                              pareto_figure, as_json, console)
+        raise typer.Exit(code)
+    if workload_spec.rate_curve is not None:
+        from terrazzo.plan.day_plan import day_plan_command
+
+        code = day_plan_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, workload, output, as_json,
+                                console, figure)
+        raise typer.Exit(code)
+    result = make_plan(agent_spec, workload_spec, sla_spec, cluster_spec, cat, explain=explain, verify=verify)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     inputs.update({f"profile[{i}]": p for i, p in enumerate(profile or [])})
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
@@ -264,6 +290,11 @@ def plan_cmd(
         check = check_plan(result.to_json(), tolerance, seed)
     if output:
         output.write_text(json.dumps(result.to_json(), indent=2))
+    if bom and result.fleet is not None:
+        from terrazzo.plan.keep_or_buy import write_bom
+
+        Console(stderr=True).print("wrote " + ", ".join(str(p) for p in write_bom(result.fleet, result.agent,
+                                                                                  result.rate_per_s, bom)))
     if figure:
         from terrazzo.report.paper_figures import plan_figure
 
@@ -275,6 +306,8 @@ def plan_cmd(
         print(json.dumps(doc, indent=2))
         return
     console.print(result.table())
+    if result.fleet is not None:
+        console.print(result.fleet.table())
     console.print(result.baseline_table())
     for line in result.verification_lines():
         console.print(line)
@@ -287,6 +320,53 @@ def plan_cmd(
         console.print(table)
     if output:
         console.print(f"wrote {output}")
+
+
+@app.command("compare")
+def compare_cmd(
+    agent: Annotated[Path, typer.Argument(help="agent YAML")],
+    workload: Annotated[Path, typer.Option(help="workload YAML (the same for every option)")],
+    sla: Annotated[list[Path], typer.Option(help="SLA YAML; repeat to compare SLAs")],
+    cluster: Annotated[list[Path], typer.Option(help="cluster YAML; repeat to compare clusters")],
+    price_profile: Annotated[list[str] | None, typer.Option(help="price profile; repeat to compare prices")] = None,
+    buy: Annotated[str | None, typer.Option(help="with one owned cluster: device types to buy, one option each, "
+                                            "e.g. h200,mi300x,b200")] = None,
+    verify: Annotated[bool, typer.Option(help="simulate each plan and re-plan on a miss, as `plan` does")] = True,
+    sim_requests: Annotated[int, typer.Option(help="simulated requests per option for its p99")] = 4000,
+    figure: Annotated[Path | None, typer.Option(help="write a PNG of TCO per option")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the rows as JSON here")] = None,
+) -> None:
+    """What-if: one table of TCO, capex, devices, p99 latency and energy per cluster, price profile, SLA or
+    device to buy, on the same agent and workload."""
+    from terrazzo.plan.compare import compare, compare_figure, compare_table, options
+    from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+
+    clusters = []
+    for path in cluster:
+        spec, cat = load_cluster(path)
+        clusters.append((path.stem, spec, cat))
+    agent_spec = load_agent(agent, clusters[0][2])
+    slas = [(p.stem, load_sla(p, agent_spec)) for p in sla]
+    opts = options(clusters, slas, price_profile or [], [b.strip() for b in buy.split(",") if b.strip()] if buy
+                   else [])
+    wl = load_workload(workload, agent_spec)
+    rows = compare(agent_spec, wl, opts, verify, sim_requests)
+    doc = {"schema": "terrazzo.compare/v1", "agent": agent_spec.name, "rate_per_s": wl.arrival.rate_per_s,
+           "rows": [r.to_json() for r in rows]}
+    if output:
+        output.write_text(json.dumps(doc, indent=2))
+    if figure:
+        compare_figure(rows, figure, agent_spec.name)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        console.print(compare_table(rows, agent_spec.name, wl.arrival.rate_per_s or 0.0))
+        for path in (output, figure):
+            if path:
+                console.print(f"wrote {path}")
+    if not any(r.plan is not None for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command("run")

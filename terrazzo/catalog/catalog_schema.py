@@ -53,6 +53,8 @@ class Device(Strict):
     scale_up: ScaleUp | None = None
     scale_out: ScaleOut
     tdp_w: Sourced
+    idle_w: Sourced | None = Field(default=None, description="draw with the engine loaded and no work; energy and "
+                                   "max_kw weight power between this and TDP by utilisation")
     price_usd: Sourced = Field(description="list or street price of one device")
     cores: Sourced | None = Field(default=None, description="CPU cores, for CPU devices")
 

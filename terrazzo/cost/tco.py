@@ -25,6 +25,7 @@ class HourlyCost:
     capex_usd_h: float
     power_usd_h: float
     host_usd_h: float
+    price_usd: float = 0.0  # up-front price of one device, which the capex annuity repays
 
     @property
     def usd_h(self) -> float:
@@ -39,7 +40,14 @@ def device_usd_per_hour(
     price = catalog.price_usd(dev.name, price_profile or prof.price_profile)
     capex = annuity_usd_per_year(price, prof.years, prof.interest_rate) / HOURS_PER_YEAR
     power = dev.tdp_w.value / 1000 * prof.power_fraction_of_tdp * prof.pue * prof.usd_per_kwh
-    return HourlyCost(dev.name, capex, power, prof.host_share)
+    return HourlyCost(dev.name, capex, power, prof.host_share, price)
+
+
+def financing_terms(profile: TcoProfile) -> str:
+    """The TCO profile's financing and power assumptions, in words."""
+    return (f"{profile.years:g}-year annuity at {profile.interest_rate:.1%}; power at {profile.power_fraction_of_tdp:.0%}"
+            f" of TDP × PUE {profile.pue:g} × ${profile.usd_per_kwh:g}/kWh; operations (host share) "
+            f"${profile.host_share:g}/device-h (TCO profile {profile.name})")
 
 
 def usd_per_million_tokens(usd_h: float, tokens_per_s: float) -> float:

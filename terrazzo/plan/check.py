@@ -127,6 +127,14 @@ def check(graph: PlanningGraph, a: Assignment) -> Verdict:
             cap = graph.inventory.get(device, 0)
             if n > cap and not (graph.mode == "own-and-buy" and device in graph.buy):
                 problems.append(f"{device}: {n} devices used, inventory has {cap}")
+    if graph.max_devices is not None and sum(used.values()) > graph.max_devices:
+        problems.append(f"{sum(used.values())} devices used, the rack limit (max_devices) is {graph.max_devices}")
+    if graph.max_kw is not None:
+        from terrazzo.plan.power import fleet_power_kw
+
+        kw = fleet_power_kw(graph, a.chosen)
+        if kw > graph.max_kw * (1 + TOLERANCE):
+            problems.append(f"{kw:.2f} kW of device power, the limit (max_kw) is {graph.max_kw:g} kW")
     finish = _finish_times(graph, a)
     e2e = max(finish.values(), default=0.0)
     slack = 0.0

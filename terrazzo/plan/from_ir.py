@@ -15,8 +15,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument, OpResult, SSAValue
 
 from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.cost.energy import power_curve
 from terrazzo.cost.network import scale_out_link
-from terrazzo.cost.tco import device_usd_per_hour
+from terrazzo.cost.tco import device_usd_per_hour, financing_terms
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, KvType
 from terrazzo.ir.candidate_pricing import PLACEABLE, CostModel
 from terrazzo.ir.context import make_context
@@ -102,6 +103,8 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         sla.utilisation_cap, sla.penalty_usd_h_per_s, costs, links, cluster.fabric.scale_out_latency_s,
         tuple(devices), {catalog.device(d).name: n for d, n in cluster.inventory.items()},
         tuple(catalog.device(d).name for d in cluster.buy), cluster.mode, tails.percentile,
+        {d: power_curve(catalog.device(d)) for d in priced}, catalog.tco_profile(cluster.tco_profile).pue,
+        cluster.max_kw, cluster.max_devices, financing_terms(catalog.tco_profile(cluster.tco_profile)),
     )
 
 
@@ -145,9 +148,15 @@ def _plan_op(op: NodeOp, name: str | None = None) -> PlanOp:
     role = _first_token_role(op)
     return PlanOp(
         name or op.node_id, kind, op.node_id.rsplit(".", 1)[0] if name is None else op.node_id,
-        op.visit_count, prune([_candidate(c, role, osl) for c in op.candidates]),
+        op.visit_count, prune([_candidate(c, role, osl, _emits_tokens(op)) for c in op.candidates]),
         output_tokens=osl, model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
     )
+
+
+def _emits_tokens(op: NodeOp) -> bool:
+    """An LLM decode phase or an aggregated call: its candidates have a time between tokens."""
+    phase = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}.get(type(op)) or str_prop(op, "phase")
+    return isinstance(op, LlmCallOp) or phase == "decode"
 
 
 def _first_token_role(op: NodeOp) -> str | None:
@@ -162,7 +171,7 @@ def _with_variant(op: PlanOp, variant: str) -> PlanOp:
     return replace(op, variant=variant, node=op.name.rsplit(".", 1)[0] if variant == "disaggregated" else op.node)
 
 
-def _candidate(c: CandidateAttr, role: str | None, osl: float) -> OpCandidate:
+def _candidate(c: CandidateAttr, role: str | None, osl: float, tokens: bool = False) -> OpCandidate:
     """A priced IR candidate; for a first-token op, also its time to the first token: a prefill's own
     latency (a batch of `batch` prompts), or an aggregated replica's lone prefill (the span less the
     decode) plus one decode step to wait out before the prompt joins."""
@@ -173,7 +182,8 @@ def _candidate(c: CandidateAttr, role: str | None, osl: float) -> OpCandidate:
                        c.usd_h.data, c.feasible, c.infeasible.data,
                        f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
                        first_token_s=first if first is not None and math.isfinite(first) else None,
-                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data)
+                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data,
+                       step_s=c.latency_s.data if tokens else None)
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

@@ -11,6 +11,7 @@ lowers cost or latency, so replicas are constants of the column rather than vari
          w[o,d] = Σ_{c on d} x[o,c]  (a crossing pays the slower NIC's time; a KV edge always pays)
        f[v] ≥ f[u] + visits(v)·(t[e] + Σ_c latency(c)·x[v,c]),  f[sink] ≤ deadline + s
        Σ devices(c)·n(o,c)·x[o,c] over ops on d ≤ inventory(d)
+       Σ power(o,c)·x[o,c] ≤ max_kw,  Σ devices(c)·n(o,c)·x[o,c] ≤ max_devices  (when the cluster sets them)
 A first-token op's replicas also keep its percentile TTFT, queueing included, within the limit
 (plan/queueing.py). Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for
 explanations. A data edge whose slowest transfer is under 1e-5 of the deadline is charged that worst
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from terrazzo.plan.check import Assignment, first_token_attainable, min_replicas
 from terrazzo.plan.lp import INF, Model
 from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, non_dominated
+from terrazzo.plan.power import op_power_w
 
 Allow = Callable[[str, OpCandidate], bool]
 NEGLIGIBLE_TRANSFER = 1e-5  # data transfers below this fraction of the deadline enter as worst-case constants
@@ -47,6 +49,7 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
     allowed = {o.name: _columns(graph, o.name, allow) for o in graph.ops}
     x: dict[tuple[str, int], int] = {}
     per_device: dict[str, dict[int, float]] = {}
+    power_kw: dict[int, float] = {}
     for o in graph.ops:
         for k in allowed[o.name]:
             c = o.candidates[k]
@@ -54,6 +57,11 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
             cost = 0.0 if graph.mode == "own-and-buy" else c.usd_h * replicas
             x[o.name, k] = m.var(cost, 0, 1, integer=True)
             per_device.setdefault(c.device, {})[x[o.name, k]] = float(c.devices * replicas)
+            power_kw[x[o.name, k]] = op_power_w(graph, o.name, c, replicas) / 1e3
+    if graph.max_kw is not None:  # power limit, utilisation-weighted as the checker counts it (plan/power.py)
+        m.row(power_kw, hi=graph.max_kw)
+    if graph.max_devices is not None:
+        m.row(_sum(*per_device.values()), hi=graph.max_devices)
     for g in graph.groups:
         z = {v: m.var(0.0, 0, 1, integer=True) for v in g.variants}
         m.row(dict.fromkeys(z.values(), 1.0), 1.0, 1.0)
@@ -86,10 +94,11 @@ def _columns(graph: PlanningGraph, op: str, allow: Allow | None) -> list[int]:
           if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(op, c))
           and first_token_attainable(graph, op, c)]
 
-    def costs(k: int) -> tuple[float, float, float]:
+    def costs(k: int) -> tuple[float, ...]:
         c = o.candidates[k]
         n = min_replicas(graph, op, c)
-        return (c.latency_s, c.usd_h * n, float(c.devices * n))
+        kw = (op_power_w(graph, op, c, n),) if graph.max_kw is not None else ()
+        return (c.latency_s, c.usd_h * n, float(c.devices * n), *kw)
 
     return non_dominated(ok, lambda k: o.candidates[k].device, costs)
 

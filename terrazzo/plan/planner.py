@@ -12,10 +12,13 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.check import Assignment, check, devices_used, min_replicas
+from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
+from terrazzo.plan.baseline_reasons import cannot_apply, why_infeasible
 from terrazzo.plan.from_ir import build
+from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
+from terrazzo.plan.power import energy_j_per_request, fleet_power_kw
 from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
@@ -32,6 +35,7 @@ class PlacedOp:
     replicas: int
     visits: float
     finish_s: float
+    ttft_at_sla_s: float | None = None  # a first-token op's TTFT at the SLA's percentile, queueing included
 
     @property
     def pool(self) -> str:
@@ -65,6 +69,10 @@ class Plan:
     explain: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (verify/replan.py); empty if not run
+    fleet: FleetDecision | None = None  # keep or buy: owned used/idle, bought, $/h rows (plan/keep_or_buy.py)
+    power_kw: float = 0.0  # device power, utilisation-weighted (plan/power.py)
+    energy_j_per_request: float = 0.0  # at the wall (× PUE)
+    percentile: float = 99.0  # the SLA's
 
     @property
     def sim_verified(self) -> bool | None:
@@ -98,10 +106,16 @@ class Plan:
                 {"name": p.name, "kind": p.kind, "node": p.node, "device": p.candidate.device, "tp": p.candidate.tp,
                  "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
                  "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
-                 "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": p.replicas * p.candidate.usd_h,
+                 "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": self.op_usd_h()[p.name],
+                 "full_tco_usd_h": p.replicas * p.candidate.usd_h, "tbt_s": p.candidate.step_s,
+                 "first_token_s": p.candidate.first_token_s, "ttft_at_sla_s": p.ttft_at_sla_s,
                  "detail": p.candidate.detail, "source": p.candidate.source}
                 for p in self.ops
             ],
+            "fleet": self.fleet.to_json() if self.fleet else None,
+            "power_kw": self.power_kw,
+            "energy_j_per_request": self.energy_j_per_request,
+            "percentile": self.percentile,
             "baselines": [
                 {"name": b.name, "tco_usd_h": b.usd_h if b.feasible else None, "e2e_latency_s": b.e2e_latency_s,
                  "feasible": b.feasible, "reason": b.reason,
@@ -114,18 +128,18 @@ class Plan:
                              "rounds": list(self.verification)},
         }
 
+    def op_usd_h(self) -> dict[str, float]:
+        """Each op's share of the headline (plan/keep_or_buy.py); full TCO per replica without a fleet."""
+        if self.fleet is None:
+            return {p.name: p.replicas * p.candidate.usd_h for p in self.ops}
+        per = {line.device: line for line in self.fleet.lines}
+        return {p.name: per[p.candidate.device].usd_h * p.replicas * p.candidate.devices / per[p.candidate.device].used
+                for p in self.ops}
+
     def table(self) -> Table:
-        t = Table("op", "device", "tp×pp", "batch", "replicas", "visits", "latency ms", "$/h",
-                  title=f"plan for {self.agent} at {self.rate_per_s:g} req/s")
-        for p in self.ops:
-            c = p.candidate
-            t.add_row(p.name, c.device, f"{c.tp}×{c.pp}", str(c.batch), str(p.replicas), f"{p.visits:.3g}",
-                      f"{c.latency_s * 1e3:.2f}", f"{p.replicas * c.usd_h:.2f}")
-        sla = f" (SLA {self.deadline_s * 1e3:g} ms)" if self.deadline_s else ""
-        t.caption = (f"E2E {self.e2e_latency_s * 1e3:.1f} ms{sla} · TCO ${self.usd_h:.2f}/h · "
-                     f"${self.usd_per_request * 1e3:.4f} per 1k requests · "
-                     f"${self.usd_per_m_tokens:.3f}/M output tokens")
-        return t
+        from terrazzo.plan.plan_tables import plan_table
+
+        return plan_table(self)
 
     def verification_lines(self) -> list[str]:
         """One line per simulation round (rich markup), with what the planner learned from a miss."""
@@ -166,26 +180,39 @@ def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: 
     return plan_graph(build(agent, workload, sla, cluster, catalog), agent.name, explain, time_limit_s)
 
 
-def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0,
+               with_baselines: bool = True) -> Plan:
     sol = solve_milp(graph, time_limit_s=time_limit_s)
     if sol.assignment is None:
         raise PlanInfeasible(explain_infeasible(graph))
     verdict = check(graph, sol.assignment)
     if not verdict.ok:  # the solver's word is not enough: never hand out a plan that fails the check
         raise PlanInfeasible("the solver's plan fails the independent check: " + "; ".join(verdict.violations))
+    fleet = fleet_decision(graph, devices_used(graph, sol.assignment),
+                           graph.penalty_usd_h_per_s * verdict.slack_s if verdict.slack_s else 0.0)
     return Plan(
-        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), verdict.usd_h,
-        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), tuple(baselines(graph)), sol.status,
-        runner_ups(graph, sol.assignment) if explain else {},
+        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), fleet.usd_h,
+        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment),
+        tuple(baselines(graph)) if with_baselines else (), sol.status,
+        runner_ups(graph, sol.assignment) if explain else {}, fleet=fleet,
+        power_kw=fleet_power_kw(graph, sol.assignment.chosen),
+        energy_j_per_request=energy_j_per_request(graph, sol.assignment.chosen), percentile=graph.percentile,
     )
 
 
 def _placed(graph: PlanningGraph, a: Assignment, finish: dict[str, float]) -> tuple[PlacedOp, ...]:
     return tuple(
         PlacedOp(o.name, o.kind, o.node, o.candidates[a.chosen[o.name][0]], a.chosen[o.name][1], o.visits,
-                 finish.get(o.name, 0.0))
+                 finish.get(o.name, 0.0), _ttft_at_sla(graph, o.name, o.candidates[a.chosen[o.name][0]],
+                                                       a.chosen[o.name][1]))
         for o in graph.ops if o.name in a.chosen
     )
+
+
+def _ttft_at_sla(graph: PlanningGraph, op: str, c: OpCandidate, replicas: int) -> float | None:
+    if c.first_token_s is None:
+        return None
+    return first_token_tail_s(graph, op, c, replicas)
 
 
 def _output_tokens_per_s(graph: PlanningGraph, a: Assignment) -> float:
@@ -199,12 +226,13 @@ def _is_llm(op: str, graph: PlanningGraph) -> bool:
 
 def baselines(graph: PlanningGraph) -> list[Baseline]:
     """Best homogeneous aggregated, best homogeneous disaggregated, and H100::H100 — the LLM ops
-    restricted, everything else free — on the same planning graph."""
+    restricted, everything else free — on the same planning graph; one that cannot apply says why."""
     accelerators = sorted({c.device for o in graph.ops if _is_llm(o.name, graph) for c in o.candidates})
     llm_nodes = {g.node for g in graph.groups}
     out = []
     for label, variant in (("homogeneous aggregated", "aggregated"), ("homogeneous disaggregated", "disaggregated")):
         best: Baseline | None = None
+        misses = []
         for d in accelerators:
             if d not in graph.cluster_devices:
                 continue
@@ -212,10 +240,18 @@ def baselines(graph: PlanningGraph) -> list[Baseline]:
                               dict.fromkeys(llm_nodes, variant))
             if res.feasible and (best is None or res.usd_h < best.usd_h):
                 best = res
-        out.append(best or Baseline(f"best {label}", math.inf, math.inf, False, "no single device type is feasible"))
+            elif not res.feasible:
+                misses.append(f"{d}: {res.reason}")
+        out.append(best or Baseline(f"best {label}", math.inf, math.inf, False,
+                                    "no single device type can serve every LLM call " + variant + ": "
+                                    + "; ".join(misses or ["no accelerator in the cluster"])))
+    ref_name = "H100::H100 (paper's reference)"
+    why_not = cannot_apply(graph, REFERENCE_DEVICE)
+    if why_not:
+        out.append(Baseline(ref_name, math.inf, math.inf, False, why_not))
+        return out
     ref = graph if REFERENCE_DEVICE in graph.cluster_devices else _with_device(graph, REFERENCE_DEVICE)
-    out.append(_restricted(ref, "H100::H100 (paper's reference)",
-                           lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
+    out.append(_restricted(ref, ref_name, lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
                            dict.fromkeys(llm_nodes, "disaggregated")))
     return out
 
@@ -227,7 +263,7 @@ def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
 def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str]) -> Baseline:
     sol = solve_milp(graph, allow, variants)
     if sol.assignment is None:
-        return Baseline(name, math.inf, math.inf, False, f"solver: {sol.status}")
+        return Baseline(name, math.inf, math.inf, False, why_infeasible(graph, allow, variants, sol.status))
     v = check(graph, sol.assignment)
     return Baseline(name, v.usd_h, v.e2e_latency_s, v.ok, "; ".join(v.violations))
 
@@ -274,13 +310,16 @@ def explain_infeasible(graph: PlanningGraph) -> str:
         lines.append(_closest(o, in_cluster))
     if lines:
         return "; ".join(lines)
-    if graph.mode == "inventory":
+    if graph.mode != "unconstrained":
         free = solve_milp(replace(graph, mode="unconstrained"))
         if free.assignment is not None:
             need = devices_used(graph, free.assignment)
-            short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)}" for d, n in need.items()
-                     if n > graph.inventory.get(d, 0)]
-            return "inventory binds: the cheapest plan without it uses " + ", ".join(short)
+            short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)} and {d} is not in 'buy'"
+                     for d, n in need.items()
+                     if n > graph.inventory.get(d, 0) and not (graph.mode == "own-and-buy" and d in graph.buy)]
+            if short:
+                return ("inventory binds: the cheapest plan without it uses " + ", ".join(short)
+                        + " (raise the inventory or add the device to 'buy', docs/clusters.md)")
     if graph.deadline_s is not None:
         relaxed = solve_milp(replace(graph, deadline_s=None))
         if relaxed.assignment is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from terrazzo.cost.energy import PowerCurve
 from terrazzo.cost.tco import HourlyCost
 
 REFERENCE_DEVICE = "h100-sxm"  # the paper's baseline, always priced so H100::H100 can be reported
@@ -40,6 +41,7 @@ class OpCandidate:
     first_token_s: float | None = None
     prefill_slots: int = 1
     source: str = "analytic"  # where the estimate comes from: analytic, fitted:<profile>, profile:<profile>#<points>
+    step_s: float | None = None  # an LLM decode or aggregated candidate's time between tokens at `batch`
 
     @property
     def label(self) -> str:
@@ -100,6 +102,11 @@ class PlanningGraph:
     buy: tuple[str, ...] = ()
     mode: str = "unconstrained"
     percentile: float = 99.0  # the SLA's: first-token limits hold at this percentile
+    power: dict[str, PowerCurve] = field(default_factory=dict)  # per device: idle and TDP watts (energy, max_kw)
+    pue: float = 1.0
+    max_kw: float | None = None  # device power limit (utilisation-weighted), kW
+    max_devices: int | None = None  # rack limit: devices of every type together
+    financing: str = ""  # the TCO profile's terms in words, for the keep-or-buy report
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})

@@ -26,6 +26,7 @@ _FIXES = {
     "greater_than": "use a value in range",
     "less_than_equal": "use a value in range",
     "literal_error": "use one of the listed values",
+    "cluster_format": "write it in the format shown (every cluster mode, with examples: docs/clusters.md)",
 }
 
 
@@ -47,6 +48,8 @@ def _to_spec_error(src: YamlSource, exc: ValidationError, base: Loc) -> SpecErro
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown field '{loc[-1]}'"
+    elif err["type"] == "cluster_format":
+        loc = loc[:1]  # the field as a whole, not the element the shape check tripped on
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown node kind {err['input'].get('kind')!r}; kinds are {', '.join(NODE_KINDS)}"
         loc = (*loc, "kind")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from terrazzo.spec.distributions import PerSecond, Seconds, TokensDist
+from terrazzo.spec.rate_curve import RateCurve
 
 
 class Strict(BaseModel):
@@ -46,3 +47,22 @@ class Workload(Strict):
     tokens: dict[str, TokenOverride] = Field(
         default_factory=dict, description="per LLM node id: token distributions replacing the agent's"
     )
+    rate_curve: RateCurve | None = Field(default=None, description="rate over hours: `terrazzo plan` makes a day "
+                                         "plan (a peak fleet against an autoscaled schedule)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _curve_arrival(cls, data: object) -> object:
+        """A rate curve without an `arrival` plans single-rate commands for its peak, Poisson."""
+        if isinstance(data, dict) and "arrival" not in data and isinstance(data.get("rate_curve"), dict):
+            rates = data["rate_curve"].get("rates_per_s")
+            if isinstance(rates, list) and rates and all(isinstance(r, int | float) for r in rates):
+                return {**data, "arrival": {"process": "poisson", "rate_per_s": max(rates)}}
+        return data
+
+    @model_validator(mode="after")
+    def _curve_source(self) -> Workload:
+        if self.rate_curve is not None and self.rate_curve.rates_per_s is None and self.arrival.process != "trace":
+            raise ValueError("a rate_curve without rates_per_s is read off the trace: set arrival: {process: trace, "
+                             "trace: FILE} or give rates_per_s (one rate per interval)")
+        return self
