@@ -16,6 +16,7 @@ from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail
 from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
+from terrazzo.importers.import_command import import_app
 from terrazzo.spec.cluster import Cluster
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -24,6 +25,7 @@ hw_app = typer.Typer(no_args_is_help=True, help="Device catalog: list, show, val
 models_app = typer.Typer(no_args_is_help=True, help="Model catalog: list and show shapes.")
 app.add_typer(hw_app, name="hw")
 app.add_typer(models_app, name="models")
+app.add_typer(import_app, name="import")
 CatalogOpt = Annotated[
     list[Path] | None, typer.Option("--catalog", help="extra catalog YAML, layered over the shipped one")
 ]

@@ -1,0 +1,1 @@
+"""Importers: agents from LangGraph graphs, models from Hugging Face configs."""
