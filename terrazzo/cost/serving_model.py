@@ -171,3 +171,20 @@ def serving_params(vendor: str, engine: EngineVersion, moe: bool) -> ServingPara
     fields = {k: float(entry.get(k, 0.0)) for k in PARAM_NAMES}
     label = used if used == key else f"{used} (no fit for {key})"
     return ServingParams(group=label, time_ratio=_spreads(vendor, engine.engine), **fields)
+
+
+def spread_for(source: str, phase: str) -> tuple[float, float] | None:
+    """The cross-validated (p10, p90) of measured ÷ predicted time behind an estimate's `source`, for a
+    phase ("prefill", "decode", "aggregated"); (1, 1) for measured profiles; None where the estimate has
+    no fitted part (analytic roofline: its error is not known)."""
+    parts = source.split(" + ")
+    fitted = [p for p in parts if p.startswith(FITTED_PREFIX)]
+    if not fitted:
+        return NO_SPREAD if all(p.startswith("profile:") for p in parts) else None
+    vendor, engine = fitted[0].removeprefix(FITTED_PREFIX).split("/")[:2]
+    unc = _fit()["uncertainty"]
+    for key in (f"{vendor}/{engine}", f"{vendor}/*", "*/*"):
+        q = unc.get(key, {}).get(phase) or unc.get(key, {}).get("all")
+        if q:
+            return float(q[0]), float(q[1])
+    return None

@@ -16,6 +16,7 @@ from xdsl.ir import BlockArgument, OpResult, SSAValue
 
 from terrazzo.catalog.load import Catalog
 from terrazzo.cost.network import scale_out_link
+from terrazzo.cost.serving_model import spread_for
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, KvType
 from terrazzo.ir.costing import PLACEABLE, CostModel
@@ -164,7 +165,8 @@ def _candidate(c: CandidateAttr, role: str | None, osl: float) -> OpCandidate:
                        c.usd_h.data, c.feasible, c.infeasible.data,
                        f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
                        first_token_s=first if first is not None and math.isfinite(first) else None,
-                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data)
+                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data,
+                       spread=spread_for(c.source.data, role or "decode"))
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

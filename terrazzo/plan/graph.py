@@ -40,6 +40,7 @@ class OpCandidate:
     first_token_s: float | None = None
     prefill_slots: int = 1
     source: str = "analytic"  # where the estimate comes from: analytic, fitted:<profile>, profile:<profile>#<points>
+    spread: tuple[float, float] | None = None  # cross-validated p10/p90 of measured ÷ predicted time; None: unknown
 
     @property
     def label(self) -> str:

@@ -17,6 +17,7 @@ from terrazzo.plan.from_ir import build
 from terrazzo.plan.graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.refine import refine
+from terrazzo.plan.robustness import robustness
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -99,7 +100,8 @@ class Plan:
                  "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
                  "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
                  "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": p.replicas * p.candidate.usd_h,
-                 "detail": p.candidate.detail, "source": p.candidate.source}
+                 "detail": p.candidate.detail, "source": p.candidate.source,
+                 "latency_spread": list(p.candidate.spread) if p.candidate.spread else None}
                 for p in self.ops
             ],
             "baselines": [
@@ -258,7 +260,7 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
                        else "; ".join(x for x in v.violations if name in x or "end-to-end" in x))
             if best is None or score < best[0]:
                 best = (score, f"{c.label}: {why}")
-        out[name] = best[1] if best else "no alternative device type"
+        out[name] = (best[1] if best else "no alternative device type") + "; " + robustness(op, current, graph)
     return out
 
 
