@@ -85,7 +85,7 @@ def test_more_bandwidth_is_never_slower_at_memory_bound_work(device, factor, bat
     dep_fast = deployment(CAT, "llama-3-8b", device, "fp16", 1, 1).__class__(
         **{**dep.__dict__, "device": faster})
     slow, fast = decode_step(dep, batch, 1024), decode_step(dep_fast, batch, 1024)
-    assert slow.bound == "memory"
+    assert slow.memory_s > slow.compute_s  # memory-bound (a fixed step overhead may still be the largest term)
     assert fast.latency_s < slow.latency_s
 
 
@@ -112,11 +112,12 @@ def test_moe_decode_reads_only_touched_experts():
 
 def test_max_batch_meets_limit_and_is_largest():
     dep = deployment(CAT, "llama-3-70b", "h100", "fp8", 2, 1)
-    b = max_batch(dep, 4352, 0.02, peak_context=4608)
+    limit_s = 0.04
+    b = max_batch(dep, 4352, limit_s, peak_context=4608)
     assert b > 1
-    assert decode_step(dep, b, 4352).latency_s <= 0.02
+    assert decode_step(dep, b, 4352).latency_s <= limit_s
     assert memory_use(dep, b, 4608).fits
-    over_time = decode_step(dep, b + 1, 4352).latency_s > 0.02
+    over_time = decode_step(dep, b + 1, 4352).latency_s > limit_s
     over_memory = not memory_use(dep, b + 1, 4608).fits
     assert over_time or over_memory
 

@@ -15,14 +15,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from terrazzo.catalog.catalog_schema import Device, ModelSpec
 from terrazzo.cost.cpu_ops import ann_search, encoder_batch
 from terrazzo.cost.roofline import Estimate
-
-if TYPE_CHECKING:
-    from terrazzo.cost.llm import Deployment
 
 PROFILE = "profile:"
 Coords = tuple[float, ...]
@@ -83,7 +80,7 @@ def calibrate(est: Estimate, grid: Grid | None, at: Coords, roofline_at: Callabl
     if grid is None or corners is None:
         return est
     ratio = sum(w * grid.measured_s[c] / roofline_at(c).latency_s for c, w in corners)
-    return replace(est.scaled(ratio), source=grid.label(corners))
+    return replace(est.scaled(ratio), source=grid.label(corners), spread=(1.0, 1.0))  # measured here
 
 
 @dataclass(frozen=True)
@@ -109,30 +106,25 @@ def _calibrations(catalog: Any, device: str) -> list[Calibration]:
 
 @dataclass(frozen=True)
 class LlmCalibration:
-    """Prefill and decode points of one model in one dtype on one device (a single device: tp = pp = 1)."""
+    """Prefill and decode points of one model in one dtype on one device (a single device: tp = pp = 1).
+
+    It knows nothing of the LLM cost functions: the caller (terrazzo.cost.llm) passes the fitted estimate
+    and a function giving it at any grid point, so this module never imports llm.py."""
 
     dtype: str
     prefill_grid: Grid | None
     decode_grid: Grid | None
 
-    def _applies(self, dep: Deployment) -> bool:
-        return dep.tp == 1 and dep.pp == 1 and dep.dtype == self.dtype and dep.kv_dtype in (None, self.dtype)
+    def applies(self, tp: int, pp: int, dtype: str, kv_dtype: str | None) -> bool:
+        return tp == 1 and pp == 1 and dtype == self.dtype and kv_dtype in (None, self.dtype)
 
-    def prefill(self, dep: Deployment, isl: int, batch: int, est: Estimate) -> Estimate:
-        from terrazzo.cost.llm import prefill_roofline
+    def prefill(self, est: Estimate, batch: int, isl: int, roofline_at: Callable[[Coords], Estimate]) -> Estimate:
+        """Axes (batch, isl)."""
+        return calibrate(est, self.prefill_grid, (float(batch), float(isl)), roofline_at)
 
-        if not self._applies(dep):
-            return est
-        return calibrate(est, self.prefill_grid, (float(batch), float(isl)),
-                         lambda c: prefill_roofline(dep, int(c[1]), int(c[0])))
-
-    def decode(self, dep: Deployment, batch: int, context: float, est: Estimate) -> Estimate:
-        from terrazzo.cost.llm import decode_roofline
-
-        if not self._applies(dep):
-            return est
-        return calibrate(est, self.decode_grid, (float(batch), float(context)),
-                         lambda c: decode_roofline(dep, int(c[0]), c[1]))
+    def decode(self, est: Estimate, batch: int, context: float, roofline_at: Callable[[Coords], Estimate]) -> Estimate:
+        """Axes (batch, context)."""
+        return calibrate(est, self.decode_grid, (float(batch), float(context)), roofline_at)
 
 
 def llm_calibration(catalog: Any, device: str, model: str, dtype: str) -> LlmCalibration | None:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import TcoProfile
+from terrazzo.catalog.engines import EngineVersion
 from terrazzo.cost.calibration import llm_calibration
 from terrazzo.cost.llm import (
     PREFILL_TOKEN_BUDGET,
@@ -25,6 +26,7 @@ from terrazzo.cost.llm import (
 )
 from terrazzo.cost.network import scale_up_domain
 from terrazzo.cost.roofline import ANALYTIC, Estimate, join_sources, source_of
+from terrazzo.cost.serving_model import default_engine, serving_params
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.errors import CostError
 from terrazzo.spec.cluster import Fabric
@@ -68,13 +70,18 @@ class Candidate:
 
 
 def deployment(catalog: Catalog, model: str, device: str, dtype: str, tp: int, pp: int,
-               fabric: Fabric | None = None) -> Deployment:
-    dev = catalog.device(device)
+               fabric: Fabric | None = None, engine: EngineVersion | None = None) -> Deployment:
+    """One replica, priced by the serving model fitted for its vendor and engine (the vendor's default
+    engine when `engine` is None, serving_priors.yaml); CPUs and unfitted vendors get the roofline."""
+    dev, spec = catalog.device(device), catalog.model(model)
+    engine = engine or default_engine(dev.vendor)
+    serving = serving_params(dev.vendor, engine, spec.is_moe) if engine and dev.kind != "cpu" else None
     return Deployment(
-        model=catalog.model(model), device=dev, dtype=dtype, tp=tp, pp=pp, fabric=fabric or Fabric(),
+        model=spec, device=dev, dtype=dtype, tp=tp, pp=pp, fabric=fabric or Fabric(),
         prefill_eff=catalog.efficiency_for(dev.name, "prefill"),
         decode_eff=catalog.efficiency_for(dev.name, "decode"),
-        calibration=llm_calibration(catalog, dev.name, catalog.model(model).name, dtype),
+        calibration=llm_calibration(catalog, dev.name, spec.name, dtype),
+        engine=engine if serving is not None else None, serving=serving,
     )
 
 

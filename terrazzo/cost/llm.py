@@ -9,16 +9,15 @@ wastes little, so no fragmentation allowance beyond the usable fraction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
+from terrazzo.catalog.engines import EngineVersion
+from terrazzo.cost.calibration import LlmCalibration
 from terrazzo.cost.network import Link, allreduce_s, group_link
 from terrazzo.cost.roofline import Estimate, Work, roofline
+from terrazzo.cost.serving_model import Peaks, ServingParams, StepWork, step_estimate
 from terrazzo.errors import CostError
 from terrazzo.spec.cluster import Fabric
-
-if TYPE_CHECKING:
-    from terrazzo.cost.calibration import LlmCalibration
 
 USABLE_MEMORY_FRACTION = 0.9  # vLLM's default gpu_memory_utilization: https://docs.vllm.ai/en/latest/configuration/engine_args.html
 ACTIVATION_BYTES = 2  # activations and all-reduce payloads travel in 16-bit even for FP8 weights
@@ -42,6 +41,8 @@ class Deployment:
     pp: int = 1
     kv_dtype: str | None = None
     calibration: LlmCalibration | None = None  # measured points of this model on this device (a profile)
+    engine: EngineVersion | None = None  # the serving engine and version the estimate is for
+    serving: ServingParams | None = None  # fitted efficiencies of (vendor, engine, version, arch); None: roofline
 
     def __post_init__(self) -> None:
         if self.device.tflops(self.compute_dtype) is None:
@@ -76,6 +77,11 @@ class Deployment:
     @property
     def mem_bw_bytes_s(self) -> float:
         return self.device.memory_bw_gbyte_s.value * 1e9
+
+    @property
+    def peaks(self) -> Peaks:
+        return Peaks(self.peak_flops, (self.device.tflops("bf16") or self.device.tflops("fp16") or 0.0) * 1e12
+                     or self.peak_flops, self.mem_bw_bytes_s, self.tp_link.bw_bytes_s)
 
     @property
     def tp_link(self) -> Link:
@@ -145,10 +151,41 @@ def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     """Prefill of `batch` prompts of `isl` tokens: the time to first token without queueing. Inside the
     range a profile measured, the measured latency (interpolated) replaces the roofline's."""
     est = prefill_roofline(dep, isl, batch)
-    return dep.calibration.prefill(dep, isl, batch, est) if dep.calibration else est
+    cal = dep.calibration
+    if cal is None or not cal.applies(dep.tp, dep.pp, dep.dtype, dep.kv_dtype):
+        return est
+    return cal.prefill(est, batch, isl, lambda c: prefill_roofline(dep, int(c[1]), int(c[0])))
+
+
+def prefill_work(dep: Deployment, isl: int, batch: int = 1) -> StepWork:
+    """One device of one pipeline stage prefilling `batch` prompts of `isl` tokens (KV written once)."""
+    m, tokens, n = dep.model, isl * batch, dep.devices
+    kv = tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    return StepWork(2 * m.active_params * tokens / n, attention_flops(m, tokens, isl / 2) / n,
+                    weight_bytes_read(m, tokens, dep.bytes_per_weight) / n, kv / n,
+                    2 * m.layers / dep.pp if dep.tp > 1 else 0.0, tokens * m.hidden * ACTIVATION_BYTES, dep.tp, batch)
+
+
+def decode_work(dep: Deployment, batch: int, context: float) -> StepWork:
+    """One device of one pipeline stage in a decode step of `batch` sequences at mean `context`."""
+    m, n = dep.model, dep.devices
+    kv = batch * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    return StepWork(2 * m.active_params * batch / n, attention_flops(m, batch, context) / n,
+                    weight_bytes_read(m, batch, dep.bytes_per_weight) / n, kv / n,
+                    2 * m.layers / dep.pp if dep.tp > 1 else 0.0, batch * m.hidden * ACTIVATION_BYTES, dep.tp, batch)
+
+
+def _fitted(dep: Deployment, work: StepWork, tokens: float, phase: str) -> Estimate:
+    """The fitted serving model: one stage's step, crossed pp times, plus the pipeline hand-offs."""
+    assert dep.serving is not None
+    stage = step_estimate(work, dep.peaks, dep.serving, phase)
+    return Estimate(stage.compute_s * dep.pp, stage.memory_s * dep.pp, stage.comm_s * dep.pp + _pp_comm_s(dep, tokens),
+                    stage.static_s * dep.pp, stage.source, stage.spread)
 
 
 def prefill_roofline(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
+    if dep.serving is not None:
+        return _fitted(dep, prefill_work(dep, isl, batch), isl * batch, "prefill")
     m, tokens = dep.model, isl * batch
     work = Work(
         flops=2 * m.active_params * tokens + attention_flops(m, tokens, isl / 2),
@@ -167,12 +204,17 @@ def decode_step(dep: Deployment, batch: int, context: float) -> Estimate:
     """One decode iteration producing a token for each of `batch` sequences at mean `context` (measured
     and interpolated inside a profile's range, like `prefill`)."""
     est = decode_roofline(dep, batch, context)
-    return dep.calibration.decode(dep, batch, context, est) if dep.calibration else est
+    cal = dep.calibration
+    if cal is None or not cal.applies(dep.tp, dep.pp, dep.dtype, dep.kv_dtype):
+        return est
+    return cal.decode(est, batch, context, lambda c: decode_roofline(dep, int(c[0]), c[1]))
 
 
 def decode_roofline(dep: Deployment, batch: int, context: float) -> Estimate:
     if batch < 1:
         raise CostError(f"batch must be at least 1, got {batch}")
+    if dep.serving is not None:
+        return _fitted(dep, decode_work(dep, batch, context), batch, "decode")
     m = dep.model
     kv = kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
     work = Work(

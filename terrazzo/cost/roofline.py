@@ -31,10 +31,17 @@ class Estimate:
     comm_s: float = 0.0
     static_s: float = 0.0
     source: str = ANALYTIC
+    # Measured ÷ predicted time the model's cross-validated error spans here (p10, p90); (1, 1) = not known.
+    spread: tuple[float, float] = (1.0, 1.0)
 
     @property
     def latency_s(self) -> float:
         return max(self.compute_s, self.memory_s) + self.comm_s + self.static_s
+
+    @property
+    def latency_range_s(self) -> tuple[float, float]:
+        """The latency at the p10 and p90 of the cross-validated error."""
+        return self.latency_s * self.spread[0], self.latency_s * self.spread[1]
 
     @property
     def bound(self) -> str:
@@ -47,10 +54,12 @@ class Estimate:
         return Estimate(
             self.compute_s + other.compute_s, self.memory_s + other.memory_s,
             self.comm_s + other.comm_s, self.static_s + other.static_s, join_sources(self.source, other.source),
+            (min(self.spread[0], other.spread[0]), max(self.spread[1], other.spread[1])),
         )
 
     def scaled(self, k: float) -> Estimate:
-        return Estimate(self.compute_s * k, self.memory_s * k, self.comm_s * k, self.static_s * k, self.source)
+        return Estimate(self.compute_s * k, self.memory_s * k, self.comm_s * k, self.static_s * k, self.source,
+                        self.spread)
 
 
 def join_sources(*sources: str) -> str:

@@ -17,6 +17,7 @@ from xdsl.ir import BlockArgument, OpResult, SSAValue
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.energy import power_curve
 from terrazzo.cost.network import scale_out_link
+from terrazzo.cost.serving_model import spread_for
 from terrazzo.cost.tco import device_usd_per_hour, financing_terms
 from terrazzo.ir.attributes import CandidateAttr, DistAttr, KvType
 from terrazzo.ir.candidate_pricing import PLACEABLE, CostModel
@@ -183,7 +184,8 @@ def _candidate(c: CandidateAttr, role: str | None, osl: float, tokens: bool = Fa
                        f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
                        first_token_s=first if first is not None and math.isfinite(first) else None,
                        prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data,
-                       step_s=c.latency_s.data if tokens else None)
+                       step_s=c.latency_s.data if tokens else None,
+                       spread=spread_for(c.source.data, role or "decode"))
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

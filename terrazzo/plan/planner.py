@@ -12,13 +12,14 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
 from terrazzo.plan.baseline_reasons import cannot_apply, why_infeasible
+from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.power import energy_j_per_request, fleet_power_kw
+from terrazzo.plan.robustness import robustness
 from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
@@ -109,7 +110,8 @@ class Plan:
                  "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": self.op_usd_h()[p.name],
                  "full_tco_usd_h": p.replicas * p.candidate.usd_h, "tbt_s": p.candidate.step_s,
                  "first_token_s": p.candidate.first_token_s, "ttft_at_sla_s": p.ttft_at_sla_s,
-                 "detail": p.candidate.detail, "source": p.candidate.source}
+                 "detail": p.candidate.detail, "source": p.candidate.source,
+                 "latency_spread": list(p.candidate.spread) if p.candidate.spread else None}
                 for p in self.ops
             ],
             "fleet": self.fleet.to_json() if self.fleet else None,
@@ -290,7 +292,7 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
                        else "; ".join(x for x in v.violations if name in x or "end-to-end" in x))
             if best is None or score < best[0]:
                 best = (score, f"{c.label}: {why}")
-        out[name] = best[1] if best else "no alternative device type"
+        out[name] = (best[1] if best else "no alternative device type") + "; " + robustness(op, current, graph)
     return out
 
 

@@ -42,6 +42,7 @@ class OpCandidate:
     prefill_slots: int = 1
     source: str = "analytic"  # where the estimate comes from: analytic, fitted:<profile>, profile:<profile>#<points>
     step_s: float | None = None  # an LLM decode or aggregated candidate's time between tokens at `batch`
+    spread: tuple[float, float] | None = None  # cross-validated p10/p90 of measured ÷ predicted time; None: unknown
 
     @property
     def label(self) -> str:

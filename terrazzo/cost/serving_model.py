@@ -1,0 +1,190 @@
+"""The fitted LLM serving model: step time from a step's work and the efficiencies its stack reaches.
+
+One forward step on one device (paper §3.1, with the terms the plain roofline misses):
+
+    t = max(gemm/(peak·η_c) + attention/(peak16·η_a),  weights/(bw·η_w) + kv/(bw·η_kv)) · (1 + λ·log2 tp)
+        + step_overhead + sequences · sequence_overhead + allreduces · (α + 2(tp−1)/tp · payload / (link·η_n))
+
+The efficiencies belong to the device's vendor, the serving engine, the engine's version range and the
+model's architecture (dense or MoE) together: `fitting.py` fits them on public measurements, bounded to
+η ≤ 1, and writes catalog/data/serving_fit.yaml, with the leave-one-source-out residual quantiles that
+become every estimate's uncertainty. This module only reads that file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from terrazzo.catalog.catalog_loader import DATA_DIR
+from terrazzo.catalog.engines import Engine, EngineVersion
+from terrazzo.cost.roofline import Estimate
+
+PRIORS_FILE = DATA_DIR / "serving_priors.yaml"
+FIT_FILE = DATA_DIR / "serving_fit.yaml"
+FITTED_PREFIX = "fitted:serving_fit.yaml#"
+PHASES = ("prefill", "decode", "aggregated")
+PARAM_NAMES = ("compute", "attention", "weights", "kv", "step_overhead_s", "sequence_overhead_s", "tp_loss",
+               "allreduce_alpha_s", "network")
+NO_SPREAD = (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """Work of one forward step on one device of one pipeline stage."""
+
+    gemm_flops: float
+    attention_flops: float
+    weight_bytes: float
+    kv_bytes: float
+    allreduces: float  # all-reduces on the step's critical path (two per layer under tp)
+    allreduce_bytes: float  # payload of each
+    tp: int
+    sequences: float  # sequences the step advances (host-side cost per sequence: scheduling, sampling)
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The device figures the step divides by: FLOP/s in the compute dtype and in 16 bit, bytes/s."""
+
+    flops: float
+    flops_16: float
+    mem_bw: float
+    link_bw: float
+
+
+@dataclass(frozen=True)
+class ServingParams:
+    """Efficiencies of one (vendor, engine, version range, architecture) group, and the spread of the
+    model's cross-validated error for it: per phase, (p10, p90) of measured ÷ predicted time."""
+
+    group: str
+    compute: float
+    attention: float
+    weights: float
+    kv: float
+    step_overhead_s: float
+    tp_loss: float
+    allreduce_alpha_s: float
+    network: float
+    sequence_overhead_s: float = 0.0
+    time_ratio: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return FITTED_PREFIX + self.group
+
+    def spread(self, phase: str) -> tuple[float, float]:
+        return self.time_ratio.get(phase, NO_SPREAD)
+
+
+def step_terms(w: Any, peaks: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+    """(compute_s, memory_s, comm_s, static_s) of a step; every argument may hold numpy arrays of equal
+    length (fitting evaluates all points at once), or plain floats (one estimate)."""
+    scale = 1.0 + p.tp_loss * np.log2(np.maximum(w.tp, 1))
+    compute = (w.gemm_flops / (peaks.flops * p.compute) + w.attention_flops / (peaks.flops_16 * p.attention)) * scale
+    memory = (w.weight_bytes / (peaks.mem_bw * p.weights) + w.kv_bytes / (peaks.mem_bw * p.kv)) * scale
+    ring = np.where(w.tp > 1, 2.0 * (w.tp - 1) / np.maximum(w.tp, 1), 0.0)
+    per_allreduce = np.where(w.tp > 1, p.allreduce_alpha_s, 0.0) + ring * w.allreduce_bytes / (peaks.link_bw * p.network)
+    return compute, memory, w.allreduces * per_allreduce, p.step_overhead_s + p.sequence_overhead_s * w.sequences
+
+
+def step_estimate(w: StepWork, peaks: Peaks, p: ServingParams, phase: str) -> Estimate:
+    compute, memory, comm, static = step_terms(w, peaks, p)
+    return Estimate(float(compute), float(memory), float(comm), float(static), p.source, p.spread(phase))
+
+
+# ------------------------------------------------------------------------------------------ reading data
+
+
+@lru_cache(maxsize=1)
+def priors() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(PRIORS_FILE.read_text())
+    return data
+
+
+def version_range(engine: Engine, version: str) -> str:
+    """The range of `priors().version_ranges` a version falls in (an unknown or unparsable one: the oldest)."""
+    ranges: list[str] = priors()["version_ranges"].get(engine.value, [">=0"])
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        return ranges[-1]
+    return next((r for r in ranges if v in SpecifierSet(r)), ranges[-1])
+
+
+def default_engine(vendor: str) -> EngineVersion | None:
+    entry = priors()["default_engine"].get(vendor)
+    return EngineVersion(Engine(entry["engine"]), entry["version"]) if entry else None
+
+
+def engine_max_batch(engine: Engine) -> int:
+    return int(priors()["engine_max_batch"][engine.value]["value"])
+
+
+def group_key(vendor: str, engine: EngineVersion, moe: bool) -> str:
+    return f"{vendor}/{engine.engine.value}/{version_range(engine.engine, engine.version)}/{'moe' if moe else 'dense'}"
+
+
+def vendor_key(vendor: str, moe: bool) -> str:
+    return f"{vendor}/*/*/{'moe' if moe else 'dense'}"
+
+
+@lru_cache(maxsize=4)
+def _fit(path: Path = FIT_FILE) -> dict[str, Any]:
+    if not path.exists():
+        return {"groups": {}, "uncertainty": {}}
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
+
+
+def _spreads(vendor: str, engine: Engine) -> dict[str, tuple[float, float]]:
+    """Cross-validated time-ratio quantiles for (vendor, engine) per phase, falling back to the vendor's
+    and then to all points' where a phase has too few points of its own."""
+    unc = _fit()["uncertainty"]
+    out: dict[str, tuple[float, float]] = {}
+    for phase in PHASES:
+        for key in (f"{vendor}/{engine.value}", f"{vendor}/*", "*/*"):
+            q = unc.get(key, {}).get(phase) or unc.get(key, {}).get("all")
+            if q:
+                out[phase] = (float(q[0]), float(q[1]))
+                break
+    return out
+
+
+def serving_params(vendor: str, engine: EngineVersion, moe: bool) -> ServingParams | None:
+    """Fitted efficiencies for the group, else the vendor's (fallback named in the group); None when the
+    vendor has no fit (CPUs, unknown vendors: the plain roofline answers)."""
+    groups = _fit()["groups"]
+    key = group_key(vendor, engine, moe)
+    entry, used = (groups[key], key) if key in groups else (groups.get(vendor_key(vendor, moe)), vendor_key(vendor, moe))
+    if entry is None:
+        return None
+    fields = {k: float(entry.get(k, 0.0)) for k in PARAM_NAMES}
+    label = used if used == key else f"{used} (no fit for {key})"
+    return ServingParams(group=label, time_ratio=_spreads(vendor, engine.engine), **fields)
+
+
+def spread_for(source: str, phase: str) -> tuple[float, float] | None:
+    """The cross-validated (p10, p90) of measured ÷ predicted time behind an estimate's `source`, for a
+    phase ("prefill", "decode", "aggregated"); (1, 1) for measured profiles; None where the estimate has
+    no fitted part (analytic roofline: its error is not known)."""
+    parts = source.split(" + ")
+    fitted = [p for p in parts if p.startswith(FITTED_PREFIX)]
+    if not fitted:
+        return NO_SPREAD if all(p.startswith("profile:") for p in parts) else None
+    vendor, engine = fitted[0].removeprefix(FITTED_PREFIX).split("/")[:2]
+    unc = _fit()["uncertainty"]
+    for key in (f"{vendor}/{engine}", f"{vendor}/*", "*/*"):
+        q = unc.get(key, {}).get(phase) or unc.get(key, {}).get("all")
+        if q:
+            return float(q[0]), float(q[1])
+    return None
