@@ -100,12 +100,13 @@ class PlanningGraph:
     buy: tuple[str, ...] = ()
     mode: str = "unconstrained"
     percentile: float = 99.0  # the SLA's: first-token limits hold at this percentile
+    _by_name: dict[str, PlanOp] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})
 
     def op(self, name: str) -> PlanOp:
-        return self._by_name[name]  # type: ignore[attr-defined]
+        return self._by_name[name]
 
     def transfer_s(self, edge: PlanEdge, src_device: str, dst_device: str) -> float:
         """Time an edge's data takes between the ends' devices; KV always moves (different pools)."""

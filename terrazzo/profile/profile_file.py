@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,7 +18,7 @@ from terrazzo.catalog.catalog_schema import MAX_FITTED_EFFICIENCY
 from terrazzo.errors import ProfileError, SpecError
 from terrazzo.spec.source import read_yaml
 
-PROFILE_SCHEMA = "terrazzo.profile/v1"
+PROFILE_SCHEMA: Final = "terrazzo.profile/v1"
 OpKind = Literal["prefill", "decode", "embed", "ann_search"]
 LinkKind = Literal["pipe", "shm", "h2d", "d2h"]
 FIX = "re-run `terrazzo profile -o FILE`, or correct the field (layout: terrazzo/profile/profile_file.py)"

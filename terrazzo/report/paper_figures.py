@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from terrazzo.plan.planner import Plan
 from terrazzo.plan.reproduce import PairResult, benefits
 
 SHORT = {"a100-80gb-sxm": "A100", "h100-sxm": "H100", "gaudi3": "Gaudi3", "mi300x": "MI300X", "b200": "B200",
@@ -51,21 +52,21 @@ def benefit_heatmaps(results: list[PairResult], isl: int, osl: int, path: Path) 
     return path
 
 
-def plan_figure(plan: object, path: Path) -> Path:
+def plan_figure(plan: Plan, path: Path) -> Path:
     """Stacked $/h per device type for the plan, beside each feasible baseline's total."""
     per_device: dict[str, float] = {}
-    for p in plan.ops:  # type: ignore[attr-defined]
+    for p in plan.ops:
         per_device[p.candidate.device] = per_device.get(p.candidate.device, 0.0) + p.replicas * p.candidate.usd_h
     fig, ax = plt.subplots(figsize=(7, 4))
     bottom = 0.0
     for device, usd in sorted(per_device.items()):
         ax.bar("plan", usd, bottom=bottom, label=device)
         bottom += usd
-    for b in plan.baselines:  # type: ignore[attr-defined]
+    for b in plan.baselines:
         if b.feasible:
             ax.bar(b.name.replace(" (", "\n("), b.usd_h, color="0.7")
     ax.set_ylabel("TCO $/h")
-    ax.set_title(f"{plan.agent}: plan vs baselines at {plan.rate_per_s:g} req/s")  # type: ignore[attr-defined]
+    ax.set_title(f"{plan.agent}: plan vs baselines at {plan.rate_per_s:g} req/s")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()

@@ -173,7 +173,7 @@ class Runtime:
                                               "api_key": t.api_key}
             else:
                 mapped = t is not None and t.checkpoint
-                ckpt = self.config.path(t.checkpoint) if mapped else self.config.tiny_checkpoint()  # type: ignore[union-attr]
+                ckpt = self.config.path(t.checkpoint) if t is not None and mapped else self.config.tiny_checkpoint()
                 self._model_targets[model] = {"checkpoint": str(ckpt)}
         return self._model_targets[model]
 
@@ -214,7 +214,7 @@ class Runtime:
                               f"{meta['dimension']} dims from {docs} (MiniLM embeddings), at {index_dir}")
         elif node.kind == "tool":
             t = self.config.tools.get(path)
-            target: dict[str, Any] = {"function": node.function if node.protocol == "python" else None,
+            target = {"function": node.function if node.protocol == "python" else None,
                                       "endpoint": node.endpoint if node.protocol == "http" else None,
                                       "method": "POST", "timeout_s": 10.0, "retries": 2,
                                       "max_response_bytes": 1 << 20, "idempotent": None}

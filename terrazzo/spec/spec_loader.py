@@ -84,7 +84,7 @@ def _check_graph(src: YamlSource, graph: AgentGraph, catalog: Catalog, base: Loc
                 inner = load_agent(path, catalog, _seen=(*seen, path)).graph
                 nodes[i] = node.model_copy(update={"graph": inner, "agent": None})
             else:
-                inner = _check_graph(src, node.graph, catalog, (*loc, "graph"), seen)  # type: ignore[arg-type]
+                inner = _check_graph(src, node.resolved, catalog, (*loc, "graph"), seen)
                 nodes[i] = node.model_copy(update={"graph": inner})
     return graph.model_copy(update={"nodes": nodes}) if nodes != list(graph.nodes) else graph
 
