@@ -40,8 +40,10 @@ class LowerOneToOne(RewritePattern):
         EmbedOp: EmbedEncodeOp, MemoryLoadOp: MemLoadOp, MemoryStoreOp: MemStoreOp}
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
-        target = self.TARGETS.get(type(op)) if isinstance(op, NodeOp) else None
-        if target is None or not isinstance(op, NodeOp):
+        if not isinstance(op, NodeOp):
+            return
+        target = self.TARGETS.get(type(op))
+        if target is None:
             return
         new = target.make(op.node_id, list(op.operands), op.visit_count, op.bytes_in, op.join_mode,
                           op.common_props(), attrs=op.attributes)
