@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -494,13 +494,14 @@ def profile_cmd(
     """Measure this machine (engine prefill/decode, embeddings, FAISS, transfers) and fit the cost model to it."""
     from terrazzo.profile.profile_command import Options, profile_command
 
+    fields: dict[str, Any]
     fields = dict(device=device, model=model, model_name=model_name, embed_model=embed_model, as_device=as_device,
                   base=base, threads=threads, repeats=repeats, warmup=warmup, catalogs=catalog or [],
                   ops=tuple(o.strip() for o in ops.split(",") if o.strip()),
                   command=" ".join(["terrazzo", *sys.argv[1:]]))
     if quick:
         fields.update(repeats=min(repeats, 5), warmup=min(warmup, 1))
-    profile_command(Options.quick(**fields) if quick else Options(**fields), output, console)  # type: ignore[arg-type]
+    profile_command(Options.quick(**fields) if quick else Options(**fields), output, console)
 
 
 @app.command("deploy")

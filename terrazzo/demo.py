@@ -11,14 +11,13 @@ from rich.table import Table
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import best, closest_miss, llm_candidates
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
+from terrazzo.plan.reproduce import PAPER_DEVICES, PAPER_TCO
 from terrazzo.plan.scenario import load_scenario
 from terrazzo.plan.select import enumerate_all, solve
 from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
 from terrazzo.verify.replan import verified_plan as plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-PAPER_DEVICES = ("a40", "a100-80gb-sxm", "gaudi3", "mi300x", "h100-sxm", "b200")
-PAPER_TCO = "paper-2507.19635"
 
 
 def run_demo(console: Console) -> None:

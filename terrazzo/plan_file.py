@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-PLAN_SCHEMA = "terrazzo.plan/v1"
-PLACEMENT_SCHEMA = "terrazzo.placement/v1"
+PLAN_SCHEMA: Final = "terrazzo.plan/v1"
+PLACEMENT_SCHEMA: Final = "terrazzo.placement/v1"
 
 
 def read_plan_json(path: str | Path, error: type[Exception]) -> dict[str, Any]:

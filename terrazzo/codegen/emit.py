@@ -68,13 +68,13 @@ def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_pat
     pools: dict[str, list[str]] = {}
     skipped = []
     for pool, (device, nodes) in placements.items():
-        t = pool_targets[pool]
+        pool_target = pool_targets[pool]
         names = [a.path.name for (name, _, tt), a in built.items()
-                 if tt == t and any(name in {o.name for o in ops.get(n, [])} for n in nodes)]
+                 if tt == pool_target and any(name in {o.name for o in ops.get(n, [])} for n in nodes)]
         if names:
             pools[pool] = sorted(names)
         elif any(n in ops for n in nodes):
-            why = "no IREE backend" if t is None else f"its target {t.name} is not {family}"
+            why = "no IREE backend" if pool_target is None else f"its target {pool_target.name} is not {family}"
             skipped.append(f"pool {pool} ({device}): {why}; it keeps the PyTorch path")
     artifacts = list(built.values())
     manifest = out / "manifest.json"

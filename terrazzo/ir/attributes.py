@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from pydantic import ValidationError
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, FloatData, IntAttr, StringAttr
@@ -96,7 +96,8 @@ class DistAttr(ParametrizedAttribute):
         if self.kind.data == "fixed":
             fields["value"] = self.mean.data
         for key, val in self.params.data.items():
-            fields[key] = [v.data for v in val.data] if isinstance(val, ArrayAttr) else val.data
+            fields[key] = ([v.data for v in val.data] if isinstance(val, ArrayAttr)
+                          else val.data if isinstance(val, FloatData) else None)
         try:
             return Dist.model_validate(fields)
         except ValidationError as exc:
@@ -144,7 +145,7 @@ class DistAttr(ParametrizedAttribute):
             if isinstance(val, ArrayAttr):
                 text = "[" + ", ".join(fmt_float(v.data) for v in val.data) + "]"
             else:
-                text = fmt_float(val.data)  # type: ignore[attr-defined]
+                text = fmt_float(val.data) if isinstance(val, FloatData) else str(val)
             printer.print_string(f", {key} = {text}")
         printer.print_string(">")
 
@@ -153,24 +154,29 @@ class RecordAttr(ParametrizedAttribute):
     """An attribute printed as `<key = value, ...>` in declaration order; fields equal to their default are
     left out. Subclasses list `(name, python type, default or None)` in `FIELDS`, matching their parameters."""
 
-    FIELDS: ClassVar[tuple[tuple[str, type, object], ...]] = ()
+    FIELDS: ClassVar[tuple[tuple[str, type, str | float | None], ...]] = ()
 
     @classmethod
-    def make(cls, **values: object) -> RecordAttr:
+    def make(cls, **values: str | float) -> Self:
         params: list[Attribute] = []
         for key, typ, default in cls.FIELDS:
             val = values.get(key, default)
             if val is None:
                 raise ValueError(f"#{cls.name} needs '{key}'")
-            params.append(StringAttr(val) if typ is str else IntAttr(int(val)) if typ is int else FloatData(float(val)))
+            params.append(StringAttr(str(val)) if typ is str else IntAttr(int(val)) if typ is int
+                          else FloatData(float(val)))
         return cls(*params)
 
     def get(self, key: str) -> object:
         return getattr(self, key).data
 
+    def number(self, key: str) -> float:
+        """A numeric field's value (an int or float field in FIELDS)."""
+        return float(getattr(self, key).data)
+
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
-        seen: dict[str, object] = {}
+        seen: dict[str, str | float] = {}
         with parser.in_angle_brackets():
             first = True
             while first or parser.parse_optional_punctuation(","):
@@ -194,7 +200,7 @@ class RecordAttr(ParametrizedAttribute):
             val = self.get(key)
             if default is not None and val == default:
                 continue
-            text = f'"{val}"' if typ is str else str(val) if typ is int else fmt_float(val)  # type: ignore[arg-type]
+            text = f'"{val}"' if typ is str else str(val) if typ is int else fmt_float(self.number(key))
             parts.append(f"{key} = {text}")
         printer.print_string("<" + ", ".join(parts) + ">")
 
@@ -241,11 +247,11 @@ class CandidateAttr(RecordAttr):
 
     def verify(self) -> None:
         for key in ("tp", "pp", "batch"):
-            if self.get(key) < 1:  # type: ignore[operator]
+            if self.number(key) < 1:
                 raise VerifyException(f"#tz.cand {key} = {self.get(key)} must be at least 1")
         for key in ("latency_s", "span_s", "requests_per_s", "tokens_per_s", "memory_bytes", "usd_h"):
-            val = self.get(key)
-            if not val >= 0:  # type: ignore[operator]
+            val = self.number(key)
+            if not val >= 0:
                 raise VerifyException(f"#tz.cand {key} = {val} must be a non-negative number")
         if self.feasible and (math.isinf(self.latency_s.data) or self.requests_per_s.data <= 0):
             raise VerifyException("a feasible #tz.cand needs a finite latency_s and requests_per_s > 0; "
@@ -271,7 +277,7 @@ class PlacementAttr(RecordAttr):
 
     def verify(self) -> None:
         for key in ("tp", "pp", "batch", "replicas"):
-            if self.get(key) < 1:  # type: ignore[operator]
+            if self.number(key) < 1:
                 raise VerifyException(f"#tz.place {key} = {self.get(key)} must be at least 1")
         if not self.pool.data or not self.device.data:
             raise VerifyException("#tz.place needs a non-empty pool and device")

@@ -182,7 +182,8 @@ def _from_llm(c: Candidate, osl: float) -> CandidateAttr:
 
 
 def _llm_phase(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
-    phase = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}.get(type(op)) or str_prop(op, "phase")
+    phases: dict[type[NodeOp], str] = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}
+    phase = phases.get(type(op)) or str_prop(op, "phase")
     osl = _mean(op, "output_tokens")
     return [_from_llm(c, osl) for c in cm.llm(op) if c.phase == phase]
 
@@ -196,6 +197,7 @@ def _llm_aggregated(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
     out = []
     for c in (c for c in cands if c.phase == "aggregated"):
         first = ttft.get((c.device, c.tp, c.pp), c.latency_s)
+        fields: dict[str, str | float]
         fields = dict(device=c.device, tp=c.tp, pp=c.pp, batch=max(c.batch, 1), latency_s=c.latency_s,
                       span_s=first + osl * c.latency_s, requests_per_s=c.requests_per_s if c.feasible else 0.0,
                       tokens_per_s=c.tokens_per_s, memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound,
@@ -298,7 +300,7 @@ def _lookup(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
     return cm.per_device(op, _chain(embed, search))
 
 
-_RULES: dict[type, Callable[[CostModel, NodeOp], list[CandidateAttr]]] = {
+_RULES: dict[type[NodeOp], Callable[[CostModel, NodeOp], list[CandidateAttr]]] = {
     G.PrefillOp: _llm_phase,
     G.DecodeOp: _llm_phase,
     G.MoeExpertOp: _llm_phase,

@@ -71,7 +71,7 @@ def print_module(module: ModuleOp) -> str:
     proportional to the distinct configurations and put each table of candidates on lines of its own.
     """
     text = _print(module)
-    names: dict[Attribute, str] = {}
+    names: dict[ArrayAttr, str] = {}
     for op in module.walk():
         cands = op.attributes.get(CANDIDATES)
         if isinstance(cands, ArrayAttr) and cands.data and cands not in names:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TypedDict
 
 from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, ModuleOp, StringAttr, f64
-from xdsl.ir import Block, Region, SSAValue
+from xdsl.ir import Attribute, Block, Region, SSAValue
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import CatalogError
@@ -26,6 +27,16 @@ TEXT_BYTES_PER_TOKEN = 4.0  # UTF-8 English averages about 4 characters per BPE 
 AUDIO_BYTES_PER_S = 32_000.0  # 16 kHz 16-bit mono PCM, what Whisper consumes
 SPEECH_BYTES_PER_TOKEN = 16_000.0  # ~1/3 s of 24 kHz 16-bit speech per spoken token
 CHUNK_BYTES = 1024.0  # one retrieved passage
+
+
+class _Common(TypedDict):
+    """The NodeOp.make arguments every node kind shares."""
+
+    node_id: str
+    inputs: Sequence[SSAValue]
+    visits: float
+    edge_bytes: Sequence[float]
+    join: str
 
 
 def agent_to_module(agent: Agent, catalog: Catalog | None = None) -> ModuleOp:
@@ -121,7 +132,8 @@ def _edge_value(graph: AgentGraph, src: NodeOp, j: int) -> SSAValue:
         arms = [k for k, e in enumerate(graph.edges) if e.src == edge.src]
         return src.results[arms.index(j)]
     if isinstance(src, A.LoopOp):
-        body = graph.node(edge.src).body  # type: ignore[union-attr]
+        loop = graph.node(edge.src)
+        body = loop.body if isinstance(loop, LoopNode) else None
         return src.results[0] if edge.dst == body else src.results[1]
     return src.results[0]
 
@@ -131,8 +143,9 @@ def _make_op(
     graph: AgentGraph, catalog: Catalog | None,
 ) -> NodeOp:
     nid = f"{prefix}{node.id}"
-    common = {"node_id": nid, "inputs": inputs, "visits": visits, "edge_bytes": sizes, "join": node.join}
+    common: _Common = {"node_id": nid, "inputs": inputs, "visits": visits, "edge_bytes": sizes, "join": node.join}
     d = DistAttr.of
+    props: dict[str, Attribute]
     match node.kind:
         case "llm":
             props = {"model": StringAttr(node.model), "dtype": StringAttr(node.dtype),
@@ -183,14 +196,14 @@ def _make_op(
             return op
         case "loop":
             props = {"bound": i64_attr(node.bound), "repeat_share": f64_attr(shares[node.id])}
-            op = A.LoopOp.make(**common, props=props, result_types=[DataType(), DataType()])
-            op.results[0].name_hint, op.results[1].name_hint = name_hint(f"{nid}.repeat"), name_hint(f"{nid}.exit")
-            return op
+            loop = A.LoopOp.make(**common, props=props, result_types=[DataType(), DataType()])
+            loop.results[0].name_hint, loop.results[1].name_hint = name_hint(f"{nid}.repeat"), name_hint(f"{nid}.exit")
+            return loop
         case "subagent":
             body = Block(arg_types=[DataType()] * len(inputs))
             for arg in body.args:
                 arg.name_hint = name_hint(f"{nid}.in")
-            inner = node.graph  # resolved by the loader
+            inner = node.resolved
             sinks = _emit_graph(inner, body, list(body.args), sizes, f"{nid}/", visits, catalog)
             body.add_op(A.OutputOp(operands=[sinks]))
             return A.SubagentOp.make(**common, regions=[Region(body)])
@@ -225,7 +238,7 @@ def _payload(node: Node, graph: AgentGraph, catalog: Catalog | None, seen: froze
                      for e in graph.edges if e.dst == node.id]
             return max(sizes, default=0.0)
         case "subagent":
-            inner = node.graph
+            inner = node.resolved
             return max((_payload(n, inner, catalog) for n in inner.nodes if not inner.successors(n.id)), default=0.0)
     return 0.0  # memory_store, compute: an acknowledgement or a small result
 

@@ -19,7 +19,7 @@ def placeable_ops(module: Operation) -> Iterator[NodeOp]:
     """Ops that run on a device of their own and so need a placement (compute ops, not routers or riders)."""
     for op in module.walk():
         if isinstance(op, PLACEABLE):
-            yield op  # type: ignore[misc]
+            yield op
 
 
 def is_transfer(op: Operation) -> bool:

@@ -52,7 +52,7 @@ def make_tiny_checkpoint(directory: str | Path, *, seed: int = 0, hidden: int = 
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, torch_dtype="float32",
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()

@@ -164,7 +164,8 @@ def _first_token_role(op: NodeOp) -> str | None:
     """'prefill' or 'aggregated' for the ops that produce an LLM call's first token, else None."""
     if isinstance(op, LlmCallOp):
         return "aggregated"
-    phase = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}.get(type(op)) or str_prop(op, "phase")
+    phases: dict[type[NodeOp], str] = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}
+    phase = phases.get(type(op)) or str_prop(op, "phase")
     return "prefill" if phase == "prefill" else None
 
 
@@ -197,10 +198,9 @@ def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:
         if isinstance(value, OpResult) and isinstance(value.op, LoopOp) and value is value.op.repeat:
             return
         kv = isinstance(value.type, KvType)
-        if isinstance(value, BlockArgument) and isinstance(value.block.parent_op(), SubagentOp):
-            src = f"{value.block.parent_op().node_id}#in"  # entering a sub-agent, not leaving it
-        else:
-            src = source(value, through_transfers=True)
+        parent = value.block.parent_op() if isinstance(value, BlockArgument) else None
+        # a sub-agent's block argument: the edge enters the sub-agent, it does not leave it
+        src = f"{parent.node_id}#in" if isinstance(parent, SubagentOp) else source(value, through_transfers=True)
         succ.setdefault(src, []).append((dst, size, kv))
 
     for op in module.walk():

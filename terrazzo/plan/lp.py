@@ -42,7 +42,11 @@ class Model:
         kinds = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous for i in self.integer]
         if any(self.integer):
             h.changeColsIntegrality(n, idx, np.array(kinds))
-        starts, indices, values, lows, highs = [], [], [], [], []
+        starts: list[int] = []
+        indices: list[int] = []
+        values: list[float] = []
+        lows: list[float] = []
+        highs: list[float] = []
         for coeffs, lo, hi in self.rows:
             starts.append(len(indices))
             indices.extend(coeffs)

@@ -154,8 +154,8 @@ def _latency(graph: PlanningGraph, m: Model, x: dict[tuple[str, int], int], allo
         m.row(_sum(row, {col: -lat for col, lat in own[e.dst].items()}), lo=0.0)
     slack = m.var(0.0 if math.isinf(graph.penalty_usd_h_per_s) else graph.penalty_usd_h_per_s,
                   0.0, 0.0 if math.isinf(graph.penalty_usd_h_per_s) else INF)
-    for o in graph.sinks():
-        m.row({finish[o]: 1.0, slack: -1.0}, hi=graph.deadline_s)
+    for sink in graph.sinks():
+        m.row({finish[sink]: 1.0, slack: -1.0}, hi=graph.deadline_s)
 
 
 def _sum(*parts: dict[int, float]) -> dict[int, float]:

@@ -238,8 +238,7 @@ def baselines(graph: PlanningGraph) -> list[Baseline]:
         for d in accelerators:
             if d not in graph.cluster_devices:
                 continue
-            res = _restricted(graph, f"{label} ({d})", lambda op, c, d=d: not _is_llm(op, graph) or c.device == d,
-                              dict.fromkeys(llm_nodes, variant))
+            res = _restricted(graph, f"{label} ({d})", _llm_only_on(graph, d), dict.fromkeys(llm_nodes, variant))
             if res.feasible and (best is None or res.usd_h < best.usd_h):
                 best = res
             elif not res.feasible:
@@ -260,6 +259,11 @@ def baselines(graph: PlanningGraph) -> list[Baseline]:
 
 def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
     return replace(graph, cluster_devices=(*graph.cluster_devices, device))
+
+
+def _llm_only_on(graph: PlanningGraph, device: str) -> Allow:
+    """LLM ops on `device` only, the rest anywhere: a homogeneous baseline."""
+    return lambda op, c: not _is_llm(op, graph) or c.device == device
 
 
 def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str]) -> Baseline:

@@ -108,12 +108,13 @@ class PlanningGraph:
     max_kw: float | None = None  # device power limit (utilisation-weighted), kW
     max_devices: int | None = None  # rack limit: devices of every type together
     financing: str = ""  # the TCO profile's terms in words, for the keep-or-buy report
+    _by_name: dict[str, PlanOp] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})
 
     def op(self, name: str) -> PlanOp:
-        return self._by_name[name]  # type: ignore[attr-defined]
+        return self._by_name[name]
 
     def transfer_s(self, edge: PlanEdge, src_device: str, dst_device: str) -> float:
         """Time an edge's data takes between the ends' devices; KV always moves (different pools)."""

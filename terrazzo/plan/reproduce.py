@@ -26,6 +26,7 @@ PAPER_TCO = "paper-2507.19635"
 REFERENCE = ("h100-sxm", "h100-sxm")
 INTERACTIVE_TTFT_S, INTERACTIVE_TBT_S = 0.250, 0.020
 Mode = Literal["interactive", "offline"]
+MODES: tuple[Mode, ...] = ("interactive", "offline")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Config:
 PAPER_CONFIGS = tuple(
     Config(m, d, isl, osl, mode)
     for m, d, (isl, osl), mode in product(
-        ("llama-3-8b", "llama-3-70b"), ("fp16", "fp8"), ((512, 4096), (4096, 512)), ("interactive", "offline"),
+        ("llama-3-8b", "llama-3-70b"), ("fp16", "fp8"), ((512, 4096), (4096, 512)), MODES,
     )
 )
 

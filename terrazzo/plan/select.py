@@ -143,10 +143,10 @@ def solve(problem: Problem, time_limit_s: float = 60.0) -> Evaluation:
     status, values, _ = m.solve(time_limit_s)
     if status != "Optimal":
         raise PlanInfeasible(_explain(problem, status))
-    choice = {
-        s.name: s.options[max(range(len(s.options)), key=lambda k, n=s.name: values[x[n, k]])].pool
-        for s in problem.stages
-    }
+    def chosen(s: Stage) -> str:
+        return s.options[max(range(len(s.options)), key=lambda k: values[x[s.name, k]])].pool
+
+    choice = {s.name: chosen(s) for s in problem.stages}
     return evaluate(problem, choice)
 
 

@@ -23,6 +23,7 @@ def serve(conn: Connection, shm_name: str) -> None:
                 return
             if tag == SHM:
                 n = int.from_bytes(body, "little")
+                assert shm.buf is not None
                 data = bytes(shm.buf[:n])
                 assert len(data) == n
             conn.send_bytes(b"k")

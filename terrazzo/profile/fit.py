@@ -14,6 +14,7 @@ default when that is consistent with the points, else the nearest value that sti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def fit_roofline(terms: Terms, measured_s: Sequence[float], default: Efficiency)
         la = (max(lo, ca - 2 * step_a), min(hi, ca + 2 * step_a))
         lb = (max(lo, cb - 2 * step_b), min(hi, cb + 2 * step_b))
     _, a_fit, b_fit, _ = best
-    fitted = ["static"]
+    fitted: list[Literal["compute", "memory", "static"]] = ["static"]
     compute_binds = a_fit * terms[:, 0] >= b_fit * terms[:, 1]
     if compute_binds.any():
         fitted.append("compute")

@@ -18,7 +18,15 @@ from terrazzo.catalog.catalog_schema import Device, Efficiency, ModelSpec, Scale
 from terrazzo.cost.calibration import Calibration, Grid
 from terrazzo.cost.roofline import FITTED
 from terrazzo.errors import ProfileError
-from terrazzo.profile.profile_file import DeviceSection, EncoderShape, LinkFit, LlmShape, Profile, load_profile
+from terrazzo.profile.profile_file import (
+    DeviceSection,
+    EncoderShape,
+    LinkFit,
+    LinkKind,
+    LlmShape,
+    Profile,
+    load_profile,
+)
 
 LLM_OPS = ("prefill", "decode")
 
@@ -102,7 +110,7 @@ def _device(catalog: Any, prof: Profile, label: str) -> Device | None:
     return device
 
 
-def define_device(catalog: Any, sec: DeviceSection, links: dict[str, LinkFit], label: str) -> Device:
+def define_device(catalog: Any, sec: DeviceSection, links: dict[LinkKind, LinkFit], label: str) -> Device:
     """This machine as a catalog device: peaks measured, price/TDP a share of the base device's, and the
     pipe between processes (how pools on one host exchange data) as its network link."""
     if sec.base is None or sec.base not in catalog.devices:

@@ -17,11 +17,11 @@ import platform
 import random
 import socket
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -40,15 +40,18 @@ def timing(samples: Iterable[float]) -> Timing:
     return Timing(median_s=float(med), p10_s=float(p10), p90_s=float(p90), repeats=len(xs))
 
 
-def run_interleaved(benches: dict[Hashable, Bench], warmup: int, repeats: int, seed: int = 0,
-                    progress: Callable[[int, int], None] | None = None) -> dict[Hashable, Timing]:
+K = TypeVar("K", bound=Hashable)
+
+
+def run_interleaved(benches: Mapping[K, Bench], warmup: int, repeats: int, seed: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> dict[K, Timing]:
     """Warm every point up, then `repeats` rounds over all points, each round in a new random order."""
     rng = random.Random(seed)
     keys = list(benches)
     for _ in range(warmup):
         for k in keys:
             benches[k]()
-    samples: dict[Hashable, list[float]] = {k: [] for k in keys}
+    samples: dict[K, list[float]] = {k: [] for k in keys}
     for r in range(repeats):
         rng.shuffle(keys)
         for k in keys:
@@ -60,7 +63,7 @@ def run_interleaved(benches: dict[Hashable, Bench], warmup: int, repeats: int, s
 
 # ------------------------------------------------------------------------------------------------ machine
 
-def _cpu_info() -> tuple[str, str]:
+def _cpu_info() -> tuple[str, Literal["amd", "intel", "other"]]:
     model, vendor = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -71,7 +74,8 @@ def _cpu_info() -> tuple[str, str]:
                 vendor = value.strip()
     except OSError:
         pass
-    return model, {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "other")
+    vendors: dict[str, Literal["amd", "intel"]] = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+    return model, vendors.get(vendor, "other")
 
 
 def memory_gb() -> float:
@@ -245,16 +249,17 @@ def load_embedder(model_dir: Path | None, device: str) -> LoadedEmbedder:
     else:
         name = model_dir.name.lower()
     emb = Embedder(model_dir)
-    dtype = "fp32"
+    dtype: Literal["fp32", "fp16"] = "fp32"
     if device == "cuda":
         emb.model.to("cuda").half()
         dtype = "fp16"
-    auto = emb.model[0].auto_model
+    auto: Any = emb.model[0].auto_model  # a transformers model; sentence-transformers types modules loosely
     cfg = auto.config
     shape = EncoderShape(
         name=name, path=str(model_dir), dtype=dtype, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
         heads=cfg.num_attention_heads, ffn=cfg.intermediate_size, vocab=cfg.vocab_size,
-        params=sum(p.numel() for p in auto.parameters()), max_context=int(emb.model.max_seq_length),
+        params=sum(p.numel() for p in auto.parameters()),
+        max_context=int(emb.model.max_seq_length or cfg.max_position_embeddings),
     )
     return LoadedEmbedder(emb, shape)
 
@@ -315,6 +320,7 @@ class EchoPeer:
 
         def shared() -> float:
             start = time.perf_counter()
+            assert shm.buf is not None
             shm.buf[:n] = data
             conn.send_bytes(echo.SHM + n.to_bytes(8, "little"))
             conn.recv_bytes()

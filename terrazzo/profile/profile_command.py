@@ -11,10 +11,11 @@ machine is that device (a GPU the catalog knows is calibrated this way by defaul
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -34,8 +35,10 @@ from terrazzo.profile.profile_file import (
     EmbedPoint,
     Fit,
     LinkFit,
+    LinkKind,
     Machine,
     OpFit,
+    OpKind,
     Points,
     PrefillPoint,
     Profile,
@@ -46,6 +49,7 @@ from terrazzo.profile.profile_file import (
 )
 
 OPS = ("prefill", "decode", "embed", "ann", "transfer")
+PointKey = tuple[Any, ...]  # (op kind, the point's sizes...), e.g. ("decode", batch, context)
 DEFAULT_BASE = {"amd": "epyc-9654", "intel": "xeon-8592"}
 TINY = {"hidden": 256, "layers": 4, "heads": 8, "kv_heads": 4}  # big enough that compute shows at long prompts
 KIB, MIB = 1024, 1024 * 1024
@@ -55,7 +59,7 @@ KIB, MIB = 1024, 1024 * 1024
 class Options:
     """What to measure; the defaults take about a minute on one core."""
 
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"  # checked again in __post_init__: callers pass user input
     model: Path | None = None
     model_name: str | None = None
     embed_model: Path | None = None
@@ -84,12 +88,13 @@ class Options:
     command: str = "terrazzo profile"
 
     @classmethod
-    def quick(cls, **kw: object) -> Options:
+    def quick(cls, **kw: Any) -> Options:
         """A few points and repeats: seconds, for a smoke test of the machinery, not for planning."""
+        small: dict[str, Any]
         small = dict(warmup=1, repeats=5, isl=(16, 64, 256), decode_batch=(1, 4), decode_context=(32, 256),
                      embed_texts=(1, 4), embed_tokens=(16, 64), embed_batch_tokens=16, ann_vectors=(1_000, 8_000),
                      ann_k=(1, 10), transfer_bytes=(KIB, 64 * KIB, MIB), gemm_n=512, copy_mb=32)
-        return cls(**{**small, **kw})  # type: ignore[arg-type]
+        return cls(**{**small, **kw})
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.ops if o not in OPS]
@@ -118,7 +123,7 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     bw_gbyte_s = work["copy"] / peak_t["copy"].median_s / 1e9
     say(f"peaks: fp32 matmul {fp32_tflops * 1e3:.1f} GFLOP/s, copy {bw_gbyte_s:.1f} GB/s")
 
-    benches: dict[Hashable, M.Bench] = {}
+    benches: dict[PointKey, M.Bench] = {}
     with tempfile.TemporaryDirectory(prefix="terrazzo-profile-") as tmp:
         llm = (_llm_benches(opts, Path(tmp), rng, benches, notes, say)
                if {"prefill", "decode"} & set(opts.ops) else None)
@@ -147,7 +152,7 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     return prof.model_copy(update={"fit": Fit(ops=fit_ops(prof, catalog, device), links=links)})
 
 
-def _llm_benches(opts: Options, tmp: Path, rng: np.random.Generator, benches: dict[Hashable, M.Bench],
+def _llm_benches(opts: Options, tmp: Path, rng: np.random.Generator, benches: dict[PointKey, M.Bench],
                  notes: list[str], say: Callable[[str], None]) -> M.LoadedLlm:
     """Load the checkpoint (or write the tiny random one into `tmp`) and add its prefill and decode points."""
     checkpoint, name, random_weights = opts.model, opts.model_name, False
@@ -181,7 +186,7 @@ def _llm_benches(opts: Options, tmp: Path, rng: np.random.Generator, benches: di
     return llm
 
 
-def _embed_benches(opts: Options, benches: dict[Hashable, M.Bench]) -> M.LoadedEmbedder:
+def _embed_benches(opts: Options, benches: dict[PointKey, M.Bench]) -> M.LoadedEmbedder:
     emb = M.load_embedder(opts.embed_model, opts.device)
     coords = ({(n, opts.embed_batch_tokens) for n in opts.embed_texts} | {(1, t) for t in opts.embed_tokens}
               | set(opts.extra.get("embed", ())))
@@ -190,7 +195,7 @@ def _embed_benches(opts: Options, benches: dict[Hashable, M.Bench]) -> M.LoadedE
     return emb
 
 
-def _ann_benches(opts: Options, rng: np.random.Generator, benches: dict[Hashable, M.Bench], notes: list[str]) -> None:
+def _ann_benches(opts: Options, rng: np.random.Generator, benches: dict[PointKey, M.Bench], notes: list[str]) -> None:
     if opts.device == "cuda":
         notes.append("FAISS search measured on the CPU side only (faiss-cpu has no GPU indexes)")
     query = rng.standard_normal((1, opts.ann_dimension), dtype=np.float32)
@@ -201,7 +206,7 @@ def _ann_benches(opts: Options, rng: np.random.Generator, benches: dict[Hashable
             benches[("ann", v, k)] = M.ann_bench(index, query, min(k, v))
 
 
-def _points(timings: dict[Hashable, Timing], transfers: dict[tuple[str, int], Timing], dimension: int) -> Points:
+def _points(timings: dict[PointKey, Timing], transfers: dict[tuple[LinkKind, int], Timing], dimension: int) -> Points:
     by = {g: sorted((k, t) for k, t in timings.items() if k[0] == g) for g in ("prefill", "decode", "embed", "ann")}
     return Points(
         prefill=[PrefillPoint(isl=k[1], timing=t) for k, t in by["prefill"]],
@@ -212,15 +217,17 @@ def _points(timings: dict[Hashable, Timing], transfers: dict[tuple[str, int], Ti
     )
 
 
-def _transfers(opts: Options, say: Callable[[str], None]) -> dict[tuple[str, int], Timing]:
+def _transfers(opts: Options, say: Callable[[str], None]) -> dict[tuple[LinkKind, int], Timing]:
     sizes = sorted(opts.transfer_bytes)
     peer = M.EchoPeer(max(sizes))
     try:
-        benches: dict[Hashable, M.Bench] = {(link, n): peer.bench(link, n) for link in ("pipe", "shm") for n in sizes}
+        host: tuple[LinkKind, ...] = ("pipe", "shm")
+        gpu: tuple[LinkKind, ...] = ("h2d", "d2h")
+        benches: dict[tuple[LinkKind, int], M.Bench] = {(link, n): peer.bench(link, n) for link in host for n in sizes}
         if opts.device == "cuda":
-            benches.update({(link, n): M.gpu_copy_bench(link, n) for link in ("h2d", "d2h") for n in sizes})
+            benches.update({(link, n): M.gpu_copy_bench(link, n) for link in gpu for n in sizes})
         say(f"measuring {len(benches)} transfer points ...")
-        return M.run_interleaved(benches, opts.warmup, opts.repeats, opts.seed)  # type: ignore[return-value]
+        return M.run_interleaved(benches, opts.warmup, opts.repeats, opts.seed)
     finally:
         peer.close()
 
@@ -228,8 +235,8 @@ def _transfers(opts: Options, say: Callable[[str], None]) -> dict[tuple[str, int
 def _device_section(catalog: Catalog, opts: Options, mach: Machine, fp32_tflops: float, bw_gbyte_s: float,
                     notes: list[str]) -> DeviceSection:
     kind = "gpu" if opts.device == "cuda" else "cpu"
-    common = dict(kind=kind, fp32_tflops=round(fp32_tflops, 6), memory_bw_gbyte_s=round(bw_gbyte_s, 3),
-                  cores=opts.threads, generation=f"{mach.identity}, {opts.threads} torch thread(s)")
+    common: dict[str, Any] = dict(kind=kind, fp32_tflops=round(fp32_tflops, 6), memory_bw_gbyte_s=round(bw_gbyte_s, 3),
+                                  cores=opts.threads, generation=f"{mach.identity}, {opts.threads} torch thread(s)")
     target = opts.as_device
     if target is None and kind == "gpu":  # a GPU the catalog knows: calibrate its entry
         target = next((d.name for d in catalog.devices.values() if d.kind == "gpu"
@@ -243,7 +250,7 @@ def _device_section(catalog: Catalog, opts: Options, mach: Machine, fp32_tflops:
             notes.append(f"{dev.name} has {dev.cores.value:g} cores but only {opts.threads} thread(s) ran: its "
                          "fitted factors are relative to the whole device's peaks")
         return DeviceSection(name=dev.name, defines=False, vendor=dev.vendor, memory_gb=dev.memory_gb.value,
-                             **common)  # type: ignore[arg-type]
+                             **common)
     base_name = opts.base or DEFAULT_BASE.get(mach.cpu_vendor if kind == "cpu" else "")
     if base_name is None:
         raise ProfileError(f"cannot tell which catalog device prices this machine ('{mach.identity}')", field="--base",
@@ -254,7 +261,7 @@ def _device_section(catalog: Catalog, opts: Options, mach: Machine, fp32_tflops:
     mem = M.memory_gb() if kind == "cpu" else _gpu_memory_gb()
     vendor = mach.cpu_vendor if kind == "cpu" and mach.cpu_vendor != "other" else base.vendor
     return DeviceSection(name=target or f"local-{kind}", defines=True, vendor=vendor, memory_gb=round(mem, 3),
-                         base=base.name, share=round(share, 6), **common)  # type: ignore[arg-type]
+                         base=base.name, share=round(share, 6), **common)
 
 
 def _gpu_memory_gb() -> float:
@@ -265,8 +272,8 @@ def _gpu_memory_gb() -> float:
 
 # ------------------------------------------------------------------------------------------------ fitting
 
-def fit_links(points: Points) -> dict[str, LinkFit]:
-    out = {}
+def fit_links(points: Points) -> dict[LinkKind, LinkFit]:
+    out: dict[LinkKind, LinkFit] = {}
     for link in dict.fromkeys(p.link for p in points.transfer):
         mine = [p for p in points.transfer if p.link == link]
         if len(mine) >= 2:
@@ -277,9 +284,10 @@ def fit_links(points: Points) -> dict[str, LinkFit]:
 def op_terms(prof: Profile, catalog: Catalog, device: Device, op: str,
              points: list | None = None) -> tuple[np.ndarray, list[float]]:
     """Unit-efficiency work terms and measured medians of one op kind's points (or of `points`)."""
-    pts = points if points is not None else {
+    groups: dict[str, list[Any]] = {
         "prefill": prof.points.prefill, "decode": prof.points.decode, "embed": prof.points.embed,
-        "ann_search": prof.points.ann}[op]
+        "ann_search": prof.points.ann}
+    pts = points if points is not None else groups[op]
     if op in ("prefill", "decode"):
         assert prof.llm is not None
         terms = F.llm_terms(model_spec(prof.llm, "llm", "profile"), device, prof.llm.dtype, pts)
@@ -291,11 +299,12 @@ def op_terms(prof: Profile, catalog: Catalog, device: Device, op: str,
     return terms, [p.timing.median_s for p in pts]
 
 
-def fit_ops(prof: Profile, catalog: Catalog, device: Device) -> dict[str, OpFit]:
+def fit_ops(prof: Profile, catalog: Catalog, device: Device) -> dict[OpKind, OpFit]:
     """Per op kind with at least two points: the roofline factors (defaults from the catalog's entry)."""
-    out = {}
-    for op, pts in (("prefill", prof.points.prefill), ("decode", prof.points.decode), ("embed", prof.points.embed),
-                    ("ann_search", prof.points.ann)):
+    out: dict[OpKind, OpFit] = {}
+    groups: dict[OpKind, list[Any]] = {"prefill": prof.points.prefill, "decode": prof.points.decode,
+                                       "embed": prof.points.embed, "ann_search": prof.points.ann}
+    for op, pts in groups.items():
         if len(pts) >= 2:
             terms, measured = op_terms(prof, catalog, device, op)
             out[op] = F.fit_roofline(terms, measured, catalog.efficiency_for(device.name, op))
@@ -307,13 +316,13 @@ def fit_ops(prof: Profile, catalog: Catalog, device: Device) -> dict[str, OpFit]
 def summary(prof: Profile) -> Table:
     table = Table("op kind", "points", "median spread", "η compute", "η memory", "static ms", "fit error",
                   title=f"profile of {prof.device.name} ({prof.machine.identity})")
-    groups = {"prefill": prof.points.prefill, "decode": prof.points.decode, "embed": prof.points.embed,
-              "ann_search": prof.points.ann}
+    groups: dict[OpKind, list[Any]] = {"prefill": prof.points.prefill, "decode": prof.points.decode,
+                                       "embed": prof.points.embed, "ann_search": prof.points.ann}
     for op, pts in groups.items():
         if not pts:
             continue
         spread = float(np.median([p.timing.spread for p in pts])) * 100
-        f = prof.fit.ops.get(op)  # type: ignore[call-overload]
+        f = prof.fit.ops.get(op)
         cells = ([f"{f.compute:.3g}" + ("" if "compute" in f.fitted else " (not binding)"),
                   f"{f.memory:.3g}" + ("" if "memory" in f.fitted else " (not binding)"),
                   f"{f.static_latency_s * 1e3:.3g}", f"{f.mape_pct:.1f} %"] if f else ["-"] * 4)

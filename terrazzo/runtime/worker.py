@@ -120,7 +120,8 @@ class WorkerState:
         if p["key"] not in self._segments:
             self._segments[p["key"]] = pickle.loads(p["programs"])
         emit, rid = self._emit, self._request
-        msg, done, tokens, t0, i = p["msg"], [], 0, time.perf_counter(), 0
+        done: list[dict[str, Any]] = []
+        msg, tokens, t0, i = p["msg"], 0, time.perf_counter(), 0
         for prog in self._segments[p["key"]]:
             gen = steps(prog, msg, rid)
             try:
@@ -260,7 +261,7 @@ class WorkerState:
         from terrazzo.runtime.executors.speech import synthesize
 
         a = self.config.audio
-        out_dir = self.config.path(self.config.state_dir) / "audio"  # type: ignore[operator]
+        out_dir = self.config.path(self.config.state_dir) / "audio"
         out, mode = synthesize(p["text"], a.tts_endpoint, a.tts_model, a.tts_voice, out_dir, p["name"],
                                self.config.op_timeout_s, a.tts_format)
         return out, 0, {"mode": mode}
@@ -268,7 +269,7 @@ class WorkerState:
     def _memory(self):  # -> MemoryStore
         from terrazzo.runtime.executors.memory import MemoryStore
 
-        db = self.config.path(self.config.state_dir) / "memory.sqlite"  # type: ignore[operator]
+        db = self.config.path(self.config.state_dir) / "memory.sqlite"
         return self._get("memory", str(db), lambda: MemoryStore(db))
 
     def _memory_load(self, p: dict) -> tuple[Any, int, dict]:

@@ -180,6 +180,7 @@ def planner_inputs(agent_path: Path, plan_doc: dict[str, Any] | None, plan_path:
     """What re-planning needs, from the serve config or the inputs the plan file records; else why not."""
     recorded = (plan_doc or {}).get("inputs") or {}
     found: dict[str, Path] = {}
+    path: Path | None
     for key in ("workload", "sla", "cluster"):
         override = getattr(settings, key)
         if override:

@@ -78,9 +78,12 @@ class ServerMetrics:
         r.register(_Live(services))
         r.register(self)
         for name, svc in services.items():
-            svc.on_reject = lambda code, name=name: self.rejected.labels(name, code).inc()
-            svc.on_outcome = lambda outcome, name=name: self.outcomes.labels(name, outcome).inc()
-            svc.controller.on_decision = lambda rec, name=name: self._decision(name, rec)
+            self._watch(name, svc)
+
+    def _watch(self, name: str, svc: AgentService) -> None:
+        svc.on_reject = lambda code: self.rejected.labels(name, code).inc()
+        svc.on_outcome = lambda outcome: self.outcomes.labels(name, outcome).inc()
+        svc.controller.on_decision = lambda rec: self._decision(name, rec)
 
     def _decision(self, agent: str, rec: dict[str, Any]) -> None:
         self.decisions.labels(agent, rec["action"], str(bool(rec.get("acted"))).lower()).inc()

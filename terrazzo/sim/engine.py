@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-Callback = Callable[[Any], None]
+Callback = Callable[[Any], object]  # what it returns is ignored
 
 
 class Environment:
@@ -92,6 +92,7 @@ class Timer:
     """A cancellable callback; `alive` is True while pending, False once cancelled, None once fired."""
 
     __slots__ = ("alive", "arg", "env", "fn")
+    alive: bool | None
 
     def __init__(self, env: Environment, fn: Callback, arg: Any) -> None:
         self.env, self.fn, self.arg, self.alive = env, fn, arg, True

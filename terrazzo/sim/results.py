@@ -177,10 +177,10 @@ class SimReport:
         t.add_row("end-to-end", _ms(self.e2e.p50_s), _ms(self.e2e.p90_s), _ms(self.e2e.p99_s), mean, deadline,
                   _status(e2e_ok))
         for s in self.llm:
-            for what, p, limit, at in (("TTFT", s.ttft, s.ttft_limit_s, s.ttft_at_sla_s),
+            for what, q, limit, at in (("TTFT", s.ttft, s.ttft_limit_s, s.ttft_at_sla_s),
                                        ("TBT", s.tbt, s.tbt_limit_s, s.tbt_at_sla_s)):
                 ok = limit is None or not at > limit
-                t.add_row(f"{s.node} {what}", _ms(p.p50_s), _ms(p.p90_s), _ms(p.p99_s), _ms(p.mean_s),
+                t.add_row(f"{s.node} {what}", _ms(q.p50_s), _ms(q.p90_s), _ms(q.p99_s), _ms(q.mean_s),
                           f"{pct} ≤ {_ms(limit)}" if limit else "-", _status(ok))
         t.add_section()
         worst = max(self.pools, key=lambda p: p.utilisation, default=None)

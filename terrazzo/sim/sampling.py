@@ -41,7 +41,7 @@ class Draws:
 
 def dist_draws(dist: Dist, seed: int, name: str) -> Draws:
     if dist.dist == "fixed":
-        value = float(dist.value)  # type: ignore[arg-type]
+        value = dist.expected
         return Draws(lambda n: np.full(n, value))
     rng = stream(seed, name)
     return Draws(lambda n: dist.sample(rng, n))
@@ -50,7 +50,7 @@ def dist_draws(dist: Dist, seed: int, name: str) -> Draws:
 def token_draws(dist: Dist, seed: int, name: str) -> Draws:
     """Token counts: whole numbers, at least one."""
     if dist.dist == "fixed":
-        value = float(max(1, round(float(dist.value))))  # type: ignore[arg-type]
+        value = float(max(1, round(dist.expected)))
         return Draws(lambda n: np.full(n, value))
     rng = stream(seed, name)
     return Draws(lambda n: np.maximum(np.rint(dist.sample(rng, n)), 1.0))

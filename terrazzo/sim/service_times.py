@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import Device, ModelSpec
@@ -55,7 +55,7 @@ class LlmCost:
     # decode -----------------------------------------------------------------------------------
 
     def decode_step_s(self, batch: int, context: float) -> float:
-        coef = self._steps.get(batch, False)
+        coef: tuple[float, float, float, float, float] | Literal[False] | None = self._steps.get(batch, False)
         if coef is False:
             coef = self._steps[batch] = self._fit_step(batch)
         if coef is None:
@@ -189,7 +189,7 @@ class OpService:
             model = catalog.model(node.model if isinstance(node, EmbedNode) else node.embed_model)
             tokens = token_draws(node.tokens if isinstance(node, EmbedNode) else node.query_tokens, seed,
                                  f"{path}.tokens")
-            search = self._search(node) if kind == "memory.lookup" else 0.0
+            search = self._search(node) if isinstance(node, MemoryLookupNode) and kind == "memory.lookup" else 0.0
             self.fn = lambda: (self._encoder(model, tokens()) + search, 0.0)
         elif isinstance(node, MemoryLookupNode) and kind == "ann.search":
             search = self._search(node)

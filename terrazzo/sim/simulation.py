@@ -88,11 +88,12 @@ class Stage:
     """One step of a work node's chain; `next` is the following stage or None (then the node is done)."""
 
     device: str
+    op: Op
     next: Stage | None = None
 
     @property
     def op_name(self) -> str:
-        return self.op.name  # type: ignore[attr-defined]
+        return self.op.name
 
     def __init__(self, sim: Simulation, node: CNode) -> None:
         self.sim, self.node = sim, node
@@ -134,8 +135,9 @@ class LlmStage(Stage):
         if self.agg is None and (self.pre is None or self.dec is None):
             raise SimError(f"the plan serves LLM node '{node.path}' with neither an aggregated op nor a "
                            f"prefill and a decode op; re-plan it")
-        self.device = (self.agg or self.pre).device  # type: ignore[union-attr]
-        self.op = self.agg or self.pre
+        first = self.agg or self.pre
+        assert first is not None  # checked just above
+        self.device, self.op = first.device, first
         seed = sim.config.seed
         self.isl_draw, self.osl_draw = token_draws(isl, seed, f"{node.path}.isl"), token_draws(osl, seed,
                                                                                               f"{node.path}.osl")
@@ -159,30 +161,37 @@ class LlmStage(Stage):
             tok.pred_s += self.agg.planned.latency_s * osl / self.osl_mean
             self.agg.pool.submit(Seq(isl, osl, self._decoded, tok, env.now))
         else:
-            tok.pred_s += self.pre.planned.latency_s * isl / self.isl_mean  # type: ignore[union-attr]
-            self.pre.pool.submit(Seq(isl, osl, self._prefilled, tok, env.now))  # type: ignore[union-attr]
+            pre = self.pre
+            assert pre is not None  # disaggregated
+            tok.pred_s += pre.planned.latency_s * isl / self.isl_mean
+            pre.pool.submit(Seq(isl, osl, self._prefilled, tok, env.now))
 
     def _prefilled(self, seq: Seq, lane: int) -> None:
         tok: Token = seq.arg
+        pre, dec = self.pre, self.dec
+        assert pre is not None and dec is not None  # disaggregated: __init__ checked both
         if seq.osl <= 1:
             self._record(seq, tok)
-            self.finish(tok, self.pre, lane // self.pre.planned.pp)  # type: ignore[union-attr]
+            self.finish(tok, pre, lane // pre.planned.pp)
             return
-        link = self.pre.link(lane // self.pre.planned.pp, self.dec.device)  # type: ignore[union-attr]
+        link = pre.link(lane // pre.planned.pp, dec.device)
         n_bytes = seq.isl * self.kv_bytes_per_token
-        tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s + self.dec.planned.latency_s * (  # type: ignore
+        tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s + dec.planned.latency_s * (
             seq.osl / self.osl_mean)
         link.send(n_bytes, self._kv_arrived, seq)
 
     def _kv_arrived(self, seq: Seq) -> None:
         seq.fn = self._decoded
-        self.dec.pool.submit(seq)  # type: ignore[union-attr]
+        dec = self.dec
+        assert dec is not None  # disaggregated
+        dec.pool.submit(seq)
 
     def _decoded(self, seq: Seq, lane: int) -> None:
         tok: Token = seq.arg
         self._record(seq, tok)
         op = self.agg or self.dec
-        self.finish(tok, op, lane // op.planned.pp)  # type: ignore[union-attr]
+        assert op is not None
+        self.finish(tok, op, lane // op.planned.pp)
 
     def _record(self, seq: Seq, tok: Token) -> None:
         req = tok.run.req  # type: ignore[union-attr]

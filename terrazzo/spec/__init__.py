@@ -1,4 +1,4 @@
 """Specs: what the user declares (agent graph, workload, SLA, cluster), validated with line-precise errors.
 
-Import from the modules: `spec.agent`, `spec.load`, `spec.builder`, `spec.workload`, `spec.sla`, `spec.cluster`.
+Import from the modules: `spec.agent`, `spec.spec_loader`, `spec.builder`, `spec.workload`, `spec.sla`, `spec.cluster`.
 """

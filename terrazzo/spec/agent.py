@@ -147,6 +147,13 @@ class SubagentNode(NodeBase):
             raise ValueError("a subagent needs exactly one of 'agent' (a YAML path) or 'graph' (inline nodes/edges)")
         return self
 
+    @property
+    def resolved(self) -> AgentGraph:
+        """The sub-agent's graph: inline, or read from `agent` by the spec loader (which every loaded spec is)."""
+        if self.graph is None:
+            raise ValueError(f"sub-agent '{self.id}': '{self.agent}' is not loaded yet; load the spec with load_agent")
+        return self.graph
+
 
 Node = Annotated[
     LlmNode | ToolNode | MemoryLoadNode | MemoryStoreNode | MemoryLookupNode | EmbedNode | SttNode
@@ -284,7 +291,7 @@ class AgentGraph(Strict):
                 share = repeat_share[e.src]
                 weight = share if e.dst == src.body else 1.0 - share
             else:
-                weight = e.probability if src.kind == "branch" else 1.0
+                weight = (e.probability or 0.0) if src.kind == "branch" else 1.0
             if nodes[e.dst].join == "all" and j not in repeat:
                 weight /= fan_in[e.dst]
             m[index[e.dst], index[e.src]] += weight or 0.0

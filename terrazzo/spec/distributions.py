@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from terrazzo.units import parse_quantity
+
+T = TypeVar("T")
+
+
+def _given(param: T | None) -> T:
+    """A parameter that Dist's validator has checked is set for this kind of distribution."""
+    assert param is not None
+    return param
 
 
 class Dist(BaseModel):
@@ -45,7 +53,7 @@ class Dist(BaseModel):
                  if p not in allowed and getattr(self, p) is not None]
         if extra:
             raise ValueError(f"a {self.dist} distribution takes {', '.join(sorted(allowed))}, not {', '.join(extra)}")
-        if self.dist == "uniform" and self.low > self.high:  # type: ignore[operator]
+        if self.dist == "uniform" and _given(self.low) > _given(self.high):
             raise ValueError(f"uniform low {self.low} is above high {self.high}")
         if self.dist == "empirical":
             if not self.values or any(v < 0 for v in self.values):
@@ -65,21 +73,22 @@ class Dist(BaseModel):
         """Mean of the distribution as sampled (normal is truncated at zero, which raises its mean)."""
         match self.dist:
             case "fixed":
-                return float(self.value)  # type: ignore[arg-type]
+                return float(_given(self.value))
             case "uniform":
-                return (self.low + self.high) / 2  # type: ignore[operator]
+                return (_given(self.low) + _given(self.high)) / 2
             case "normal":
-                mu, sd = float(self.mean), float(self.std)  # type: ignore[arg-type]
+                mu, sd = float(_given(self.mean)), float(_given(self.std))
                 if sd == 0:
                     return mu
                 z = mu / sd
                 pdf, cdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(z / math.sqrt(2)))
                 return mu * cdf + sd * pdf
             case "lognormal" | "exponential":
-                return float(self.mean)  # type: ignore[arg-type]
+                return float(_given(self.mean))
             case _:
-                w = np.asarray(self.weights if self.weights is not None else [1.0] * len(self.values))  # type: ignore[arg-type]
-                return float(np.dot(w / w.sum(), self.values))  # type: ignore[arg-type]
+                values = _given(self.values)
+                w = np.asarray(self.weights if self.weights is not None else [1.0] * len(values))
+                return float(np.dot(w / w.sum(), values))
 
     def sample(self, rng: np.random.Generator, n: int | None = None) -> Any:
         """Draw `n` samples (a scalar when n is None); never negative."""
@@ -88,19 +97,20 @@ class Dist(BaseModel):
             case "fixed":
                 out = np.full(size or 1, self.value, dtype=float)
             case "uniform":
-                out = rng.uniform(self.low, self.high, size or 1)
+                out = rng.uniform(_given(self.low), _given(self.high), size or 1)
             case "normal":
-                out = np.maximum(rng.normal(self.mean, self.std, size or 1), 0.0)
+                out = np.maximum(rng.normal(_given(self.mean), _given(self.std), size or 1), 0.0)
             case "lognormal":
-                mean, cv = float(self.mean), float(self.cv)  # type: ignore[arg-type]
+                mean, cv = float(_given(self.mean)), float(_given(self.cv))
                 sigma2 = math.log1p(cv * cv)
                 mu = math.log(mean) - sigma2 / 2 if mean > 0 else -math.inf
                 out = rng.lognormal(mu, math.sqrt(sigma2), size or 1) if mean > 0 else np.zeros(size or 1)
             case "exponential":
-                out = rng.exponential(self.mean, size or 1)
+                out = rng.exponential(_given(self.mean), size or 1)
             case _:
-                w = np.asarray(self.weights if self.weights is not None else [1.0] * len(self.values))  # type: ignore[arg-type]
-                out = rng.choice(np.asarray(self.values), size or 1, p=w / w.sum())
+                values = _given(self.values)
+                w = np.asarray(self.weights if self.weights is not None else [1.0] * len(values))
+                out = rng.choice(np.asarray(values), size or 1, p=w / w.sum())
         return out if n is not None else float(out[0])
 
 

@@ -87,7 +87,7 @@ def _check_graph(src: YamlSource, graph: AgentGraph, catalog: Catalog, base: Loc
                 inner = load_agent(path, catalog, _seen=(*seen, path)).graph
                 nodes[i] = node.model_copy(update={"graph": inner, "agent": None})
             else:
-                inner = _check_graph(src, node.graph, catalog, (*loc, "graph"), seen)  # type: ignore[arg-type]
+                inner = _check_graph(src, node.resolved, catalog, (*loc, "graph"), seen)
                 nodes[i] = node.model_copy(update={"graph": inner})
     return graph.model_copy(update={"nodes": nodes}) if nodes != list(graph.nodes) else graph
 
@@ -116,25 +116,26 @@ def check_agent(agent: Agent, catalog: Catalog | None = None) -> Agent:
 def load_workload(path: str | Path, agent: Agent | None = None) -> Workload:
     src = read_yaml(path)
     workload = validate(src, Workload)
-    if agent is not None:
-        llm_ids = {pid for pid, n in agent.graph.leaves() if n.kind == "llm"}
-        for node_id in workload.tokens:
-            if node_id not in llm_ids:
-                raise src.error(f"'{node_id}' is not an LLM node of agent '{agent.name}'", ("tokens", node_id),
-                                f"use one of: {', '.join(sorted(llm_ids)) or '(none)'}")
+    _check_llm_keys(src, agent, "tokens", workload.tokens)
     return workload
 
 
 def load_sla(path: str | Path, agent: Agent | None = None) -> Sla:
     src = read_yaml(path)
     sla = validate(src, Sla)
-    if agent is not None:
-        llm_ids = {pid for pid, n in agent.graph.leaves() if n.kind == "llm"}
-        for node_id in sla.llm:
-            if node_id not in llm_ids:
-                raise src.error(f"'{node_id}' is not an LLM node of agent '{agent.name}'", ("llm", node_id),
-                                f"use one of: {', '.join(sorted(llm_ids)) or '(none)'}")
+    _check_llm_keys(src, agent, "llm", sla.llm)
     return sla
+
+
+def _check_llm_keys(src: YamlSource, agent: Agent | None, section: str, node_ids: Iterable[str]) -> None:
+    """A per-node section (the workload's `tokens:`, the SLA's `llm:`) names only the agent's LLM nodes."""
+    if agent is None:
+        return
+    llm_ids = {pid for pid, n in agent.graph.leaves() if n.kind == "llm"}
+    for node_id in node_ids:
+        if node_id not in llm_ids:
+            raise src.error(f"'{node_id}' is not an LLM node of agent '{agent.name}'", (section, node_id),
+                            f"use one of: {', '.join(sorted(llm_ids)) or '(none)'}")
 
 
 def load_cluster(path: str | Path, profiles: Iterable[str | Path] = ()) -> tuple[Cluster, Catalog]:

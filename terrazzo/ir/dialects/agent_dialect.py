@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr, SymbolNameConstraint
-from xdsl.ir import Dialect, Region
+from xdsl.ir import Dialect, Operation, Region
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -38,6 +38,7 @@ from terrazzo.ir.dialects.node_op import (
     check_positive,
     float_prop,
     int_prop,
+    str_prop,
 )
 
 WORK_FORMAT = "$id (`(` $inputs^ `)`)? attr-dict"
@@ -90,7 +91,7 @@ class ToolInvokeOp(AgentOp):
 
 
 def verify_tool(op: NodeOp) -> None:
-    protocol = op.properties["protocol"].data  # type: ignore[attr-defined]
+    protocol = str_prop(op, "protocol") or ""
     check_choice(op, "protocol", protocol, ("http", "python"))
     if protocol == "http" and "endpoint" not in op.properties:
         raise op.fail("an http tool needs 'endpoint'")
@@ -133,7 +134,7 @@ class MemoryLookupOp(AgentOp):
 
 
 def verify_index(op: NodeOp) -> None:
-    check_choice(op, "index", op.properties["index"].data, INDEXES)  # type: ignore[attr-defined]
+    check_choice(op, "index", str_prop(op, "index") or "", INDEXES)
     for key in ("index_vectors", "dimension", "k"):
         check_positive(op, key, int_prop(op, key), 1)
     if int_prop(op, "k") > int_prop(op, "index_vectors"):
@@ -301,7 +302,7 @@ class GraphOp(IRDLOperation):
                 seen[op.node_id] = op.name
 
 
-AGENT_OPS = [
+AGENT_OPS: list[type[Operation]] = [
     GraphOp, InputOp, OutputOp, LlmCallOp, ToolInvokeOp, MemoryLoadOp, MemoryStoreOp, MemoryLookupOp, EmbedOp,
     SttOp, TtsOp, ComputeOp, BranchOp, LoopOp, SubagentOp,
 ]

@@ -11,7 +11,7 @@ region whose arguments and `tz.yield` operands are the values that cross its bou
 from __future__ import annotations
 
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, StringAttr
-from xdsl.ir import Dialect
+from xdsl.ir import Dialect, Operation
 from xdsl.irdl import (
     IRDLOperation,
     ParsePropInAttrDict,
@@ -48,6 +48,7 @@ from terrazzo.ir.dialects.node_op import (
     check_positive,
     float_prop,
     int_prop,
+    str_prop,
 )
 
 TZ_FORMAT = "$id (`(` $inputs^ `:` type($inputs) `)`)? attr-dict `:` type($out)"
@@ -122,7 +123,7 @@ class KvTransferOp(TzOp):
 def verify_link(op: NodeOp) -> None:
     check_positive(op, "bytes", float_prop(op, "bytes"))
     if "link" in op.properties:
-        check_choice(op, "link", op.properties["link"].data, LINK_KINDS)  # type: ignore[attr-defined]
+        check_choice(op, "link", str_prop(op, "link") or "", LINK_KINDS)
     if "latency_s" in op.properties:
         check_positive(op, "latency_s", float_prop(op, "latency_s"))
 
@@ -348,7 +349,7 @@ class YieldOp(IRDLOperation):
     assembly_format = "($inputs^ `:` type($inputs))? attr-dict"
 
 
-TZ_OPS = [
+TZ_OPS: list[type[Operation]] = [
     PrefillOp, DecodeOp, KvTransferOp, MoeGateOp, MoeExpertOp, MoeMergeOp, AllReduceOp, ToolLookupOp,
     ToolComputeOp, EmbedEncodeOp, AnnSearchOp, MemLoadOp, MemStoreOp, TransferOp, PoolOp, YieldOp,
 ]

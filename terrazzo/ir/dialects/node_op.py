@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Self
 
 from xdsl.dialects.builtin import (
     ArrayAttr,
@@ -74,7 +75,7 @@ class NodeOp(IRDLOperation):
         join: str | None = None, props: Mapping[str, Attribute] | None = None,
         result_types: Sequence[Attribute | Sequence[Attribute]] | None = None, regions: Sequence = (),
         attrs: Mapping[str, Attribute] | None = None,
-    ) -> NodeOp:
+    ) -> Self:
         properties: dict[str, Attribute] = {"id": StringAttr(node_id), "visits": f64_attr(visits), **(props or {})}
         if join and join != "any":
             properties["join"] = StringAttr(join)
@@ -116,7 +117,7 @@ class NodeOp(IRDLOperation):
     @property
     def candidates(self) -> list[CandidateAttr]:
         attr = self.attributes.get(CANDIDATES)
-        return list(attr.data) if isinstance(attr, ArrayAttr) else []  # type: ignore[arg-type]
+        return list(attr.data) if isinstance(attr, ArrayAttr) else []
 
     @property
     def placement(self) -> PlacementAttr | None:
@@ -174,11 +175,22 @@ def check_positive(op: NodeOp, attr: str, value: float, minimum: float = 0.0) ->
 
 
 def int_prop(op: Operation, name: str) -> int:
-    return op.properties[name].value.data  # type: ignore[attr-defined]
+    attr = op.properties[name]
+    assert isinstance(attr, IntegerAttr), f"{op.name}: '{name}' is not an integer"
+    return attr.value.data
 
 
 def float_prop(op: Operation, name: str) -> float:
-    return op.properties[name].value.data  # type: ignore[attr-defined]
+    attr = op.properties[name]
+    assert isinstance(attr, FloatAttr | IntegerAttr), f"{op.name}: '{name}' is not a number"
+    return attr.value.data
+
+
+def mean_prop(op: Operation, name: str) -> float:
+    """The mean of a distribution property (#agent.dist)."""
+    attr = op.properties[name]
+    assert isinstance(attr, DistAttr), f"{op.name}: '{name}' is not a #agent.dist"
+    return attr.mean_value
 
 
 def str_prop(op: Operation, name: str) -> str | None:

@@ -8,7 +8,7 @@ from xdsl.pattern_rewriter import GreedyRewritePatternApplier, PatternRewriteWal
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import ModelSpec
 from terrazzo.errors import IRError, TerrazzoError
-from terrazzo.ir.dialects.node_op import NodeOp
+from terrazzo.ir.dialects.node_op import NodeOp, str_prop
 
 
 def rewrite(module: ModuleOp, *patterns: RewritePattern) -> None:
@@ -18,7 +18,7 @@ def rewrite(module: ModuleOp, *patterns: RewritePattern) -> None:
 
 
 def model_of(catalog: Catalog, op: NodeOp) -> ModelSpec:
-    name = op.properties["model"].data  # type: ignore[attr-defined]
+    name = str_prop(op, "model") or ""
     try:
         return catalog.model(name)
     except TerrazzoError as exc:

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
@@ -38,7 +39,9 @@ class LowerOneToOne(RewritePattern):
     TARGETS: ClassVar[dict[type[NodeOp], type[NodeOp]]] = {
         EmbedOp: EmbedEncodeOp, MemoryLoadOp: MemLoadOp, MemoryStoreOp: MemStoreOp}
 
-    def match_and_rewrite(self, op: NodeOp, rewriter: PatternRewriter) -> None:  # type: ignore[override]
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        if not isinstance(op, NodeOp):
+            return
         target = self.TARGETS.get(type(op))
         if target is None:
             return

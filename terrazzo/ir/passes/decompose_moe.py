@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
@@ -24,7 +25,6 @@ from terrazzo.ir.context import inputs_of
 from terrazzo.ir.dialects.granular_dialect import (
     AllReduceOp,
     DecodeOp,
-    LlmPhase,
     MoeExpertOp,
     MoeGateOp,
     MoeMergeOp,
@@ -53,7 +53,7 @@ class SplitMoePhase(RewritePattern):
     catalog: Catalog
     tp: int
 
-    def match_and_rewrite(self, op: LlmPhase, rewriter: PatternRewriter) -> None:  # type: ignore[override]
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
         if not isinstance(op, PrefillOp | DecodeOp):
             return
         model = model_of(self.catalog, op)

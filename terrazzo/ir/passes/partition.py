@@ -11,12 +11,12 @@ pools, the transfers and the output: a dataflow network of pools, cycles include
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr
-from xdsl.ir import Block, Operation, OpResult, Region, SSAValue
+from xdsl.ir import Block, Operation, OpResult, Region, SSAValue, Use
 from xdsl.passes import ModulePass
 
 from terrazzo.catalog.catalog_loader import Catalog
@@ -26,7 +26,7 @@ from terrazzo.ir.candidate_pricing import PLACEABLE
 from terrazzo.ir.context import inputs_of
 from terrazzo.ir.dialects.agent_dialect import BranchOp, GraphOp, LoopOp, OutputOp, SubagentOp
 from terrazzo.ir.dialects.granular_dialect import AllReduceOp, KvTransferOp, MoeRider, PoolOp, TransferOp, YieldOp
-from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, float_prop, name_hint
+from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, float_prop, name_hint, str_prop
 from terrazzo.spec.cluster import Fabric
 
 TOP = ""  # home of values that live in the graph's body: the request and the transfers
@@ -76,9 +76,9 @@ def assign_pools(block: Block) -> dict[Operation, str]:
     unplaced = []
     for op in block.ops:
         if isinstance(op, PLACEABLE):
-            place = op.placement  # type: ignore[attr-defined]
+            place = op.placement
             if place is None:
-                unplaced.append(op.node_id)  # type: ignore[attr-defined]
+                unplaced.append(op.node_id)
             else:
                 home[op] = place.pool.data
     if unplaced:
@@ -120,17 +120,19 @@ class Partitioner:
         home = assign_pools(block)
         for op in home:
             if isinstance(op, PLACEABLE):
-                device = op.placement.device.data  # type: ignore[attr-defined]
+                place = op.placement
+                assert place is not None  # assign_pools checked every placeable op
+                device = place.device.data
                 if self.device.setdefault(home[op], device) != device:
                     raise IRError(f"pool '{home[op]}' mixes devices {self.device[home[op]]} and {device} "
-                                  f"('{op.node_id}'); one pool is one device type")  # type: ignore[attr-defined]
+                                  f"('{op.node_id}'); one pool is one device type")
         self._drop_local_kv(block, home)
         pools = list(dict.fromkeys(home[op] for op in block.ops if op in home))
         members = {p: [op for op in block.ops if home.get(op) == p] for p in pools}
         where = {res: home.get(op, TOP) for op in block.ops for res in op.results}
 
         exports: dict[str, list[SSAValue]] = {p: [] for p in pools}
-        crossings: list[tuple[Operation, int, str, str]] = []  # (consumer, operand, from pool, to pool)
+        crossings: list[tuple[NodeOp, int, str, str]] = []  # (consumer, operand, from pool, to pool)
         for op in block.ops:
             dst = home.get(op, TOP)
             for i, v in enumerate(op.operands):
@@ -138,7 +140,7 @@ class Partitioner:
                 if src in (dst, TOP):
                     continue
                 exports[src] += [v] if v not in exports[src] else []
-                if dst != TOP and not isinstance(op, KvTransferOp):
+                if dst != TOP and isinstance(op, NodeOp) and not isinstance(op, KvTransferOp):
                     crossings.append((op, i, src, dst))
         pool_ops = {p: self._pool(p, members[p], exports[p]) for p in pools}
         result_of = {(p, v): pool_ops[p].outs[k] for p in pools for k, v in enumerate(exports[p])}
@@ -155,7 +157,9 @@ class Partitioner:
                 if where[v] != TOP:
                     op.operands[i] = result_of[(where[v], v)]
             if isinstance(op, KvTransferOp):
-                self._set_link(op, op.properties["src"].data, op.properties["dst"].data)  # type: ignore[attr-defined]
+                kv_src, kv_dst = str_prop(op, "src"), str_prop(op, "dst")
+                assert kv_src is not None and kv_dst is not None  # _drop_local_kv set both
+                self._set_link(op, kv_src, kv_dst)
         self._wire_imports(pool_ops, members)
         self._layout(block, pool_ops, transfers)
 
@@ -163,16 +167,18 @@ class Partitioner:
         for op in list(block.ops):
             if not isinstance(op, KvTransferOp):
                 continue
-            src = home.get(op.operands[0].owner)  # type: ignore[arg-type]
+            producer = op.operands[0].owner
+            src = home.get(producer) if isinstance(producer, Operation) else None
             dsts = {home.get(u.operation) for u in op.out.uses}
             if dsts == {src}:
                 op.out.replace_all_uses_with(op.operands[0])
                 op.detach()
                 op.erase()
                 continue
-            if len(dsts) != 1 or src is None or None in dsts:
+            dst = dsts.pop() if len(dsts) == 1 else None
+            if src is None or dst is None:
                 raise IRError(f"tz.kv.transfer '{op.node_id}' must feed one decode in one pool")
-            op.properties["src"], op.properties["dst"] = StringAttr(src), StringAttr(dsts.pop())
+            op.properties["src"], op.properties["dst"] = StringAttr(src), StringAttr(dst)
 
     def _pool(self, pool: str, ops: list[Operation], exports: list[SSAValue]) -> PoolOp:
         body = Block()
@@ -186,14 +192,14 @@ class Partitioner:
             res.name_hint = v.name_hint
         return op
 
-    def _transfer(self, value: SSAValue, consumer: Operation, index: int, src: str, dst: str) -> TransferOp:
+    def _transfer(self, value: SSAValue, consumer: NodeOp, index: int, src: str, dst: str) -> TransferOp:
         producer = _producer(value)
-        edge_id = f"{producer}->{consumer.node_id}#{index}"  # type: ignore[attr-defined]
-        size = consumer.bytes_in[index]  # type: ignore[attr-defined]
+        edge_id = f"{producer}->{consumer.node_id}#{index}"
+        size = consumer.bytes_in[index]
         move = TransferOp.make(edge_id, [value], value_visits(consumer.operands[index]), [size],
                                props={"bytes": count_attr(size), "src": StringAttr(src), "dst": StringAttr(dst)},
                                result_types=[value.type])
-        move.out.name_hint = name_hint(f"{producer}.to.{consumer.node_id}")  # type: ignore[attr-defined]
+        move.out.name_hint = name_hint(f"{producer}.to.{consumer.node_id}")
         self._set_link(move, src, dst)
         return move
 
@@ -219,7 +225,7 @@ class Partitioner:
             for v in imports:
                 arg = body.insert_arg(v.type, len(body.args))
                 arg.name_hint = v.name_hint
-                v.replace_uses_with_if(arg, lambda use, inside=inside: use.operation in inside)
+                v.replace_uses_with_if(arg, _used_in(inside))
             pool_op.operands = imports
 
     def _layout(self, block: Block, pool_ops: dict[str, PoolOp], transfers: dict[str, list[Operation]]) -> None:
@@ -227,11 +233,19 @@ class Partitioner:
         assert out is not None
         for pool, pool_op in pool_ops.items():
             block.insert_op_before(pool_op, out)
-            kv = [op for op in block.ops if isinstance(op, KvTransferOp) and op.properties["src"].data == pool]
+            kv = [op for op in block.ops if isinstance(op, KvTransferOp) and str_prop(op, "src") == pool]
             for op in kv:
                 op.detach()
-            for op in [*transfers[pool], *kv]:
-                block.insert_op_before(op, out)
+            for moved in [*transfers[pool], *kv]:
+                block.insert_op_before(moved, out)
+
+
+def _used_in(ops: set[Operation]) -> Callable[[Use], bool]:
+    return lambda use: use.operation in ops
+
+
+def _result_index(value: SSAValue) -> int:
+    return value.index if isinstance(value, OpResult) else 0
 
 
 def _producer(value: SSAValue) -> str:
@@ -239,8 +253,8 @@ def _producer(value: SSAValue) -> str:
     if isinstance(owner, PoolOp):
         term = owner.body.block.last_op
         assert term is not None
-        return _producer(term.operands[value.index])  # type: ignore[attr-defined]
-    return owner.node_id if isinstance(owner, NodeOp) else "input"  # type: ignore[union-attr]
+        return _producer(term.operands[_result_index(value)])
+    return owner.node_id if isinstance(owner, NodeOp) else "input"
 
 
 def value_visits(value: SSAValue) -> float:
@@ -248,12 +262,13 @@ def value_visits(value: SSAValue) -> float:
     owner = value.owner
     if isinstance(owner, PoolOp):
         term = owner.body.block.last_op
-        return value_visits(term.operands[value.index])  # type: ignore[union-attr, attr-defined]
+        assert term is not None
+        return value_visits(term.operands[_result_index(value)])
     if isinstance(owner, BranchOp):
-        return owner.visit_count * owner.probabilities[value.index]  # type: ignore[attr-defined]
+        return owner.visit_count * owner.probabilities[_result_index(value)]
     if isinstance(owner, LoopOp):
         share = float_prop(owner, "repeat_share")
-        return owner.visit_count * (share if value.index == 0 else 1 - share)  # type: ignore[attr-defined]
+        return owner.visit_count * (share if _result_index(value) == 0 else 1 - share)
     return owner.visit_count if isinstance(owner, NodeOp) else 1.0
 
 

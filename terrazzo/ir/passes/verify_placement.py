@@ -22,7 +22,7 @@ from terrazzo.ir.candidate_pricing import CostModel
 from terrazzo.ir.context import inputs_of
 from terrazzo.ir.dialects.agent_dialect import LlmCallOp
 from terrazzo.ir.dialects.granular_dialect import AllReduceOp, DecodeOp, MoeExpertOp, MoeRider, PrefillOp
-from terrazzo.ir.dialects.node_op import NodeOp, str_prop
+from terrazzo.ir.dialects.node_op import NodeOp, mean_prop, str_prop
 from terrazzo.ir.module_graph import placeable_ops
 
 GB = 1e9
@@ -33,8 +33,8 @@ def llm_fit(catalog: Catalog, op: NodeOp, place: PlacementAttr) -> str | None:
     model = str_prop(op, "model") or ""
     dtype = str_prop(op, "dtype") or "bf16"
     tp, pp, batch = place.tp.data, place.pp.data, place.batch.data
-    isl = op.properties["input_tokens"].mean_value  # type: ignore[attr-defined]
-    osl = op.properties["output_tokens"].mean_value  # type: ignore[attr-defined]
+    isl = mean_prop(op, "input_tokens")
+    osl = mean_prop(op, "output_tokens")
     try:
         dep = deployment(catalog, model, place.device.data, dtype, tp, pp)
     except TerrazzoError as exc:
@@ -79,13 +79,14 @@ def problems(module: ModuleOp, catalog: Catalog) -> list[str]:
             why = cand[0].infeasible.data if cand else None
         if why:
             found.append(f"{op.node_id}: {why}")
-    for op in module.walk():
-        if isinstance(op, MoeRider | AllReduceOp) and op.anchor.data not in placed:
-            found.append(f"{op.node_id} rides with '{op.anchor.data}', which is not placed")
-        if isinstance(op, NodeOp) and op.node_id.endswith(".decode") and str_prop(op, "serving") == "disaggregated":
-            prefill, decode = placed.get(op.node_id.removesuffix(".decode") + ".prefill"), placed.get(op.node_id)
+    for item in module.walk():
+        if isinstance(item, MoeRider | AllReduceOp) and item.anchor.data not in placed:
+            found.append(f"{item.node_id} rides with '{item.anchor.data}', which is not placed")
+        if (isinstance(item, NodeOp) and item.node_id.endswith(".decode")
+                and str_prop(item, "serving") == "disaggregated"):
+            prefill, decode = placed.get(item.node_id.removesuffix(".decode") + ".prefill"), placed.get(item.node_id)
             if prefill and decode and prefill.pool.data == decode.pool.data:
-                found.append(f"{op.node_id}: the spec says serving: disaggregated, but prefill and decode share "
+                found.append(f"{item.node_id}: the spec says serving: disaggregated, but prefill and decode share "
                              f"pool '{decode.pool.data}'; put them in different pools")
     return found
 

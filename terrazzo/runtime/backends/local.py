@@ -55,6 +55,7 @@ def _worker_main(conn: Any, config: dict[str, Any], name: str, progress: Any) ->
         call_id, call = msg
         current[0] = call_id
         emit = (lambda ev, cid=call_id: conn.send((cid, None, ev))) if call.stream else None
+        reply: tuple[int, bool, Any]
         try:
             reply = (call_id, True, state.execute(call, emit))
         except ExecutionError as exc:
@@ -129,7 +130,8 @@ class LocalWorker(WorkerHandle):
 
     def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed (the runtime stopped): nobody waits any more
-            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(fn, *args)
 
     def _settle(self, call_id: int, ok: bool, value: Any) -> None:
         with self._lock:
@@ -187,6 +189,12 @@ class LocalWorker(WorkerHandle):
         return self.proc.pid
 
 
+def _kill_late(start: asyncio.Future[LocalWorker]) -> None:
+    """A worker whose start was cancelled still comes up: end it once it has."""
+    if not start.cancelled() and start.exception() is None:
+        start.result().kill()
+
+
 class LocalBackend(PoolBackend):
     name = "local"
     start_timeout_s = 120.0
@@ -207,7 +215,7 @@ class LocalBackend(PoolBackend):
         try:
             worker = await asyncio.shield(start)
         except asyncio.CancelledError:  # stopping mid-start: the process still comes up, so end it then
-            start.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().kill())
+            start.add_done_callback(_kill_late)
             raise
         worker.start_reader(asyncio.get_running_loop())
         return worker

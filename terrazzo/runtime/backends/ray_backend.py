@@ -137,8 +137,9 @@ class RayBackend(PoolBackend):
         import ray
 
         name = f"{spec.name}/{index}#{next(RayWorker._ids)}"
-        actor_cls = ray.remote(_Actor).options(num_cpus=0, resources={spec.resource: spec.devices_per_worker},
-                                               max_restarts=0, max_concurrency=1, name=None)
+        # ray's remote classes are typed loosely (no .remote on the class's methods)
+        actor_cls: Any = ray.remote(_Actor).options(num_cpus=0, resources={spec.resource: spec.devices_per_worker},
+                                                    max_restarts=0, max_concurrency=1, name=None)
         actor = actor_cls.remote(self.config.model_dump(), name)
         try:
             pid = await asyncio.wait_for(actor.pid.remote(), 120)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from terrazzo.runtime.failures import ExecutionError
 
@@ -127,8 +127,8 @@ class LlmEngine:
         return self.generation(list(self.iter_decode(kv)), kv.prompt_len)
 
     def generation(self, generated: list[int], prompt_len: int) -> Generation:
-        return Generation(token_ids=tuple(generated), text=self.tokenizer.decode(generated, skip_special_tokens=True),
-                          prompt_tokens=prompt_len)
+        text = cast(str, self.tokenizer.decode(generated, skip_special_tokens=True))  # one sequence: one string
+        return Generation(token_ids=tuple(generated), text=text, prompt_tokens=prompt_len)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         """Aggregated serving: prefill and decode in this process (the handoff stays in memory)."""

@@ -33,10 +33,10 @@ def resolve_callable(spec: str, base_dir: str = ".") -> Any:
             path = Path(mod_name) if Path(mod_name).is_absolute() else Path(base_dir) / mod_name
             mod_id = "tz_tool_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
             mspec = importlib.util.spec_from_file_location(mod_id, path)
-            if mspec is None or not path.exists():
+            if mspec is None or mspec.loader is None or not path.exists():
                 raise FileNotFoundError(path)
             module = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(module)  # type: ignore[union-attr]
+            mspec.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)
         fn = getattr(module, attr)

@@ -48,8 +48,10 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                   else self.model.get_sentence_embedding_dimension())
+        dim = (self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+               else self.model.get_sentence_embedding_dimension())
+        assert dim is not None, "the embedding model does not say its dimension"
+        return int(dim)
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         if self._iree is not None:
