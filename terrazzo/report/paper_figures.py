@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from terrazzo.plan.planner import Plan
 from terrazzo.plan.reproduce import PairResult, benefits
 
 SHORT = {"a100-80gb-sxm": "A100", "h100-sxm": "H100", "gaudi3": "Gaudi3", "mi300x": "MI300X", "b200": "B200",
@@ -51,7 +52,7 @@ def benefit_heatmaps(results: list[PairResult], isl: int, osl: int, path: Path) 
     return path
 
 
-def plan_figure(plan: object, path: Path) -> Path:
+def plan_figure(plan: Plan, path: Path) -> Path:
     """Stacked $/h per device type for the plan, beside each feasible baseline's total."""
     per_device: dict[str, float] = {}
     shares = plan.op_usd_h()  # sums to the headline (owned devices: power only)
