@@ -67,7 +67,7 @@ def plan_figure(plan: Plan, path: Path) -> Path:
         if b.feasible:
             ax.bar(b.name.replace(" (", "\n("), b.usd_h, color="0.7")
     ax.set_ylabel("TCO $/h")
-    ax.set_title(f"{plan.agent}: plan vs baselines at {plan.rate_per_s:g} req/s")  # type: ignore[attr-defined]
+    ax.set_title(f"{plan.agent}: plan vs baselines at {plan.rate_per_s:g} req/s")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
