@@ -121,14 +121,18 @@ def cost(
     ttft: Annotated[float, typer.Option(help="TTFT limit, s")] = 0.25,
     tbt: Annotated[float, typer.Option(help="TBT limit, s")] = 0.02,
     tco: Annotated[str, typer.Option(help="TCO profile")] = "paper-2507.19635",
+    engine: Annotated[str | None, typer.Option(
+        help="serving engine[:version], e.g. vllm:0.10.2 (default: the vendor's, see serving_priors.yaml)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     catalog: CatalogOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Roofline cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens."""
-    from terrazzo.cost.report import cost_report
+    """Cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens, each with
+    its source and the range of the model's cross-validated error."""
+    from terrazzo.cost.report import cost_report, parse_engine
 
-    report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
+    report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco,
+                         parse_engine(engine))
     if as_json:
         print(json.dumps(asdict(report), indent=2))
     else:

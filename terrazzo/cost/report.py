@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.catalog.load import Catalog
 from terrazzo.cost.candidates import deployment
+from terrazzo.cost.errors import CostError
 from terrazzo.cost.llm import (
     decode_step,
     decode_tokens_per_s,
@@ -17,6 +19,7 @@ from terrazzo.cost.llm import (
     prefill,
     prefill_tokens_per_s,
 )
+from terrazzo.cost.serving_model import spread_for
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
 
 
@@ -47,36 +50,60 @@ class CostReport:
     usd_per_m_output_tokens: float
     usd_per_m_input_tokens: float
     meets_ttft: bool
+    engine: str = ""  # the serving engine the estimate is for ("" = roofline, no engine)
+    ttft_source: str = ""
+    tbt_source: str = ""
+    # p10/p90 of measured ÷ predicted time from cross-validation (None: not known for this estimate)
+    ttft_spread: tuple[float, float] | None = None
+    tbt_spread: tuple[float, float] | None = None
+
+    def _rng(self, value: float, spread: tuple[float, float] | None, inverse: bool = False, fmt: str = ".2f") -> str:
+        """'a..b' at the p10/p90 of the model's error (a rate divides by the time ratio)."""
+        if spread is None:
+            return "error not known (analytic)"
+        lo, hi = (value / spread[1], value / spread[0]) if inverse else (value * spread[0], value * spread[1])
+        return f"p10..p90 {lo:{fmt}}..{hi:{fmt}}"
 
     def table(self) -> Table:
-        t = Table("quantity", "value", title=f"{self.model} {self.dtype} on {self.tp * self.pp}× {self.device} "
-                  f"(tp={self.tp}, pp={self.pp}), ISL {self.isl} / OSL {self.osl}")
+        t = Table("quantity", "value", "range (cross-validated error)", "source",
+                  title=f"{self.model} {self.dtype} on {self.tp * self.pp}× {self.device} "
+                  f"(tp={self.tp}, pp={self.pp}){f', {self.engine}' if self.engine else ''}, "
+                  f"ISL {self.isl} / OSL {self.osl}")
         ok = "meets" if self.meets_ttft else "MISSES"
         t.add_row("TTFT (prefill, batch 1)", f"{self.ttft_s * 1e3:.2f} ms, {self.ttft_bound}-bound, "
-                  f"{ok} {self.sla_ttft_s * 1e3:g} ms")
-        t.add_row("TBT at batch 1", f"{self.tbt_b1_s * 1e3:.2f} ms, {self.tbt_b1_bound}-bound")
+                  f"{ok} {self.sla_ttft_s * 1e3:g} ms", self._rng(self.ttft_s * 1e3, self.ttft_spread) + " ms",
+                  self.ttft_source)
+        t.add_row("TBT at batch 1", f"{self.tbt_b1_s * 1e3:.2f} ms, {self.tbt_b1_bound}-bound",
+                  self._rng(self.tbt_b1_s * 1e3, self.tbt_spread) + " ms", self.tbt_source)
         if self.max_sla_batch:
             t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms",
                       f"{self.max_sla_batch} (TBT {self.tbt_at_max_batch_s * 1e3:.2f} ms, "  # type: ignore[operator]
-                      f"{self.bound_at_max_batch}-bound)")
+                      f"{self.bound_at_max_batch}-bound)",
+                      self._rng(self.tbt_at_max_batch_s * 1e3, self.tbt_spread) + " ms",  # type: ignore[operator]
+                      self.tbt_source)
         else:
-            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none: limit unattainable or no memory")
-        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}")
-        t.add_row("prefill tokens/s per replica", f"{self.prefill_tokens_per_s:,.0f}")
+            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none: limit unattainable or no memory",
+                      "", self.tbt_source)
+        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}",
+                  self._rng(self.decode_tokens_per_s, self.tbt_spread, inverse=True, fmt=",.0f"), self.tbt_source)
+        t.add_row("prefill tokens/s per replica", f"{self.prefill_tokens_per_s:,.0f}",
+                  self._rng(self.prefill_tokens_per_s, self.ttft_spread, inverse=True, fmt=",.0f"), self.ttft_source)
         t.add_row("memory per device", f"weights {self.weights_gb_per_device:.1f} GB + "
-                  f"KV {self.kv_gb_per_device:.1f} GB"
-                  f" of {self.capacity_gb_per_device:.1f} GB usable")
-        t.add_row("replica TCO", f"${self.replica_usd_h:.3f}/h")
-        t.add_row("$/M output tokens (decode)", f"${self.usd_per_m_output_tokens:.4f}")
-        t.add_row("$/M input tokens (prefill)", f"${self.usd_per_m_input_tokens:.4f}")
+                  f"KV {self.kv_gb_per_device:.1f} GB of {self.capacity_gb_per_device:.1f} GB usable", "exact",
+                  "catalog (model shape, datasheet memory)")
+        t.add_row("replica TCO", f"${self.replica_usd_h:.3f}/h", "exact", "TCO profile and catalog prices")
+        t.add_row("$/M output tokens (decode)", f"${self.usd_per_m_output_tokens:.4f}",
+                  self._rng(self.usd_per_m_output_tokens, self.tbt_spread, fmt=".4f"), self.tbt_source)
+        t.add_row("$/M input tokens (prefill)", f"${self.usd_per_m_input_tokens:.4f}",
+                  self._rng(self.usd_per_m_input_tokens, self.ttft_spread, fmt=".4f"), self.ttft_source)
         return t
 
 
 def cost_report(
     catalog: Catalog, model: str, device: str, dtype: str, isl: int, osl: int, tp: int, pp: int,
-    ttft_s: float, tbt_s: float, tco: str,
+    ttft_s: float, tbt_s: float, tco: str, engine: EngineVersion | None = None,
 ) -> CostReport:
-    dep = deployment(catalog, model, device, dtype, tp, pp)
+    dep = deployment(catalog, model, device, dtype, tp, pp, engine=engine)
     ctx = mean_decode_context(isl, osl)
     pre, step1 = prefill(dep, isl), decode_step(dep, 1, ctx)
     b = max_batch(dep, ctx, tbt_s, peak_context=isl + osl)
@@ -95,4 +122,18 @@ def cost_report(
         capacity_gb_per_device=mem.capacity / 1e9, replica_usd_h=usd_h,
         usd_per_m_output_tokens=usd_per_million_tokens(usd_h, decode_tps),
         usd_per_m_input_tokens=usd_per_million_tokens(usd_h, prefill_tps), meets_ttft=pre.latency_s <= ttft_s,
+        engine=str(dep.engine) if dep.engine else "", ttft_source=pre.source, tbt_source=step1.source,
+        ttft_spread=spread_for(pre.source, "prefill"), tbt_spread=spread_for(step1.source, "decode"),
     )
+
+
+def parse_engine(text: str | None) -> EngineVersion | None:
+    """'vllm' or 'vllm:0.10.2' → EngineVersion; a name outside the enum is a CostError naming the choices."""
+    if not text:
+        return None
+    name, _, version = text.partition(":")
+    try:
+        return EngineVersion(Engine(name.strip().lower()), version.strip())
+    except ValueError:
+        raise CostError(f"unknown engine {name!r}; choose one of {', '.join(e.value for e in Engine)} "
+                        "(optionally with :version)") from None
