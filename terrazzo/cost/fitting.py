@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
 from terrazzo.cost.serving_model import ServingParams, priors, step_terms, vendor_key
 from terrazzo.cost.validation import PointWork
@@ -28,7 +28,8 @@ LINEAR = {"tp_loss"}  # fitted as is; the rest in natural log
 # The KV-cache read is fitted as a fraction of the weight stream's bandwidth (kv_ratio ≤ 1): paged
 # attention never streams faster than one large contiguous read.
 DATA_SIGMA_LOG = 0.1  # the scale a log-residual of a point is weighed on against the priors
-SIGMA = {"tp_loss": 0.05, "step_overhead_s": 0.6, "sequence_overhead_s": 1.0, "allreduce_alpha_s": 0.7}  # prior widths that differ
+# prior widths that differ from sigma_log (tp_loss is linear, the rest natural log)
+SIGMA = {"tp_loss": 0.05, "step_overhead_s": 0.6, "sequence_overhead_s": 1.0, "allreduce_alpha_s": 0.7}
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _Problem:
 
     def __init__(self, works: Sequence[PointWork]) -> None:
         self.works = list(works)
-        self.vendors = sorted({w.point.vendor for w in works})
+        self.vendors: list[str] = sorted({w.point.vendor for w in works})
         self.groups = sorted({w.group for w in works})
         self.layout: list[tuple[str, str]] = [(f"v:{v}", p) for v in self.vendors for p in VENDOR_PARAMS]
         self.layout += [(f"g:{g}", p) for g in self.groups for p in GROUP_PARAMS]
@@ -129,10 +130,10 @@ class _Problem:
                 rows.append((self.index[(f"v:{v}", p)], -1, _enc(p, float(priors()["vendors"][v][p]["value"])),
                              SIGMA.get(p, sig)))
         for g in self.groups:
-            v, mult = g.split("/")[0], _arch_mult(g.endswith("/moe"))
+            gv, mult = g.split("/")[0], _arch_mult(g.endswith("/moe"))
             for p in GROUP_PARAMS:
                 offset = 0.0 if p in LINEAR else float(np.log(mult.get(p, 1.0)))
-                rows.append((self.index[(f"g:{g}", p)], self.index[(f"v:{v}", p)], offset,
+                rows.append((self.index[(f"g:{g}", p)], self.index[(f"v:{gv}", p)], offset,
                              SIGMA["tp_loss"] if p in LINEAR else gsig))
         i, j, c, w = zip(*rows, strict=True)
         self.reg_i, self.reg_j = np.array(i), np.array(j)
@@ -189,7 +190,7 @@ def predict_with(fitted: Fit, works: Sequence[PointWork]) -> np.ndarray:
     return prob.predict(x)
 
 
-def vendor_entry(fitted: Fit, vendor: str, moe: bool) -> dict[str, float]:
+def vendor_entry(fitted: Fit, vendor: str, moe: bool) -> dict[str, float | str]:
     """The vendor-level parameters as a serving_fit.yaml group (the fallback for an unseen stack)."""
     g = _vendor_as_group(fitted.vendors[vendor], moe)
     g["kv"] = g["weights"] * g.pop("kv_ratio")
