@@ -344,7 +344,7 @@ def reproduce(
     catalog: CatalogOpt = None,
 ) -> None:
     """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
-    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, to_csv
+    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefit_ranges, benefits, to_csv
     from terrazzo.plan.reproduce import reproduce as run_reproduce
     from terrazzo.report.figures import benefit_heatmaps
 
@@ -355,13 +355,17 @@ def reproduce(
     (out / "paper-pairs.csv").write_text(to_csv(results))
     figures = [benefit_heatmaps(results, isl, osl, out / f"tco-benefit-isl{isl}-osl{osl}.png")
                for isl, osl in dict.fromkeys((c.isl, c.osl) for c in PAPER_CONFIGS)]
-    table = Table("configuration", "best pair", "benefit", "B200::B200", "B200::Gaudi3", "H100::Gaudi3",
-                  title="TCO benefit over H100::H100 (higher is cheaper)")
+    table = Table("configuration", "best pair", "benefit (p10..p90 range)", "B200::B200", "B200::Gaudi3",
+                  "H100::Gaudi3", title="TCO benefit over H100::H100 (higher is cheaper)")
     for config in PAPER_CONFIGS:
         ben = benefits([r for r in results if r.config == config])
+        rng = benefit_ranges([r for r in results if r.config == config])
         top = max(ben, key=ben.__getitem__)
-        table.add_row(config.label, top, f"{ben[top]:.2f}", f"{ben['b200::b200']:.2f}", f"{ben['b200::gaudi3']:.2f}",
-                      f"{ben['h100-sxm::gaudi3']:.2f}")
+
+        def cell(pair: str) -> str:
+            return f"{ben[pair]:.2f} ({rng[pair][0]:.2f}..{rng[pair][1]:.2f})" if pair in rng else f"{ben[pair]:.2f}"
+
+        table.add_row(config.label, top, cell(top), cell("b200::b200"), cell("b200::gaudi3"), cell("h100-sxm::gaudi3"))
     console.print(table)
     console.print(f"wrote {out / 'paper-pairs.csv'}, " + ", ".join(str(f) for f in figures))
 
