@@ -362,10 +362,9 @@ def reproduce(
         rng = benefit_ranges([r for r in results if r.config == config])
         top = max(ben, key=ben.__getitem__)
 
-        def cell(pair: str) -> str:
-            return f"{ben[pair]:.2f} ({rng[pair][0]:.2f}..{rng[pair][1]:.2f})" if pair in rng else f"{ben[pair]:.2f}"
-
-        table.add_row(config.label, top, cell(top), cell("b200::b200"), cell("b200::gaudi3"), cell("h100-sxm::gaudi3"))
+        cells = [f"{ben[p]:.2f} ({rng[p][0]:.2f}..{rng[p][1]:.2f})" if p in rng else f"{ben[p]:.2f}"
+                 for p in (top, "b200::b200", "b200::gaudi3", "h100-sxm::gaudi3")]
+        table.add_row(config.label, top, *cells)
     console.print(table)
     console.print(f"wrote {out / 'paper-pairs.csv'}, " + ", ".join(str(f) for f in figures))
 
