@@ -54,3 +54,21 @@ def test_an_unknown_engine_is_a_clear_error():
     assert parse_engine("vllm:0.9.1").engine is Engine.VLLM
     with pytest.raises(CostError, match="unknown engine 'foo'; choose one of vllm"):
         parse_engine("foo")
+
+
+def test_explain_says_robust_or_fragile_and_names_the_runner_up():
+    from types import SimpleNamespace
+
+    from terrazzo.plan.graph import OpCandidate, PlanOp
+    from terrazzo.plan.robustness import robustness
+
+    graph = SimpleNamespace(cluster_devices=("b200", "gaudi3"))
+    chosen = OpCandidate("b200", 1, 1, 32, 0.02, 10.0, 1, 10.0, spread=(0.9, 1.1))
+    close = OpCandidate("gaudi3", 1, 1, 32, 0.02, 9.0, 1, 10.0, spread=(0.8, 1.3))  # 11 % dearer per visit
+    far = OpCandidate("gaudi3", 1, 1, 32, 0.02, 5.0, 1, 10.0, spread=(0.8, 1.3))  # twice as dear
+    op = PlanOp("llm.decode", "llm.decode", "llm", 1.0, (chosen, close))
+    assert robustness(op, chosen, graph).startswith("fragile: at the edge of the error range gaudi3 tp1 pp1 b32")
+    assert robustness(PlanOp("llm.decode", "llm.decode", "llm", 1.0, (chosen, far)), chosen, graph).startswith(
+        "robust")
+    unknown = OpCandidate("b200", 1, 1, 32, 0.02, 10.0, 1, 10.0)
+    assert "unknown" in robustness(op, unknown, graph)
