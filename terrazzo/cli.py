@@ -150,14 +150,18 @@ def cost(
     ttft: Annotated[float, typer.Option(help="TTFT limit, s")] = 0.25,
     tbt: Annotated[float, typer.Option(help="TBT limit, s")] = 0.02,
     tco: Annotated[str, typer.Option(help="TCO profile")] = "paper-2507.19635",
+    engine: Annotated[str | None, typer.Option(
+        help="serving engine[:version], e.g. vllm:0.10.2 (default: the vendor's, see serving_priors.yaml)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     catalog: CatalogOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Roofline cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens."""
-    from terrazzo.cost.cost_report import cost_report
+    """Cost of serving MODEL on one replica: TTFT, TBT, largest SLA batch, tokens/s, $/M tokens, each with
+    its source and the range of the model's cross-validated error."""
+    from terrazzo.cost.cost_report import cost_report, parse_engine
 
-    report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco)
+    report = cost_report(_catalog(catalog, profile), model, device, dtype, isl, osl, tp, pp, ttft, tbt, tco,
+                         parse_engine(engine))
     if as_json:
         return emit_json(report)
     console.print(report.table())
@@ -450,7 +454,7 @@ def reproduce(
     catalog: CatalogOpt = None,
 ) -> None:
     """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
-    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefits, to_csv
+    from terrazzo.plan.reproduce import PAPER_CONFIGS, benefit_ranges, benefits, to_csv
     from terrazzo.plan.reproduce import reproduce as run_reproduce
     from terrazzo.report.paper_figures import benefit_heatmaps
 
@@ -461,13 +465,16 @@ def reproduce(
     (out / "paper-pairs.csv").write_text(to_csv(results))
     figures = [benefit_heatmaps(results, isl, osl, out / f"tco-benefit-isl{isl}-osl{osl}.png")
                for isl, osl in dict.fromkeys((c.isl, c.osl) for c in PAPER_CONFIGS)]
-    table = Table("configuration", "best pair", "benefit", "B200::B200", "B200::Gaudi3", "H100::Gaudi3",
-                  title="TCO benefit over H100::H100 (higher is cheaper)")
+    table = Table("configuration", "best pair", "benefit (p10..p90 range)", "B200::B200", "B200::Gaudi3",
+                  "H100::Gaudi3", title="TCO benefit over H100::H100 (higher is cheaper)")
     for config in PAPER_CONFIGS:
         ben = benefits([r for r in results if r.config == config])
+        rng = benefit_ranges([r for r in results if r.config == config])
         top = max(ben, key=ben.__getitem__)
-        table.add_row(config.label, top, f"{ben[top]:.2f}", f"{ben['b200::b200']:.2f}", f"{ben['b200::gaudi3']:.2f}",
-                      f"{ben['h100-sxm::gaudi3']:.2f}")
+
+        cells = [f"{ben[p]:.2f} ({rng[p][0]:.2f}..{rng[p][1]:.2f})" if p in rng else f"{ben[p]:.2f}"
+                 for p in (top, "b200::b200", "b200::gaudi3", "h100-sxm::gaudi3")]
+        table.add_row(config.label, top, *cells)
     console.print(table)
     console.print(f"wrote {out / 'paper-pairs.csv'}, " + ", ".join(str(f) for f in figures))
 

@@ -12,6 +12,7 @@ from typing import Literal
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import TcoProfile
 from terrazzo.catalog.engines import EngineVersion
+from terrazzo.cost.aiconfigurator import table_for
 from terrazzo.cost.calibration import llm_calibration
 from terrazzo.cost.llm import (
     PREFILL_TOKEN_BUDGET,
@@ -82,6 +83,7 @@ def deployment(catalog: Catalog, model: str, device: str, dtype: str, tp: int, p
         decode_eff=catalog.efficiency_for(dev.name, "decode"),
         calibration=llm_calibration(catalog, dev.name, spec.name, dtype),
         engine=engine if serving is not None else None, serving=serving,
+        kernels=table_for(dev.name, engine) if serving is not None else None,
     )
 
 

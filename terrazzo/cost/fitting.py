@@ -16,17 +16,20 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
 from terrazzo.cost.serving_model import ServingParams, priors, step_terms, vendor_key
 from terrazzo.cost.validation import PointWork
 
-VENDOR_PARAMS = ("compute", "attention", "weights", "kv", "step_overhead_s", "sequence_overhead_s", "tp_loss",
+VENDOR_PARAMS = ("compute", "attention", "weights", "kv_ratio", "step_overhead_s", "sequence_overhead_s", "tp_loss",
                  "allreduce_alpha_s")
-GROUP_PARAMS = ("compute", "weights", "kv", "step_overhead_s", "sequence_overhead_s", "tp_loss")
+GROUP_PARAMS = ("compute", "weights", "kv_ratio", "step_overhead_s", "sequence_overhead_s", "tp_loss")
 LINEAR = {"tp_loss"}  # fitted as is; the rest in natural log
+# The KV-cache read is fitted as a fraction of the weight stream's bandwidth (kv_ratio ≤ 1): paged
+# attention never streams faster than one large contiguous read.
 DATA_SIGMA_LOG = 0.1  # the scale a log-residual of a point is weighed on against the priors
-SIGMA = {"tp_loss": 0.05, "step_overhead_s": 0.6, "sequence_overhead_s": 1.0, "allreduce_alpha_s": 0.7}  # prior widths that differ
+# prior widths that differ from sigma_log (tp_loss is linear, the rest natural log)
+SIGMA = {"tp_loss": 0.05, "step_overhead_s": 0.6, "sequence_overhead_s": 1.0, "allreduce_alpha_s": 0.7}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class Fit:
         v = self.vendors[vendor]
         g = self.groups.get(group) or _vendor_as_group(v, moe)
         net = float(priors()["vendors"][vendor]["network"]["value"])
-        return ServingParams(group, g["compute"], v["attention"], g["weights"], g["kv"], g["step_overhead_s"],
+        return ServingParams(group, g["compute"], v["attention"], g["weights"], g["weights"] * g["kv_ratio"],
+                             g["step_overhead_s"],
                              g["tp_loss"], v["allreduce_alpha_s"], net, g["sequence_overhead_s"])
 
 
@@ -75,7 +79,7 @@ class _Problem:
 
     def __init__(self, works: Sequence[PointWork]) -> None:
         self.works = list(works)
-        self.vendors = sorted({w.point.vendor for w in works})
+        self.vendors: list[str] = sorted({w.point.vendor for w in works})
         self.groups = sorted({w.group for w in works})
         self.layout: list[tuple[str, str]] = [(f"v:{v}", p) for v in self.vendors for p in VENDOR_PARAMS]
         self.layout += [(f"g:{g}", p) for g in self.groups for p in GROUP_PARAMS]
@@ -126,10 +130,10 @@ class _Problem:
                 rows.append((self.index[(f"v:{v}", p)], -1, _enc(p, float(priors()["vendors"][v][p]["value"])),
                              SIGMA.get(p, sig)))
         for g in self.groups:
-            v, mult = g.split("/")[0], _arch_mult(g.endswith("/moe"))
+            gv, mult = g.split("/")[0], _arch_mult(g.endswith("/moe"))
             for p in GROUP_PARAMS:
                 offset = 0.0 if p in LINEAR else float(np.log(mult.get(p, 1.0)))
-                rows.append((self.index[(f"g:{g}", p)], self.index[(f"v:{v}", p)], offset,
+                rows.append((self.index[(f"g:{g}", p)], self.index[(f"v:{gv}", p)], offset,
                              SIGMA["tp_loss"] if p in LINEAR else gsig))
         i, j, c, w = zip(*rows, strict=True)
         self.reg_i, self.reg_j = np.array(i), np.array(j)
@@ -137,7 +141,7 @@ class _Problem:
 
     def _per_point(self, x: np.ndarray) -> SimpleNamespace:
         vals = {p: x[idx] if p in LINEAR else np.exp(x[idx]) for p, idx in self.cols.items()}
-        return SimpleNamespace(**vals, network=self.net)
+        return SimpleNamespace(**vals, kv=vals["weights"] * vals["kv_ratio"], network=self.net)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         p = self._per_point(x)
@@ -181,12 +185,15 @@ def predict_with(fitted: Fit, works: Sequence[PointWork]) -> np.ndarray:
         if owner.startswith("v:"):
             x[i] = _enc(p, fitted.vendors[owner[2:]][p])
         else:
-            x[i] = _enc(p, fitted.params(owner[2:]).__getattribute__(p))
+            g = fitted.params(owner[2:])
+            x[i] = _enc(p, g.kv / g.weights if p == "kv_ratio" else getattr(g, p))
     return prob.predict(x)
 
 
-def vendor_entry(fitted: Fit, vendor: str, moe: bool) -> dict[str, float]:
+def vendor_entry(fitted: Fit, vendor: str, moe: bool) -> dict[str, float | str]:
     """The vendor-level parameters as a serving_fit.yaml group (the fallback for an unseen stack)."""
-    return {**_vendor_as_group(fitted.vendors[vendor], moe), "attention": fitted.vendors[vendor]["attention"],
+    g = _vendor_as_group(fitted.vendors[vendor], moe)
+    g["kv"] = g["weights"] * g.pop("kv_ratio")
+    return {**g, "attention": fitted.vendors[vendor]["attention"],
             "allreduce_alpha_s": fitted.vendors[vendor]["allreduce_alpha_s"],
             "network": float(priors()["vendors"][vendor]["network"]["value"]), "key": vendor_key(vendor, moe)}

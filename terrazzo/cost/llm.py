@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
 from terrazzo.catalog.engines import EngineVersion
+from terrazzo.cost.aiconfigurator import Table as KernelTable
+from terrazzo.cost.aiconfigurator import measured_step
 from terrazzo.cost.calibration import LlmCalibration
 from terrazzo.cost.network import Link, allreduce_s, group_link
 from terrazzo.cost.roofline import Estimate, Work, roofline
@@ -43,6 +45,7 @@ class Deployment:
     calibration: LlmCalibration | None = None  # measured points of this model on this device (a profile)
     engine: EngineVersion | None = None  # the serving engine and version the estimate is for
     serving: ServingParams | None = None  # fitted efficiencies of (vendor, engine, version, arch); None: roofline
+    kernels: KernelTable | None = None  # measured kernel step times for this device and engine (AIConfigurator)
 
     def __post_init__(self) -> None:
         if self.device.tflops(self.compute_dtype) is None:
@@ -147,13 +150,21 @@ def _pp_comm_s(dep: Deployment, tokens: float) -> float:
     return (dep.pp - 1) * dep.pp_link.transfer_s(tokens * dep.model.hidden * ACTIVATION_BYTES, dep.decode_eff.network)
 
 
+def _measured(dep: Deployment, phase: str, batch: int, length: float, fitted: Estimate) -> Estimate | None:
+    """Measured elsewhere (DESIGN §4 trust order: below a profile of this machine, above the fit)."""
+    if dep.kernels is None or dep.serving is None or (dep.kv_dtype or dep.dtype) != dep.dtype:
+        return None
+    return measured_step(dep.kernels, dep.model.name, dep.dtype, dep.tp, dep.pp, phase, batch, length, dep.serving,
+                         fitted)
+
+
 def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     """Prefill of `batch` prompts of `isl` tokens: the time to first token without queueing. Inside the
     range a profile measured, the measured latency (interpolated) replaces the roofline's."""
     est = prefill_roofline(dep, isl, batch)
     cal = dep.calibration
     if cal is None or not cal.applies(dep.tp, dep.pp, dep.dtype, dep.kv_dtype):
-        return est
+        return _measured(dep, "prefill", batch, isl, est) or est
     return cal.prefill(est, batch, isl, lambda c: prefill_roofline(dep, int(c[1]), int(c[0])))
 
 
@@ -206,7 +217,7 @@ def decode_step(dep: Deployment, batch: int, context: float) -> Estimate:
     est = decode_roofline(dep, batch, context)
     cal = dep.calibration
     if cal is None or not cal.applies(dep.tp, dep.pp, dep.dtype, dep.kv_dtype):
-        return est
+        return _measured(dep, "decode", batch, context, est) or est
     return cal.decode(est, batch, context, lambda c: decode_roofline(dep, int(c[0]), c[1]))
 
 

@@ -93,8 +93,10 @@ def step_terms(w: Any, peaks: Any, p: Any) -> tuple[Any, Any, Any, Any]:
     compute = (w.gemm_flops / (peaks.flops * p.compute) + w.attention_flops / (peaks.flops_16 * p.attention)) * scale
     memory = (w.weight_bytes / (peaks.mem_bw * p.weights) + w.kv_bytes / (peaks.mem_bw * p.kv)) * scale
     ring = np.where(w.tp > 1, 2.0 * (w.tp - 1) / np.maximum(w.tp, 1), 0.0)
-    per_allreduce = np.where(w.tp > 1, p.allreduce_alpha_s, 0.0) + ring * w.allreduce_bytes / (peaks.link_bw * p.network)
-    return compute, memory, w.allreduces * per_allreduce, p.step_overhead_s + p.sequence_overhead_s * w.sequences
+    alpha = np.where(w.tp > 1, p.allreduce_alpha_s, 0.0)
+    per_allreduce = alpha + ring * w.allreduce_bytes / (peaks.link_bw * p.network)
+    static = p.step_overhead_s + p.sequence_overhead_s * w.sequences
+    return compute, memory, w.allreduces * per_allreduce, static
 
 
 def step_estimate(w: StepWork, peaks: Peaks, p: ServingParams, phase: str) -> Estimate:
@@ -165,7 +167,8 @@ def serving_params(vendor: str, engine: EngineVersion, moe: bool) -> ServingPara
     vendor has no fit (CPUs, unknown vendors: the plain roofline answers)."""
     groups = _fit()["groups"]
     key = group_key(vendor, engine, moe)
-    entry, used = (groups[key], key) if key in groups else (groups.get(vendor_key(vendor, moe)), vendor_key(vendor, moe))
+    used = key if key in groups else vendor_key(vendor, moe)
+    entry = groups.get(used)
     if entry is None:
         return None
     fields = {k: float(entry.get(k, 0.0)) for k in PARAM_NAMES}

@@ -121,10 +121,13 @@ class PointWork:
     fits: bool
 
 
-def _deployment(m: Measurement, catalog: Catalog, serving: ServingParams | None = None) -> Deployment:
+def _deployment(m: Measurement, catalog: Catalog, serving: ServingParams | None = None,
+                measured_kernels: bool = False) -> Deployment:
     if m.devices % (m.tp * m.pp):
         raise ValueError(f"{m.id}: {m.devices} devices is not a whole number of tp*pp={m.tp * m.pp} replicas")
     dep = deployment(catalog, m.model, m.device, m.dtype, m.tp, m.pp, engine=m.engine_version_id)
+    if not measured_kernels:
+        dep = replace(dep, kernels=None)  # the fitted model alone: what cross-validation measures
     return replace(dep, serving=serving) if serving is not None else dep
 
 
@@ -160,10 +163,12 @@ def point_work(m: Measurement, catalog: Catalog) -> PointWork:
                      dep.peaks, fits)
 
 
-def predict(m: Measurement, catalog: Catalog, serving: ServingParams | None = None) -> float:
+def predict(m: Measurement, catalog: Catalog, serving: ServingParams | None = None,
+            measured_kernels: bool = False) -> float:
     """The model's value for `m.metric` through the planner's cost functions (with `serving` in place of
-    the shipped fit when given: cross-validation passes the fold's parameters)."""
-    dep = _deployment(m, catalog, serving)
+    the shipped fit when given: cross-validation passes the fold's parameters). `measured_kernels` lets
+    AIConfigurator's tables answer where they cover the point, as they do for the planner."""
+    dep = _deployment(m, catalog, serving, measured_kernels)
     batch = _batch(dep, m)
     if m.metric == "prefill_s":
         return prefill(dep, m.isl, batch).latency_s

@@ -19,6 +19,7 @@ from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.cost.candidates import Candidate, llm_candidates
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
+from terrazzo.cost.serving_model import spread_for
 from terrazzo.spec.cluster import Fabric
 
 PAPER_DEVICES = ("a40", "a100-80gb-sxm", "gaudi3", "mi300x", "h100-sxm", "b200")
@@ -114,6 +115,24 @@ def benefits(results: list[PairResult]) -> dict[str, float]:
     """TCO benefit of each pair over H100::H100 (cost ratio; 0 where a pair is infeasible)."""
     ref = next(r for r in results if (r.prefill_device, r.decode_device) == REFERENCE)
     return {r.pair: (ref.usd_per_request / r.usd_per_request if r.feasible else 0.0) for r in results}
+
+
+def _edge_cost(r: PairResult, edge: int) -> float:
+    """Cost per request with both phases at one edge (0: p10, 1: p90) of their cross-validated error."""
+    total = 0.0
+    for c in (r.prefill, r.decode):
+        assert c is not None
+        spread = spread_for(c.source, c.phase) or (1.0, 1.0)
+        total += _usd_per_request(c) * spread[edge]
+    return total
+
+
+def benefit_ranges(results: list[PairResult]) -> dict[str, tuple[float, float]]:
+    """Each pair's benefit when its own estimates sit at the p90 (pessimistic) and p10 (optimistic) edge of
+    the model's cross-validated error, the H100::H100 reference held at its estimate."""
+    ref = next(r for r in results if (r.prefill_device, r.decode_device) == REFERENCE)
+    return {r.pair: (ref.usd_per_request / _edge_cost(r, 1), ref.usd_per_request / _edge_cost(r, 0))
+            for r in results if r.feasible}
 
 
 def reproduce(catalog: Catalog, configs: tuple[Config, ...] = PAPER_CONFIGS) -> list[PairResult]:
