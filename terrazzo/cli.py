@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
-from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail
+from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail, print_answers
 from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
 from terrazzo.importers.import_command import import_app
@@ -206,7 +206,7 @@ def compile_cmd(
 
         if output is None:
             raise typer.BadParameter("--emit vmfb writes a folder: pass -o DIR")
-        done = emit_vmfb(path, target, output, plan)
+        done = emit_vmfb(path, target, output, plan, say=remark)
         for a in done.artifacts:
             console.print(f"{a.path.name}: {a.operator} {list(a.shapes)} for {a.target.name}"
                           f"{' (cached)' if a.cache_hit else ''}", markup=False)
@@ -214,7 +214,8 @@ def compile_cmd(
             console.print(f"pool {pool}: {', '.join(files)}", markup=False)
         for note in done.skipped:
             console.print(note, markup=False)
-        console.print(f"wrote {done.manifest}")
+        if done.manifest:
+            console.print(f"wrote {done.manifest}")
         return
     from terrazzo.ir.driver import compile_path
 
@@ -312,6 +313,7 @@ def run_cmd(
         print(json.dumps(report.to_json(), indent=2))
     else:
         console.print(report.table())
+        print_answers(report.requests)
     if not report.ok:
         raise typer.Exit(1)
 
