@@ -111,6 +111,12 @@ def print_answers(requests: Iterable[Any]) -> None:
         console.print(f"[bold]{escape(r.input)}[/]\n  → {answer}", highlight=False)
 
 
+def verdict(ok: bool | None) -> None:
+    """End a command that answered "no" (SLA missed, infeasible) with exit code 1, after its output."""
+    if ok is False:
+        raise typer.Exit(EXIT_NO)
+
+
 def exit_code(exc: BaseException) -> int:
     """1 when the answer is "no" (infeasible, SLA missed); 2 for any other usage or input error."""
     return EXIT_NO if isinstance(exc, PlanInfeasible) else EXIT_USAGE
