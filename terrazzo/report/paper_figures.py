@@ -30,9 +30,9 @@ def _infeasible_label(reason: str) -> str:
 def benefit_heatmaps(results: list[PairResult], isl: int, osl: int, path: Path) -> Path:
     """One panel per (model, dtype, mode) at this ISL/OSL; rows prefill device, columns decode device.
 
-    All panels (and the other ISL/OSL figure) share one colour scale (a diverging map centred on 1×, the H100::H100 reference) and one
-    colour bar; infeasible pairs are hatched grey and say which limit they miss; each panel's best pair
-    is outlined."""
+    All panels (and the other ISL/OSL figure) share one colour scale, a diverging map centred on 1× (the
+    H100::H100 reference), and one colour bar; infeasible pairs are hatched grey and say which limit they
+    miss; each panel's best pair is outlined."""
     configs = list(dict.fromkeys(r.config for r in results if (r.config.isl, r.config.osl) == (isl, osl)))
     panels = [([r for r in results if r.config == c], c) for c in configs]
     every = dict.fromkeys(r.config for r in results)  # one scale for every figure of the reproduction
