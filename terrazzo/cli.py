@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
-from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail
+from terrazzo.cli_output import EXIT_CODES_HELP, JsonOpt, VersionOpt, console, emit_json, fail, print_answers, verdict
 from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
 from terrazzo.importers.import_command import import_app
@@ -140,7 +140,7 @@ def models_show(name: Annotated[str, typer.Argument(help="model name or alias (t
 
 @app.command()
 def cost(
-    model: str,
+    model: Annotated[str, typer.Argument(help="model name or alias (terrazzo models list)")],
     device: Annotated[str, typer.Option(help="device name or alias")],
     dtype: Annotated[str, typer.Option(help="fp16, bf16, fp8, ...")] = "fp16",
     isl: Annotated[int, typer.Option(help="input tokens")] = 4096,
@@ -170,6 +170,7 @@ def cost(
 @app.command("worked-example")
 def worked_example(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML")] = Path("examples/paper/table3.yaml"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Solve a stage-option scenario (default: the paper's Table 3) with the planner's selection MILP."""
     from terrazzo.plan.scenario import load_scenario
@@ -178,6 +179,11 @@ def worked_example(
     sc = load_scenario(scenario)
     problem = sc.problem()
     chosen = solve(problem)
+    if as_json:
+        return emit_json({"scenario": sc.name, "source": sc.source, "chosen": chosen.choice, "expected": sc.expected,
+                          "options": [{"choice": ev.choice, "feasible": ev.feasible, "latency_s": ev.latency_s,
+                                       "cost_usd": ev.cost_usd, "reason": ev.reason}
+                                      for ev in enumerate_all(problem)]})
     table = Table("option", *sc.stages, "latency ms", "cost $", "verdict", title=f"{sc.name} ({sc.source})")
     for ev in enumerate_all(problem):
         mark = "[bold green]chosen[/]" if ev.choice == chosen.choice else ("ok" if ev.feasible else ev.reason)
@@ -210,7 +216,7 @@ def compile_cmd(
 
         if output is None:
             raise typer.BadParameter("--emit vmfb writes a folder: pass -o DIR")
-        done = emit_vmfb(path, target, output, plan)
+        done = emit_vmfb(path, target, output, plan, say=remark)
         for a in done.artifacts:
             console.print(f"{a.path.name}: {a.operator} {list(a.shapes)} for {a.target.name}"
                           f"{' (cached)' if a.cache_hit else ''}", markup=False)
@@ -218,7 +224,8 @@ def compile_cmd(
             console.print(f"pool {pool}: {', '.join(files)}", markup=False)
         for note in done.skipped:
             console.print(note, markup=False)
-        console.print(f"wrote {done.manifest}")
+        if done.manifest:
+            console.print(f"wrote {done.manifest}")
         return
     from terrazzo.ir.driver import compile_path
 
@@ -310,7 +317,7 @@ def plan_cmd(
         if check is not None:
             doc["simulation_check"] = check.to_json()
         print(json.dumps(doc, indent=2))
-        return
+        return verdict(result.sim_verified)
     console.print(result.table())
     if result.fleet is not None:
         console.print(result.fleet.table())
@@ -326,6 +333,7 @@ def plan_cmd(
         console.print(table)
     if output:
         console.print(f"wrote {output}")
+    verdict(result.sim_verified)  # exit 1 when the plan's simulation still misses the SLA
 
 
 @app.command("compare")
@@ -396,6 +404,7 @@ def run_cmd(
         print(json.dumps(report.to_json(), indent=2))
     else:
         console.print(report.table())
+        print_answers(report.requests)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -441,10 +450,11 @@ def simulate_cmd(
                               str(out) if out else None, progress=not as_json)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
-        return
+        return verdict(report.meets_sla)
     console.print(report.table())
     if out:
         console.print(f"wrote report.json, requests.csv, llm_calls.csv, {', '.join(report.figures)}")
+    verdict(report.meets_sla)
 
 
 @app.command()
@@ -452,6 +462,7 @@ def reproduce(
     what: Annotated[str, typer.Argument(help="what to reproduce: 'paper' (arXiv 2507.19635 §5)")] = "paper",
     out: Annotated[Path, typer.Option("-o", "--out", help="folder for the CSV and figures")] = Path("out/paper"),
     catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """The paper's evaluation over all 36 prefill::decode pairs: CSV, figures, and a summary."""
     from terrazzo.plan.reproduce import PAPER_CONFIGS, benefit_ranges, benefits, to_csv
@@ -465,6 +476,10 @@ def reproduce(
     (out / "paper-pairs.csv").write_text(to_csv(results))
     figures = [benefit_heatmaps(results, isl, osl, out / f"tco-benefit-isl{isl}-osl{osl}.png")
                for isl, osl in dict.fromkeys((c.isl, c.osl) for c in PAPER_CONFIGS)]
+    if as_json:
+        return emit_json({"files": [out / "paper-pairs.csv", *figures], "configurations": [
+            {"configuration": c.label, "benefits": benefits([r for r in results if r.config == c])}
+            for c in PAPER_CONFIGS]})
     table = Table("configuration", "best pair", "benefit (p10..p90 range)", "B200::B200", "B200::Gaudi3",
                   "H100::Gaudi3", title="TCO benefit over H100::H100 (higher is cheaper)")
     for config in PAPER_CONFIGS:
@@ -523,11 +538,16 @@ def deploy_cmd(
     artifacts: Annotated[Path | None, typer.Option(help="folder of `terrazzo compile --emit vmfb --plan`: "
                                                    "records which artifact serves each pool")] = None,
     catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cluster files from a plan: a Ray cluster config or KubeRay manifests, validated against their schemas."""
     from terrazzo.deploy.write import deploy
 
     written = deploy(plan, target, output, namespace, image, provider, region, artifacts, catalog)
+    if as_json:
+        return emit_json({"files": written.files, "todo": written.todo, "groups": [
+            {"device": g.device, "devices": g.devices, "nodes": g.nodes, "per_node": g.per_node,
+             "resource": g.resource, "pools": [p.pool for p in g.pools]} for g in written.fleet.groups]})
     for g in written.fleet.groups:
         console.print(f"{g.device}: {g.devices} devices → {g.nodes} node(s) of {g.per_node}, resource "
                       f"{g.resource}, pools {', '.join(p.pool for p in g.pools)}")
@@ -547,7 +567,7 @@ def demo() -> None:
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="terrazzo")
     except TerrazzoError as exc:
         sys.exit(fail(exc))
 

@@ -17,11 +17,13 @@ import enum
 import json
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -100,6 +102,19 @@ def note(message: str) -> None:
 
 def warn(message: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def print_answers(requests: Iterable[Any]) -> None:
+    """Each request's input and the agent's answer (or its error), after the timing table."""
+    for r in requests:
+        answer = escape(r.text) if r.ok else f"[red]failed[/]: {escape(r.error or 'unknown error')}"
+        console.print(f"[bold]{escape(r.input)}[/]\n  → {answer}", highlight=False)
+
+
+def verdict(ok: bool | None) -> None:
+    """End a command that answered "no" (SLA missed, infeasible) with exit code 1, after its output."""
+    if ok is False:
+        raise typer.Exit(EXIT_NO)
 
 
 def exit_code(exc: BaseException) -> int:

@@ -141,9 +141,16 @@ def test_compile_emits_a_manifest_mapping_pools_to_artifacts(tmp_path, root):
     assert files and all(".llvm-cpu-znver4." in f for f in files)  # EPYC 9654 is Zen 4
     assert {a["target"] for a in doc["artifacts"]} == {"llvm-cpu-host", "llvm-cpu-znver4"}
     assert all((tmp_path / "out" / a["file"]).is_file() for a in doc["artifacts"])
+    on_gpu = tmp_path / "gpu-plan.json"  # the plan runs the filter on a GPU: nothing for llvm-cpu is needed
+    on_gpu.write_text(json.dumps({"schema": "terrazzo.placement/v1", "placements": {
+        "screen": {"device": "h100-sxm", "tp": 1, "pp": 1, "replicas": 1, "pool": "h100-sxm-tp1-pp1"}}}))
+    none = emit_vmfb(agent, "llvm-cpu", tmp_path / "out3", on_gpu, root)
+    assert none.manifest is None and not none.artifacts and not (tmp_path / "out3").exists()
+    assert "needs no llvm-cpu artifact" in none.skipped[0] and "h100-sxm-tp1-pp1 (h100-sxm: cuda)" in none.skipped[0]
     agent.write_text("name: plain\nnodes:\n  - {id: only, kind: compute, cpu_s: 1 ms}\n")
-    with pytest.raises(CodegenError, match="no node runs a tensor operator"):
-        emit_vmfb(agent, "llvm-cpu", tmp_path / "out2", None, root)
+    plain = emit_vmfb(agent, "llvm-cpu", tmp_path / "out2", None, root)
+    assert plain.manifest is None and "no node runs a tensor operator" in plain.skipped[0]
+    assert not (tmp_path / "out2").exists()
 
 
 def test_the_privacy_filter_node_runs_on_the_artifact(root, monkeypatch):

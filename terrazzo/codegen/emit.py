@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ PII_FUNCTION = "terrazzo.runtime.executors.classifier:pii_filter"
 
 @dataclass(frozen=True)
 class Emitted:
-    manifest: Path
+    manifest: Path | None  # None: nothing was needed, so nothing was written
     artifacts: list[Artifact]
     pools: dict[str, list[str]]
     skipped: list[str]
@@ -42,18 +43,31 @@ def agent_operators(agent: Any) -> dict[str, list[Operator]]:
 
 
 def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_path: str | Path | None = None,
-              root: str | Path | None = None) -> Emitted:
+              root: str | Path | None = None, say: Callable[[str], None] = lambda _: None) -> Emitted:
+    """Compile the agent's tensor operators for `target` into `out_dir`. With a plan, only when a pool that
+    runs one of them is of the target's family; otherwise (and for an agent with no tensor operator) nothing
+    is compiled or written, and `skipped` says why. `say` hears each compile as it starts."""
     from terrazzo.spec.spec_loader import load_agent
 
     agent = load_agent(agent_path)
     ops = agent_operators(agent)
     if not ops:
-        raise CodegenError(f"{agent_path}: no node runs a tensor operator terrazzo lowers (embed or memory_lookup "
-                           f"with {', '.join(ENCODER_MODELS)}, or a compute node with function {PII_FUNCTION})")
+        return Emitted(None, [], {}, [
+            f"{agent_path}: no node runs a tensor operator terrazzo lowers (embed or memory_lookup with "
+            f"{', '.join(ENCODER_MODELS)}, or a compute node with function {PII_FUNCTION}); nothing to compile, "
+            "nothing written"])
     wanted = parse_target(target)
     family = wanted[0].family
     placements = _placements(plan_path) if plan_path else {}
     pool_targets = {pool: device_target(dev) for pool, (dev, _) in placements.items()}
+    if plan_path:
+        hosting = {pool: dev for pool, (dev, nodes) in placements.items() if any(n in ops for n in nodes)}
+        if not any((t := pool_targets[p]) is not None and t.family == family for p in hosting):
+            where = ", ".join(f"{p} ({d}: {t.family if (t := pool_targets[p]) else 'no IREE backend'})"
+                              for p, d in hosting.items()) or "no pool"
+            return Emitted(None, [], {}, [
+                f"the plan needs no {family} artifact: its tensor operators run on {where}; nothing compiled, "
+                f"nothing written. Pass the family of those pools to --target, or drop --plan to compile anyway"])
     extra = [t for t in pool_targets.values() if t is not None and t.family == family and t not in wanted]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +76,7 @@ def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_pat
         for op in node_ops:
             for t in dict.fromkeys([*wanted, *extra]):
                 if (op.name, op.shapes, t) not in built:
+                    say(f"compiling {op.name} {list(op.shapes)} for {t.name} ...")
                     art = compile_operator(op, t, root)
                     shutil.copyfile(art.path, out / art.path.name)
                     built[op.name, op.shapes, t] = art

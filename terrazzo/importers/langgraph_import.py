@@ -388,6 +388,14 @@ def _meta(spec: Any) -> dict[str, Any]:
     return dict(inner) if isinstance(inner, dict) else {}
 
 
+def _label(target: str) -> str:
+    """The agent's default name: the graph's attribute, or its module's when the attribute is generic."""
+    module, _, attr = target.rpartition(":")
+    if attr in ("graph", "app", "agent", "workflow", "builder", "compiled"):
+        return Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
+    return attr
+
+
 def import_langgraph(graph: Any, name: str | None = None, catalog: Catalog | None = None,
                      options: Options | None = None, **overrides: Any) -> LanggraphImport:
     """A LangGraph graph (object, or 'module:attr') as a validated terrazzo Agent, its YAML document, and a
@@ -401,7 +409,7 @@ def import_langgraph(graph: Any, name: str | None = None, catalog: Catalog | Non
     obj = load_graph(graph) if isinstance(graph, str) else graph
     mapper = _Mapper(cat, opts)
     body = mapper.graph(obj)
-    label = name or (graph.rsplit(":", 1)[-1] if isinstance(graph, str) else getattr(obj, "name", None)) or "agent"
+    label = name or (_label(graph) if isinstance(graph, str) else getattr(obj, "name", None)) or "agent"
     agent_name = re.sub(r"[^A-Za-z0-9_\-]", "-", str(label)).strip("-")[:64] or "agent"
     if not re.match(r"[A-Za-z_]", agent_name):
         agent_name = f"a-{agent_name}"[:64]

@@ -9,39 +9,55 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from terrazzo.sim.results import SATURATED, SimReport
 
 
-def _cdf(ax: plt.Axes, values: np.ndarray, label: str) -> None:
+def _unit(values: list[np.ndarray], limits: list[float | None]) -> tuple[float, str]:
+    """Seconds when the panel's values or limits reach 1 s, else milliseconds: (scale from seconds, label)."""
+    top = max([float(np.nanmax(v[np.isfinite(v)])) for v in values if np.isfinite(v).any()]
+              + [lim for lim in limits if lim], default=0.0)
+    return (1.0, "s") if top >= 1.0 else (1e3, "ms")
+
+
+def _cdf(ax: plt.Axes, values: np.ndarray, label: str, scale: float) -> None:
     v = np.sort(values[np.isfinite(values)])
     if v.size:
-        ax.step(v * 1e3, np.arange(1, v.size + 1) / v.size, where="post", label=label)
+        ax.step(v * scale, np.arange(1, v.size + 1) / v.size, where="post", label=label)
 
 
 def latency_cdf(report: SimReport, path: Path) -> Path:
-    """End-to-end latency, then TTFT and TBT per LLM node, each with its SLA limit."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    e2e, limit = report.records.requests["e2e_s"], report.deadline_s
-    _cdf(axes[0], e2e, "end-to-end")
-    if limit:
-        axes[0].axvline(limit * 1e3, color="red", linestyle="--", label=f"deadline {limit:g} s")
-    for s in report.llm:
-        calls = report.records.calls.get(s.node, {})
-        _cdf(axes[1], calls.get("ttft_s", np.zeros(0)), s.node)
-        _cdf(axes[2], calls.get("tbt_s", np.zeros(0)), s.node)
-        for ax, lim in ((axes[1], s.ttft_limit_s), (axes[2], s.tbt_limit_s)):
-            if lim:
-                ax.axvline(lim * 1e3, color="red", linestyle="--", linewidth=1)
-    for ax, title in zip(axes, ("end-to-end latency", "time to first token", "time between tokens (per call)"),
-                         strict=True):
+    """End-to-end latency, then TTFT and TBT per LLM node, each with its SLA limit as a labelled line and
+    the SLA's percentile as a labelled level; axes in seconds (milliseconds for sub-second panels)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    calls = {s.node: report.records.calls.get(s.node, {}) for s in report.llm}
+    e2e, deadline = report.records.requests["e2e_s"], report.deadline_s
+    panels = [
+        ("end-to-end latency", "fraction of requests", [("end-to-end", e2e)], [("deadline", deadline)]),
+        ("time to first token", "fraction of calls",
+         [(s.node, calls[s.node].get("ttft_s", np.zeros(0))) for s in report.llm],
+         [(f"{s.node} TTFT limit", s.ttft_limit_s) for s in report.llm]),
+        ("time between tokens (per call)", "fraction of calls",
+         [(s.node, calls[s.node].get("tbt_s", np.zeros(0))) for s in report.llm],
+         [(f"{s.node} TBT limit", s.tbt_limit_s) for s in report.llm]),
+    ]
+    for ax, (title, ylabel, series, limits) in zip(axes, panels, strict=True):
+        scale, unit = _unit([v for _, v in series], [lim for _, lim in limits])
+        for label, values in series:
+            _cdf(ax, values, label, scale)
+        for k, (label, lim) in enumerate(x for x in limits if x[1]):
+            ax.axvline(lim * scale, color="red", linestyle=("--", ":", "-.")[k % 3], linewidth=1.2,
+                       label=f"{label} {lim * scale:g} {unit}")
+        ax.axhline(report.percentile / 100, color="grey", linewidth=0.8, label=f"p{report.percentile:g}")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("ms")
-        ax.set_ylabel("fraction of requests" if ax is axes[0] else "fraction of calls")
-        ax.axhline(report.percentile / 100, color="grey", linewidth=0.6)
+        ax.set_xlabel(f"latency ({'seconds' if unit == 's' else 'milliseconds'})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.3g}"))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{report.agent}: {report.rate_per_s:g} req/s {report.arrival}, {report.requests} requests, "
                  f"attainment {report.attainment:.1%}", fontsize=11)
     fig.tight_layout()
@@ -63,7 +79,8 @@ def utilisation(report: SimReport, path: Path) -> Path:
     ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
-    ax.set_xlabel("fraction")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("share of capacity in use (LLM pools: batch slots) and of time busy")
     ax.set_title(f"{report.agent} at {report.rate_per_s:g} req/s: utilisation per pool", fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)

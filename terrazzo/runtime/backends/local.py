@@ -29,11 +29,22 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARAL
 _PROGRESS_SPAN = 4096  # progress word = call id × span + op index within the call
 
 
+def _thread_locks_only() -> None:
+    """tqdm (inside sentence-transformers' encode) makes a process-shared semaphore on first use, even with
+    its bar disabled; a worker killed at stop cannot unlink it, and the resource tracker then reports a
+    leaked semaphore at exit. A worker's progress bars are never shown, so a thread lock does."""
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+
+
 def _worker_main(conn: Any, config: dict[str, Any], name: str, progress: Any) -> None:
     """Entry point of a worker process: answer (id, OpCall) messages one at a time until None. Replies are
     (id, True, OpResult) or (id, False, ExecutionError); (id, None, event) are events sent while it runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     os.environ.update(_WORKER_ENV)
+    _thread_locks_only()
     from terrazzo.runtime.worker import WorkerState
 
     state = WorkerState(config, name)
