@@ -91,13 +91,14 @@ class ProgramSetup:
                 self._prepare_node(prefix + node.id, node)
 
     def _prepare_node(self, path: str, node: Any) -> None:
-        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, is_random_checkpoint, make_tiny_checkpoint
+        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, is_random_checkpoint, is_stale_tiny, make_tiny_checkpoint
 
         if node.kind == "llm":
             target = self.model_target(node.model)
             ckpt = target.get("checkpoint")
-            if ckpt and ckpt == str(self.config.tiny_checkpoint()) and not (Path(ckpt) / "config.json").exists():
-                make_tiny_checkpoint(ckpt)  # only the default location is created; a mapped one must exist
+            default = ckpt == str(self.config.tiny_checkpoint())
+            if ckpt and default and (not (Path(ckpt) / "config.json").exists() or is_stale_tiny(ckpt)):
+                make_tiny_checkpoint(ckpt)  # only the default location is (re)made; a mapped one must exist
             elif ckpt and not (Path(ckpt) / "config.json").exists():
                 raise ExecutionError(f"checkpoint '{ckpt}' for model '{node.model}' has no config.json",
                                      fix="fix models: in the run config, or drop the entry to use the tiny "

@@ -39,7 +39,7 @@ async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs
                 return await rt.run(text, request_id=f"req{i}")
 
         results = await asyncio.gather(*(one(i, t) for i, t in enumerate(inputs)))
-        stats = rt.backend.stats() if rt.backend else {}
+        stats = rt.stats()
         notes = list(rt.notes)
     return RunReport.build(agent.name, backend, plan, list(results), stats, notes, time.perf_counter() - t0)
 
