@@ -114,8 +114,8 @@ class Runtime:
             from terrazzo.runtime.backends.ray_backend import ensure_ray
 
             ensure_ray(self.config.ray_address, {p.device for p in pools.values()})
-        for name, ckpt in served.items():
-            self.engines[name] = make_engine_pool(pools[name], ckpt, self.config, self.backend_name)
+        for name, (ckpt, served_name) in served.items():
+            self.engines[name] = make_engine_pool(pools[name], ckpt, self.config, self.backend_name, served_name)
         llm_ops = {op for p in self.setup.programs.values() if p.node.kind == "llm" for op in p.ops}
         left = {n: without_ops(p, llm_ops) if n in served else p for n, p in pools.items()}
         return {n: p for n, p in left.items() if p is not None}

@@ -27,7 +27,8 @@ async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: d
     t0 = time.perf_counter()
     try:
         gen, replica, attempts = await asyncio.wait_for(
-            engine.generate(payload["prompt"], max_tokens=payload["max_new_tokens"], on_delta=on_delta), timeout_s)
+            engine.generate(payload["prompt"], max_tokens=payload["max_new_tokens"], on_delta=on_delta,
+                            request_id=req.id), timeout_s)
     except TimeoutError:
         raise OpTimeout(f"timed out after {timeout_s:g} s on vLLM pool '{engine.name}'", op=op, pool=engine.name,
                         fix=f"raise op_timeouts_s['{op}'] in the run config, or give the pool more replicas") from None

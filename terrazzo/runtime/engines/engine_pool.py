@@ -87,6 +87,49 @@ class LocalHost:
             self.server._signal(signal.SIGSTOP)
 
 
+class AttachedHost:
+    """A server terrazzo did not start (one `deploy` started, a shared test server): it is used and
+    health-checked, never restarted or stopped."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name, self.url = name, url.rstrip("/").removesuffix("/v1")
+
+    async def start(self, timeout_s: float, on_progress: Progress | None) -> tuple[str, str, float]:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                try:
+                    if (await http.get(f"{self.url}/health")).status_code == 200:
+                        version = (await http.get(f"{self.url}/version")).json().get("version", "")
+                        return self.url, str(version), 0.0
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ExecutionError(f"{self.name}: no vLLM server answers at {self.url}/health",
+                                         fix="start it, or remove it from vllm.attach in the run config")
+                await asyncio.sleep(1.0)
+
+    async def alive(self) -> bool:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"{self.url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def stop(self, grace_s: float) -> None:
+        """Not ours to stop."""
+
+    async def kill(self) -> None:
+        """Not ours to kill."""
+
+    async def pause(self) -> None:
+        raise ExecutionError(f"{self.name} is attached, not owned: it cannot be paused")
+
+
 @dataclass
 class Replica:
     index: int
@@ -99,6 +142,7 @@ class Replica:
     served: int = 0
     restarts: int = 0
     ready_s: float = 0.0
+    active: set[str] = field(default_factory=set)   # request ids of the calls in flight here
     down: bool = False                      # out of restarts: stays out of the pool
     restarting: asyncio.Task | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -234,8 +278,8 @@ class EnginePool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 1.0)
 
-    async def generate(self, prompt: str, *, max_tokens: int, on_delta: OnDelta | None = None
-                       ) -> tuple[Generation, Replica, int]:
+    async def generate(self, prompt: str, *, max_tokens: int, on_delta: OnDelta | None = None,
+                       request_id: str = "") -> tuple[Generation, Replica, int]:
         """One completion on the least-loaded healthy replica: (generation, replica that answered, attempts)."""
         if self._draining:
             raise Overloaded(f"pool '{self.name}' is draining", pool=self.name, fix="retry on another server")
@@ -245,6 +289,7 @@ class EnginePool:
             r = await self._pick(tried)
             assert r.client is not None
             r.in_flight += 1
+            r.active.add(request_id)
             try:
                 gen = await r.client.acomplete(prompt, model=self.spec.served_name, max_tokens=max_tokens,
                                                on_delta=on_delta, resends=0, extra_body=self.extra_body)
@@ -267,6 +312,7 @@ class EnginePool:
                 continue
             finally:
                 r.in_flight -= 1
+                r.active.discard(request_id)
             r.served += 1
             self.counts.completed += 1
             return gen, r, attempt
