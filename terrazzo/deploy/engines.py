@@ -109,7 +109,7 @@ def statefulset(e: EngineServer, name: str, namespace: str, labels: dict[str, st
     probe = {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 10}
     container = {
         "name": "vllm",
-        "image": f"{VLLM_IMAGE}:v{VLLM_VERSION}",
+        "image": image_for(e.group, fill_in),
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": [*e.spec.args(), "--host", "0.0.0.0", "--port", str(VLLM_PORT)],
         "env": env,
@@ -137,6 +137,12 @@ def statefulset(e: EngineServer, name: str, namespace: str, labels: dict[str, st
                       "spec": {"serviceName": sts, "replicas": e.replicas, "selector": {"matchLabels": sel},
                                "podManagementPolicy": "Parallel",
                                "template": {"metadata": {"labels": sel}, "spec": pod}}}]
+
+
+def image_for(group: DeviceGroup, fill_in: str) -> str:
+    """The official vLLM OpenAI image is built for NVIDIA GPUs; other vendors' vLLM builds (ROCm, Gaudi)
+    are published by their vendors under their own names and tags, which the user fills in."""
+    return f"{VLLM_IMAGE}:v{VLLM_VERSION}" if group.vendor.lower() == "nvidia" else fill_in
 
 
 def replica_urls(e: EngineServer, name: str, namespace: str) -> list[str]:
