@@ -31,7 +31,7 @@ from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.engines.engine_calls import engine_call
-from terrazzo.runtime.engines.engine_pool import EnginePool
+from terrazzo.runtime.engines.engine_pool import EnginePool, Progress
 from terrazzo.runtime.engines.launch import engine_ops, make_engine_pool, without_ops
 from terrazzo.runtime.executors.text import merge, new_message
 from terrazzo.runtime.failures import ExecutionError, SegmentFailed
@@ -78,6 +78,8 @@ class Runtime:
         self._sent: dict[str, dict[str, int]] = {}  # op -> pool -> calls routed there (the planner's shares)
         self._ids = itertools.count()
         self.backend: PoolBackend | None = None
+        # (replica, seconds since launch, last log line), about once a second while an engine starts
+        self.on_engine_progress: Progress | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
     async def start(self) -> Runtime:
@@ -116,16 +118,13 @@ class Runtime:
             ensure_ray(self.config.ray_address, {p.device for p in pools.values()})
         for name, (ckpt, served_name) in served.items():
             self.engines[name] = make_engine_pool(pools[name], ckpt, self.config, self.backend_name, served_name)
+            self.engines[name].notes = self.notes  # restarts and lost replicas show in the run's notes
         llm_ops = {op for p in self.setup.programs.values() if p.node.kind == "llm" for op in p.ops}
         left = {n: without_ops(p, llm_ops) if n in served else p for n, p in pools.items()}
         return {n: p for n, p in left.items() if p is not None}
 
     def _fusable(self, prog: NodeProgram) -> bool:
         return not (prog.node.kind == "llm" and any(self.plan.placement(op).pool in self.engines for op in prog.ops))
-
-    @staticmethod
-    def on_engine_progress(replica: str, elapsed_s: float, line: str) -> None:
-        """Called about once a second per starting engine replica; `terrazzo run`/the demo show it."""
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per pool: worker pools' counts and engine pools' (replicas, resends, restarts, engine version)."""
@@ -284,7 +283,7 @@ class Runtime:
         "token_id"}` for each LLM token as the decode worker produces it, and `{"type": "op_end", "op",
         "pool", "device", "latency_s", "exec_s", "tokens", "worker", "ok"}` (or `"ok": False, "error"`)."""
         rid = request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:6]}"
-        result = RequestResult(rid, text, ok=False)
+        result = RequestResult(rid, text, ok=False, random_weights=self.setup.random_weights)
         req = RequestState(rid, random.Random(f"{self.config.seed}:{rid}"), result, on_event=on_event)
         t0 = time.perf_counter()
         with self.telemetry.tracer.start_as_current_span(f"request {self.agent.name}") as span:

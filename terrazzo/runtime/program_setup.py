@@ -34,6 +34,7 @@ class ProgramSetup:
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: dict[str, NodeProgram] = field(default_factory=dict)
     graphs: dict[int, GraphInfo] = field(default_factory=dict)
+    random_weights: bool = False                       # some LLM runs a random-weight checkpoint (labelled everywhere)
 
     # --- ops per node ---------------------------------------------------------------------------
     def node_ops(self, path: str, node: Any) -> list[str]:
@@ -109,6 +110,7 @@ class ProgramSetup:
             note = f"model '{node.model}' → {where}"
             if ckpt and is_random_checkpoint(ckpt):
                 note += f" ({RANDOM_WEIGHTS_NOTE})"
+                self.random_weights = True
             if note not in self.notes:
                 self.notes.append(note)
         elif node.kind == "memory_lookup":

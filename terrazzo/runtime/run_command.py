@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from terrazzo.runtime.config import load_config
 from terrazzo.runtime.failures import ExecutionError
@@ -22,7 +23,8 @@ def make_tiny(directory: str | Path) -> str:
 
 
 async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
-                    config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+                    config_path: str | Path | None = None, concurrency: int = 8, on_engine_progress: Any = None,
+                    **overrides: object) -> RunReport:
     from terrazzo.spec.spec_loader import load_agent
 
     agent = load_agent(agent_path)
@@ -33,7 +35,9 @@ async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs
     config = load_config(config_path, **overrides)
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
-    async with Runtime(agent, plan, config, backend) as rt:
+    runtime = Runtime(agent, plan, config, backend)
+    runtime.on_engine_progress = on_engine_progress
+    async with runtime as rt:
         async def one(i: int, text: str):
             async with sem:
                 return await rt.run(text, request_id=f"req{i}")
@@ -45,9 +49,11 @@ async def run_async(agent_path: str | Path, plan_path: str | Path | None, inputs
 
 
 def run_command(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
-                config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+                config_path: str | Path | None = None, concurrency: int = 8, on_engine_progress: Any = None,
+                **overrides: object) -> RunReport:
     """Run `inputs` through the agent as placed by the plan; returns the report (never a bare traceback:
     bad input raises ExecutionError / SpecError, failed requests are reported per request)."""
     if not inputs:
         raise ExecutionError("no inputs", fix="pass at least one --input TEXT")
-    return asyncio.run(run_async(agent_path, plan_path, inputs, backend, config_path, concurrency, **overrides))
+    return asyncio.run(run_async(agent_path, plan_path, inputs, backend, config_path, concurrency, on_engine_progress,
+                                 **overrides))
