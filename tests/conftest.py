@@ -10,6 +10,8 @@ import pytest
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 
+pytest_plugins = ["vllm_live"]  # the session's one live vLLM server (tests/vllm_live.py)
+
 SPECS = Path(__file__).parent / "data" / "specs"
 TESTS = str(Path(__file__).parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)

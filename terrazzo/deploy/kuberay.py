@@ -22,12 +22,14 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def manifests(fleet: Fleet, namespace: str = "default", image: str | None = None, ray_version: str = "2.60.0",
-              artifacts: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+              artifacts: dict[str, list[str]] | None = None, run_config: str | None = None) -> list[dict[str, Any]]:
     name = _dns(f"terrazzo-{fleet.agent}")
     image = image or f"rayproject/ray:{ray_version}-py311"
     meta = {"name": name, "namespace": namespace, "labels": dict(LABELS)}
     plan_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**meta, "name": f"{name}-plan"},
                 "data": {"plan.json": json.dumps(fleet.plan_json, indent=2)}}
+    if run_config is not None:  # the router's run config: LLM pools attached to the vLLM StatefulSets
+        plan_map["data"]["runtime.yaml"] = run_config
     cluster = {
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
@@ -55,6 +57,7 @@ def _head_template(fleet: Fleet, name: str, image: str) -> dict[str, Any]:
                   {"containerPort": 10001, "name": "client"}, {"containerPort": SERVE_PORT, "name": "serve"}],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
         "env": [{"name": "TERRAZZO_PLAN", "value": f"{PLAN_MOUNT}/plan.json"},
+                {"name": "TERRAZZO_RUN_CONFIG", "value": f"{PLAN_MOUNT}/runtime.yaml"},
                 {"name": "TERRAZZO_TOKEN", "valueFrom": {"secretKeyRef": {"name": "terrazzo-token", "key": "token"}}}],
         "volumeMounts": [{"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True}],
     }

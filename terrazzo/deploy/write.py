@@ -10,8 +10,17 @@ from typing import Any
 import yaml
 
 from terrazzo.catalog.catalog_loader import load_catalog
+from terrazzo.deploy.engines import (
+    VLLM_IMAGE,
+    VLLM_VERSION,
+    engine_servers,
+    image_for,
+    replica_urls,
+    run_config,
+    statefulset,
+)
 from terrazzo.deploy.fleet import Fleet, fleet_from_plan
-from terrazzo.deploy.kuberay import manifests
+from terrazzo.deploy.kuberay import LABELS, _dns, manifests
 from terrazzo.deploy.ray_cluster import ray_config
 from terrazzo.deploy.validate import manifest_errors, ray_config_errors
 from terrazzo.errors import DeployError
@@ -50,19 +59,69 @@ def deploy(plan: str | Path, target: str, out_dir: str | Path, namespace: str = 
            catalogs: list[Path] | None = None) -> Written:
     if target not in TARGETS:
         raise DeployError(f"--target: '{target}' is not one of {', '.join(TARGETS)}")
-    fleet = fleet_from_plan(plan, load_catalog(catalogs or []))
+    catalog = load_catalog(catalogs or [])
+    fleet = fleet_from_plan(plan, catalog)
+    servers = engine_servers(fleet, catalog)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if target == "ray":
         config = ray_config(fleet, provider, region, image)
+        for e in servers:  # the runtime's Ray actors start vLLM on these nodes: give them the vLLM image
+            config["available_node_types"][f"tz-{e.group.name}"]["docker"] = {
+                "worker_image": image_for(e.group, fleet.fill_in)}
         _check("Ray cluster config", ray_config_errors(config))
         files = [_write_yaml(out / "ray-cluster.yaml", [config], _header(fleet, "ray up ray-cluster.yaml"))]
+        runtime = run_config(servers, attach=None)
     else:
-        docs = manifests(fleet, namespace, image, artifacts=read_artifacts(artifacts) if artifacts else None)
+        name = _dns(f"terrazzo-{fleet.agent}")
+        runtime = run_config(servers, {e.pool: replica_urls(e, name, namespace) for e in servers})
+        docs = manifests(fleet, namespace, image, artifacts=read_artifacts(artifacts) if artifacts else None,
+                         run_config=yaml.safe_dump(runtime, sort_keys=False))
+        for e in servers:
+            docs += statefulset(e, name, namespace, LABELS, fleet.fill_in)
         for d in docs:
             _check(f"{d['kind']} {d['metadata']['name']}", manifest_errors(d))
         files = [_write_yaml(out / "kuberay.yaml", docs, _header(fleet, "kubectl apply -f kuberay.yaml"))]
-    return Written(files, fleet, _todo(fleet, target, provider, image))
+    if servers:
+        _check("run config", _run_config_errors(runtime))
+        files.append(_write_yaml(out / "terrazzo-runtime.yaml", [runtime], _runtime_header(servers, target)))
+    return Written(files, fleet, _todo(fleet, target, provider, image) + _engine_todo(servers, fleet.fill_in))
+
+
+def _runtime_header(servers: list, target: str) -> str:
+    how = ("the runtime attaches to the vLLM StatefulSets above (kuberay.yaml); mounted in the head at "
+           "/etc/terrazzo/runtime.yaml" if target == "kuberay" else
+           "run `terrazzo serve ... --backend ray --config terrazzo-runtime.yaml` on the head: it starts vLLM "
+           "on Ray actors of each pool's device type")
+    lines = ["Run config for terrazzo's router: LLM pools on vLLM " + VLLM_VERSION + ".", how]
+    lines += [f"{e.pool}: {e.role}, {e.replicas} × vLLM TP={e.spec.tensor_parallel} PP={e.spec.pipeline_parallel} "
+              f"max-num-seqs {e.spec.max_num_seqs}, model {e.model}" for e in servers]
+    if any(e.spec.kv_transfer_config for e in servers):
+        lines.append("P/D pools carry vLLM's NIXL connector config (generated, not run by terrazzo: docs/runtime.md)")
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _run_config_errors(runtime: dict[str, Any]) -> list[str]:
+    from pydantic import ValidationError
+
+    from terrazzo.runtime.config import RunConfig
+
+    try:
+        RunConfig.model_validate(runtime)
+    except ValidationError as exc:
+        return [str(e["loc"]) + ": " + e["msg"] for e in exc.errors()]
+    return []
+
+
+def _engine_todo(servers: list, fill_in: str) -> list[str]:
+    todo = [f"the vLLM image for pool {e.pool} ({e.group.vendor} {e.group.device}): the official {VLLM_IMAGE} "
+            "image is built for NVIDIA GPUs; use your vendor's vLLM build" for e in servers
+            if image_for(e.group, fill_in) == fill_in]
+    todo += [f"the model of pool {e.pool} (--model): the catalog names no Hugging Face id for '{e.served_name}'"
+            for e in servers if e.model == fill_in]
+    if servers:
+        todo.append("a Secret 'hf-token' with key 'token' if the models are gated on Hugging Face (optional)")
+    return todo
 
 
 def _check(what: str, errors: list[str]) -> None:

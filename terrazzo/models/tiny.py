@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+TINY_FORMAT = 2  # 2: head size 32 (vLLM's CPU attention takes multiples of 32), a chat template
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: this tiny Llama checkpoint is for plumbing tests only; its output is gibberish."
+# "role: content" lines, then "assistant:" (the shape of runtime/serve.py's chat prompts), as Jinja
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 _CORPUS = (
     "the customer asked about the order status and the agent looked it up in the help centre. "
     "a voice agent turns speech into text, thinks with a language model, may search the web, then speaks. "
@@ -30,14 +34,18 @@ def _tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    out.chat_template = CHAT_TEMPLATE  # so servers (vLLM) answer /v1/chat/completions, not 400
+    return out
 
 
 def make_tiny_checkpoint(directory: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2,
-                         heads: int = 4, kv_heads: int = 2, vocab_size: int = 512) -> str:
+                         heads: int = 2, kv_heads: int = 1, vocab_size: int = 512) -> str:
     """Write a tiny Llama (GQA, `layers` layers) with random weights and a small BPE tokenizer to `directory`.
 
-    Deterministic for a given seed, so two calls give the same checkpoint. Returns the directory.
+    Deterministic for a given seed, so two calls give the same checkpoint. Returns the directory. The
+    default head size (64 / 2 = 32) is one vLLM's CPU attention supports (multiples of 32), so the same
+    checkpoint serves on the built-in engine and on vLLM.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -63,8 +71,15 @@ def make_tiny_checkpoint(directory: str | Path, *, seed: int = 0, hidden: int = 
         f"Llama architecture: {layers} layers, hidden {hidden}, {heads} heads ({kv_heads} KV heads), "
         f"vocab {len(tokenizer)}, seed {seed}. Made by `terrazzo models make-tiny` through "
         "transformers' save_pretrained, so it loads exactly like a real Hugging Face checkpoint.\n")
-    (out / "terrazzo.json").write_text(json.dumps({"random_weights": True, "seed": seed, "note": RANDOM_WEIGHTS_NOTE}))
+    (out / "terrazzo.json").write_text(json.dumps({"random_weights": True, "seed": seed, "note": RANDOM_WEIGHTS_NOTE,
+                                                   "format": TINY_FORMAT}))
     return str(out)
+
+
+def is_stale_tiny(directory: str | Path) -> bool:
+    """A tiny checkpoint written by an older terrazzo (head size 16: vLLM cannot serve it); remake it."""
+    marker = Path(directory) / "terrazzo.json"
+    return marker.exists() and json.loads(marker.read_text()).get("format", 1) < TINY_FORMAT
 
 
 def is_random_checkpoint(directory: str | Path) -> bool:

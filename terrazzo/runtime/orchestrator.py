@@ -30,11 +30,14 @@ from typing import Any
 from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
 from terrazzo.runtime.config import RunConfig
+from terrazzo.runtime.engines.engine_calls import engine_call
+from terrazzo.runtime.engines.engine_pool import EnginePool, Progress
+from terrazzo.runtime.engines.launch import engine_ops, make_engine_pool, without_ops
 from terrazzo.runtime.executors.text import merge, new_message
 from terrazzo.runtime.failures import ExecutionError, SegmentFailed
 from terrazzo.runtime.op_events import OpEvents, op_end_event, op_start_event
-from terrazzo.runtime.pool_layout import RuntimePlan
-from terrazzo.runtime.program import steps
+from terrazzo.runtime.pool_layout import PoolSpec, RuntimePlan
+from terrazzo.runtime.program import NodeProgram, steps
 from terrazzo.runtime.program_setup import ProgramSetup
 from terrazzo.runtime.results import OpSample, RequestResult, RequestState
 from terrazzo.runtime.routing import PoolShare, Router
@@ -68,12 +71,15 @@ class Runtime:
         self.telemetry = telemetry or Telemetry()
         self.notes: list[str] = []
         self.setup = ProgramSetup(plan, config, self.notes)
-        self.segments = Segments(self.setup)
+        self.engines: dict[str, EnginePool] = {}  # LLM pools served by vLLM servers (runtime/engines/)
+        self.segments = Segments(self.setup, fusable=self._fusable)
         self.events = OpEvents(self.telemetry, self.notes)
         self.router = Router()
         self._sent: dict[str, dict[str, int]] = {}  # op -> pool -> calls routed there (the planner's shares)
         self._ids = itertools.count()
         self.backend: PoolBackend | None = None
+        # (replica, seconds since launch, last log line), about once a second while an engine starts
+        self.on_engine_progress: Progress | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
     async def start(self) -> Runtime:
@@ -83,14 +89,52 @@ class Runtime:
                                 self.setup.ops_needed(self.agent.graph))
         for p in pools.values():
             self.telemetry.register_pool(p.name, p.device)
+        pools = self._make_engines(pools)
         self.backend = make_backend(self.backend_name, self.config, pools)
         self.backend.on_queue_depth = self.telemetry.set_queue_depth
         if self.config.warmup:
-            self.backend.warmup = self.setup.warmup_items(self.agent.graph)
-        await self.backend.start()
+            items = self.setup.warmup_items(self.agent.graph)
+            self.backend.warmup = {k: v for k, v in items.items() if k in pools}
+        try:
+            await asyncio.gather(self.backend.start(), *(e.start(self.on_engine_progress)
+                                                         for e in self.engines.values()))
+        except BaseException:
+            await self.stop()
+            raise
+        for e in self.engines.values():
+            urls = ", ".join(r.url for r in e.replicas)
+            self.notes.append(f"pool '{e.name}': {e.identity} × {len(e.replicas)} ({urls}), "
+                              f"flags {' '.join(e.spec.args()[2:])}, KV cache {e.spec.kv_cache_gib} GiB; ready in "
+                              f"{max(r.ready_s for r in e.replicas):.0f} s")
         return self
 
+    def _make_engines(self, pools: dict[str, PoolSpec]) -> dict[str, PoolSpec]:
+        """Engine pools for the LLM ops whose pool runs vLLM; returns the pools left for workers."""
+        served, notes = engine_ops(self.setup, pools, self.config)
+        self.notes.extend(notes)
+        if self.backend_name == "ray" and served:
+            from terrazzo.runtime.backends.ray_backend import ensure_ray
+
+            ensure_ray(self.config.ray_address, {p.device for p in pools.values()})
+        for name, (ckpt, served_name) in served.items():
+            self.engines[name] = make_engine_pool(pools[name], ckpt, self.config, self.backend_name, served_name)
+            self.engines[name].notes = self.notes  # restarts and lost replicas show in the run's notes
+        llm_ops = {op for p in self.setup.programs.values() if p.node.kind == "llm" for op in p.ops}
+        left = {n: without_ops(p, llm_ops) if n in served else p for n, p in pools.items()}
+        return {n: p for n, p in left.items() if p is not None}
+
+    def _fusable(self, prog: NodeProgram) -> bool:
+        return not (prog.node.kind == "llm" and any(self.plan.placement(op).pool in self.engines for op in prog.ops))
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per pool: worker pools' counts and engine pools' (replicas, resends, restarts, engine version)."""
+        out = self.backend.stats() if self.backend is not None else {}
+        return {**out, **{n: e.stats() for n, e in self.engines.items()}}
+
     async def stop(self) -> None:
+        engines, self.engines = self.engines, {}
+        await asyncio.gather(*(e.drain(self.config.vllm.drain_s) for e in engines.values()))
+        await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
         if self.backend is not None:
             await self.backend.stop()
             self.backend = None
@@ -118,11 +162,15 @@ class Runtime:
         if streaming:
             self.events.emit(req, op_start_event(op, pool, device))
         start_ns, t0 = time.time_ns(), time.perf_counter()
+        engine = self.engines.get(pool) if kind == "llm.aggregated" else None
         try:
-            res = await self.backend.submit(pool, OpCall(req.id, op, kind, payload, stream=streaming),
-                                            self.config.timeout_for(op),
-                                            self.events.worker_events(req, pool, device) if streaming else None,
-                                            retryable=retryable)
+            if engine is not None:
+                res = await engine_call(engine, req, op, payload, self.config.timeout_for(op), self.events)
+            else:
+                res = await self.backend.submit(pool, OpCall(req.id, op, kind, payload, stream=streaming),
+                                                self.config.timeout_for(op),
+                                                self.events.worker_events(req, pool, device) if streaming else None,
+                                                retryable=retryable)
         except ExecutionError as exc:
             self.events.failed(req, op, pool, device, start_ns, time.perf_counter() - t0, str(exc))
             raise
@@ -237,7 +285,7 @@ class Runtime:
         Memory nodes read and write `session`; without one the request has a history of its own, shared with
         no other request (a request id is not a session)."""
         rid = request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:6]}"
-        result = RequestResult(rid, text, ok=False)
+        result = RequestResult(rid, text, ok=False, random_weights=self.setup.random_weights)
         req = RequestState(rid, random.Random(f"{self.config.seed}:{rid}"), result, on_event=on_event)
         t0 = time.perf_counter()
         with self.telemetry.tracer.start_as_current_span(f"request {self.agent.name}") as span:

@@ -23,6 +23,10 @@ class OpPlacement:
     predicted_s: float | None = None   # the plan's latency per visit, when the plan has one
     kind: str = ""
     devices: int = 1                   # devices one replica spans (tp × pp)
+    engine: str = ""                   # the serving engine the plan names for the op's pool ("" : unnamed)
+    tp: int = 1
+    pp: int = 1
+    batch: int = 1                     # planned batch per replica
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class PoolSpec:
     workers: int
     ops: tuple[str, ...] = ()
     devices_per_worker: int = 1  # tp × pp: the `tz/<device>` units one worker claims on a Ray node
+    engine: str = ""             # the plan's engine for the pool ("": unnamed, the run config decides)
+    tp: int = 1
+    pp: int = 1
+    batch: int = 1
 
     @property
     def resource(self) -> str:
@@ -72,8 +80,10 @@ class RuntimePlan:
                 raise ExecutionError(f"plan pool '{name}' mixes device types {sorted(devices)}",
                                      fix="give each pool one device type (re-run terrazzo plan)")
             want = max(p.replicas for p in ops)
+            engine = next((p.engine for p in ops if p.engine), "")
             out[name] = PoolSpec(name, devices.pop(), max(min_workers, min(want, max_workers)),
-                                 tuple(p.op for p in ops), max(p.devices for p in ops))
+                                 tuple(p.op for p in ops), max(p.devices for p in ops), engine,
+                                 max(p.tp for p in ops), max(p.pp for p in ops), max(p.batch for p in ops))
         return out
 
 
@@ -89,14 +99,21 @@ def load_plan(path: str | Path | None) -> RuntimePlan:
         for o in data.get("ops", []):
             ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
                                          float(o["latency_s"]) if o.get("latency_s") is not None else None,
-                                         o.get("kind", ""), _span(o))
+                                         o.get("kind", ""), _span(o), **_serving(o))
     elif schema == PLACEMENT_SCHEMA:
         for name, o in data.get("placements", {}).items():
-            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o))
+            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o),
+                                    **_serving(o))
     else:
         raise ExecutionError(f"plan '{p}' has schema {schema!r}",
                              fix=f"use a {PLAN_SCHEMA} or {PLACEMENT_SCHEMA} file (terrazzo plan -o)")
     return RuntimePlan(data.get("agent"), ops, str(p))
+
+
+def _serving(o: dict[str, Any]) -> dict[str, Any]:
+    """How the op's pool serves it: engine, parallelism and planned batch (what an engine is launched with)."""
+    return {"engine": str(o.get("engine") or ""), "tp": int(o.get("tp", 1)), "pp": int(o.get("pp", 1)),
+            "batch": int(o.get("batch", 1))}
 
 
 def _span(o: dict[str, Any]) -> int:

@@ -34,6 +34,7 @@ class ProgramSetup:
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: dict[str, NodeProgram] = field(default_factory=dict)
     graphs: dict[int, GraphInfo] = field(default_factory=dict)
+    random_weights: bool = False                       # some LLM runs a random-weight checkpoint (labelled everywhere)
 
     # --- ops per node ---------------------------------------------------------------------------
     def node_ops(self, path: str, node: Any) -> list[str]:
@@ -80,6 +81,8 @@ class ProgramSetup:
                 mapped = t is not None and t.checkpoint
                 ckpt = self.config.path(t.checkpoint) if mapped else self.config.tiny_checkpoint()  # type: ignore[union-attr]
                 self.model_targets[model] = {"checkpoint": str(ckpt)}
+                if t is not None and t.served_name:  # the name an engine serves it under (vLLM pools)
+                    self.model_targets[model]["served_name"] = t.served_name
         return self.model_targets[model]
 
     # --- what the nodes need on disk --------------------------------------------------------------
@@ -91,14 +94,15 @@ class ProgramSetup:
                 self._prepare_node(prefix + node.id, node)
 
     def _prepare_node(self, path: str, node: Any) -> None:
-        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, is_random_checkpoint, make_tiny_checkpoint
+        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, is_random_checkpoint, is_stale_tiny, make_tiny_checkpoint
 
         if node.kind == "llm":
             target = self.model_target(node.model)
             ckpt = target.get("checkpoint")
-            if ckpt and ckpt == str(self.config.tiny_checkpoint()) and not (Path(ckpt) / "config.json").exists():
-                make_tiny_checkpoint(ckpt)  # only the default location is created; a mapped one must exist
-            elif ckpt and not (Path(ckpt) / "config.json").exists():
+            default = ckpt == str(self.config.tiny_checkpoint())
+            if ckpt and default and (not (Path(ckpt) / "config.json").exists() or is_stale_tiny(ckpt)):
+                make_tiny_checkpoint(ckpt)  # only the default location is (re)made; a mapped one must exist
+            elif ckpt and not (Path(ckpt) / "config.json").exists() and not self._attached(path, node):
                 raise ExecutionError(f"checkpoint '{ckpt}' for model '{node.model}' has no config.json",
                                      fix="fix models: in the run config, or drop the entry to use the tiny "
                                          "random-weight default (terrazzo models make-tiny)")
@@ -106,6 +110,7 @@ class ProgramSetup:
             note = f"model '{node.model}' → {where}"
             if ckpt and is_random_checkpoint(ckpt):
                 note += f" ({RANDOM_WEIGHTS_NOTE})"
+                self.random_weights = True
             if note not in self.notes:
                 self.notes.append(note)
         elif node.kind == "memory_lookup":
@@ -139,6 +144,11 @@ class ProgramSetup:
             if target_t["idempotent"] is None:  # default: HTTP GET is idempotent by HTTP's own rules; others are not
                 target_t["idempotent"] = bool(target_t["endpoint"]) and target_t["method"] == "GET"
             self.tools[path] = target_t
+
+    def _attached(self, path: str, node: Any) -> bool:
+        """Is the node's LLM served only by running vLLM servers (vllm.attach)? Then the checkpoint is theirs
+        (a hub id or a path on their machines), not a folder here."""
+        return all(self.plan.placement(op).pool in self.config.vllm.attach for op in self.llm_ops(path, node)[1])
 
     def warmup_items(self, graph: AgentGraph, prefix: str = "", out: dict | None = None) -> dict[str, list]:
         """Per pool, what its workers load at start: checkpoints, the embedder, FAISS indexes."""

@@ -35,6 +35,7 @@ class RequestResult:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     samples: list[OpSample] = field(default_factory=list)
     output: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = False   # an LLM of the agent is a random-weight checkpoint: its text is gibberish
 
 
 @dataclass

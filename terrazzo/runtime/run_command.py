@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from terrazzo.runtime.config import load_config
 from terrazzo.runtime.failures import ExecutionError
@@ -25,7 +26,7 @@ def make_tiny(directory: str | Path) -> str:
 
 async def run_async(agent_path: str | Path | Agent, plan_path: str | Path | None, inputs: list[str],
                     backend: str = "local", config_path: str | Path | None = None, concurrency: int = 8,
-                    **overrides: object) -> RunReport:
+                    on_engine_progress: Any = None, **overrides: object) -> RunReport:
     """`agent_path`: an agent YAML, or an Agent already loaded (the Python API passes built agents)."""
     from terrazzo.spec.spec_loader import load_agent
 
@@ -38,21 +39,25 @@ async def run_async(agent_path: str | Path | Agent, plan_path: str | Path | None
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
     run_id = uuid.uuid4().hex[:8]  # request ids of separate runs never meet in the idempotency store
-    async with Runtime(agent, plan, config, backend) as rt:
+    runtime = Runtime(agent, plan, config, backend)
+    runtime.on_engine_progress = on_engine_progress
+    async with runtime as rt:
         async def one(i: int, text: str):
             async with sem:
                 return await rt.run(text, request_id=f"req{i}-{run_id}")
 
         results = await asyncio.gather(*(one(i, t) for i, t in enumerate(inputs)))
-        stats = rt.backend.stats() if rt.backend else {}
+        stats = rt.stats()
         notes = list(rt.notes)
     return RunReport.build(agent.name, backend, plan, list(results), stats, notes, time.perf_counter() - t0)
 
 
 def run_command(agent_path: str | Path, plan_path: str | Path | None, inputs: list[str], backend: str = "local",
-                config_path: str | Path | None = None, concurrency: int = 8, **overrides: object) -> RunReport:
+                config_path: str | Path | None = None, concurrency: int = 8, on_engine_progress: Any = None,
+                **overrides: object) -> RunReport:
     """Run `inputs` through the agent as placed by the plan; returns the report (never a bare traceback:
     bad input raises ExecutionError / SpecError, failed requests are reported per request)."""
     if not inputs:
         raise ExecutionError("no inputs", fix="pass at least one --input TEXT")
-    return asyncio.run(run_async(agent_path, plan_path, inputs, backend, config_path, concurrency, **overrides))
+    return asyncio.run(run_async(agent_path, plan_path, inputs, backend, config_path, concurrency, on_engine_progress,
+                                 **overrides))

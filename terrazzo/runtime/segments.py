@@ -28,10 +28,10 @@ class Segment:
 
 
 class Segments:
-    """Finds (once per start node) and caches the segment that starts there. `fusable(pool)` says whether
-    a pool's ops may run in a worker round trip at all (a pool served by an engine process may not)."""
+    """Finds (once per start node) and caches the segment that starts there. `fusable(program)` says
+    whether a node may run inside a worker round trip at all (an LLM call served by an engine may not)."""
 
-    def __init__(self, setup: ProgramSetup, fusable: Callable[[str], bool] = lambda pool: True) -> None:
+    def __init__(self, setup: ProgramSetup, fusable: Callable[[NodeProgram], bool] = lambda prog: True) -> None:
         self.setup, self.fusable = setup, fusable
         self._cache: dict[tuple[int, str, str], Segment | None] = {}
 
@@ -52,7 +52,7 @@ class Segments:
             pools = {setup.plan.placement(op).pool for op in prog.ops} if prog else set()
             if prog is None or node.kind in ("branch", "loop") or len(pools) != 1 or (pool and pools != {pool}):
                 break
-            if not self.fusable(next(iter(pools))):
+            if not self.fusable(prog):
                 break
             if chain and node.join == "all" and len(g.fan_in[cur]) > 1:
                 break

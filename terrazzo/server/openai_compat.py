@@ -17,6 +17,8 @@ from terrazzo.server.schemas import ChatMessage, ChatRequest
 from terrazzo.server.service import AgentService
 from terrazzo.server.sse import frame, pump
 
+RANDOM_FINGERPRINT = "terrazzo-random-weights"  # the answer came from a random-weight checkpoint
+
 
 def conversation(messages: list[ChatMessage]) -> str:
     """A lone user message is the input as is; a longer conversation is rendered `role: text` per line."""
@@ -78,7 +80,8 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
         return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": finish, "logprobs": None}],
-                "usage": _usage(_prompt_tokens(result.samples), n), "system_fingerprint": None}
+                "usage": _usage(_prompt_tokens(result.samples), n),
+                "system_fingerprint": RANDOM_FINGERPRINT if result.random_weights else None}
 
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,

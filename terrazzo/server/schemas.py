@@ -55,6 +55,8 @@ class InvokeResponse(BaseModel):
     path: list[str]
     decisions: list[dict[str, Any]]
     ops: list[OpRecord]
+    random_weights: bool = Field(default=False, description="true when the agent's LLM is a random-weight "
+                                 "checkpoint (terrazzo models make-tiny): the text is gibberish")
 
 
 # --- OpenAI-compatible chat completions -------------------------------------------------------------

@@ -70,7 +70,7 @@ def replayed(record: dict[str, Any]) -> RequestResult:
 
 def result_json(agent: str, r: RequestResult) -> dict[str, Any]:
     return {"request_id": r.request_id, "agent": agent, "ok": r.ok, "text": r.text, "e2e_s": r.e2e_s,
-            "path": r.path, "decisions": r.decisions,
+            "path": r.path, "decisions": r.decisions, "random_weights": r.random_weights,
             "ops": [{"op": s.op, "pool": s.pool, "device": s.device, "latency_s": s.latency_s, "exec_s": s.exec_s,
                      "tokens": s.tokens, "worker": s.worker} for s in r.samples]}
 
@@ -134,6 +134,8 @@ class AgentService:
             log.error("agent %s failed to start: %s", self.name, self.error)
             raise
         self.state = "ready"
+        for note in self.runtime.notes:
+            (log.warning if "RANDOM WEIGHTS" in note else log.info)("agent %s: %s", self.name, note)
         self.controller.started()
         log.info("agent %s ready: %s", self.name, ", ".join(f"{n}×{v['workers']}" for n, v in self.load().items()))
 

@@ -111,13 +111,15 @@ class OpenAICompatClient:
         self._async: openai.AsyncOpenAI | None = None
 
     # --- the request and its errors -------------------------------------------------------------
-    def _body(self, prompt: str, model: str, max_tokens: int, stream: bool) -> dict[str, Any]:
+    def _body(self, prompt: str, model: str, max_tokens: int, stream: bool,
+              extra_body: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                                 "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
-        if self.token_ids:
-            body["extra_body"] = {"return_token_ids": True}
+        extra = {**({"return_token_ids": True} if self.token_ids else {}), **(extra_body or {})}
+        if extra:
+            body["extra_body"] = extra
         return body
 
     def _error(self, exc: Exception, tokens_seen: int) -> UpstreamError:
@@ -143,17 +145,18 @@ class OpenAICompatClient:
 
     # --- sync (worker processes) ----------------------------------------------------------------
     def complete(self, prompt: str, *, model: str, max_tokens: int, on_delta: OnDelta | None = None,
-                 resends: int | None = None) -> Generation:
+                 resends: int | None = None, extra_body: dict[str, Any] | None = None) -> Generation:
         """One completion; streamed (SSE) when `on_delta` is given, which then gets each chunk as it arrives."""
         if self._sync is None:
             self._sync = openai.OpenAI(**self._kw)
         for attempt in range(self._resends(resends) + 1):
             t0, reply = time.perf_counter(), _Reply()
+            body = self._body(prompt, model, max_tokens, on_delta is not None, extra_body)
             try:
                 if on_delta is None:
-                    reply.add(self._sync.completions.create(**self._body(prompt, model, max_tokens, False)), None, t0)
+                    reply.add(self._sync.completions.create(**body), None, t0)
                 else:
-                    with self._sync.completions.create(**self._body(prompt, model, max_tokens, True)) as chunks:
+                    with self._sync.completions.create(**body) as chunks:
                         for chunk in chunks:
                             reply.add(chunk, on_delta, t0)
                 return reply.generation(t0)
@@ -171,18 +174,18 @@ class OpenAICompatClient:
 
     # --- async (the orchestrator, for engine pools) ---------------------------------------------
     async def acomplete(self, prompt: str, *, model: str, max_tokens: int, on_delta: OnDelta | None = None,
-                        resends: int | None = None) -> Generation:
+                        resends: int | None = None, extra_body: dict[str, Any] | None = None) -> Generation:
         """`complete` on the event loop: many calls in flight share one connection pool."""
         if self._async is None:
             self._async = openai.AsyncOpenAI(**self._kw)
         for attempt in range(self._resends(resends) + 1):
             t0, reply = time.perf_counter(), _Reply()
+            body = self._body(prompt, model, max_tokens, on_delta is not None, extra_body)
             try:
                 if on_delta is None:
-                    done = await self._async.completions.create(**self._body(prompt, model, max_tokens, False))
-                    reply.add(done, None, t0)
+                    reply.add(await self._async.completions.create(**body), None, t0)
                 else:
-                    chunks = await self._async.completions.create(**self._body(prompt, model, max_tokens, True))
+                    chunks = await self._async.completions.create(**body)
                     async with chunks:
                         async for chunk in chunks:
                             reply.add(chunk, on_delta, t0)

@@ -1,0 +1,1 @@
+"""Real serving engines behind LLM pools: vLLM servers launched, supervised and routed to by the runtime."""
