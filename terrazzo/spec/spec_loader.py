@@ -26,6 +26,8 @@ _FIXES = {
     "greater_than": "use a value in range",
     "less_than_equal": "use a value in range",
     "literal_error": "use one of the listed values",
+    "finite_number": "write a finite number (not .inf or .nan)",
+    "less_than": "use a value in range",
 }
 
 
