@@ -58,6 +58,15 @@ def plan_problem(doc: dict[str, Any], text: str, path: str) -> str | None:
 
 
 def _first(doc: dict[str, Any]) -> tuple[tuple[Any, ...], str] | None:
+    for key in ("schema", "agent", "solver_status"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            return (key,), f"expected a string, got {doc[key]!r:.40}"
+    for key in ("inputs", "placement"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            return (key,), f"expected a mapping, got {type(doc[key]).__name__}"
+    for key, value in (doc.get("inputs") or {}).items():
+        if value is not None and not isinstance(value, str | list):
+            return ("inputs", key), f"expected a file path, got {value!r:.40}"
     for key in _TOP_AMOUNTS:
         if key in doc and (bad := _amount(doc[key], MAX_RATE_PER_S if key == "rate_per_s" else None)):
             return (key,), bad
@@ -86,8 +95,8 @@ def _entry(op: Any, named: bool = True) -> tuple[tuple[Any, ...], str] | None:
     if named and not isinstance(op.get("name"), str):
         return ("name",), "missing, or not a string"
     for key in _NAMES:
-        if key in op and op[key] is not None and not isinstance(op[key], str):
-            return (key,), f"expected a string, got {type(op[key]).__name__}"
+        if key in op and op[key] is not None and (not isinstance(op[key], str) or not op[key].strip()):
+            return (key,), f"expected a non-empty string, got {op[key]!r:.40}"
     for key in _COUNTS:
         if key in op:
             v = op[key]
