@@ -171,18 +171,18 @@ class WorkerState:
 
     def _llm_aggregated(self, p: dict) -> tuple[Any, int, dict]:
         if p.get("endpoint"):
-            from terrazzo.runtime.executors.llm_http import OpenAIClient
+            from terrazzo.runtime.executors.openai_client import OpenAICompatClient
 
-            client = self._get("http", p["endpoint"], lambda: OpenAIClient(p["endpoint"], api_key=p.get("api_key"),
-                                                                          timeout_s=self.config.op_timeout_s))
-            if self._emit is None:
-                gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"])
-            else:
+            client = self._get("http", p["endpoint"], lambda: OpenAICompatClient(
+                p["endpoint"], api_key=p.get("api_key"), timeout_s=self.config.op_timeout_s))
+            on_delta = None
+            if self._emit is not None:
                 emit, op, n = self._emit, self._op, itertools.count()
-                gen = client.complete_streaming(
-                    p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"],
-                    on_delta=lambda text, tid: emit({"type": "token", "op": op, "index": next(n), "token_id": tid,
-                                                     "text": text}))
+
+                def on_delta(text: str, tid: int | None) -> None:
+                    emit({"type": "token", "op": op, "index": next(n), "token_id": tid, "text": text})
+            gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"],
+                                  on_delta=on_delta)
             return gen, len(gen.token_ids), {"endpoint": p["endpoint"]}
         eng = self.engine(p["checkpoint"])
         kv = eng.prefill(list(p.get("prompt_ids") or eng.encode(p["prompt"])), p["max_new_tokens"])
