@@ -29,7 +29,7 @@ class Cluster(Strict):
     name: str = "cluster"
     mode: Literal["unconstrained", "inventory", "own-and-buy"] = "unconstrained"
     devices: list[str] = Field(default_factory=list)
-    inventory: dict[str, Annotated[int, Field(ge=0, le=MAX_DEVICES)]] = Field(default_factory=dict)
+    inventory: dict[str, Annotated[int, Field(le=MAX_DEVICES)]] = Field(default_factory=dict)
     buy: list[str] = Field(default_factory=list, description="device types that may be added (own-and-buy)")
     fabric: Fabric = Fabric()
     tco_profile: str = "paper-2507.19635"
