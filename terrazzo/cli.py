@@ -436,8 +436,10 @@ def serve_cmd(
 @app.command("simulate")
 def simulate_cmd(
     plan_file: Annotated[Path, typer.Argument(help="plan JSON written by `terrazzo plan ... -o`")],
-    rate: Annotated[float | None, typer.Option(help="requests/s (default: the plan's; rescales a --trace)")] = None,
-    duration: Annotated[float | None, typer.Option(help="simulated seconds of arrivals (default 300)")] = None,
+    rate: Annotated[float | None, typer.Option(help="requests/s (default: the plan's; rescales a --trace)",
+                                               min=0, max=100_000)] = None,  # spec/limits.py MAX_RATE_PER_S
+    duration: Annotated[float | None, typer.Option(help="simulated seconds of arrivals (default 300)",
+                                                   min=0, max=2_592_000)] = None,  # MAX_DURATION_S
     trace: Annotated[Path | None, typer.Option(help="replay an Azure LLM inference or BurstGPT trace (CSV)")] = None,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same result")] = 0,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="folder for report.json, CSVs and PNGs")] = None,

@@ -22,9 +22,18 @@ def read_plan_json(path: str | Path, error: type[Exception]) -> dict[str, Any]:
     if not p.is_file():
         raise error(f"{p}: no such plan file; write one with `terrazzo plan ... -o {p}`")
     try:
-        doc = json.loads(p.read_text())
+        text = p.read_text()
+        doc = json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{p}: cannot read it ({exc}); pass a plan written by `terrazzo plan -o`") from None
     except json.JSONDecodeError as exc:
         raise error(f"{p}:{exc.lineno}: not JSON ({exc.msg}); pass a plan written by `terrazzo plan -o`") from None
+    except RecursionError:
+        raise error(f"{p}: nests too deeply to be a plan; pass a plan written by `terrazzo plan -o`") from None
     if not isinstance(doc, dict):
         raise error(f"{p}: expected a JSON object, got {type(doc).__name__}; pass a plan written by `terrazzo plan -o`")
+    from terrazzo.plan_checks import plan_problem
+
+    if (problem := plan_problem(doc, text, str(p))) is not None:
+        raise error(problem)
     return doc

@@ -11,11 +11,12 @@ DTYPE_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class Sourced(Strict):
-    """A number and where it comes from: a URL, or 'measured: <command>', or 'derived: <how>'."""
+    """A number and where it comes from: a URL, or 'measured: <command>', or 'derived: <how>'. Always
+    finite; the fields holding one say which further physical range applies (positive(), non_negative())."""
 
     value: float
     source: str = Field(min_length=8)
@@ -29,6 +30,32 @@ class Sourced(Strict):
         return source
 
 
+def _over(v: Sourced | None, low: float, strict: bool) -> Sourced | None:
+    if v is not None and (v.value <= low if strict else v.value < low):
+        raise ValueError(f"{v.value:g} is not physical: it must be {'above' if strict else 'at least'} {low:g}")
+    return v
+
+
+def positive(*fields: str) -> classmethod:
+    """A field validator: these Sourced fields (or dicts of them) must be above 0 — a rate, a size, a power."""
+    def check(cls: type, v: Sourced | dict[str, Sourced] | None) -> Sourced | dict[str, Sourced] | None:
+        for one in v.values() if isinstance(v, dict) else [v]:
+            _over(one, 0.0, strict=True)
+        return v
+
+    return field_validator(*fields)(classmethod(check))  # type: ignore[arg-type, return-value]
+
+
+def non_negative(*fields: str) -> classmethod:
+    """These Sourced fields (or dicts of them) must be at least 0 — a price."""
+    def check(cls: type, v: Sourced | dict[str, Sourced] | None) -> Sourced | dict[str, Sourced] | None:
+        for one in v.values() if isinstance(v, dict) else [v]:
+            _over(one, 0.0, strict=False)
+        return v
+
+    return field_validator(*fields)(classmethod(check))  # type: ignore[arg-type, return-value]
+
+
 class ScaleUp(Strict):
     """Intra-chassis fabric (NVLink, Infinity Fabric, Gaudi on-chip RoCE)."""
 
@@ -36,9 +63,13 @@ class ScaleUp(Strict):
     bw_gbyte_s: Sourced = Field(description="per device, one direction, GB/s")
     domain_size: Sourced = Field(description="devices in one scale-up domain")
 
+    _positive = positive("bw_gbyte_s", "domain_size")
+
 
 class ScaleOut(Strict):
     nic_gbit_s: Sourced = Field(description="per device, Gb/s")
+
+    _positive = positive("nic_gbit_s")
 
 
 class Device(Strict):
@@ -57,6 +88,9 @@ class Device(Strict):
                                    "max_kw weight power between this and TDP by utilisation")
     price_usd: Sourced = Field(description="list or street price of one device")
     cores: Sourced | None = Field(default=None, description="CPU cores, for CPU devices")
+
+    _positive = positive("peak_tflops", "memory_gb", "memory_bw_gbyte_s", "tdp_w", "cores")
+    _priced = non_negative("price_usd")
 
     def tflops(self, dtype: str) -> float | None:
         """Dense peak for `dtype`; fp16 and bf16 share tensor-core throughput when only one is listed."""
@@ -97,6 +131,15 @@ class ModelSpec(Strict):
     encoder_layers: int = 0
     shape_source: str = Field(min_length=8, description="URL of the config the shape fields come from")
 
+    _positive = positive("params_b", "active_params_b")
+
+    @field_validator("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_context")
+    @classmethod
+    def _shape(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"{v} is not a shape: it must be at least 1")
+        return v
+
     @property
     def active_params(self) -> float:
         return (self.active_params_b or self.params_b).value * 1e9
@@ -117,6 +160,8 @@ class PriceProfile(Strict):
     description: str
     inherit: str | None = None
     prices_usd: dict[str, Sourced]
+
+    _priced = non_negative("prices_usd")
 
 
 class TcoProfile(Strict):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, overload
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from terrazzo.errors import SpecError
 from terrazzo.runtime.failures import ExecutionError
 
 
@@ -137,11 +137,23 @@ def load_config(path: str | Path | None, **overrides: object) -> RunConfig:
     data: dict = {}
     base = Path.cwd()
     if path is not None:
+        from terrazzo.spec.source import parse_yaml
+        from terrazzo.spec.spec_loader import validate
+
         p = Path(path)
         if not p.exists():
             raise ExecutionError(f"run config '{p}' does not exist", fix="pass an existing YAML file to --config")
-        data = yaml.safe_load(p.read_text()) or {}
-        base = p.resolve().parent
+        text = p.read_text()
+        try:  # a file:line error for bad YAML or a document that is no mapping
+            src = parse_yaml(text or "{}", str(p))
+        except SpecError as exc:
+            exc.fix = exc.fix if "mapping" not in exc.message else "write the run config as keys (state_dir:, " \
+                "models:, tools: ...; see docs/runtime.md)"
+            raise SpecError(exc.message, file=exc.file, line=exc.line, field=exc.field, fix=exc.fix) from None
+        data = dict(src.data)
+        data.setdefault("base_dir", str(p.resolve().parent))
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return validate(src, RunConfig, data)
     data.setdefault("base_dir", str(base))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:

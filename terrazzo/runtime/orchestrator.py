@@ -275,7 +275,8 @@ class Runtime:
         return merge(finals) if len(finals) > 1 else (finals[0] if finals else msg)
 
     async def run(self, text: str, *, request_id: str | None = None, session: str | None = None,
-                  on_event: Callable[[dict[str, Any]], None] | None = None) -> RequestResult:
+                  on_event: Callable[[dict[str, Any]], None] | None = None,
+                  max_new_tokens: int | None = None) -> RequestResult:
         """Run one request end to end; never raises for op failures — the result says ok/error.
 
         `on_event`, when given, is called on the event loop, in order, with `{"type": "op_start", "op",
@@ -293,7 +294,10 @@ class Runtime:
             req.span, req.span_ctx = span, self.telemetry.context_of(span)
             try:
                 own = f"once:{uuid.uuid4().hex}"  # no session: a history of its own
-                out = await self._run_graph(req, self.agent.graph, "", new_message(text, session or own))
+                msg = new_message(text, session or own)
+                if max_new_tokens:  # the caller's cap (an OpenAI client's max_tokens), under the run config's
+                    msg["max_new_tokens"] = max_new_tokens
+                out = await self._run_graph(req, self.agent.graph, "", msg)
                 result.ok, result.text, result.path = True, out.get("speech") or out["text"], out.get("path", [])
                 result.output = {k: v for k, v in out.items() if k != "embedding"}
             except* ExecutionError as group:

@@ -95,18 +95,28 @@ def load_plan(path: str | Path | None) -> RuntimePlan:
     data = read_plan_json(p, ExecutionError)
     schema = data.get("schema")
     ops: dict[str, OpPlacement] = {}
-    if schema == PLAN_SCHEMA:
-        for o in data.get("ops", []):
-            ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
-                                         float(o["latency_s"]) if o.get("latency_s") is not None else None,
-                                         o.get("kind", ""), _span(o), **_serving(o))
-    elif schema == PLACEMENT_SCHEMA:
-        for name, o in data.get("placements", {}).items():
-            ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o),
-                                    **_serving(o))
-    else:
-        raise ExecutionError(f"plan '{p}' has schema {schema!r}",
-                             fix=f"use a {PLAN_SCHEMA} or {PLACEMENT_SCHEMA} file (terrazzo plan -o)")
+    where = "ops"
+    try:  # types and ranges are checked by read_plan_json; here only presence of what the runtime needs
+        if schema == PLAN_SCHEMA:
+            for i, o in enumerate(data.get("ops") or []):
+                where = f"ops[{i}]"
+                ops[o["name"]] = OpPlacement(o["name"], o["pool"], o["device"], int(o.get("replicas", 1)),
+                                             float(o["latency_s"]) if o.get("latency_s") is not None else None,
+                                             o.get("kind", ""), _span(o), **_serving(o))
+        elif schema == PLACEMENT_SCHEMA:
+            for name, o in (data.get("placements") or {}).items():
+                where = f"placements.{name}"
+                ops[name] = OpPlacement(name, o["pool"], o["device"], int(o.get("replicas", 1)), devices=_span(o),
+                                        **_serving(o))
+        else:
+            raise ExecutionError(f"plan '{p}' has schema {schema!r}",
+                                 fix=f"use a {PLAN_SCHEMA} or {PLACEMENT_SCHEMA} file (terrazzo plan -o)")
+    except KeyError as exc:
+        raise ExecutionError(f"plan '{p}': {where}.{exc.args[0]}: missing",
+                             fix="re-plan with `terrazzo plan ... -o`, which writes every field") from None
+    except (TypeError, AttributeError) as exc:
+        raise ExecutionError(f"plan '{p}': {where}: malformed ({exc})",
+                             fix="re-plan with `terrazzo plan ... -o`") from None
     return RuntimePlan(data.get("agent"), ops, str(p))
 
 

@@ -184,7 +184,8 @@ class WorkerState:
                     emit({"type": "token", "op": op, "index": next(n), "token_id": tid, "text": text})
             gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"],
                                   on_delta=on_delta)
-            return gen, len(gen.token_ids), {"endpoint": p["endpoint"]}
+            return gen, len(gen.token_ids), {"endpoint": p["endpoint"], "finish_reason": gen.finish_reason,
+                                             "prompt_tokens": gen.prompt_tokens}
         eng = self.engine(p["checkpoint"])
         kv = eng.prefill(list(p.get("prompt_ids") or eng.encode(p["prompt"])), p["max_new_tokens"])
         gen = eng.generation(self._tokens(eng, eng.iter_decode(kv)), kv.prompt_len)

@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from terrazzo.server.api_errors import ApiError, correlation_id
+from terrazzo.server.api_errors import ApiError, correlation_id, public_message
 from terrazzo.server.auth import DEFAULT_TENANT, TokenMap, as_token_map
 from terrazzo.server.guard import Guard
 from terrazzo.server.metrics import HttpMetrics, ServerMetrics
@@ -42,6 +42,11 @@ _ERRORS = {401: "missing or wrong bearer token", 404: "no such agent or model", 
            429: "over capacity: in-flight cap or a full pool queue; see Retry-After",
            500: "the agent failed (the message names the op)", 503: "starting, draining, or its workers died",
            504: "past the request's or an op's deadline"}
+
+
+def public_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """An event as a client may see it: an op's error without traces, paths or internal URLs."""
+    return {**ev, "error": public_message(str(ev["error"]))} if ev.get("error") else ev
 
 
 def tenant_of(request: Request) -> str:
@@ -179,7 +184,8 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
             try:
                 yield frame("request", {"request_id": rid, "agent": svc.name})
                 async for ev in pump(queue, task, keepalive_s):
-                    yield ": keep-alive\n\n" if ev is None else frame(ev["type"], {**ev, "request_id": rid})
+                    yield ": keep-alive\n\n" if ev is None else \
+                        frame(ev["type"], {**public_event(ev), "request_id": rid})
                 try:
                     result = await svc.answer(task)
                 except ApiError as err:
@@ -223,11 +229,20 @@ def create_app(services: list[AgentService], settings: ServeSettings, token: str
     @app.get("/readyz", tags=["operations"], response_model=Health,
              responses={503: {"model": Health, "description": "starting, failed or draining"}})
     async def readyz() -> Any:
-        """200 once every agent's pools are started, 503 before that and while draining."""
+        """200 once every agent's pools are started and the model servers they call answer; 503 before that,
+        while one of those servers is down (the body names its model), and while draining."""
         states = {n: s.state for n, s in by_name.items()}
+        down = {n: await s.upstream.down() for n, s in by_name.items() if s.state == "ready"}
+        for n, models in down.items():
+            if models:
+                states[n] = "upstream_down"
         status = "draining" if lifecycle.draining else "ready" if all(v == "ready" for v in states.values()) else \
-            "failed" if "failed" in states.values() else "starting"
-        return JSONResponse({"status": status, "agents": states}, 200 if status == "ready" else 503)
+            "failed" if "failed" in states.values() else "degraded" if "upstream_down" in states.values() else \
+            "starting"
+        body: dict[str, Any] = {"status": status, "agents": states}
+        if any(down.values()):
+            body["upstream_down"] = {n: m for n, m in down.items() if m}
+        return JSONResponse(body, 200 if status == "ready" else 503)
 
     @app.get("/metrics", tags=["operations"], dependencies=bearer, response_class=PlainTextResponse,
              responses=_errors(401))

@@ -1,6 +1,8 @@
 """`POST /v1/chat/completions` for agents whose graph is one LLM node: the agent's name is the model.
 The conversation becomes the node's input; decoding is the runtime's (greedy, at most the run config's
-max_new_tokens; max_tokens may lower it). Tokens stream as the decode worker produces them."""
+max_new_tokens; max_tokens lowers it, down to the model or endpoint). finish_reason and usage are the
+model's: an endpoint's own, or counted from the in-process engine's tokens. Tokens stream as the decode
+worker produces them."""
 
 from __future__ import annotations
 
@@ -50,9 +52,21 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 def _prompt_tokens(samples: list[Any]) -> int:
-    """Prompt tokens the model saw: the prefill op's count when the plan splits the call (the aggregated op
-    reports generated tokens only)."""
-    return sum(s.tokens for s in samples if s.op.endswith(".prefill"))
+    """Prompt tokens the model saw: the prefill op's count when the plan splits the call, else what an
+    OpenAI-compatible endpoint reported (the aggregated in-process op reports generated tokens only)."""
+    return sum(s.tokens if s.op.endswith(".prefill") else int(s.info.get("prompt_tokens") or 0) for s in samples)
+
+
+def _generated(samples: list[Any]) -> tuple[int, str | None]:
+    """(tokens generated, the finish reason an endpoint gave) from the LLM op's sample."""
+    gen = [s for s in samples if not s.op.endswith(".prefill")]
+    return sum(s.tokens for s in gen), next((s.info["finish_reason"] for s in gen if s.info.get("finish_reason")),
+                                            None)
+
+
+def _finish(reason: str | None, n: int, cap: int) -> str:
+    """The endpoint's own reason when it gave one ("stop", "length"); else "length" when the cap was reached."""
+    return reason if reason in ("stop", "length") else "length" if n >= cap else "stop"
 
 
 async def chat_completion(services: dict[str, AgentService], body: ChatRequest, keepalive_s: float,
@@ -68,15 +82,16 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
         if ev.get("type") == "token":
             (queue.put_nowait if body.stream else tokens.append)(ev)
 
-    _, task = svc.begin(conversation(body.messages), on_event=on_event, tenant=tenant)
+    _, task = svc.begin(conversation(body.messages), on_event=on_event, tenant=tenant, max_new_tokens=cap)
     if not body.stream:
         result = await svc.answer(task)
         ids = [t for t in tokens if t.get("token_id") is not None]
-        if len(ids) > cap:
+        made, reason = _generated(result.samples)
+        if len(ids) > cap:  # the runtime honours the cap; this holds should a model run past it anyway
             content, finish, n = "".join(t.get("text", "") for t in ids[:cap]), "length", cap
         else:
-            content, n = result.text, len(ids)
-            finish = "length" if n >= svc.config.max_new_tokens else "stop"
+            content, n = result.text, made or len(ids)
+            finish = _finish(reason, n, cap)
         return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": finish, "logprobs": None}],
@@ -95,7 +110,7 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
                 if ev is None:
                     yield ": keep-alive\n\n"
                     continue
-                if ev.get("token_id") is not None:
+                if ev.get("token_id") is not None or ev.get("text"):  # an endpoint's chunk may carry no id
                     if n >= cap:
                         truncated = True
                         task.cancel()  # enough tokens: stop the run (its admission slot frees as it ends)
@@ -103,15 +118,17 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
                     n += 1
                 if ev.get("text"):
                     yield frame(None, chunk({"content": ev["text"]}, None))
-            prompt = 0
+            prompt, reason = 0, None
             if not truncated:
                 try:
-                    prompt = _prompt_tokens((await svc.answer(task)).samples)
+                    samples = (await svc.answer(task)).samples
                 except ApiError as err:
                     yield frame(None, err.body())
                     yield frame(None, "[DONE]")
                     return
-            finish = "length" if truncated or n >= svc.config.max_new_tokens else "stop"
+                prompt, (made, reason) = _prompt_tokens(samples), _generated(samples)
+                n = max(n, made)
+            finish = "length" if truncated else _finish(reason, n, cap)
             yield frame(None, chunk({}, finish))
             if body.stream_options and body.stream_options.include_usage:
                 yield frame(None, {"id": cid, "object": "chat.completion.chunk", "created": created,

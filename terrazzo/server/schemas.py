@@ -132,3 +132,4 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     agents: dict[str, str] = {}
+    upstream_down: dict[str, list[str]] | None = None  # per agent: models whose server does not answer

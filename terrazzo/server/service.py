@@ -24,6 +24,7 @@ from terrazzo.server.admission import Admission
 from terrazzo.server.api_errors import ApiError, ServeError, correlation_id, public_message
 from terrazzo.server.controller import Controller, PlanState, Replanner, planner_inputs
 from terrazzo.server.settings import ServeSettings
+from terrazzo.server.upstream_health import UpstreamHealth, endpoints_of
 
 log = logging.getLogger("terrazzo.server")
 
@@ -118,6 +119,7 @@ class AgentService:
         self.requests = IdempotencyStore.in_dir(self.config.path(self.config.state_dir),  # type: ignore[arg-type]
                                                 settings.idempotency.retention_s)
         self._fingerprints: dict[tuple[str, str], str] = {}
+        self.upstream = UpstreamHealth(endpoints_of(self.agent, self.config))
         self._pruned_s = -1e18
         self._recent_ids: OrderedDict[str, None] = OrderedDict()  # a retried request id arrives once
         self.on_outcome: Callable[[str], None] = lambda outcome: None
@@ -153,7 +155,7 @@ class AgentService:
 
     def begin(self, text: str, *, request_id: str | None = None, session: str | None = None,
               timeout_s: float | None = None, on_event: Callable[[dict[str, Any]], None] | None = None,
-              tenant: str = "default") -> tuple[str, asyncio.Task[RequestResult]]:
+              tenant: str = "default", max_new_tokens: int | None = None) -> tuple[str, asyncio.Task[RequestResult]]:
         """Admit one request and start it under its deadline, or raise the ApiError that refuses it.
         The admission slot is released when the task ends, however it ends (answered, failed, past its
         deadline, or its client gone), so a dropped connection can never leak capacity.
@@ -206,7 +208,7 @@ class AgentService:
         if request_id is not None:
             self.requests.started(tenant, rid, fingerprint)
         deadline_s = min(timeout_s or limits.request_timeout_s, limits.max_request_timeout_s)
-        task = asyncio.create_task(self._run(text, tenant, rid, session, deadline_s, on_event))
+        task = asyncio.create_task(self._run(text, tenant, rid, session, deadline_s, on_event, max_new_tokens))
         self.tasks[key] = task
         self._fingerprints[key] = fingerprint
         task.add_done_callback(lambda t: self._done(key, t, remember=request_id is not None))
@@ -233,10 +235,11 @@ class AgentService:
         return asyncio.create_task(answer())
 
     async def _run(self, text: str, tenant: str, rid: str, session: str | None, deadline_s: float,
-                   on_event: Callable[[dict[str, Any]], None] | None) -> RequestResult:
+                   on_event: Callable[[dict[str, Any]], None] | None, max_new_tokens: int | None) -> RequestResult:
         try:
             async with asyncio.timeout(deadline_s):
                 result = await self.runtime.run(text, request_id=f"{tenant}:{rid}", on_event=on_event,
+                                                max_new_tokens=max_new_tokens,
                                                 session=f"{tenant}:{session}" if session else None)
         except TimeoutError:
             raise ApiError(504, f"request {rid} passed its deadline of {deadline_s:g} s and was cancelled",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from terrazzo.errors import SpecError
 from terrazzo.server.api_errors import ServeError
 
 
@@ -101,16 +101,19 @@ def load_settings(path: str | Path | None, **overrides: Any) -> ServeSettings:
     data: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
+        from terrazzo.spec.source import parse_yaml
+        from terrazzo.spec.spec_loader import validate
+
         p = Path(path)
         if not p.exists():
             raise ServeError(f"serve config '{p}' does not exist", fix="pass an existing YAML file to --serve-config")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ServeError(f"serve config '{p}' is not valid YAML: {exc}", fix="fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise ServeError(f"serve config '{p}' must be a mapping", fix="see docs/serve.md for its fields")
-        base = p.resolve().parent
+            src = parse_yaml(p.read_text() or "{}", str(p))
+        except SpecError as exc:
+            raise ServeError(str(exc).split(" Fix:")[0], fix="see docs/serve.md for the serve config fields") from None
+        data = dict(src.data)
+        data.setdefault("base_dir", str(p.resolve().parent))
+        return validate(src, ServeSettings, _merge(data, overrides))  # file:line: field: what is wrong
     data.setdefault("base_dir", str(base))
     try:
         return ServeSettings.model_validate(_merge(data, overrides))

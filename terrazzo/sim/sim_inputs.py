@@ -146,7 +146,11 @@ def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla
                        f"write one with `terrazzo plan AGENT --workload W --sla S --cluster C -o plan.json`")
     ops = _ops(plan)
     by_node: dict[str, list[PlannedOp]] = {}
+    leaves = {path for path, _ in agent.graph.leaves()}
     for op in ops.values():
+        if op.node not in leaves:
+            raise SimError(f"plan op '{op.name}' is for node '{op.node}', which agent '{agent.name}' does not have; "
+                           "re-plan with the agent the plan names")
         by_node.setdefault(op.node, []).append(op)
     for path, node in agent.graph.leaves():
         mine = by_node.get(path, [])

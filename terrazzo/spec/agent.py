@@ -13,12 +13,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from terrazzo.spec.distributions import Bytes, BytesDist, Dist, SecondsDist, TokensDist
+from terrazzo.spec.limits import MAX_INDEX_VECTORS, MAX_K
 
 NodeId = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf or .nan anywhere
 
 
 class NodeBase(Strict):
@@ -77,9 +78,9 @@ class MemoryLookupNode(NodeBase):
     """Vector search: embed the query, then approximate nearest neighbours over the index."""
 
     kind: Literal["memory_lookup"]
-    index_vectors: int = Field(gt=0)
+    index_vectors: int = Field(gt=0, le=MAX_INDEX_VECTORS)
     dimension: int = Field(gt=0, le=65536)
-    k: int = Field(default=5, gt=0)
+    k: int = Field(default=5, gt=0, le=MAX_K)
     index: Literal["flat", "ivf", "hnsw"] = "ivf"
     embed_model: str = "all-minilm-l6-v2"
     query_tokens: TokensDist = Dist.fixed(32)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from terrazzo.spec.distributions import GbitPerS, Seconds
+from terrazzo.spec.limits import MAX_DEVICES
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf or .nan anywhere
 
 
 class Fabric(Strict):
@@ -29,7 +30,7 @@ class Cluster(Strict):
     name: str = "cluster"
     mode: Literal["unconstrained", "inventory", "own-and-buy"] = "unconstrained"
     devices: list[str] = Field(default_factory=list)
-    inventory: dict[str, int] = Field(default_factory=dict)
+    inventory: dict[str, Annotated[int, Field(le=MAX_DEVICES)]] = Field(default_factory=dict)
     buy: list[str] = Field(default_factory=list, description="device types that may be added (own-and-buy)")
     fabric: Fabric = Fabric()
     tco_profile: str = "paper-2507.19635"

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from terrazzo.spec.limits import MAX_BYTES, MAX_GBIT_PER_S, MAX_RATE_PER_S, MAX_SECONDS, MAX_TOKENS
 from terrazzo.units import parse_quantity
 
 T = TypeVar("T")
@@ -27,7 +28,7 @@ def _given(param: T | None) -> T:
 class Dist(BaseModel):
     """One non-negative random quantity. Parameters are in the unit of the field that holds it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dist: Literal["fixed", "uniform", "normal", "lognormal", "exponential", "empirical"] = "fixed"
     value: float | None = Field(default=None, ge=0)
@@ -139,10 +140,22 @@ def quantity(dimension: str, unit: str) -> BeforeValidator:
     return BeforeValidator(lambda raw: parse_quantity(raw, dimension, unit) if isinstance(raw, str) else raw)
 
 
-TokensDist = Annotated[Dist, BeforeValidator(_in_unit("tokens", "tokens"))]
-SecondsDist = Annotated[Dist, BeforeValidator(_in_unit("time", "s"))]
-BytesDist = Annotated[Dist, BeforeValidator(_in_unit("bytes", "b"))]
-Seconds = Annotated[float, quantity("time", "s"), Field(ge=0)]
-Bytes = Annotated[float, quantity("bytes", "b"), Field(ge=0)]
-GbitPerS = Annotated[float, quantity("bits_per_s", "gbit/s"), Field(gt=0)]
-PerSecond = Annotated[float, quantity("rate", "/s"), Field(ge=0)]
+def _at_most(limit: float, unit: str) -> AfterValidator:
+    """Every parameter of the distribution within `limit` (spec/limits.py says why each exists)."""
+    def check(d: Dist) -> Dist:
+        params = [getattr(d, p) for p in _UNIT_PARAMS if getattr(d, p) is not None] + list(d.values or [])
+        worst = max(params, default=0.0)
+        if worst > limit:
+            raise ValueError(f"{worst:g} {unit} is over the limit of {limit:g} {unit} terrazzo plans for")
+        return d
+
+    return AfterValidator(check)
+
+
+TokensDist = Annotated[Dist, BeforeValidator(_in_unit("tokens", "tokens")), _at_most(MAX_TOKENS, "tokens")]
+SecondsDist = Annotated[Dist, BeforeValidator(_in_unit("time", "s")), _at_most(MAX_SECONDS, "s")]
+BytesDist = Annotated[Dist, BeforeValidator(_in_unit("bytes", "b")), _at_most(MAX_BYTES, "bytes")]
+Seconds = Annotated[float, quantity("time", "s"), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Bytes = Annotated[float, quantity("bytes", "b"), Field(ge=0, le=MAX_BYTES, allow_inf_nan=False)]
+GbitPerS = Annotated[float, quantity("bits_per_s", "gbit/s"), Field(gt=0, le=MAX_GBIT_PER_S, allow_inf_nan=False)]
+PerSecond = Annotated[float, quantity("rate", "/s"), Field(ge=0, le=MAX_RATE_PER_S, allow_inf_nan=False)]

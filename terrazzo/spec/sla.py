@@ -11,7 +11,7 @@ from terrazzo.spec.distributions import Seconds
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf or .nan anywhere
 
 
 class LlmLimits(Strict):

@@ -27,6 +27,8 @@ _FIXES = {
     "less_than_equal": "use a value in range",
     "literal_error": "use one of the listed values",
     "cluster_format": "write it in the format shown (every cluster mode, with examples: docs/clusters.md)",
+    "finite_number": "write a finite number (not .inf or .nan)",
+    "less_than": "use a value in range",
 }
 
 

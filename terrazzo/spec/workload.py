@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from terrazzo.spec.distributions import PerSecond, Seconds, TokensDist
+from terrazzo.spec.distributions import PerSecond, TokensDist, quantity
+from terrazzo.spec.limits import MAX_DURATION_S
 from terrazzo.spec.rate_curve import RateCurve
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf or .nan anywhere
 
 
 class Arrival(Strict):
@@ -43,7 +44,7 @@ class TokenOverride(Strict):
 class Workload(Strict):
     name: str = "workload"
     arrival: Arrival
-    duration_s: Seconds | None = None
+    duration_s: Annotated[float, quantity("time", "s"), Field(ge=0, le=MAX_DURATION_S)] | None = None
     tokens: dict[str, TokenOverride] = Field(
         default_factory=dict, description="per LLM node id: token distributions replacing the agent's"
     )

@@ -42,6 +42,7 @@ class Generation:
     prompt_tokens: int
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    finish_reason: str | None = None  # as an OpenAI-compatible server said it ("stop", "length"); None: not told
 
 
 class LlmEngine:

@@ -26,6 +26,13 @@ import httpx
 import openai
 
 from terrazzo.runtime.executors.llm_engine import Generation
+from terrazzo.runtime.executors.upstream_checks import (
+    INVALID_ANSWER,
+    async_http_client,
+    check_reply,
+    invalid_cause,
+    sync_http_client,
+)
 from terrazzo.runtime.failures import ExecutionError
 
 OnDelta = Callable[[str, int | None], None]  # (text delta, token id when the server sent exactly one)
@@ -35,8 +42,9 @@ class UpstreamError(ExecutionError):
     """The endpoint failed. `tokens_seen`: tokens already delivered to the caller (0: nothing was, so the
     request may go again); `status`: the HTTP status when the server answered with an error."""
 
-    def __init__(self, message: str, *, fix: str = "", tokens_seen: int = 0, status: int | None = None) -> None:
-        super().__init__(message, fix=fix)
+    def __init__(self, message: str, *, fix: str = "", tokens_seen: int = 0, status: int | None = None,
+                 op: str | None = None, pool: str | None = None) -> None:
+        super().__init__(message, fix=fix, op=op, pool=pool)  # op/pool: the worker names where it failed
         self.tokens_seen, self.status = tokens_seen, status
 
     @property
@@ -45,12 +53,13 @@ class UpstreamError(ExecutionError):
         refuse the request itself (a 4xx other than 408/429 would be refused again)."""
         return self.tokens_seen == 0 and (self.status is None or self.status in (408, 429) or self.status >= 500)
 
-    def __reduce__(self):  # keep the counts across process boundaries
-        return (_rebuild, (self.reason, self.fix, self.tokens_seen, self.status))
+    def __reduce__(self):  # keep the counts (and where it failed) across process boundaries
+        return (_rebuild, (self.reason, self.fix, self.tokens_seen, self.status, self.op, self.pool))
 
 
-def _rebuild(message: str, fix: str, tokens_seen: int, status: int | None) -> UpstreamError:
-    return UpstreamError(message, fix=fix, tokens_seen=tokens_seen, status=status)
+def _rebuild(message: str, fix: str, tokens_seen: int, status: int | None, op: str | None = None,
+             pool: str | None = None) -> UpstreamError:
+    return UpstreamError(message, fix=fix, tokens_seen=tokens_seen, status=status, op=op, pool=pool)
 
 
 @dataclass
@@ -63,6 +72,8 @@ class _Reply:
     prompt_tokens: int = 0
     completion_tokens: int | None = None
     first_token_s: float | None = None
+    choices_seen: int = 0
+    finish_reason: str | None = None
 
     def add(self, obj: Any, on_delta: OnDelta | None, t0: float) -> None:
         """One completion (or stream chunk): its text, token ids when the server sends them (vLLM with
@@ -73,6 +84,8 @@ class _Reply:
             self.prompt_tokens = usage.prompt_tokens or self.prompt_tokens
             self.completion_tokens = usage.completion_tokens
         for choice in (obj.choices or [])[:1]:  # n=1: one choice (the usage-only final chunk has none)
+            self.choices_seen += 1
+            self.finish_reason = getattr(choice, "finish_reason", None) or self.finish_reason
             text = choice.text or ""
             cx = getattr(choice, "model_extra", None) or {}
             ids = list(cx.get("token_ids") or extra.get("token_ids") or ())
@@ -93,8 +106,10 @@ class _Reply:
     def generation(self, t0: float) -> Generation:
         n = self.tokens
         ids = tuple(self.ids) if len(self.ids) == n else tuple([-1] * n)
+        check_reply(self.choices_seen, self.finish_reason)  # upstream_checks: an answer without a choice is none
         return Generation(token_ids=ids, text="".join(self.texts), prompt_tokens=self.prompt_tokens,
-                          prefill_s=self.first_token_s or 0.0, decode_s=time.perf_counter() - t0)
+                          prefill_s=self.first_token_s or 0.0, decode_s=time.perf_counter() - t0,
+                          finish_reason=self.finish_reason)
 
 
 class OpenAICompatClient:
@@ -123,6 +138,7 @@ class OpenAICompatClient:
         return body
 
     def _error(self, exc: Exception, tokens_seen: int) -> UpstreamError:
+        exc = invalid_cause(exc)
         where = f"LLM endpoint {self.base_url}"
         if isinstance(exc, openai.APIStatusError):
             fix = ("check the model name and request (served_name in the run config)" if exc.status_code < 500
@@ -148,7 +164,7 @@ class OpenAICompatClient:
                  resends: int | None = None, extra_body: dict[str, Any] | None = None) -> Generation:
         """One completion; streamed (SSE) when `on_delta` is given, which then gets each chunk as it arrives."""
         if self._sync is None:
-            self._sync = openai.OpenAI(**self._kw)
+            self._sync = openai.OpenAI(**self._kw, http_client=sync_http_client())
         for attempt in range(self._resends(resends) + 1):
             t0, reply = time.perf_counter(), _Reply()
             body = self._body(prompt, model, max_tokens, on_delta is not None, extra_body)
@@ -160,7 +176,7 @@ class OpenAICompatClient:
                         for chunk in chunks:
                             reply.add(chunk, on_delta, t0)
                 return reply.generation(t0)
-            except (openai.APIError, httpx.HTTPError) as exc:
+            except (openai.APIError, httpx.HTTPError, *INVALID_ANSWER) as exc:
                 err = self._error(exc, reply.tokens)
                 if not err.safe_to_resend or attempt >= self._resends(resends):
                     raise err from None
@@ -177,7 +193,7 @@ class OpenAICompatClient:
                         resends: int | None = None, extra_body: dict[str, Any] | None = None) -> Generation:
         """`complete` on the event loop: many calls in flight share one connection pool."""
         if self._async is None:
-            self._async = openai.AsyncOpenAI(**self._kw)
+            self._async = openai.AsyncOpenAI(**self._kw, http_client=async_http_client())
         for attempt in range(self._resends(resends) + 1):
             t0, reply = time.perf_counter(), _Reply()
             body = self._body(prompt, model, max_tokens, on_delta is not None, extra_body)
@@ -190,7 +206,7 @@ class OpenAICompatClient:
                         async for chunk in chunks:
                             reply.add(chunk, on_delta, t0)
                 return reply.generation(t0)
-            except (openai.APIError, httpx.HTTPError) as exc:
+            except (openai.APIError, httpx.HTTPError, *INVALID_ANSWER) as exc:
                 err = self._error(exc, reply.tokens)
                 if not err.safe_to_resend or attempt >= self._resends(resends):
                     raise err from None
