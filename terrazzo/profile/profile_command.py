@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -82,6 +83,19 @@ class Options:
     extra: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)  # decode/embed/ann pairs off the grids
     catalogs: list[Path] = field(default_factory=list)
     command: str = "terrazzo profile"
+    engine: str = "builtin"  # or "vllm": prefill and decode measured on a live vLLM server (vllm_profile.py)
+    prefill_batch: tuple[int, ...] = (1,)
+    vllm_python: str | None = None
+    vllm_log: Path | None = None
+    vllm_server: Any = None  # a running terrazzo.profile.vllm_server.VllmServer on `model` (tests share one)
+
+    @classmethod
+    def vllm(cls, **kw: object) -> Options:
+        """The grid a live vLLM CPU server is profiled on (its own scheduler, HTTP included): a few minutes."""
+        grid = dict(engine="vllm", ops=("prefill", "decode"), warmup=1, repeats=5, isl=(16, 64, 256, 1024),
+                    prefill_batch=(1, 4), decode_batch=(1, 4, 16, 32), decode_context=(64, 256, 1024),
+                    as_device="local-cpu-vllm")
+        return cls(**{**grid, **kw})  # type: ignore[arg-type]
 
     @classmethod
     def quick(cls, **kw: object) -> Options:
@@ -97,6 +111,10 @@ class Options:
             raise ProfileError(f"unknown op kind '{unknown[0]}'", field="--ops", fix=f"use some of: {', '.join(OPS)}")
         if self.device not in ("cpu", "cuda"):
             raise ProfileError(f"unknown device '{self.device}'", field="--device", fix="use cpu or cuda")
+        if self.engine not in ("builtin", "vllm"):
+            raise ProfileError(f"unknown engine '{self.engine}'", field="--engine", fix="use builtin or vllm")
+        if self.engine == "vllm" and self.device != "cpu":
+            raise ProfileError("--engine vllm profiles vLLM's CPU server", field="--device", fix="use --device cpu")
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise ProfileError("threads and repeats must be at least 1, warmup at least 0",
                                field="--threads/--repeats/--warmup", fix="pass positive counts")
@@ -119,9 +137,12 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     say(f"peaks: fp32 matmul {fp32_tflops * 1e3:.1f} GFLOP/s, copy {bw_gbyte_s:.1f} GB/s")
 
     benches: dict[Hashable, M.Bench] = {}
+    vllm = None
     with tempfile.TemporaryDirectory(prefix="terrazzo-profile-") as tmp:
-        llm = (_llm_benches(opts, Path(tmp), rng, benches, notes, say)
-               if {"prefill", "decode"} & set(opts.ops) else None)
+        wants_llm = bool({"prefill", "decode"} & set(opts.ops))
+        if wants_llm and opts.engine == "vllm":
+            vllm = _vllm_points(opts, Path(tmp), notes, say)
+        llm = (_llm_benches(opts, Path(tmp), rng, benches, notes, say) if wants_llm and vllm is None else None)
         emb = _embed_benches(opts, benches) if "embed" in opts.ops else None
         if "ann" in opts.ops:
             _ann_benches(opts, rng, benches, notes)
@@ -132,6 +153,9 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     transfers = _transfers(opts, say) if "transfer" in opts.ops else {}
 
     points = _points(timings, transfers, opts.ann_dimension)
+    if vllm is not None:
+        points = points.model_copy(update={"prefill": vllm.prefill if "prefill" in opts.ops else [],
+                                           "decode": vllm.decode if "decode" in opts.ops else []})
     links = fit_links(points)
     section = _device_section(catalog, opts, mach, fp32_tflops, bw_gbyte_s, notes)
     device = (define_device(catalog, section, links, "this profile") if section.defines
@@ -141,8 +165,10 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
         schema=PROFILE_SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"), command=opts.command,
         machine=mach, settings=Settings(device=opts.device, warmup=opts.warmup, repeats=opts.repeats,
                                         threads=opts.threads, seed=opts.seed),
-        device=section, llm=llm.shape if llm else None, embed=emb.shape if emb else None, points=points,
-        fit=Fit(links=links), notes=notes,
+        device=section, llm=vllm.shape if vllm else llm.shape if llm else None, embed=emb.shape if emb else None,
+        points=points, fit=Fit(links=links), notes=notes,
+        engine=f"vllm-{vllm.version}" if vllm else "builtin",
+        engine_settings=_vllm_settings(vllm) if vllm else None,
     )
     return prof.model_copy(update={"fit": Fit(ops=fit_ops(prof, catalog, device), links=links)})
 
@@ -179,6 +205,36 @@ def _llm_benches(opts: Options, tmp: Path, rng: np.random.Generator, benches: di
             used += need
             benches[("decode", b, c)] = M.decode_bench(llm, b, c, rng)
     return llm
+
+
+def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str], None]) -> Any:
+    """Prefill and decode points from a live vLLM server on the checkpoint (or a tiny random one)."""
+    from terrazzo.profile.vllm_profile import measure
+
+    checkpoint, name, random_weights = opts.model, opts.model_name, False
+    if checkpoint is None:
+        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, make_tiny_checkpoint
+
+        checkpoint = Path(make_tiny_checkpoint(tmp / "tiny", **TINY))
+        name, random_weights = name or f"tiny-random-llama-l{TINY['layers']}-h{TINY['hidden']}", True
+        notes.append(f"no --model given: vLLM served a tiny random-weight Llama made on the fly. {RANDOM_WEIGHTS_NOTE}")
+    log = opts.vllm_log or Path(tmp) / "vllm.log"
+    got = measure(checkpoint, name or checkpoint.name.lower(), random_weights, opts.isl, opts.prefill_batch,
+                  opts.decode_batch, opts.decode_context, opts.warmup, opts.repeats, opts.seed, log,
+                  python=opts.vllm_python, server=opts.vllm_server, say=say)
+    st = got.settings
+    notes.append(f"prefill and decode measured on a live vLLM {got.version} CPU server (OpenAI API, /v1/completions "
+                 f"with token-id prompts built through /tokenize, streamed), under its own scheduler: chunked prefill, "
+                 f"max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs {st.max_num_seqs}, block size "
+                 f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; times include the HTTP path; "
+                 f"server start-up {got.startup_s:.0f} s")
+    return got
+
+
+def _vllm_settings(got: Any) -> dict[str, int]:
+    st = got.settings
+    return {"max_num_seqs": st.max_num_seqs, "max_batched_tokens": st.max_num_batched_tokens,
+            "block_size": st.block_size, "kv_blocks": got.kv_blocks}
 
 
 def _embed_benches(opts: Options, benches: dict[Hashable, M.Bench]) -> M.LoadedEmbedder:
