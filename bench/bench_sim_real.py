@@ -1,7 +1,10 @@
 """Sim-to-real: a plan's LLM pool on a live vLLM CPU server against the simulator on the same arrivals.
 
-    .venv/bin/python bench/bench_sim_real.py --profile vllm-profile.yaml [--requests 300] [--loads 0.2,0.5,0.8,1]
+    .venv/bin/python bench/bench_sim_real.py [--profile vllm-profile.yaml] [--requests 300] [--loads 0.2,0.5,0.8,1]
         [--trace examples/traces/azure-sample.csv] [--out DIR]
+
+Without --profile it first runs `terrazzo profile --engine vllm` on the same server (one start-up, which
+takes minutes here) and writes DIR/vllm-profile.yaml.
 
 1. The pool: one vLLM replica of the profiled checkpoint on this machine (one replica: the machine has two
    cores, one for vLLM's engine, one for its API server and this load generator), with the scheduler
@@ -31,9 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import deployment
+from terrazzo.models.tiny import make_tiny_checkpoint
+from terrazzo.profile.profile_command import Options, profile_command
 from terrazzo.profile.profile_file import load_profile
 from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, open_loop
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
@@ -77,12 +83,12 @@ def pool_record(prof_path: Path) -> dict:
     st = prof.engine_settings
     return {"name": f"{prof.llm.name}.aggregated", "kind": "llm.aggregated", "node": prof.llm.name,
             "model": prof.llm.name, "dtype": prof.llm.dtype, "device": prof.device.name, "tp": 1, "pp": 1,
-            "batch": st["max_num_seqs"], "replicas": 1, "engine": "vllm",
+            "batch": int(st["max_num_seqs"]), "replicas": 1, "engine": "vllm",
             "engine_version": prof.engine.removeprefix("vllm-"),
-            "scheduler": {"policy": "chunked", "kv": "paged", "max_num_seqs": st["max_num_seqs"],
-                          "max_batched_tokens": st["max_batched_tokens"], "block_size": st["block_size"],
-                          "kv_blocks": st["kv_blocks"]},
-            "checkpoint": prof.llm.checkpoint}
+            "scheduler": {"policy": "chunked", "kv": "paged", "max_num_seqs": int(st["max_num_seqs"]),
+                          "max_batched_tokens": int(st["max_batched_tokens"]), "block_size": int(st["block_size"]),
+                          "kv_blocks": int(st["kv_blocks"])},
+            "frontend_s": st.get("frontend_ms", 0.0) / 1e3, "checkpoint": prof.llm.checkpoint}
 
 
 class SimPool:
@@ -93,12 +99,19 @@ class SimPool:
         dep = deployment(cat, record["model"], record["device"], record["dtype"], 1, 1)
         self.cost, self.sched = LlmCost(dep), scheduler_of(record, None, record["batch"])
         self.kv_tokens = self.cost.kv_capacity_tokens(record["batch"])
+        self.frontend_s = float(record.get("frontend_s", 0.0))
 
     def run(self, requests: list[tuple[float, int, int]], sample_at: list[float] = ()) -> PoolRun:  # type: ignore
+        """The engine's run on the requests; each request's TTFT and E2E also pass the front end once
+        (the profile's measured HTTP/API-server latency, outside the engine's iterations)."""
         env = Environment()
         pool = LlmPool(env, "pool", "aggregated", self.cost, 1, 1, self.sched.max_num_seqs,
                        self.sched.max_batched_tokens, self.kv_tokens, self.sched)
-        return replay(pool, requests, sample_at)
+        run = replay(pool, requests, sample_at)
+        run.ttft_s = run.ttft_s + self.frontend_s
+        run.e2e_s = run.e2e_s + self.frontend_s
+        run.end_s += self.frontend_s
+        return run
 
 
 def lengths(n: int, rng: np.random.Generator, isl_scale: float, osl_scale: float, max_isl: int,
@@ -171,7 +184,11 @@ def p50_ratios(live: Live, sim_run: PoolRun) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", type=Path, required=True, help="terrazzo profile --engine vllm -o FILE")
+    ap.add_argument("--profile", type=Path, default=None, help="terrazzo profile --engine vllm -o FILE (default: "
+                    "profile the server first)")
+    ap.add_argument("--model", type=Path, default=None, help="checkpoint to serve when profiling (default: a tiny "
+                    "random-weight Llama, 4 layers × 256)")
+    ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--requests", type=int, default=300, help="requests per load level")
     ap.add_argument("--loads", default="0.2,0.5,0.8,1.0")
     ap.add_argument("--trace", type=Path, default=TRACE)
@@ -182,22 +199,37 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("sim-real-out"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = pool_record(args.profile)
-    (args.out / "pool-plan.json").write_text(json.dumps({"schema": "terrazzo.plan/v2", "ops": [record]}, indent=1))
-    sim = SimPool(args.profile, record)
-    st = record["scheduler"]
-    settings = VllmSettings(max_num_seqs=st["max_num_seqs"], max_num_batched_tokens=st["max_batched_tokens"],
-                            block_size=st["block_size"])
+    if args.profile is not None:
+        st = load_profile(args.profile).engine_settings or {}
+        settings = VllmSettings(max_num_seqs=int(st.get("max_num_seqs", args.max_num_seqs)),
+                                max_num_batched_tokens=int(st.get("max_batched_tokens", 2048)),
+                                block_size=int(st.get("block_size", 128)))
+        checkpoint = Path(load_profile(args.profile).llm.checkpoint)  # type: ignore[union-attr]
+    else:
+        settings = VllmSettings(max_num_seqs=args.max_num_seqs)
+        checkpoint = args.model or Path(make_tiny_checkpoint(args.out / "tiny", hidden=256, layers=4, heads=8,
+                                                             kv_heads=4))
     rng = np.random.default_rng(args.seed)
     mk = lambda n: lengths(n, rng, args.isl_scale, args.osl_scale, 1024, 256)  # noqa: E731
-    print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}")
-    with VllmServer(record["checkpoint"], settings, args.out / "vllm.log", args.vllm_python) as srv:
+    with VllmServer(checkpoint, settings, args.out / "vllm.log", args.vllm_python) as srv:
         print(f"vLLM {srv.version} up in {srv.startup_s:.0f} s, {srv.kv_blocks:,} KV blocks")
-        pm = PromptMaker(srv.base_url, record["checkpoint"], args.seed)
-        model = record["checkpoint"]
+        if args.profile is None:
+            args.profile = args.out / "vllm-profile.yaml"
+            opts = Options.vllm(model=checkpoint, model_name=None if args.model else "tiny-random-llama-l4-h256",
+                                vllm_server=srv, command="terrazzo profile --engine vllm (bench/bench_sim_real.py)")
+            profile_command(opts, args.profile, Console())
+        record = pool_record(args.profile)
+        (args.out / "pool-plan.json").write_text(json.dumps({"schema": "terrazzo.plan/v2", "ops": [record]},
+                                                            indent=1))
+        sim = SimPool(args.profile, record)
+        print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}; front end "
+              f"{sim.frontend_s * 1e3:.1f} ms per request")
+        pm = PromptMaker(srv.base_url, str(checkpoint), args.seed)
+        model = str(checkpoint)
         open_loop(srv.base_url, model, [(0.0, pm.ids(i), o) for i, o in mk(16)])  # warm-up
-        cap_m, cap_p = capacity(srv, pm, model, sim, mk(args.requests), st["max_num_seqs"])
-        print(f"capacity (closed loop, {st['max_num_seqs']} users): measured {cap_m:.2f} req/s, predicted "
+        users = settings.max_num_seqs
+        cap_m, cap_p = capacity(srv, pm, model, sim, mk(args.requests), users)
+        print(f"capacity (closed loop, {users} users): measured {cap_m:.2f} req/s, predicted "
               f"{cap_p:.2f} req/s, ratio {cap_p / cap_m:.2f}")
         summary = []
         for load in (float(x) for x in args.loads.split(",")):

@@ -231,10 +231,10 @@ def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str]
     return got
 
 
-def _vllm_settings(got: Any) -> dict[str, int]:
+def _vllm_settings(got: Any) -> dict[str, float]:
     st = got.settings
     return {"max_num_seqs": st.max_num_seqs, "max_batched_tokens": st.max_num_batched_tokens,
-            "block_size": st.block_size, "kv_blocks": got.kv_blocks}
+            "block_size": st.block_size, "kv_blocks": got.kv_blocks, "frontend_ms": round(got.frontend_s * 1e3, 3)}
 
 
 def _embed_benches(opts: Options, benches: dict[Hashable, M.Bench]) -> M.LoadedEmbedder:

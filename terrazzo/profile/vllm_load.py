@@ -98,6 +98,21 @@ def _client(base_url: str, concurrency: int):
                        http_client=httpx.AsyncClient(limits=limits, timeout=600.0))
 
 
+def metric_sums(base_url: str, names: Sequence[str]) -> dict[str, float]:
+    """`<name>_sum` and `<name>_count` of vLLM's Prometheus histograms (summed over label sets)."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in names:
+            for suffix in ("_sum", "_count"):
+                if line.startswith(name + suffix):
+                    key = name + suffix
+                    out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def _waiting(text: str) -> float:
     """vLLM's gauge of requests waiting for admission, from its Prometheus text."""
     for line in text.splitlines():

@@ -1,8 +1,11 @@
 """`terrazzo profile --engine vllm`: prefill and decode of a live vLLM CPU server, under its own scheduler.
 
 - prefill point (isl, batch): `batch` requests of exactly `isl` prompt tokens and one output token, sent
-  together; the time until the last one answers (HTTP, tokenizer-free id prompts, queueing behind each
-  other within the engine's token budget, and the prefill itself: what a request's TTFT is made of).
+  together; the engine's own prefill time per request (vLLM's `request_prefill_time_seconds`, from the
+  step that schedules it to its first token). What the client sees beyond the engine's queue and
+  prefill (HTTP, the API server, hand-offs to the engine process) is the front-end latency, measured on
+  the one-request points and kept beside the fit (`engine_settings.frontend_ms`): it is per request,
+  not per engine iteration, so it is not folded into the prefill's fixed cost.
 - decode point (batch, context): `batch` streams with `context`-token prompts generating together; the
   step time is the gap between tokens while all of them decode (from the streamed token counts), and
   the point's context the prompt plus the mean tokens generated in that window.
@@ -28,7 +31,8 @@ from terrazzo.profile.measure import timing
 from terrazzo.profile.profile_file import DecodePoint, LlmShape, PrefillPoint
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 
-DECODE_TOKENS = 48  # tokens each decode stream generates; the window is where all streams decode
+DECODE_TOKENS = 64  # tokens each decode stream generates; the window is where all streams decode
+PREFILL_S, QUEUE_S = "vllm:request_prefill_time_seconds", "vllm:request_queue_time_seconds"
 
 
 @dataclass
@@ -40,6 +44,7 @@ class VllmMeasured:
     settings: VllmSettings
     kv_blocks: int
     startup_s: float
+    frontend_s: float  # a request's time outside the engine: HTTP, API server, ZMQ hand-offs (median)
 
 
 def checkpoint_shape(checkpoint: Path, name: str, random_weights: bool) -> LlmShape:
@@ -111,10 +116,19 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
     pm = L.PromptMaker(srv.base_url, str(checkpoint), seed)
     model = str(checkpoint)
 
+    frontend: list[float] = []
+
     def prefill(i: int, b: int) -> float:
+        before = L.metric_sums(srv.base_url, (PREFILL_S, QUEUE_S))
         recs = L.open_loop(srv.base_url, model, [(0.0, pm.ids(i), 1) for _ in range(b)])
         _raise(recs)
-        return max(r.marks[-1][0] for r in recs) - min(r.sent_s for r in recs)
+        after = L.metric_sums(srv.base_url, (PREFILL_S, QUEUE_S))
+        n = after[PREFILL_S + "_count"] - before[PREFILL_S + "_count"]
+        engine = (after[PREFILL_S + "_sum"] - before[PREFILL_S + "_sum"]) / n
+        queued = (after[QUEUE_S + "_sum"] - before[QUEUE_S + "_sum"]) / n
+        if b == 1:
+            frontend.append(recs[0].ttft_s - engine - queued)
+        return engine
 
     def decode(b: int, c: int) -> tuple[list[float], float]:
         recs = L.open_loop(srv.base_url, model, [(0.0, pm.ids(c), DECODE_TOKENS) for _ in range(b)])
@@ -146,7 +160,8 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
         prefill=[PrefillPoint(isl=i, batch=b, timing=timing(v)) for (i, b), v in sorted(pre.items())],
         decode=[DecodePoint(batch=b, context=round(float(c) + float(np.mean(made[(b, c)]))), timing=timing(v))
                 for (b, c), v in sorted(dec.items())],
-        version=srv.version, settings=settings, kv_blocks=srv.kv_blocks, startup_s=srv.startup_s)
+        version=srv.version, settings=settings, kv_blocks=srv.kv_blocks, startup_s=srv.startup_s,
+        frontend_s=float(np.median(frontend)) if frontend else 0.0)
 
 
 def _raise(recs: list[L.Timed]) -> None:
