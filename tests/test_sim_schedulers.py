@@ -176,7 +176,7 @@ def test_one_sequence_at_a_time_is_md1_under_every_scheduler(cost, policy, kv):
     one.submit(s0)
     probe.run()
     service_s = s0.t_done
-    lam, n = 0.7 / service_s, 40_000
+    lam, n = 0.7 / service_s, 25_000
     gaps = stream(3, f"md1-{policy}-{kv}").exponential(1 / lam, n)
     seqs = []
     t = 0.0
