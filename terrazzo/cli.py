@@ -513,10 +513,22 @@ def profile_cmd(
     ops: Annotated[str, typer.Option(help="comma-separated: prefill,decode,embed,ann,transfer")] = (
         "prefill,decode,embed,ann,transfer"),
     quick: Annotated[bool, typer.Option(help="few points and repeats: a smoke test, not for planning")] = False,
+    engine: Annotated[str, typer.Option(help="builtin (the runtime's engine, in process) or vllm (a live vLLM CPU "
+                                        "server, under its own scheduler)")] = "builtin",
+    vllm_python: Annotated[str | None, typer.Option(help="vLLM's python (default $TERRAZZO_VLLM_PYTHON or "
+                                                    ".venv-vllm/bin/python)")] = None,
     catalog: CatalogOpt = None,
 ) -> None:
     """Measure this machine (engine prefill/decode, embeddings, FAISS, transfers) and fit the cost model to it."""
     from terrazzo.profile.profile_command import Options, profile_command
+
+    if engine == "vllm":
+        fields = dict(model=model, model_name=model_name, base=base, catalogs=catalog or [], vllm_python=vllm_python,
+                      command=" ".join(["terrazzo", *sys.argv[1:]]),
+                      **({"as_device": as_device} if as_device else {}),
+                      **({"repeats": min(repeats, 2), "warmup": 0} if quick else {}))
+        profile_command(Options.vllm(**fields), output, console)  # type: ignore[arg-type]
+        return
 
     fields: dict[str, Any]
     fields = dict(device=device, model=model, model_name=model_name, embed_model=embed_model, as_device=as_device,

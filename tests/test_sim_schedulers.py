@@ -176,7 +176,7 @@ def test_one_sequence_at_a_time_is_md1_under_every_scheduler(cost, policy, kv):
     one.submit(s0)
     probe.run()
     service_s = s0.t_done
-    lam, n = 0.7 / service_s, 40_000
+    lam, n = 0.7 / service_s, 25_000
     gaps = stream(3, f"md1-{policy}-{kv}").exponential(1 / lam, n)
     seqs = []
     t = 0.0
@@ -247,3 +247,35 @@ def test_a_v2_style_plan_with_vllm_pools_simulates_under_the_chunked_scheduler()
     assert llm and all(o.scheduler.policy == CHUNKED and o.scheduler.kv == PAGED for o in llm)
     report = simulate(model, SimConfig(duration_s=120, seed=3))
     assert report.unfinished == 0 and report.e2e.p50_s > 0
+
+
+def test_the_vidur_stream_has_the_splitwise_conversation_statistics():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import vidur_scenario as V
+
+    stream = V.stream(V.Scenario(requests=10_000))
+    isl, osl = np.array([r[1] for r in stream]), np.array([r[2] for r in stream])
+    assert abs(np.median(isl) / 1020 - 1) < 0.05 and abs(np.median(osl) / 129 - 1) < 0.05
+    assert (isl + osl).max() <= 4096 and isl.min() >= 1 and osl.min() >= 1
+    gaps = np.diff([r[0] for r in stream])
+    assert abs(gaps.mean() * 2.0 - 1) < 0.05  # Poisson at 2 requests/s
+
+
+def test_on_the_vidur_scenario_chunking_trades_first_token_for_steady_decodes():
+    """Chunked prefill (Sarathi, vLLM V1) against whole prompts first, on the same 3,000 requests."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import vidur_scenario as V
+
+    s = V.Scenario(requests=3000)
+    stream, llm = V.stream(s), V.cost()
+    runs = {name: V.run(s, sched, stream, llm) for name, sched in V.schedulers(s).items()}
+    chunked, previous = runs["chunked"], runs["prefill-first (previous)"]
+    assert np.median(chunked.ttft_s) > np.median(previous.ttft_s)  # prompts share iterations with decodes
+    assert np.nanpercentile(chunked.tbt_s, 99) < np.nanpercentile(previous.tbt_s, 99)  # no whole-prompt stalls
+    assert chunked.preemptions == 0 and len(chunked.e2e_s) == 3000

@@ -86,6 +86,19 @@ class Options:
     extra: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)  # decode/embed/ann pairs off the grids
     catalogs: list[Path] = field(default_factory=list)
     command: str = "terrazzo profile"
+    engine: str = "builtin"  # or "vllm": prefill and decode measured on a live vLLM server (vllm_profile.py)
+    prefill_batch: tuple[int, ...] = (1,)
+    vllm_python: str | None = None
+    vllm_log: Path | None = None
+    vllm_server: Any = None  # a running terrazzo.profile.vllm_server.VllmServer on `model` (tests share one)
+
+    @classmethod
+    def vllm(cls, **kw: object) -> Options:
+        """The grid a live vLLM CPU server is profiled on (its own scheduler, HTTP included): a few minutes."""
+        grid = dict(engine="vllm", ops=("prefill", "decode"), warmup=1, repeats=5, isl=(16, 64, 256, 1024),
+                    prefill_batch=(1, 4), decode_batch=(1, 4, 16, 32), decode_context=(64, 256, 1024),
+                    as_device="local-cpu-vllm")
+        return cls(**{**grid, **kw})  # type: ignore[arg-type]
 
     @classmethod
     def quick(cls, **kw: Any) -> Options:
@@ -102,6 +115,10 @@ class Options:
             raise ProfileError(f"unknown op kind '{unknown[0]}'", field="--ops", fix=f"use some of: {', '.join(OPS)}")
         if self.device not in ("cpu", "cuda"):
             raise ProfileError(f"unknown device '{self.device}'", field="--device", fix="use cpu or cuda")
+        if self.engine not in ("builtin", "vllm"):
+            raise ProfileError(f"unknown engine '{self.engine}'", field="--engine", fix="use builtin or vllm")
+        if self.engine == "vllm" and self.device != "cpu":
+            raise ProfileError("--engine vllm profiles vLLM's CPU server", field="--device", fix="use --device cpu")
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise ProfileError("threads and repeats must be at least 1, warmup at least 0",
                                field="--threads/--repeats/--warmup", fix="pass positive counts")
@@ -125,8 +142,10 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
 
     benches: dict[PointKey, M.Bench] = {}
     with tempfile.TemporaryDirectory(prefix="terrazzo-profile-") as tmp:
-        llm = (_llm_benches(opts, Path(tmp), rng, benches, notes, say)
-               if {"prefill", "decode"} & set(opts.ops) else None)
+        wants_llm = bool({"prefill", "decode"} & set(opts.ops))
+        if wants_llm and opts.engine == "vllm":
+            vllm = _vllm_points(opts, Path(tmp), notes, say)
+        llm = (_llm_benches(opts, Path(tmp), rng, benches, notes, say) if wants_llm and vllm is None else None)
         emb = _embed_benches(opts, benches) if "embed" in opts.ops else None
         if "ann" in opts.ops:
             _ann_benches(opts, rng, benches, notes)
@@ -137,6 +156,9 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     transfers = _transfers(opts, say) if "transfer" in opts.ops else {}
 
     points = _points(timings, transfers, opts.ann_dimension)
+    if vllm is not None:
+        points = points.model_copy(update={"prefill": vllm.prefill if "prefill" in opts.ops else [],
+                                           "decode": vllm.decode if "decode" in opts.ops else []})
     links = fit_links(points)
     section = _device_section(catalog, opts, mach, fp32_tflops, bw_gbyte_s, notes)
     device = (define_device(catalog, section, links, "this profile") if section.defines
@@ -146,8 +168,10 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
         schema=PROFILE_SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"), command=opts.command,
         machine=mach, settings=Settings(device=opts.device, warmup=opts.warmup, repeats=opts.repeats,
                                         threads=opts.threads, seed=opts.seed),
-        device=section, llm=llm.shape if llm else None, embed=emb.shape if emb else None, points=points,
-        fit=Fit(links=links), notes=notes,
+        device=section, llm=vllm.shape if vllm else llm.shape if llm else None, embed=emb.shape if emb else None,
+        points=points, fit=Fit(links=links), notes=notes,
+        engine=f"vllm-{vllm.version}" if vllm else "builtin",
+        engine_settings=_vllm_settings(vllm) if vllm else None,
     )
     return prof.model_copy(update={"fit": Fit(ops=fit_ops(prof, catalog, device), links=links)})
 

@@ -202,6 +202,12 @@ class Profile(Strict):
     points: Points
     fit: Fit
     notes: list[str] = []
+    engine: str = Field(default="builtin", description="the engine prefill and decode ran on, with its version "
+                                                         "(builtin, vllm-0.32.0)")
+    engine_settings: dict[str, float] | None = Field(
+        default=None, description="the engine's scheduler settings while measured (max_num_seqs, "
+                                  "max_batched_tokens, block_size, kv_blocks: a plan's scheduler fields) and "
+                                  "frontend_ms, a request's latency outside the engine (HTTP, API server)")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, width=110)

@@ -29,6 +29,7 @@ class PoolRun:
     e2e_s: np.ndarray
     tbt_s: np.ndarray  # NaN for one-token answers
     queue_at_arrival: np.ndarray  # sequences waiting for admission when each request arrived
+    queue_sampled: np.ndarray  # sequences waiting at each of `sample_at`
     preemptions: int
     wall_s: float
     events: int
@@ -51,9 +52,9 @@ def waiting(pool: LlmPool) -> int:
     return sum(len(lane.waiting) for lane in pool.lanes)
 
 
-def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]]) -> PoolRun:
+def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]], sample_at: Sequence[float] = ()) -> PoolRun:
     """Submit each (arrival_s, isl, osl) at its time to `pool` (built on its own Environment) and run to
-    the last finish."""
+    the last finish; the queue is also sampled at the times `sample_at`."""
     env: Environment = pool.env
     n = len(requests)
     done: list[Seq | None] = [None] * n
@@ -70,6 +71,13 @@ def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]]) -> PoolRun
 
     for i in order:
         env.at(requests[i][0], arrive, i)
+    sampled = np.zeros(len(sample_at))
+
+    def sample(j: int) -> None:
+        sampled[j] = waiting(pool)
+
+    for j, t in enumerate(sample_at):
+        env.at(t, sample, j)
     t0 = time.perf_counter()
     env.run()
     wall = time.perf_counter() - t0
@@ -83,5 +91,6 @@ def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]]) -> PoolRun
     return PoolRun(
         arrival_s=np.array([r[0] for r in requests], dtype=float), isl=np.array([r[1] for r in requests]),
         osl=np.array([r[2] for r in requests]), ttft_s=ttft, e2e_s=e2e, tbt_s=tbt, queue_at_arrival=queue,
-        preemptions=pool.preemptions(), wall_s=wall, events=env.events, end_s=max(s.t_done for s in seqs),
+        queue_sampled=sampled, preemptions=pool.preemptions(), wall_s=wall, events=env.events,
+        end_s=max(s.t_done for s in seqs),
     )

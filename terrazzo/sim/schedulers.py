@@ -77,15 +77,17 @@ class Scheduler:
 # What each engine does by default, with where that is documented. An engine not listed keeps the
 # simulator's previous policy (whole prompts first, whole context reserved).
 ENGINE_DEFAULTS: dict[Engine, dict[str, Any]] = {
-    Engine.VLLM: dict(policy=CHUNKED, kv=PAGED, block_size=16, max_batched_tokens=8192,
-                      source="https://docs.vllm.ai/en/latest/configuration/optimization.html (V1: chunked prefill "
-                             "on by default, preemption by recompute); block_size 16: vllm/config/cache.py"),
+    Engine.VLLM: dict(policy=CHUNKED, kv=PAGED, block_size=16, max_batched_tokens=2048,
+                      source="vllm 0.32.0: chunked prefill on by default in V1, preemption by recompute "
+                             "(docs.vllm.ai/en/latest/configuration/optimization.html); the API server's "
+                             "max_num_batched_tokens 2048 (8192 on H100/H200-class GPUs, vllm/engine/arg_utils.py); "
+                             "block size 16 on GPUs, 128 on CPUs (vllm/platforms/cpu.py)"),
     Engine.SGLANG: dict(policy=CHUNKED, kv=PAGED, block_size=1, max_batched_tokens=8192,
-                        source="https://docs.sglang.ai/advanced_features/server_arguments.html (chunked_prefill_size "
-                               "8192, token-level KV pool, retraction when it runs out)"),
+                        source="https://docs.sglang.ai/advanced_features/server_arguments.html (chunked_prefill_size, "
+                               "set from GPU memory; token-level KV pool; requests retracted when it runs out)"),
     Engine.TRTLLM: dict(policy=PREFILL_FIRST, kv=RESERVE, block_size=64, max_batched_tokens=8192,
-                        source="https://nvidia.github.io/TensorRT-LLM/torch/scheduler.html (GUARANTEED_NO_EVICT "
-                               "capacity scheduler; chunked context off by default)"),
+                        source="https://nvidia.github.io/TensorRT-LLM/torch/scheduler.html (capacity scheduler "
+                               "GUARANTEED_NO_EVICT by default; chunked context off unless enabled)"),
     Engine.BUILTIN: dict(policy=PREFILL_FIRST, kv=RESERVE, source="terrazzo/runtime/executors/llm_engine.py"),
 }
 

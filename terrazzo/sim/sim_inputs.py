@@ -131,8 +131,10 @@ def scheduler_of(op: dict[str, Any], pool: dict[str, Any] | None, batch: int) ->
     seqs = ints.pop("max_num_seqs", max(1, batch))
     try:
         if engine is None:
-            return Scheduler(policy=fields.get("policy") or "prefill-first", kv=fields.get("kv") or "reserve",
-                             max_num_seqs=seqs, **{"max_batched_tokens": PREVIOUS_TOKEN_BUDGET, **ints})
+            previous: dict[str, Any] = {"policy": fields.get("policy") or "prefill-first",
+                                        "kv": fields.get("kv") or "reserve",
+                                        "max_batched_tokens": PREVIOUS_TOKEN_BUDGET}
+            return Scheduler(max_num_seqs=seqs, **{**previous, **ints})
         return engine_scheduler(engine, seqs, policy=fields.get("policy"), kv=fields.get("kv"), **ints)
     except ValueError as exc:
         raise SimError(f"{where}: {exc}") from None
