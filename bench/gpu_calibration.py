@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from terrazzo.catalog.load import load_catalog
+    from terrazzo.catalog.catalog_loader import load_catalog
     from terrazzo.models.tiny import make_tiny_checkpoint
     from terrazzo.runtime.executors.llm_engine import LlmEngine
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import yaml
 
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
-from terrazzo.catalog.load import load_catalog
 from terrazzo.cost.aiconfigurator import TABLE_DIR, table_for
 from terrazzo.cost.aiconfigurator_tables import PACKAGE, PINNED
 from terrazzo.cost.candidates import deployment

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.catalog.engines import Engine
-from terrazzo.catalog.load import load_catalog
-from terrazzo.cost.errors import CostError
-from terrazzo.cost.report import cost_report, parse_engine
+from terrazzo.cost.cost_report import cost_report, parse_engine
+from terrazzo.errors import CostError
 
 CAT = load_catalog()
 
@@ -59,7 +59,7 @@ def test_an_unknown_engine_is_a_clear_error():
 def test_explain_says_robust_or_fragile_and_names_the_runner_up():
     from types import SimpleNamespace
 
-    from terrazzo.plan.graph import OpCandidate, PlanOp
+    from terrazzo.plan.planning_graph import OpCandidate, PlanOp
     from terrazzo.plan.robustness import robustness
 
     graph = SimpleNamespace(cluster_devices=("b200", "gaudi3"))

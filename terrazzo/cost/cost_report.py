@@ -10,9 +10,11 @@ from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import (
+    Deployment,
     decode_step,
     decode_tokens_per_s,
     max_batch,
+    max_memory_batch,
     mean_decode_context,
     memory_use,
     prefill,
@@ -50,6 +52,7 @@ class CostReport:
     usd_per_m_output_tokens: float
     usd_per_m_input_tokens: float
     meets_ttft: bool
+    tbt_note: str = ""  # why no batch meets the TBT limit, and what would
     engine: str = ""  # the serving engine the estimate is for ("" = roofline, no engine)
     ttft_source: str = ""
     tbt_source: str = ""
@@ -82,18 +85,22 @@ class CostReport:
                       self._rng(self.tbt_at_max_batch_s * 1e3, self.tbt_spread) + " ms",  # type: ignore[operator]
                       self.tbt_source)
         else:
-            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none: limit unattainable or no memory",
-                      "", self.tbt_source)
-        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}",
-                  self._rng(self.decode_tokens_per_s, self.tbt_spread, inverse=True, fmt=",.0f"), self.tbt_source)
+            t.add_row(f"largest batch with TBT ≤ {self.sla_tbt_s * 1e3:g} ms", "none (see below)", "", self.tbt_source)
+            t.caption = f"no batch: {self.tbt_note}"
+        decodes = self.max_sla_batch > 0
+        t.add_row("decode tokens/s per replica", f"{self.decode_tokens_per_s:,.0f}" if decodes else "-",
+                  self._rng(self.decode_tokens_per_s, self.tbt_spread, inverse=True, fmt=",.0f") if decodes else "",
+                  self.tbt_source)
         t.add_row("prefill tokens/s per replica", f"{self.prefill_tokens_per_s:,.0f}",
                   self._rng(self.prefill_tokens_per_s, self.ttft_spread, inverse=True, fmt=",.0f"), self.ttft_source)
         t.add_row("memory per device", f"weights {self.weights_gb_per_device:.1f} GB + "
                   f"KV {self.kv_gb_per_device:.1f} GB of {self.capacity_gb_per_device:.1f} GB usable", "exact",
                   "catalog (model shape, datasheet memory)")
         t.add_row("replica TCO", f"${self.replica_usd_h:.3f}/h", "exact", "TCO profile and catalog prices")
-        t.add_row("$/M output tokens (decode)", f"${self.usd_per_m_output_tokens:.4f}",
-                  self._rng(self.usd_per_m_output_tokens, self.tbt_spread, fmt=".4f"), self.tbt_source)
+        t.add_row("$/M output tokens (decode)",
+                  f"${self.usd_per_m_output_tokens:.4f}" if decodes else "- (no batch meets the TBT limit)",
+                  self._rng(self.usd_per_m_output_tokens, self.tbt_spread, fmt=".4f") if decodes else "",
+                  self.tbt_source)
         t.add_row("$/M input tokens (prefill)", f"${self.usd_per_m_input_tokens:.4f}",
                   self._rng(self.usd_per_m_input_tokens, self.ttft_spread, fmt=".4f"), self.ttft_source)
         return t
@@ -122,9 +129,21 @@ def cost_report(
         capacity_gb_per_device=mem.capacity / 1e9, replica_usd_h=usd_h,
         usd_per_m_output_tokens=usd_per_million_tokens(usd_h, decode_tps),
         usd_per_m_input_tokens=usd_per_million_tokens(usd_h, prefill_tps), meets_ttft=pre.latency_s <= ttft_s,
+        tbt_note="" if b else _unattainable(dep, ctx, isl + osl, step1.latency_s, step1.bound, tbt_s, mem.capacity),
         engine=str(dep.engine) if dep.engine else "", ttft_source=pre.source, tbt_source=step1.source,
         ttft_spread=spread_for(pre.source, "prefill"), tbt_spread=spread_for(step1.source, "decode"),
     )
+
+
+def _unattainable(dep: Deployment, ctx: float, peak_context: int, tbt_b1_s: float, bound: str, tbt_s: float,
+                  capacity_bytes: float) -> str:
+    """Why no decode batch qualifies: batch 1 is already slower than the limit, or one sequence's KV does
+    not fit beside the weights; each with what would change it."""
+    if max_memory_batch(dep, peak_context) == 0:
+        return (f"one sequence of {peak_context} tokens does not fit in {capacity_bytes / 1e9:.1f} GB per device "
+                "beside the weights; raise --tp or --pp, use a smaller --dtype, or shorten --isl/--osl")
+    return (f"TBT limit {tbt_s * 1e3:g} ms is unattainable: batch 1 already takes {tbt_b1_s * 1e3:.2f} ms "
+            f"({bound}-bound); raise --tbt, raise --tp, or pick a faster device or a smaller --dtype")
 
 
 def parse_engine(text: str | None) -> EngineVersion | None:

@@ -141,6 +141,7 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     say(f"peaks: fp32 matmul {fp32_tflops * 1e3:.1f} GFLOP/s, copy {bw_gbyte_s:.1f} GB/s")
 
     benches: dict[PointKey, M.Bench] = {}
+    vllm = None
     with tempfile.TemporaryDirectory(prefix="terrazzo-profile-") as tmp:
         wants_llm = bool({"prefill", "decode"} & set(opts.ops))
         if wants_llm and opts.engine == "vllm":
@@ -208,6 +209,36 @@ def _llm_benches(opts: Options, tmp: Path, rng: np.random.Generator, benches: di
             used += need
             benches[("decode", b, c)] = M.decode_bench(llm, b, c, rng)
     return llm
+
+
+def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str], None]) -> Any:
+    """Prefill and decode points from a live vLLM server on the checkpoint (or a tiny random one)."""
+    from terrazzo.profile.vllm_profile import measure
+
+    checkpoint, name, random_weights = opts.model, opts.model_name, False
+    if checkpoint is None:
+        from terrazzo.models.tiny import RANDOM_WEIGHTS_NOTE, make_tiny_checkpoint
+
+        checkpoint = Path(make_tiny_checkpoint(tmp / "tiny", **TINY))
+        name, random_weights = name or f"tiny-random-llama-l{TINY['layers']}-h{TINY['hidden']}", True
+        notes.append(f"no --model given: vLLM served a tiny random-weight Llama made on the fly. {RANDOM_WEIGHTS_NOTE}")
+    log = opts.vllm_log or Path(tmp) / "vllm.log"
+    got = measure(checkpoint, name or checkpoint.name.lower(), random_weights, opts.isl, opts.prefill_batch,
+                  opts.decode_batch, opts.decode_context, opts.warmup, opts.repeats, opts.seed, log,
+                  python=opts.vllm_python, server=opts.vllm_server, say=say)
+    st = got.settings
+    notes.append(f"prefill and decode measured on a live vLLM {got.version} CPU server (OpenAI API, /v1/completions "
+                 f"with token-id prompts built through /tokenize, streamed), under its own scheduler: chunked prefill, "
+                 f"max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs {st.max_num_seqs}, block size "
+                 f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; times include the HTTP path; "
+                 f"server start-up {got.startup_s:.0f} s")
+    return got
+
+
+def _vllm_settings(got: Any) -> dict[str, float]:
+    st = got.settings
+    return {"max_num_seqs": st.max_num_seqs, "max_batched_tokens": st.max_num_batched_tokens,
+            "block_size": st.block_size, "kv_blocks": got.kv_blocks, "frontend_ms": round(got.frontend_s * 1e3, 3)}
 
 
 def _embed_benches(opts: Options, benches: dict[PointKey, M.Bench]) -> M.LoadedEmbedder:
