@@ -408,10 +408,15 @@ def simulate_cmd(
                               str(out) if out else None, progress=not as_json)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
-        return
-    console.print(report.table())
-    if out:
-        console.print(f"wrote report.json, requests.csv, llm_calls.csv, {', '.join(report.figures)}")
+    else:
+        console.print(report.table())
+        from terrazzo.sim.sla_verdict import verdict_line
+
+        console.print(verdict_line(report))
+        if out:
+            console.print(f"wrote report.json, requests.csv, llm_calls.csv, {', '.join(report.figures)}")
+    if not report.meets_sla:
+        raise typer.Exit(1)
 
 
 @app.command()
