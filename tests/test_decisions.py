@@ -50,7 +50,8 @@ def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 def _owned_specs(cluster: Path = OWNED / "owned-a100-l40s.yaml"):
     spec, cat = load_cluster(cluster)
     agent = load_agent(OWNED / "coding-agent.yaml", cat)
-    return agent, load_workload(OWNED / "coding-15rps.yaml", agent), load_sla(OWNED / "coding-sla.yaml", agent), spec, cat
+    wl, sla = load_workload(OWNED / "coding-15rps.yaml", agent), load_sla(OWNED / "coding-sla.yaml", agent)
+    return agent, wl, sla, spec, cat
 
 
 # --- cluster formats and the catalog --------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_a_wrong_cluster_shape_says_the_format(tmp_path: Path, body: str, where:
         load_cluster(path)
     text = str(info.value)
     assert says in text and (not where or f": {where}: " in text)
-    assert "valid string" not in text and "docs/clusters.md" in text or "e.g." in text
+    assert ("valid string" not in text and "docs/clusters.md" in text) or "e.g." in text
 
 
 def test_inventory_as_a_list_of_pairs_reads_as_a_mapping(tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def front_figure(points: list[FrontPoint], path: Path, agent: str, rate: float) 
     fig.colorbar(sc2, ax=axes[1], label="E2E mean s")
     axes[1].set_xlabel("energy per request at the wall (kJ)")
     axes[1].set_ylabel("TCO $/h")
-    for i, fp in enumerate(points, 1):
+    for i in range(1, len(points) + 1):
         axes[0].annotate(str(i), (lat[i - 1], cost[i - 1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axes[1].annotate(str(i), (energy[i - 1], cost[i - 1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     fig.suptitle(f"{agent} at {rate:g} req/s: {len(points)} non-dominated plans (ε-constraint on HiGHS), "

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
 from terrazzo.plan.baseline_reasons import cannot_apply, why_infeasible
+from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision
 from terrazzo.plan.milp import Allow, solve_milp
