@@ -12,11 +12,12 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.check import Assignment, check, devices_used, min_replicas
+from terrazzo.plan.check import Assignment, Share, Verdict, check, min_replicas
+from terrazzo.plan.fleet_model import PoolSize, first_token_attainable, pool_key
 from terrazzo.plan.from_ir import build
-from terrazzo.plan.milp import Allow, solve_milp
+from terrazzo.plan.milp import Allow, Solution, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
-from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, PoolEntry, PoolMember
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -24,22 +25,39 @@ from terrazzo.spec.workload import Workload
 
 
 @dataclass(frozen=True)
+class Placement:
+    """One share of an op on one pool."""
+
+    pool: str
+    share: float
+    candidate: OpCandidate
+
+
+@dataclass(frozen=True)
 class PlacedOp:
     name: str
     kind: str
     node: str
-    candidate: OpCandidate
-    replicas: int
+    placements: tuple[Placement, ...]
     visits: float
     finish_s: float
+    replicas: int  # of the pool carrying its largest share
+
+    @property
+    def primary(self) -> Placement:
+        return max(self.placements, key=lambda p: p.share)
+
+    @property
+    def candidate(self) -> OpCandidate:
+        return self.primary.candidate
 
     @property
     def pool(self) -> str:
-        """Ops on one device and parallelism share a pool, except a disaggregated call's prefill and decode
-        phases, which run on pools of their own even on one device type."""
-        c = self.candidate
-        role = {"llm.prefill": "prefill-", "llm.decode": "decode-"}.get(self.kind, "")
-        return f"{role}{c.device}-tp{c.tp}-pp{c.pp}"
+        return self.primary.pool
+
+    @property
+    def latency_s(self) -> float:
+        return max(p.candidate.latency_s for p in self.placements)
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,12 @@ class Plan:
     explain: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (verify/replan.py); empty if not run
+    pools: tuple[PoolEntry, ...] = ()
+    solver_gap: float = 0.0
+    solver_s: float = 0.0
+    percentile: float = 99.0
+    notes: tuple[str, ...] = ()
+    workload: dict[str, Any] = field(default_factory=dict)  # the traffic planned for (rate, burstiness, source)
 
     @property
     def sim_verified(self) -> bool | None:
@@ -79,29 +103,36 @@ class Plan:
     def usd_per_m_tokens(self) -> float:
         return self.usd_h / 3600 / self.output_tokens_per_s * 1e6 if self.output_tokens_per_s else math.inf
 
+    @property
+    def devices(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for p in self.pools:
+            used[p.device] = used.get(p.device, 0) + p.devices
+        return dict(sorted(used.items()))
+
     def ratio(self, baseline: Baseline) -> float:
         return baseline.usd_h / self.usd_h if baseline.feasible and self.usd_h else math.nan
 
     def to_json(self) -> dict[str, Any]:
+        by_name = {p.name: p for p in self.pools}
         return {
             "schema": PLAN_SCHEMA,
             "agent": self.agent,
             "inputs": self.inputs,
             "rate_per_s": self.rate_per_s,
+            "workload": self.workload,
             "deadline_s": self.deadline_s,
+            "percentile": self.percentile,
             "solver_status": self.solver_status,
+            "solver": {"status": self.solver_status, "gap": self.solver_gap, "milp_s": self.solver_s,
+                       "proven_optimal": self.solver_status == "Optimal"},
             "tco_usd_h": self.usd_h,
             "usd_per_request": self.usd_per_request,
             "usd_per_m_output_tokens": self.usd_per_m_tokens,
             "e2e_latency_s": self.e2e_latency_s,
-            "ops": [
-                {"name": p.name, "kind": p.kind, "node": p.node, "device": p.candidate.device, "tp": p.candidate.tp,
-                 "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
-                 "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
-                 "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": p.replicas * p.candidate.usd_h,
-                 "detail": p.candidate.detail, "source": p.candidate.source}
-                for p in self.ops
-            ],
+            "devices": self.devices,
+            "pools": [p.to_json() for p in self.pools],
+            "ops": [_op_json(p, by_name) for p in self.ops],
             "baselines": [
                 {"name": b.name, "tco_usd_h": b.usd_h if b.feasible else None, "e2e_latency_s": b.e2e_latency_s,
                  "feasible": b.feasible, "reason": b.reason,
@@ -110,21 +141,23 @@ class Plan:
             ],
             "placement": placement_json(self),
             "explain": self.explain,
+            "notes": list(self.notes),
             "verification": {"simulated": bool(self.verification), "meets_sla": self.sim_verified,
                              "rounds": list(self.verification)},
         }
 
     def table(self) -> Table:
-        t = Table("op", "device", "tp×pp", "batch", "replicas", "visits", "latency ms", "$/h",
+        t = Table("pool", "device", "tp×pp", "batch", "replicas", "ops (share)", "$/h",
                   title=f"plan for {self.agent} at {self.rate_per_s:g} req/s")
-        for p in self.ops:
-            c = p.candidate
-            t.add_row(p.name, c.device, f"{c.tp}×{c.pp}", str(c.batch), str(p.replicas), f"{p.visits:.3g}",
-                      f"{c.latency_s * 1e3:.2f}", f"{p.replicas * c.usd_h:.2f}")
+        for p in self.pools:
+            ops = ", ".join(m.op if m.share > 1 - 1e-9 else f"{m.op} ({m.share:.0%})" for m in p.ops)
+            t.add_row(p.name, p.device, f"{p.tp}×{p.pp}", str(p.batch), str(p.replicas), ops, f"{p.usd_h:.2f}")
         sla = f" (SLA {self.deadline_s * 1e3:g} ms)" if self.deadline_s else ""
-        t.caption = (f"E2E {self.e2e_latency_s * 1e3:.1f} ms{sla} · TCO ${self.usd_h:.2f}/h · "
+        fleet = ", ".join(f"{n} {d}" for d, n in self.devices.items())
+        t.caption = (f"E2E {self.e2e_latency_s * 1e3:.1f} ms{sla} · TCO ${self.usd_h:.2f}/h over {fleet} · "
                      f"${self.usd_per_request * 1e3:.4f} per 1k requests · "
-                     f"${self.usd_per_m_tokens:.3f}/M output tokens")
+                     f"${self.usd_per_m_tokens:.3f}/M output tokens · solver {self.solver_status}"
+                     f" (gap {self.solver_gap:.2%})")
         return t
 
     def verification_lines(self) -> list[str]:
@@ -147,8 +180,29 @@ class Plan:
         return t
 
 
+def _op_json(p: PlacedOp, pools: dict[str, PoolEntry]) -> dict[str, Any]:
+    """An op's entry: its placements (pool, share, candidate), and the flat fields of its largest share
+    for readers that want one device per op."""
+    c, main = p.candidate, pools[p.pool]
+    usd = sum(pools[q.pool].usd_h * (_member_load(pools[q.pool], p.name) / pools[q.pool].load
+                                     if pools[q.pool].load else 1.0 / len(pools[q.pool].ops))
+              for q in p.placements)
+    return {"name": p.name, "kind": p.kind, "node": p.node, "visits": p.visits, "latency_s": p.latency_s,
+            "finish_s": p.finish_s, "device": c.device, "tp": c.tp, "pp": c.pp, "batch": c.batch,
+            "engine": c.engine, "pool": p.pool, "replicas": main.replicas, "devices": main.devices,
+            "usd_h": usd, "detail": c.detail, "source": c.source,
+            "placements": [{"pool": q.pool, "share": q.share, "device": q.candidate.device, "tp": q.candidate.tp,
+                            "pp": q.candidate.pp, "batch": q.candidate.batch, "latency_s": q.candidate.latency_s,
+                            "source": q.candidate.source, "detail": q.candidate.detail}
+                           for q in p.placements]}
+
+
+def _member_load(pool: PoolEntry, op: str) -> float:
+    return sum(m.load for m in pool.ops if m.op == op)
+
+
 def placement_json(plan: Plan) -> dict[str, Any]:
-    """What the IR's apply-plan pass reads: one placement per granular op."""
+    """What the IR's apply-plan pass reads: one placement per granular op (its largest share)."""
     return {
         "schema": PLACEMENT_SCHEMA,
         "placements": {
@@ -159,6 +213,22 @@ def placement_json(plan: Plan) -> dict[str, Any]:
     }
 
 
+def pool_entries(graph: PlanningGraph, pools: dict[str, PoolSize]) -> tuple[PoolEntry, ...]:
+    """The checker's sized pools as plan-file entries."""
+    out = []
+    for p in pools.values():
+        first = graph.op(p.members[0].op)
+        c = first.candidates[p.members[0].candidate]
+        role = "shared" if p.key.op is None else first.kind.split(".", 1)[-1] if first.kind.startswith("llm.") \
+            else "moe"
+        out.append(PoolEntry(p.name, p.key.device, p.key.tp, p.key.pp, p.key.engine, p.replicas,
+                             tuple(PoolMember(m.op, m.share, m.load) for m in p.members), p.key.engine_version,
+                             c.batch if p.key.op is not None else 1, role, p.usd_h_per_replica,
+                             first.model if p.key.op is not None else None,
+                             first.dtype if p.key.op is not None else None))
+    return tuple(sorted(out, key=lambda e: (e.role != "shared", e.device, e.name)))
+
+
 def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
          explain: bool = False, time_limit_s: float = 60.0) -> Plan:
     """The MILP's plan for the specs, checked and with baselines; `terrazzo.verify.replan.verified_plan`
@@ -166,42 +236,67 @@ def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: 
     return plan_graph(build(agent, workload, sla, cluster, catalog), agent.name, explain, time_limit_s)
 
 
-def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0) -> Plan:
+def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limit_s: float = 60.0,
+               with_baselines: bool = True) -> Plan:
     sol = solve_milp(graph, time_limit_s=time_limit_s)
     if sol.assignment is None:
+        if sol.status == "Time limit reached":
+            raise PlanInfeasible(f"HiGHS found no feasible plan within its {time_limit_s:g} s time limit; "
+                                 "raise --time-limit")
         raise PlanInfeasible(explain_infeasible(graph))
     verdict = check(graph, sol.assignment)
     if not verdict.ok:  # the solver's word is not enough: never hand out a plan that fails the check
         raise PlanInfeasible("the solver's plan fails the independent check: " + "; ".join(verdict.violations))
+    return plan_from(graph, name, sol, verdict, tuple(baselines(graph, sol)) if with_baselines else (),
+                     runner_ups(graph, sol.assignment) if explain else {})
+
+
+def plan_from(graph: PlanningGraph, name: str, sol: Solution, verdict: Verdict, base: tuple[Baseline, ...] = (),
+              explain: dict[str, str] | None = None) -> Plan:
+    """A Plan of a checked assignment: its pools as the checker sized them."""
+    assert sol.assignment is not None
+    gap = 0.0 if sol.status == "Optimal" else sol.gap
     return Plan(
-        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), verdict.usd_h,
-        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), tuple(baselines(graph)), sol.status,
-        runner_ups(graph, sol.assignment) if explain else {},
+        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict), verdict.usd_h,
+        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), base, sol.status, explain or {},
+        pools=pool_entries(graph, verdict.pools), solver_gap=gap, solver_s=sol.solve_s, percentile=graph.percentile,
+        notes=graph.notes,
     )
 
 
-def _placed(graph: PlanningGraph, a: Assignment, finish: dict[str, float]) -> tuple[PlacedOp, ...]:
-    return tuple(
-        PlacedOp(o.name, o.kind, o.node, o.candidates[a.chosen[o.name][0]], a.chosen[o.name][1], o.visits,
-                 finish.get(o.name, 0.0))
-        for o in graph.ops if o.name in a.chosen
-    )
+def _placed(graph: PlanningGraph, a: Assignment, verdict: Verdict) -> tuple[PlacedOp, ...]:
+    out = []
+    for o in graph.ops:
+        if o.name not in a.placements:
+            continue
+        places = tuple(Placement(pool_key(o, o.candidates[s.candidate]).name, s.share, o.candidates[s.candidate])
+                       for s in a.placements[o.name])
+        main = max(places, key=lambda p: p.share)
+        out.append(PlacedOp(o.name, o.kind, o.node, places, o.visits, verdict.finish_s.get(o.name, 0.0),
+                            verdict.pools[main.pool].replicas))
+    return tuple(out)
 
 
 def _output_tokens_per_s(graph: PlanningGraph, a: Assignment) -> float:
     return sum(graph.rate_per_s * o.visits * o.output_tokens for o in graph.ops
-               if o.name in a.chosen and o.kind in ("llm.decode", "llm.aggregated"))
+               if o.name in a.placements and o.kind in ("llm.decode", "llm.aggregated"))
 
 
 def _is_llm(op: str, graph: PlanningGraph) -> bool:
     return graph.op(op).kind.startswith("llm.")
 
 
-def baselines(graph: PlanningGraph) -> list[Baseline]:
+def baselines(graph: PlanningGraph, main: Solution | None = None) -> list[Baseline]:
     """Best homogeneous aggregated, best homogeneous disaggregated, and H100::H100 — the LLM ops
-    restricted, everything else free — on the same planning graph."""
+    restricted, everything else free — on the same planning graph.
+
+    They reuse it: without an inventory, LLM ops sit on dedicated pools whose cost does not depend on any
+    other op, so a restriction's optimum without the deadline is the non-LLM optimum (solved once) plus
+    each LLM op's cheapest allowed column; when that passes the check it is the restricted optimum. Only
+    a restriction where the deadline binds, or a fleet an inventory couples, is solved as a MILP."""
     accelerators = sorted({c.device for o in graph.ops if _is_llm(o.name, graph) for c in o.candidates})
     llm_nodes = {g.node for g in graph.groups}
+    quick = _Decomposed(graph, main) if graph.mode == "unconstrained" and not graph.splits else None
     out = []
     for label, variant in (("homogeneous aggregated", "aggregated"), ("homogeneous disaggregated", "disaggregated")):
         best: Baseline | None = None
@@ -209,22 +304,74 @@ def baselines(graph: PlanningGraph) -> list[Baseline]:
             if d not in graph.cluster_devices:
                 continue
             res = _restricted(graph, f"{label} ({d})", lambda op, c, d=d: not _is_llm(op, graph) or c.device == d,
-                              dict.fromkeys(llm_nodes, variant))
+                              dict.fromkeys(llm_nodes, variant), quick)
             if res.feasible and (best is None or res.usd_h < best.usd_h):
                 best = res
         out.append(best or Baseline(f"best {label}", math.inf, math.inf, False, "no single device type is feasible"))
     ref = graph if REFERENCE_DEVICE in graph.cluster_devices else _with_device(graph, REFERENCE_DEVICE)
+    ref_quick = quick if ref is graph else (_Decomposed(ref, None) if quick is not None else None)
     out.append(_restricted(ref, "H100::H100 (paper's reference)",
                            lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
-                           dict.fromkeys(llm_nodes, "disaggregated")))
+                           dict.fromkeys(llm_nodes, "disaggregated"), ref_quick))
     return out
+
+
+class _Decomposed:
+    """The non-LLM ops' optimum without the deadline, solved once for every baseline."""
+
+    def __init__(self, graph: PlanningGraph, main: Solution | None) -> None:
+        self.graph = graph
+        free = replace(graph, deadline_s=None)
+        sol = main if main is not None and main.assignment is not None and _no_latency_rows(graph) else None
+        if sol is None:
+            sol = solve_milp(free)
+        a = sol.assignment
+        self.non_llm = ({} if a is None else
+                        {op: s for op, s in a.placements.items() if not _is_llm(op, graph)})
+        self.ok = a is not None
+
+    def solve(self, allow: Allow, variants: dict[str, str]) -> Assignment | None:
+        if not self.ok:
+            return None
+        g = self.graph
+        chosen = dict(self.non_llm)
+        for group in g.groups:
+            for op in group.variants.get(variants.get(group.node, ""), ()):
+                o = g.op(op)
+                cols = [(c.usd_h * min_replicas(g, op, c), c.latency_s, k) for k, c in enumerate(o.candidates)
+                        if c.feasible and c.device in g.cluster_devices and allow(op, c)
+                        and first_token_attainable(g, op, c)]
+                if not cols:
+                    return None
+                chosen[op] = (Share(min(cols)[2], 1.0),)
+        for o in g.ops:  # LLM ops outside any variant group
+            if _is_llm(o.name, g) and o.name not in chosen and not any(o.name in ops for gr in g.groups
+                                                                           for ops in gr.variants.values()):
+                cols = [(c.usd_h * min_replicas(g, o.name, c), c.latency_s, k) for k, c in enumerate(o.candidates)
+                        if c.feasible and c.device in g.cluster_devices and allow(o.name, c)]
+                if not cols:
+                    return None
+                chosen[o.name] = (Share(min(cols)[2], 1.0),)
+        return Assignment(chosen)
+
+
+def _no_latency_rows(graph: PlanningGraph) -> bool:
+    """Whether the deadline cannot bind (so the unconstrained optimum is the optimum)."""
+    return graph.deadline_s is None
 
 
 def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
     return replace(graph, cluster_devices=(*graph.cluster_devices, device))
 
 
-def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str]) -> Baseline:
+def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str],
+                quick: _Decomposed | None = None) -> Baseline:
+    if quick is not None:
+        a = quick.solve(allow, variants)
+        if a is not None:
+            v = check(graph, a)
+            if v.ok:
+                return Baseline(name, v.usd_h, v.e2e_latency_s, True)
     sol = solve_milp(graph, allow, variants)
     if sol.assignment is None:
         return Baseline(name, math.inf, math.inf, False, f"solver: {sol.status}")
@@ -236,9 +383,9 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
     """Per op: the best candidate on another device type with everything else fixed, and why it lost."""
     base = check(graph, a)
     out = {}
-    for name, (k, _) in a.chosen.items():
+    for name in a.placements:
         op = graph.op(name)
-        current = op.candidates[k]
+        current = a.candidate(graph, name)
         best: tuple[float, str] | None = None
         for j, c in enumerate(op.candidates):
             if c.device == current.device or c.device not in graph.cluster_devices:
@@ -247,8 +394,7 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
                 why = c.reason
                 score = math.inf
             else:
-                trial = Assignment({**a.chosen, name: (j, min_replicas(graph, name, c))})
-                v = check(graph, trial)
+                v = check(graph, Assignment({**a.placements, name: (Share(j, 1.0),)}))
                 score = v.usd_h
                 why = (f"+${v.usd_h - base.usd_h:.2f}/h" if v.ok
                        else "; ".join(x for x in v.violations if name in x or "end-to-end" in x))
@@ -277,7 +423,7 @@ def explain_infeasible(graph: PlanningGraph) -> str:
     if graph.mode == "inventory":
         free = solve_milp(replace(graph, mode="unconstrained"))
         if free.assignment is not None:
-            need = devices_used(graph, free.assignment)
+            need = check(replace(graph, mode="unconstrained"), free.assignment).devices
             short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)}" for d, n in need.items()
                      if n > graph.inventory.get(d, 0)]
             return "inventory binds: the cheapest plan without it uses " + ", ".join(short)
@@ -315,16 +461,16 @@ def _closest(o: Any, cands: list[OpCandidate]) -> str:
 
 def _fastest_e2e(graph: PlanningGraph) -> float:
     """Critical path with every op on its fastest feasible candidate (a lower bound on E2E)."""
-    fast: dict[str, tuple[int, int]] = {}
+    fast: dict[str, int] = {}
     for o in graph.ops:
         ok = [(c.latency_s, k) for k, c in enumerate(o.candidates) if c.feasible and c.device in graph.cluster_devices]
         if ok:
-            fast[o.name] = (min(ok)[1], 1)
+            fast[o.name] = min(ok)[1]
     loose = replace(graph, deadline_s=None)
     best = math.inf
     for g_choice in _variant_choices(graph):
         chosen = {k: v for k, v in fast.items() if k not in g_choice}
-        best = min(best, check(loose, Assignment(chosen)).e2e_latency_s)
+        best = min(best, check(loose, Assignment.of(chosen)).e2e_latency_s)
     return best
 
 
