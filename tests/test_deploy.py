@@ -129,7 +129,7 @@ def test_artifacts_are_recorded_per_pool(plan_path, tmp_path):
     art.mkdir()
     (art / "manifest.json").write_text(json.dumps({"schema": "terrazzo.artifacts/v1", "artifacts": [],
                                                    "pools": {"epyc-9654-tp1-pp1": ["pii.llvm-cpu.vmfb"]}}))
-    out = deploy(plan_path, "kuberay", tmp_path / "out", artifacts=art)
+    out = deploy(plan_path, "kuberay", tmp_path / "out", artifacts=art, check=False)  # the fixture records no inputs
     cluster = list(yaml.safe_load_all(out.files[0].read_text()))[1]
     epyc = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "epyc-9654")
     notes = epyc["template"]["metadata"]["annotations"]
