@@ -28,15 +28,22 @@ MAX_SPLIT_REPLICAS = 6  # a split op's replicas per candidate, enumerated 0..thi
 
 def options(graph: PlanningGraph, op: str) -> Iterator[tuple[Share, ...]]:
     """Every way to place `op`: wholly on each candidate (infeasible ones included, for the checker to
-    reject), and for a dedicated op of a graph that splits, every replica vector over its feasible
-    candidates with shares proportional to capacity (the router's rule)."""
+    reject), and in a graph that splits: for a dedicated op every replica vector over its feasible
+    candidates with shares proportional to capacity (the router's rule), for any other op every split of
+    its demand in steps of 1/share_steps."""
     o = graph.op(op)
     for k in range(len(o.candidates)):
         yield (Share(k, 1.0),)
-    if not (graph.splits and is_dedicated(o.kind)):
+    if not graph.splits:
         return
     ok = [k for k, c in enumerate(o.candidates) if c.feasible and c.device in graph.cluster_devices]
     if len(ok) < 2:
+        return
+    if not is_dedicated(o.kind):  # shares in steps of 1/share_steps over two or more candidates
+        q = graph.share_steps
+        for steps in itertools.product(range(q + 1), repeat=len(ok)):
+            if sum(steps) == q and sum(1 for n in steps if n) >= 2:
+                yield tuple(Share(k, n / q) for k, n in zip(ok, steps, strict=True) if n)
         return
     lam = demand_per_s(graph, op)
     top = {k: min(min_replicas(graph, op, o.candidates[k]), MAX_SPLIT_REPLICAS) for k in ok}

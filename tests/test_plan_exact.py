@@ -89,7 +89,7 @@ def small_graphs(draw):
              "cpu": HourlyCost("cpu", 0.3, 0.1, 0.0)}
     links = {"fast": 50e9, "cheap": 12.5e9, "cpu": 12.5e9}
     return PlanningGraph(tuple(ops), tuple(edges), tuple(groups), rate, draw(st.floats(0.05, 1.5)), 0.8, math.inf,
-                         costs, links, 5e-6, DEVICES, inventory, buy, mode)
+                         costs, links, 5e-6, DEVICES, inventory, buy, mode, share_steps=4)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
