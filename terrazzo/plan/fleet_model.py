@@ -186,8 +186,9 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     o = graph.op(op)
     n = throughput_replicas(load_of(graph, op, c, share), graph.utilisation_cap)
     lam = demand_per_s(graph, op) * share
-    if not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s):
-        return n
+    if (not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s) or not c.feasible
+            or not c.rate_per_s > 0 or not math.isfinite(c.slot_s)):
+        return n  # an infeasible candidate is never sized by its queue (check rejects it anyway)
     need = servers_for(lam, c.slot_s, first_token_service_s(o, c), o.arrival_scv, _hold_scv(o), graph.percentile,
                        o.first_token_limit_s * (1 + TOLERANCE), n, c.slots)  # type: ignore[operator]
     return n if need is None else need

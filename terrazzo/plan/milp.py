@@ -90,6 +90,8 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
     per_device: dict[str, dict[int, float]] = {}
     shared: dict[PoolKey, list[tuple[int, float]]] = {}
     pool_price: dict[PoolKey, OpCandidate] = {}
+    shared_used: dict[PoolKey, list[int]] = {}  # split ops' "uses this pool" binaries
+    split_steps: set[int] = set()  # split ops' share-step columns
     own_and_buy = graph.mode == "own-and-buy"
 
     def add_devices(device: str, expr: dict[int, float]) -> None:
@@ -99,11 +101,22 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
 
     for o in graph.ops:
         cols = _columns(graph, o, allow)
-        split = graph.splits and is_dedicated(o.kind) and len(cols) > 1
+        split = graph.splits and len(cols) > 1
         rec = _Op(o, cols, split, {}, {}, {})
         ops[o.name] = rec
         for k in cols:
             c = o.candidates[k]
+            if split and not is_dedicated(o.kind):  # shares m/Q of a shared pool, m ∈ 0..Q
+                q = graph.share_steps
+                mk, u = m.var(0.0, 0, q, integer=True), m.var(0.0, 0, 1, integer=True)
+                m.row({mk: 1.0 / q, u: -1.0}, hi=0.0)
+                rec.share[k], rec.used[k] = {mk: 1.0 / q}, {u: 1.0}
+                key = pool_key(o, c)
+                shared.setdefault(key, []).append((mk, load_of(graph, o.name, c, 1.0) / q))
+                split_steps.add(mk)
+                shared_used.setdefault(key, []).append(u)
+                pool_price.setdefault(key, c)
+                continue
             if not split:
                 n = min_replicas(graph, o.name, c) if is_dedicated(o.kind) else 0
                 x = m.var(0.0 if own_and_buy or not n else c.usd_h * n, 0, 1, integer=True)
@@ -139,8 +152,12 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
         price = pool_price[key]
         n = m.var(0.0 if own_and_buy else price.usd_h, 0, INF, integer=True)
         m.row({**{x: load / graph.utilisation_cap for x, load in members}, n: -1.0}, hi=TOLERANCE)
+        used = shared_used.get(key, [])
+        for u in used:  # a split op's share: the pool has a replica if it carries any
+            m.row({n: 1.0, u: -1.0}, lo=0.0)
         for x, _ in members:
-            m.row({n: 1.0, x: -1.0}, lo=0.0)
+            if x not in split_steps:  # a whole-op column: the pool has a replica if it is chosen
+                m.row({n: 1.0, x: -1.0}, lo=0.0)
         add_devices(key.device, {n: float(price.devices)})
     _placement(graph, m, ops, variants)
     _fleet_cost(graph, m, per_device)
@@ -152,6 +169,11 @@ def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[
         return Solution(status, None, math.inf, m.mip_gap, m.solve_s)
     placements: dict[str, tuple[Share, ...]] = {}
     for name, rec in ops.items():
+        if rec.split and not is_dedicated(rec.op.kind):
+            q = graph.share_steps
+            steps = {k: round(sum(values[c] * v for c, v in rec.share[k].items()) * q) for k in rec.cols}
+            placements[name] = tuple(Share(k, n / q) for k, n in steps.items() if n > 0)
+            continue
         if rec.split:
             reps = {k: round(sum(values[c] * v for c, v in rec.replicas[k].items())) for k in rec.cols}
             reps = {k: n for k, n in reps.items() if n > 0}

@@ -139,13 +139,15 @@ class PlanningGraph:
     financing: str = ""  # the TCO profile's terms in words, for the keep-or-buy report
     split: bool | None = None  # may an LLM op be split across pools? None: only when an inventory binds the fleet
     notes: tuple[str, ...] = ()  # what building the graph assumed (a trace's measured rate, ...)
+    share_steps: int = 20  # a split non-LLM op's shares are multiples of 1/share_steps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})
 
     @property
     def splits(self) -> bool:
-        """Whether the MILP may split a dedicated (LLM) op's demand across several pools."""
+        """Whether the MILP may split an op's demand across several pools (an LLM op by its pools'
+        capacities, any other op in steps of 1/share_steps)."""
         return self.mode != "unconstrained" if self.split is None else self.split
 
     def op(self, name: str) -> PlanOp:
