@@ -319,6 +319,9 @@ def plan_cmd(
         print(json.dumps(doc, indent=2))
         return verdict(result.sim_verified)
     console.print(result.table())
+    from terrazzo.plan.plan_tables import ops_table
+
+    console.print(ops_table(result))
     if result.fleet is not None:
         console.print(result.fleet.table())
     console.print(result.baseline_table())
@@ -383,6 +386,42 @@ def compare_cmd(
         raise typer.Exit(1)
 
 
+@app.command("check")
+def check_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan JSON written by `terrazzo plan ... -o`")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Run the independent checker on a plan file against the inputs it records (exit 1 if it fails)."""
+    from terrazzo.plan.recheck import recheck_file
+
+    r = recheck_file(plan_file)  # raises PlanRejected (exit 1) naming the binding constraint
+    pools = {p.name: {"replicas": p.replicas, "min_replicas": p.min_replicas, "usd_h": p.usd_h}
+             for p in r.verdict.pools.values()}
+    doc = {"plan": str(plan_file), "ok": True, "tco_usd_h": r.usd_h, "devices": r.devices,
+           "e2e_latency_s": r.verdict.e2e_latency_s, "pools": pools, "notes": list(r.notes)}
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    fleet = ", ".join(f"{n} {d}" for d, n in r.devices.items())
+    console.print(f"[green]ok[/]: {plan_file} passes the checker against its recorded inputs: "
+                  f"${r.usd_h:.2f}/h over {fleet}, end-to-end {r.verdict.e2e_latency_s * 1e3:.1f} ms")
+    for note in r.notes:
+        console.print(f"  note: {note}", markup=False)
+
+
+def _recheck_plan(plan: Path | None) -> None:
+    """`run` and `serve` refuse a v2 plan file the checker rejects (placement files carry no inputs)."""
+    if plan is None:
+        return
+    from terrazzo.plan.recheck import is_plan, recheck
+    from terrazzo.plan_file import read_plan_json
+    from terrazzo.runtime.failures import ExecutionError
+
+    doc = read_plan_json(plan, ExecutionError)
+    if is_plan(doc) or str(doc.get("schema", "")).startswith("terrazzo.plan/"):
+        recheck(doc, str(plan), plan.resolve().parent)
+
+
 @app.command("run")
 def run_cmd(
     agent: Annotated[Path, typer.Argument(help="agent YAML")],
@@ -397,6 +436,7 @@ def run_cmd(
     """Execute requests through the agent for real, each op on a worker of its planned pool."""
     from terrazzo.runtime.run_command import run_command
 
+    _recheck_plan(plan)
     report = run_command(agent, plan, inputs or [], backend, config, concurrency)
     if output:
         output.write_text(json.dumps(report.to_json(), indent=2))
@@ -427,6 +467,7 @@ def serve_cmd(
     """HTTP API for the agent (invoke, SSE, OpenAI chat, plan, health, metrics); re-plans as load moves."""
     from terrazzo.server.serve_command import serve_command
 
+    _recheck_plan(plan)
     code = serve_command(agent, plan, config, backend, host, port, advisory, token_env, serve_config, no_auth,
                          log_level)
     if code:
@@ -454,6 +495,9 @@ def simulate_cmd(
         print(json.dumps(report.to_json(), indent=2))
         return verdict(report.meets_sla)
     console.print(report.table())
+    from terrazzo.sim.sla_verdict import verdict_line
+
+    console.print(verdict_line(report))
     if out:
         console.print(f"wrote report.json, requests.csv, llm_calls.csv, {', '.join(report.figures)}")
     verdict(report.meets_sla)

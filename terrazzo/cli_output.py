@@ -119,7 +119,7 @@ def verdict(ok: bool | None) -> None:
 
 def exit_code(exc: BaseException) -> int:
     """1 when the answer is "no" (infeasible, SLA missed); 2 for any other usage or input error."""
-    return EXIT_NO if isinstance(exc, PlanInfeasible) else EXIT_USAGE
+    return EXIT_NO if isinstance(exc, PlanInfeasible | PlanRejected) else EXIT_USAGE
 
 
 def fail(exc: TerrazzoError) -> int:

@@ -6,7 +6,8 @@ behaviour of their own and stay with their layers."""
 
 
 class TerrazzoError(Exception):
-    """Base class; the CLI turns any of these into a one-paragraph message and exit code 2."""
+    """Base class; the CLI turns any of these into a one-paragraph message and exit code 2 (1 for
+    PlanInfeasible and PlanRejected: the answer is "no")."""
 
 
 class LocatedError(TerrazzoError):
@@ -43,6 +44,10 @@ class IRError(TerrazzoError):
 
 class PlanInfeasible(TerrazzoError):
     """No choice meets the constraints; the message names what binds and by how much."""
+
+
+class PlanRejected(TerrazzoError):
+    """A plan file the independent checker rejects against its recorded inputs (the CLI exits 1)."""
 
 
 class SimError(TerrazzoError):

@@ -23,17 +23,17 @@ from terrazzo.errors import DeployError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _op(name: str, device: str, tp: int, replicas: int, pp: int = 1) -> dict:
-    return {"name": name, "kind": "llm.decode", "node": name.split(".")[0], "device": device, "tp": tp, "pp": pp,
-            "batch": 8, "replicas": replicas, "pool": f"{device}-tp{tp}-pp{pp}", "latency_s": 0.1}
+def _pool(op: str, device: str, tp: int, replicas: int, pp: int = 1) -> dict:
+    return {"name": f"{device}-tp{tp}-pp{pp}", "device": device, "tp": tp, "pp": pp, "engine": "builtin",
+            "batch": 8, "replicas": replicas, "ops": [{"op": op, "share": 1.0}]}
 
 
 @pytest.fixture
 def plan_path(tmp_path: Path) -> Path:
     """Three vendors and a CPU: H100 tp2 ×6 (12 devices → 2 nodes), MI300X tp1 ×3, Gaudi 3 tp4 ×1, EPYC."""
-    doc = {"schema": "terrazzo.plan/v1", "agent": "Mixed_Agent", "ops": [
-        _op("think.prefill", "h100-sxm", 2, 6), _op("think.decode", "mi300x", 1, 3),
-        _op("write.aggregated", "gaudi3", 4, 1), _op("search.compute", "epyc-9654", 1, 2)]}
+    doc = {"schema": "terrazzo.plan/v2", "agent": "Mixed_Agent", "pools": [
+        _pool("think.prefill", "h100-sxm", 2, 6), _pool("think.decode", "mi300x", 1, 3),
+        _pool("write.aggregated", "gaudi3", 4, 1), _pool("search.compute", "epyc-9654", 1, 2)]}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(doc))
     return path
@@ -107,11 +107,13 @@ def test_a_broken_core_object_fails(plan_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda d: d["ops"][0].update(device="h900"), r"ops\[0\]\.device: .*h900"),
-    (lambda d: d["ops"][1].pop("device"), r"ops\[1\]\.device: missing"),
-    (lambda d: d["ops"][2].update(tp=16), r"tensor parallelism 16 exceeds the 8 gaudi3 of one node"),
-    (lambda d: d.update(schema="other/v9"), r"schema: expected terrazzo.plan/v1"),
-    (lambda d: d.update(ops=[]), r"ops: the plan places no ops"),
+    (lambda d: d["pools"][0].update(device="h900"), r"pools\[0\]\.device: .*h900"),
+    (lambda d: d["pools"][1].pop("device"), r"pools\[1\]\.device: missing"),
+    (lambda d: d["pools"][2].update(tp=16), r"tensor parallelism 16 exceeds the 8 gaudi3 of one node"),
+    (lambda d: d.update(schema="other/v9"), r"schema: expected terrazzo.plan/v2"),
+    (lambda d: d.update(pools=[]), r"pools: the plan has no pools"),
+    (lambda d: d.update(schema="terrazzo.plan/v1"), r"terrazzo.plan/v1 files price each op's replicas apart.*re-plan"),
+    (lambda d: d["pools"][0]["ops"][0].update(share=0.5), r"op 'think.prefill' has shares summing to 0.5"),
 ])
 def test_bad_plans_name_the_field_and_the_fix(plan_path, edit, match):
     doc = json.loads(plan_path.read_text())
@@ -127,7 +129,7 @@ def test_artifacts_are_recorded_per_pool(plan_path, tmp_path):
     art.mkdir()
     (art / "manifest.json").write_text(json.dumps({"schema": "terrazzo.artifacts/v1", "artifacts": [],
                                                    "pools": {"epyc-9654-tp1-pp1": ["pii.llvm-cpu.vmfb"]}}))
-    out = deploy(plan_path, "kuberay", tmp_path / "out", artifacts=art)
+    out = deploy(plan_path, "kuberay", tmp_path / "out", artifacts=art, check=False)  # the fixture records no inputs
     cluster = list(yaml.safe_load_all(out.files[0].read_text()))[1]
     epyc = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "epyc-9654")
     notes = epyc["template"]["metadata"]["annotations"]

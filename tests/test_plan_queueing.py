@@ -10,6 +10,7 @@ import pytest
 
 from terrazzo.cost.tco import HourlyCost
 from terrazzo.plan.check import Assignment, check, first_token_tail_s, min_replicas
+from terrazzo.plan.fleet_model import Share, pool_key
 from terrazzo.plan.milp import solve_milp
 from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp
 from terrazzo.plan.queueing import erlang_c, servers_for, wait_quantile_s
@@ -72,9 +73,12 @@ def test_first_token_ops_get_replicas_for_the_percentile_not_just_the_throughput
     assert sized > by_throughput
     assert first_token_tail_s(tight, "n.prefill", cand, sized) <= 0.25
     assert first_token_tail_s(tight, "n.prefill", cand, sized - 1) > 0.25
-    v = check(tight, Assignment({"n.prefill": (0, by_throughput)}))
+    pool = pool_key(tight.op("n.prefill"), cand).name
+    v = check(tight, Assignment({"n.prefill": (Share(0),)}, {pool: by_throughput}))
     assert not v.ok and "p99 TTFT" in " ".join(v.violations)
-    assert solve_milp(tight).assignment.chosen["n.prefill"] == (0, sized)
+    a = solve_milp(tight).assignment
+    assert a.placements["n.prefill"] == (Share(0, 1.0),)
+    assert check(tight, a).pools[pool].replicas == sized
 
 
 def test_bursty_arrivals_need_more_replicas():

@@ -144,8 +144,8 @@ def test_gamma_arrivals_are_burstier_than_poisson(voice):
 def test_plan_check_flags_and_explains_the_gaps(voice_plan):
     check = check_plan(voice_plan, tolerance=0.2, seed=0)
     assert check.rate_per_s == voice_plan["rate_per_s"]
-    by_op = {o.op: o for o in check.ops}
-    assert set(by_op) == {o["name"] for o in voice_plan["ops"]}
+    by_pool = {o.op: o for o in check.ops}  # one row per plan pool
+    assert set(by_pool) == {p["name"] for p in voice_plan["pools"]}
     for o in check.ops:
         assert o.flagged == (abs(o.ratio - 1) > 0.2)
         assert bool(o.why) == o.flagged
@@ -196,7 +196,10 @@ def test_the_example_plan_file_simulates(tmp_path):
     (lambda d: d.update(schema="other"), "schema"),
     (lambda d: d.pop("inputs"), "does not record its inputs"),
     (lambda d: d["inputs"].update(agent="missing.yaml"), "was not found"),
-    (lambda d: d.update(ops=[o for o in d["ops"] if not o["name"].startswith("think")]), "node 'think'"),
+    (lambda d: d.update(ops=[o for o in d["ops"] if not o["name"].startswith("think")],
+                        pools=[p for p in d["pools"] if not p["ops"][0]["op"].startswith("think")]), "node 'think'"),
+    (lambda d: d.update(ops=[o for o in d["ops"] if not o["name"].startswith("think")]), "does not list"),
+    (lambda d: d.update(schema="terrazzo.plan/v1"), "re-plan"),
 ])
 def test_bad_plans_say_how_to_fix_them(voice_plan, mutate, match):
     doc = json.loads(json.dumps(voice_plan))

@@ -45,8 +45,9 @@ def device_usd_per_hour(
 
 def financing_terms(profile: TcoProfile) -> str:
     """The TCO profile's financing and power assumptions, in words."""
-    return (f"{profile.years:g}-year annuity at {profile.interest_rate:.1%}; power at {profile.power_fraction_of_tdp:.0%}"
-            f" of TDP × PUE {profile.pue:g} × ${profile.usd_per_kwh:g}/kWh; operations (host share) "
+    return (f"{profile.years:g}-year annuity at {profile.interest_rate:.1%}; power at "
+            f"{profile.power_fraction_of_tdp:.0%} of TDP × PUE {profile.pue:g} × ${profile.usd_per_kwh:g}/kWh; "
+            f"operations (host share) "
             f"${profile.host_share:g}/device-h (TCO profile {profile.name})")
 
 

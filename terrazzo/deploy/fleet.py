@@ -13,7 +13,7 @@ import yaml
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import CatalogError, DeployError
-from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, read_plan_json
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, plan_pools, read_plan_json, refuse_old
 
 HEADROOM = 2  # max nodes per group = planned × this: room for the controller to scale up
 
@@ -83,6 +83,7 @@ def targets() -> dict[str, Any]:
 
 def load_plan_json(path: str | Path) -> dict[str, Any]:
     doc = read_plan_json(path, DeployError)
+    refuse_old(doc, str(path), DeployError)
     if doc.get("schema") not in (PLAN_SCHEMA, PLACEMENT_SCHEMA):
         raise DeployError(f"{path}: schema: expected {PLAN_SCHEMA} or {PLACEMENT_SCHEMA}, got {doc.get('schema')!r}; "
                           f"write the plan with `terrazzo plan ... -o {Path(path).name}`")
@@ -90,23 +91,31 @@ def load_plan_json(path: str | Path) -> dict[str, Any]:
 
 
 def _placements(doc: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(op, placement, field path) for either plan format."""
-    if doc["schema"] == PLAN_SCHEMA:
-        ops = doc.get("ops")
-        if not isinstance(ops, list) or not ops:
-            raise DeployError(f"{path}: ops: the plan places no ops; re-plan with `terrazzo plan ... -o`")
-        return [(str(o.get("name", f"#{i}")), o, f"ops[{i}]") for i, o in enumerate(ops)]
+    """(op, placement, field path) of a placement file: one pool per op name, replicas as written."""
     placed = doc.get("placements")
     if not isinstance(placed, dict) or not placed:
         raise DeployError(f"{path}: placements: empty; a placement file maps each op to a device")
     return [(op, p, f"placements.{op}") for op, p in placed.items()]
 
 
+def _plan_pools(doc: dict[str, Any], path: str, catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """A v2 plan's pools exactly as the planner sized them: the fleet it priced is the fleet deployed."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, p in enumerate(plan_pools(doc, path, DeployError)):
+        try:
+            device = catalog.device(p.device).name
+        except CatalogError as exc:
+            raise DeployError(f"{path}: pools[{i}].device: {exc}") from None
+        out[p.name] = {"device": device, "tp": p.tp, "pp": p.pp, "replicas": p.replicas,
+                       "ops": [m.op for m in p.ops]}
+    return out
+
+
 def fleet_from_plan(path: str | Path, catalog: Catalog) -> Fleet:
     doc = load_plan_json(path)
     data = targets()
-    pools: dict[str, dict[str, Any]] = {}
-    for op, p, where in _placements(doc, str(path)):
+    pools: dict[str, dict[str, Any]] = _plan_pools(doc, str(path), catalog) if doc["schema"] == PLAN_SCHEMA else {}
+    for op, p, where in _placements(doc, str(path)) if doc["schema"] != PLAN_SCHEMA else []:
         try:
             device = catalog.device(str(p["device"])).name
             tp, pp, replicas = int(p.get("tp", 1)), int(p.get("pp", 1)), int(p.get("replicas", 1))

@@ -56,9 +56,19 @@ def read_artifacts(folder: str | Path) -> dict[str, list[str]]:
 
 def deploy(plan: str | Path, target: str, out_dir: str | Path, namespace: str = "default", image: str | None = None,
            provider: str = "aws", region: str | None = None, artifacts: str | Path | None = None,
-           catalogs: list[Path] | None = None) -> Written:
+           catalogs: list[Path] | None = None, check: bool = True) -> Written:
+    """Cluster files for a plan. A `terrazzo.plan/v2` file is first re-checked against the inputs it records
+    (plan/recheck.py; refused, naming the binding constraint, when it fails); `check=False` skips that for
+    a hand-written plan without inputs. A bare placement file carries no inputs and is deployed as written."""
     if target not in TARGETS:
         raise DeployError(f"--target: '{target}' is not one of {', '.join(TARGETS)}")
+    if check:
+        from terrazzo.plan.recheck import is_plan, recheck
+        from terrazzo.plan_file import read_plan_json
+
+        doc = read_plan_json(plan, DeployError)
+        if is_plan(doc):
+            recheck(doc, str(plan), Path(plan).resolve().parent, DeployError)
     catalog = load_catalog(catalogs or [])
     fleet = fleet_from_plan(plan, catalog)
     servers = engine_servers(fleet, catalog)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from terrazzo.plan.check import devices_used
+from terrazzo.plan.check import check
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.planning_graph import PlanEdge, PlanningGraph, VariantGroup
 
@@ -30,7 +30,8 @@ def why_infeasible(graph: PlanningGraph, allow: Allow, variants: dict[str, str],
     free = solve_milp(loose)
     if free.assignment is None:
         return explain_infeasible(g)
-    need = devices_used(loose, free.assignment)
+    verdict = check(loose, free.assignment)
+    need = verdict.devices
     short = [f"{n} {d} (owns {graph.inventory.get(d, 0)}{'' if d in graph.buy else ', not in the buy list'})"
              for d, n in need.items()
              if graph.mode != "unconstrained" and n > graph.inventory.get(d, 0)
@@ -43,7 +44,7 @@ def why_infeasible(graph: PlanningGraph, allow: Allow, variants: dict[str, str],
     if graph.max_kw is not None:
         from terrazzo.plan.power import fleet_power_kw
 
-        kw = fleet_power_kw(loose, free.assignment.chosen)
+        kw = fleet_power_kw(loose, verdict.pools)
         if kw > graph.max_kw:
             return f"the power limit binds: it needs {kw:.1f} kW, max_kw is {graph.max_kw:g}"
     return f"{explain_infeasible(g)} (solver: {status})"

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible, SpecError
-from terrazzo.plan.check import TOLERANCE, min_replicas
+from terrazzo.plan.fleet_model import TOLERANCE, Assignment, Share, size_pools
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.keep_or_buy import fleet_decision
 from terrazzo.plan.planner import Plan, plan_graph
@@ -89,7 +89,7 @@ class Interval:
     index: int
     start_s: float
     rate_per_s: float
-    replicas: dict[str, int]      # op → replicas held in this interval
+    replicas: dict[str, int]      # pool → replicas held in this interval
     devices: dict[str, int]       # device type → devices held
     usd_h: float                  # the schedule's $/h in this interval (scale-up lead time included)
     lower_bound_usd_h: float      # the cheapest fleet for this interval alone
@@ -132,9 +132,9 @@ class DayPlan:
             "lower_bound_usd": self.lower_bound_usd, "gap_to_lower_bound": self.gap_to_bound,
             "savings_vs_peak": 1 - self.schedule_usd / self.peak_usd if self.peak_usd else None,
             "meets_sla": self.meets_sla,
-            "pools": {p.name: {"pool": p.pool, "device": p.candidate.device, "tp": p.candidate.tp,
-                               "pp": p.candidate.pp, "batch": p.candidate.batch, "peak_replicas": p.replicas}
-                      for p in self.peak.ops},
+            "pools": {p.name: {"device": p.device, "tp": p.tp, "pp": p.pp, "batch": p.batch,
+                               "devices_per_replica": p.devices_per_replica, "peak_replicas": p.replicas,
+                               "ops": [m.op for m in p.ops]} for p in self.peak.pools},
             "intervals": [{"index": i.index, "start_s": i.start_s, "rate_per_s": i.rate_per_s,
                            "replicas": i.replicas, "devices": i.devices, "usd_h": i.usd_h,
                            "lower_bound_usd_h": i.lower_bound_usd_h, "meets_sla": i.meets_sla,
@@ -143,13 +143,23 @@ class DayPlan:
         }
 
 
-def need(graph: PlanningGraph, peak: Plan, rate_per_s: float) -> dict[str, int]:
-    """Replicas per op of the peak plan's pools at `rate_per_s`."""
-    g = replace(graph, rate_per_s=rate_per_s)
-    out = {}
+def peak_assignment(graph: PlanningGraph, peak: Plan) -> Assignment:
+    """The peak plan's placements as an assignment on `graph` (candidates matched by value)."""
+    placements = {}
     for p in peak.ops:
+        cands = graph.op(p.name).candidates
+        placements[p.name] = tuple(Share(cands.index(q.candidate), q.share) for q in p.placements)
+    return Assignment(placements)
+
+
+def need(graph: PlanningGraph, peak: Plan, assignment: Assignment, rate_per_s: float) -> dict[str, int]:
+    """Replicas per pool of the peak plan's pools at `rate_per_s`: the fewest that carry the load (and
+    keep a first-token op's percentile TTFT), and never fewer than the peak's count scaled by the rate."""
+    sized = size_pools(replace(graph, rate_per_s=rate_per_s), assignment)
+    out = {}
+    for p in peak.pools:
         scaled = math.ceil(p.replicas * rate_per_s / peak.rate_per_s - TOLERANCE) if peak.rate_per_s else 1
-        out[p.name] = max(1, min_replicas(g, p.name, p.candidate), scaled)
+        out[p.name] = max(1, sized[p.name].min_replicas if p.name in sized else 1, scaled)
     return out
 
 
@@ -159,9 +169,9 @@ def schedule(needs: list[dict[str, int]], band: float) -> list[dict[str, int]]:
     cur: dict[str, int] = {}
     for want in needs:
         nxt = {}
-        for op, n in want.items():
-            have = cur.get(op, n)
-            nxt[op] = n if n >= have or n < (1 - band) * have else have
+        for pool, n in want.items():
+            have = cur.get(pool, n)
+            nxt[pool] = n if n >= have or n < (1 - band) * have else have
         held.append(nxt)
         cur = nxt
     return held
@@ -169,8 +179,8 @@ def schedule(needs: list[dict[str, int]], band: float) -> list[dict[str, int]]:
 
 def _devices(peak: Plan, replicas: dict[str, int]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for p in peak.ops:
-        out[p.candidate.device] = out.get(p.candidate.device, 0) + replicas[p.name] * p.candidate.devices
+    for p in peak.pools:
+        out[p.device] = out.get(p.device, 0) + replicas[p.name] * p.devices_per_replica
     return out
 
 
@@ -199,14 +209,15 @@ def day_plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catal
     at_peak = _at_rate(workload, peak_rate)
     peak = verified_plan(agent, at_peak, sla, cluster, catalog, verify=verify)
     graph = build(agent, at_peak, sla, cluster, catalog)
-    held = schedule([need(graph, peak, r) for r in rates], band)
-    peak_devices = _devices(peak, {p.name: max(h[p.name] for h in held) for p in peak.ops})
+    assignment = peak_assignment(graph, peak)
+    held = schedule([need(graph, peak, assignment, r) for r in rates], band)
+    peak_devices = _devices(peak, {p.name: max(h[p.name] for h in held) for p in peak.pools})
     intervals = []
     for i, (rate, reps) in enumerate(zip(rates, held, strict=True)):
         devices = _devices(peak, reps)
         usd_h = _price(graph, devices, peak_devices)
         if i + 1 < len(held):  # replicas started early for the next interval, paid for the lead time
-            ahead = {op: max(n, held[i + 1][op]) for op, n in reps.items()}
+            ahead = {pool: max(n, held[i + 1][pool]) for pool, n in reps.items()}
             extra = _price(graph, _devices(peak, ahead), peak_devices) - usd_h
             usd_h += extra * lead_time_s / interval_s
         intervals.append(Interval(i, i * interval_s, rate, reps, devices, usd_h, _lower_bound(graph, agent.name, rate)))
@@ -245,13 +256,21 @@ def interval_plan_json(plan: DayPlan, iv: Interval) -> dict[str, Any]:
     doc = plan.peak.to_json()
     doc["rate_per_s"] = iv.rate_per_s
     doc["tco_usd_h"] = iv.usd_h
+    for p in doc["pools"]:
+        n = iv.replicas[p["name"]]
+        p["usd_h"] = p["usd_h_per_replica"] * n
+        p["devices"] = p["devices_per_replica"] * n
+        p["utilisation"] = p["load"] * iv.rate_per_s / plan.peak.rate_per_s / n if n else 0.0
+        p["load"] = p["load"] * iv.rate_per_s / plan.peak.rate_per_s
+        p["replicas"] = n
+    by_pool = {p["name"]: p for p in doc["pools"]}
     for o in doc["ops"]:
-        n = iv.replicas[o["name"]]
-        o["usd_h"] = o["usd_h"] * n / max(o["replicas"], 1)
-        o["devices"] = o["devices"] // max(o["replicas"], 1) * n
-        o["replicas"] = n
-    for name, pl in doc["placement"]["placements"].items():
-        pl["replicas"] = iv.replicas[name]
+        main = by_pool[o["pool"]]
+        o["replicas"], o["devices"] = main["replicas"], main["devices"]
+    for pl in doc["placement"]["placements"].values():
+        if pl.get("pool") in by_pool:
+            pl["replicas"] = by_pool[pl["pool"]]["replicas"]
+    doc["devices"] = iv.devices
     return doc
 
 
@@ -273,9 +292,10 @@ def _simulated(plan: DayPlan, iv: Interval, agent: Agent, workload: Workload, sl
 
 # --- the schedule at a time of day (serve's controller) -------------------------------------------
 def scheduled_ops(doc: dict[str, Any], t_s: float, lead_time_s: float | None = None) -> tuple[int, list[dict]]:
-    """(interval index, ops with the replicas to hold at `t_s` seconds into the curve): a pool grows to the
-    next interval's size `lead_time_s` before it starts, and shrinks when an interval with fewer begins.
-    The curve repeats (a day plan's day)."""
+    """(interval index, ops with the replicas of their pool at `t_s` seconds into the curve): a pool grows
+    to the next interval's size `lead_time_s` before it starts, and shrinks when an interval with fewer
+    begins. The curve repeats (a day plan's day). Ops are listed as a plan lists them, so serve's
+    controller maps them onto its running pools (server/controller.worker_targets)."""
     if doc.get("schema") != DAY_SCHEMA:
         raise SpecError(f"expected a day plan ({DAY_SCHEMA}, written by `terrazzo plan` with a rate-curve "
                         f"workload and -o), got {doc.get('schema')!r}")
@@ -284,10 +304,10 @@ def scheduled_ops(doc: dict[str, Any], t_s: float, lead_time_s: float | None = N
     lead = doc["lead_time_s"] if lead_time_s is None else lead_time_s
     now = int((t_s % span) // doc["interval_s"])
     ahead = int(((t_s + lead) % span) // doc["interval_s"])
-    replicas = {op: max(n, ivs[ahead]["replicas"][op]) for op, n in ivs[now]["replicas"].items()}
-    ops = [{"name": op, "node": op.rsplit(".", 1)[0], "replicas": n, "device": pool["device"],
-            "pool": doc["peak_plan"]["placement"]["placements"][op]["pool"]}
-           for op, pool in doc["pools"].items() for n in [replicas[op]]]
+    replicas = {pool: max(n, ivs[ahead]["replicas"][pool]) for pool, n in ivs[now]["replicas"].items()}
+    ops = [{"name": op, "node": op.rsplit(".", 1)[0], "replicas": replicas[name], "device": pool["device"],
+            "pool": name}
+           for name, pool in doc["pools"].items() for op in pool["ops"]]
     return now, ops
 
 
@@ -334,7 +354,7 @@ def day_figure(plan: DayPlan, path: Path) -> Path:
     ax2.plot(hours, [iv.rate_per_s for iv in plan.intervals], color="tab:red", alpha=0.4, label="req/s")
     ax2.set_ylabel("requests/s", color="tab:red")
     ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(f"{plan.agent}: ${plan.schedule_usd:,.0f} autoscaled vs ${plan.peak_usd:,.0f} peak-sized over "
+    ax.set_title(f"{plan.agent}: \\${plan.schedule_usd:,.0f} autoscaled vs \\${plan.peak_usd:,.0f} peak-sized over "
                  f"{plan.hours:g} h", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

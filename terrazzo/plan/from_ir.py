@@ -29,6 +29,7 @@ from terrazzo.ir.driver import DECOMPOSE, make_pass, run_pipeline
 from terrazzo.ir.frontend import agent_to_module
 from terrazzo.ir.module_graph import INPUT, OUTPUT, is_transfer, source
 from terrazzo.ir.passes.estimate_cost import annotate
+from terrazzo.plan.fleet_model import first_token_service_s
 from terrazzo.plan.planning_graph import (
     REFERENCE_DEVICE,
     OpCandidate,
@@ -36,6 +37,8 @@ from terrazzo.plan.planning_graph import (
     PlanningGraph,
     PlanOp,
     VariantGroup,
+    is_dedicated,
+    llm_capacity,
     prune,
 )
 from terrazzo.spec.agent import Agent, AgentGraph, LlmNode, SubagentNode
@@ -60,8 +63,13 @@ def estimated_module(agent: Agent, cost_model: CostModel) -> ModuleOp:
     return module
 
 
-def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog) -> PlanningGraph:
+def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
+          arrival: Arrival | None = None, prune_candidates: bool = True) -> PlanningGraph:
+    """The planning graph of the specs. `arrival` overrides the rate and burstiness the workload states
+    (a trace's measured ones: verify/replan.py measures them); `prune_candidates=False` keeps every
+    candidate (the brute-force tests compare against it)."""
     agent = with_token_overrides(agent, workload)
+    arrival = arrival or Arrival.of(workload)
     devices = [catalog.device(d).name for d in cluster.device_types]
     priced = list(dict.fromkeys([*devices, REFERENCE_DEVICE]))
     cost_model = CostModel(catalog, priced, catalog.tco_profile(cluster.tco_profile), cluster.fabric,
@@ -70,8 +78,9 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     auto = {path for path, n in agent.graph.leaves() if isinstance(n, LlmNode) and n.serving == "auto"}
     aggregated = estimated_module(_serving(agent, "aggregated"), cost_model) if auto else None
 
-    tails = _FirstToken(sla)
-    ops = {op.node_id: tails.apply(_plan_op(op), op) for op in disaggregated.walk() if isinstance(op, PLACEABLE)}
+    tails = _FirstToken(sla, arrival.scv)
+    ops = {op.node_id: tails.apply(_plan_op(op, prune_candidates=prune_candidates), op)
+           for op in disaggregated.walk() if isinstance(op, PLACEABLE)}
     uses = _contract(disaggregated, set(ops))
     groups = []
     llm_nodes = {op.node_id.rsplit(".", 1)[0] if not isinstance(op, LlmCallOp) else op.node_id
@@ -87,7 +96,7 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         if node in auto and aggregated is not None:
             agg = next(op for op in aggregated.walk() if isinstance(op, LlmCallOp) and op.node_id == node)
             name = f"{node}.aggregated"
-            ops[name] = tails.apply(_plan_op(agg, name), agg)
+            ops[name] = tails.apply(_plan_op(agg, name, prune_candidates), agg)
             variants["aggregated"] = (name,)
             uses += [_Use(u.src, name, u.data_bytes, False) for u in uses if u.dst in split and u.src not in split]
             uses += [_Use(name, u.dst, u.data_bytes, False) for u in uses if u.src in split and u.dst not in split]
@@ -100,13 +109,38 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     deadline = sla.end_to_end.latency_s if sla.end_to_end and sla.mode == "interactive" else None
     edges = tuple(dict.fromkeys(PlanEdge(u.src, u.dst, u.data_bytes, "kv" if u.kv else "data") for u in uses))
     return PlanningGraph(
-        tuple(ops.values()), edges, tuple(groups), workload.arrival.rate_per_s or 0.0, deadline,
+        tuple(ops.values()), edges, tuple(groups), arrival.rate_per_s, deadline,
         sla.utilisation_cap, sla.penalty_usd_h_per_s, costs, links, cluster.fabric.scale_out_latency_s,
         tuple(devices), {catalog.device(d).name: n for d, n in cluster.inventory.items()},
         tuple(catalog.device(d).name for d in cluster.buy), cluster.mode, tails.percentile,
-        {d: power_curve(catalog.device(d)) for d in priced}, catalog.tco_profile(cluster.tco_profile).pue,
-        cluster.max_kw, cluster.max_devices, financing_terms(catalog.tco_profile(cluster.tco_profile)),
+        power={d: power_curve(catalog.device(d)) for d in priced}, pue=catalog.tco_profile(cluster.tco_profile).pue,
+        max_kw=cluster.max_kw, max_devices=cluster.max_devices,
+        financing=financing_terms(catalog.tco_profile(cluster.tco_profile)), notes=arrival.notes,
+        split=cluster.split,
     )
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """The traffic a plan is sized for: mean rate and the squared CV of the gaps between arrivals."""
+
+    rate_per_s: float
+    scv: float = 1.0
+    source: str = "workload"
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, workload: Workload) -> Arrival:
+        a = workload.arrival
+        if a.process == "trace" and not a.rate_per_s:
+            return cls(0.0, 1.0, f"trace:{a.trace}", (
+                f"workload '{workload.name}' replays trace {a.trace} without a rate: planned at 0 req/s (one "
+                "replica per pool, not verified); plan through verify.replan, which measures the trace",))
+        scv = a.cv ** 2 if a.process == "gamma" else 1.0
+        return cls(float(a.rate_per_s or 0.0), scv, a.process)
+
+    def to_json(self) -> dict[str, object]:
+        return {"rate_per_s": self.rate_per_s, "arrival_scv": self.scv, "source": self.source}
 
 
 class _FirstToken:
@@ -115,9 +149,10 @@ class _FirstToken:
 
     SAMPLES = 20_000  # draws per prompt distribution: the p99 to well under 1 %
 
-    def __init__(self, sla: Sla) -> None:
+    def __init__(self, sla: Sla, arrival_scv: float = 1.0) -> None:
         self.sla = sla if sla.mode == "interactive" else None
         self.percentile = sla.end_to_end.percentile if sla.end_to_end else 99.0
+        self.arrival_scv = arrival_scv
 
     def apply(self, plan_op: PlanOp, op: NodeOp) -> PlanOp:
         limit = self.sla.limits_for(plan_op.node).ttft_s if self.sla and _first_token_role(op) else None
@@ -128,13 +163,19 @@ class _FirstToken:
         mean = float(draws.mean()) or 1.0
         ratio = max(float(np.percentile(draws, self.percentile)) / mean, 1.0)
         scv = float(draws.var()) / mean**2
-        tailed = replace(plan_op, first_token_limit_s=limit, work_tail_ratio=ratio, work_scv=scv)
+        hold_scv = None
+        answer = op.properties.get("output_tokens")
+        if plan_op.kind == "llm.aggregated" and isinstance(answer, DistAttr):  # a slot is held for the answer
+            out = np.asarray(answer.to_dist().sample(np.random.default_rng(1), self.SAMPLES), dtype=float)
+            hold_scv = float(out.var()) / max(float(out.mean()), 1.0) ** 2
+        tailed = replace(plan_op, first_token_limit_s=limit, work_tail_ratio=ratio, work_scv=scv,
+                         arrival_scv=self.arrival_scv, hold_scv=hold_scv)
         return replace(tailed, candidates=tuple(self._judge(c, tailed, prompt.mean_value) for c in tailed.candidates))
 
     def _judge(self, c: OpCandidate, op: PlanOp, mean_prompt: float) -> OpCandidate:
         if not c.feasible or c.first_token_s is None or op.first_token_limit_s is None:
             return c
-        tail_s = c.first_token_s * (op.work_tail_ratio + (1.0 if c.prefill_slots > 1 else 0.0))
+        tail_s = first_token_service_s(op, c)
         if tail_s <= op.first_token_limit_s:
             return c
         return replace(c, feasible=False, reason=(
@@ -142,22 +183,18 @@ class _FirstToken:
             f"({op.work_tail_ratio * mean_prompt:,.0f} tokens) > {op.first_token_limit_s * 1e3:.4g} ms limit"))
 
 
-def _plan_op(op: NodeOp, name: str | None = None) -> PlanOp:
+def _plan_op(op: NodeOp, name: str | None = None, prune_candidates: bool = True) -> PlanOp:
     out_tokens = op.properties.get("output_tokens")
     osl = out_tokens.mean_value if isinstance(out_tokens, DistAttr) else 0.0
     kind = "llm.aggregated" if isinstance(op, LlmCallOp) else op.name.split(".", 1)[1]
     role = _first_token_role(op)
+    steps = kind in ("llm.decode", "llm.aggregated") or (kind.startswith("moe.") and role is None)
+    cands = [_candidate(c, role, osl, is_dedicated(kind), steps) for c in op.candidates]
     return PlanOp(
         name or op.node_id, kind, op.node_id.rsplit(".", 1)[0] if name is None else op.node_id,
-        op.visit_count, prune([_candidate(c, role, osl, _emits_tokens(op)) for c in op.candidates]),
+        op.visit_count, prune(cands, kind, role is not None) if prune_candidates else tuple(cands),
         output_tokens=osl, model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
     )
-
-
-def _emits_tokens(op: NodeOp) -> bool:
-    """An LLM decode phase or an aggregated call: its candidates have a time between tokens."""
-    phase = {G.PrefillOp: "prefill", G.DecodeOp: "decode"}.get(type(op)) or str_prop(op, "phase")
-    return isinstance(op, LlmCallOp) or phase == "decode"
 
 
 def _first_token_role(op: NodeOp) -> str | None:
@@ -173,19 +210,23 @@ def _with_variant(op: PlanOp, variant: str) -> PlanOp:
     return replace(op, variant=variant, node=op.name.rsplit(".", 1)[0] if variant == "disaggregated" else op.node)
 
 
-def _candidate(c: CandidateAttr, role: str | None, osl: float, tokens: bool = False) -> OpCandidate:
+def _candidate(c: CandidateAttr, role: str | None, osl: float, llm: bool, steps: bool = False) -> OpCandidate:
     """A priced IR candidate; for a first-token op, also its time to the first token: a prefill's own
     latency (a batch of `batch` prompts), or an aggregated replica's lone prefill (the span less the
-    decode) plus one decode step to wait out before the prompt joins."""
-    tp, pp = c.tp.data, c.pp.data
-    first = {"prefill": c.span_s.data,
-             "aggregated": c.span_s.data - osl * c.latency_s.data + c.latency_s.data}.get(role or "")
-    return OpCandidate(c.device.data, tp, pp, c.batch.data, c.span_s.data, c.requests_per_s.data, tp * pp,
+    decode) plus one decode step to wait out before the prompt joins. An LLM phase's capacity is the
+    one definition of planning_graph.llm_capacity: batch × pp slots, each held for the span."""
+    tp, pp, span = c.tp.data, c.pp.data, c.span_s.data
+    first = {"prefill": span, "aggregated": span - osl * c.latency_s.data + c.latency_s.data}.get(role or "")
+    rate = c.requests_per_s.data
+    slots = 1
+    if llm and c.feasible:
+        slots, rate = llm_capacity(c.batch.data, pp, span)
+    return OpCandidate(c.device.data, tp, pp, c.batch.data, span, rate, tp * pp,
                        c.usd_h.data, c.feasible, c.infeasible.data,
                        f"{c.latency_s.data * 1e3:.2f} ms at batch {c.batch.data}, {c.bound.data}-bound",
                        first_token_s=first if first is not None and math.isfinite(first) else None,
-                       prefill_slots=c.batch.data if role == "prefill" else 1, source=c.source.data,
-                       step_s=c.latency_s.data if tokens else None,
+                       slots=slots, source=c.source.data, hold_s=span if llm else None,
+                       tbt_s=c.latency_s.data if steps else None,
                        spread=spread_for(c.source.data, role or "decode"))
 
 

@@ -139,11 +139,12 @@ def fleet_decision(graph: PlanningGraph, used: dict[str, int], penalty_usd_h: fl
     return FleetDecision(graph.mode, tuple(lines), graph.financing, penalty_usd_h)
 
 
-def op_usd_h(graph: PlanningGraph, fleet: FleetDecision, op_devices: dict[str, tuple[str, int]]) -> dict[str, float]:
-    """Each op's share of its device type's $/h (op → (device, devices)); sums to the fleet's $/h less penalty."""
+def pool_usd_h(fleet: FleetDecision, pools: dict[str, tuple[str, int]]) -> dict[str, float]:
+    """Each pool's share of its device type's $/h, by devices (pool → (device, devices)); the shares sum
+    to the fleet's $/h less any soft-SLA penalty."""
     per = {line.device: line for line in fleet.lines}
-    return {op: per[d].usd_h * n / per[d].used if d in per and per[d].used else 0.0
-            for op, (d, n) in op_devices.items()}
+    return {pool: per[d].usd_h * n / per[d].used if d in per and per[d].used else 0.0
+            for pool, (d, n) in pools.items()}
 
 
 # --- bill of materials ----------------------------------------------------------------------------

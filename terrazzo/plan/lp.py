@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 import highspy
@@ -17,6 +19,8 @@ class Model:
     upper: list[float] = field(default_factory=list)
     integer: list[bool] = field(default_factory=list)
     rows: list[tuple[dict[int, float], float, float]] = field(default_factory=list)
+    mip_gap: float = 0.0  # after `solve`: HiGHS's relative gap between incumbent and bound (0 when proven optimal)
+    solve_s: float = 0.0
 
     def var(self, cost: float = 0.0, lo: float = 0.0, hi: float = INF, integer: bool = False) -> int:
         self.cost.append(cost)
@@ -29,8 +33,11 @@ class Model:
         """lo ≤ Σ coeffs[j]·x[j] ≤ hi; zero coefficients are dropped."""
         self.rows.append(({j: c for j, c in coeffs.items() if c}, lo, hi))
 
-    def solve(self, time_limit_s: float = 60.0, gap: float = 0.0) -> tuple[str, list[float], float]:
-        """Status text ('Optimal', 'Infeasible', ...), column values and objective."""
+    def solve(self, time_limit_s: float = 60.0, gap: float = 0.0,
+              start: dict[int, float] | None = None) -> tuple[str, list[float], float]:
+        """Status text ('Optimal', 'Infeasible', ...), column values and objective. `start` (column →
+        value) is offered to HiGHS as a first incumbent (a warm start; ignored when infeasible)."""
+        t0 = time.perf_counter()
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", time_limit_s)
@@ -57,7 +64,18 @@ class Model:
             h.addRows(len(self.rows), np.array(lows, dtype=float), np.array(highs, dtype=float), len(indices),
                       np.array(starts, dtype=np.int32), np.array(indices, dtype=np.int32),
                       np.array(values, dtype=float))
+        if start:
+            sol = highspy.HighsSolution()
+            values = [0.0] * n
+            for j, v in start.items():
+                values[j] = v
+            sol.col_value = values
+            sol.value_valid = True
+            h.setSolution(sol)
         h.run()
+        info = h.getInfo()
+        self.mip_gap = float(info.mip_gap) if any(self.integer) and math.isfinite(info.mip_gap) else 0.0
+        self.solve_s = time.perf_counter() - t0
         status = h.modelStatusToString(h.getModelStatus())
         has_solution = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
         values_out = list(h.getSolution().col_value) if has_solution else []

@@ -1,22 +1,29 @@
-"""The TCO placement MILP (paper §3.1, made exact and integral), solved by HiGHS.
+"""The TCO placement MILP over pools (paper §3.1, made exact and integral), solved by HiGHS.
 
-Variables: x[o,c] ∈ {0,1} picks candidate c for op o; z[g,v] ∈ {0,1} a serving variant (aggregated
-or disaggregated) per LLM node; f[o] ≥ 0 finish times; t[e] ≥ 0 the transfer time of edge e; s ≥ 0
-end-to-end slack. A chosen candidate runs n(o,c) = ⌈demand(o) / (u·rate(c))⌉ replicas: more never
-lowers cost or latency, so replicas are constants of the column rather than variables.
+Pools are those of plan/fleet_model.py: a shared pool per (device, parallelism, engine) for non-LLM
+ops, a dedicated one per LLM op and configuration.
 
-  min  Σ $/h(c)·n(o,c)·x[o,c]  (+ λ·s)
-  s.t. Σ_c x[o,c] = 1 (or = z[g,v] for variant ops),  Σ_v z[g,v] = 1
-       t[e] ≥ L(e,d)·(w[u,d] − w[v,d]) and ≥ L(e,d)·(w[v,d] − w[u,d]) for every device type d,
-         w[o,d] = Σ_{c on d} x[o,c]  (a crossing pays the slower NIC's time; a KV edge always pays)
-       f[v] ≥ f[u] + visits(v)·(t[e] + Σ_c latency(c)·x[v,c]),  f[sink] ≤ deadline + s
-       Σ devices(c)·n(o,c)·x[o,c] over ops on d ≤ inventory(d)
-       Σ power(o,c)·x[o,c] ≤ max_kw,  Σ devices(c)·n(o,c)·x[o,c] ≤ max_devices  (when the cluster sets them)
-A first-token op's replicas also keep its percentile TTFT, queueing included, within the limit
-(plan/queueing.py). Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for
-explanations. A data edge whose slowest transfer is under 1e-5 of the deadline is charged that worst
-case as a constant instead of t[e]'s rows: conservative (the plan still passes the check) and it
-keeps 1,000-op graphs tractable.
+  x[o,c] ∈ {0,1}   op o wholly on candidate c (every op unless it may be split)
+  N[p] ∈ ℤ≥0       replicas of shared pool p:  Σ_(o,c)∈p load(o,c)·x[o,c] ≤ u·N[p],  N[p] ≥ x[o,c]
+  a dedicated pool of an unsplit op has the constant n(o,c) = its minimum replicas (more never lowers
+  cost or latency), so its $/h is a constant of the column;
+  split ops (when an inventory binds, `PlanningGraph.splits`): share y[o,c] ∈ [0,1] with Σ_c y = 1,
+  used u[o,c] ≥ y[o,c], and integer replicas per pool: y·λ ≤ cap(n) where cap is the throughput
+  under the cap and, for a first-token op, the largest rate whose percentile TTFT meets the limit —
+  not linear in n, so one binary per replica count (b[o,c,j], n = Σ j·b).
+  z[g,v] ∈ {0,1}   one serving variant per LLM node
+
+  min  Σ_p $/h(p)·replicas(p)  (+ λ·s)
+  s.t. latency: f[v] ≥ f[u] + visits(v)·(t[e] + L[v]), L[v] ≥ latency(c)·used[v,c], f[sink] ≤ deadline + s;
+       t[e] ≥ L(e,d)·(w[u,d] − s[v,d]) and ≥ L(e,d)·(w[v,d] − s[u,d]) for every device type d, where
+       w[o,d] says o uses d and s[o,d] that o runs wholly on d (a KV edge always pays);
+       Σ devices over pools on d ≤ inventory(d)  (own-and-buy: bought ≥ used − owned);
+       when the cluster sets them: Σ devices ≤ max_devices, and device power ≤ max_kw, where power is
+       idle W × devices held + (TDP − idle) × busy devices (share · demand / rate × devices per replica),
+       the utilisation-weighted rule of plan/power.py.
+Infeasible candidates (memory, TTFT, TBT) never get a column; they stay for explanations. On graphs
+over LARGE_GRAPH ops, a data edge whose slowest transfer is under 1e-5 of the deadline is charged that
+worst case as a constant instead of t[e]'s rows: conservative (the plan still passes the check).
 """
 
 from __future__ import annotations
@@ -25,13 +32,27 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from terrazzo.plan.check import Assignment, first_token_attainable, min_replicas
+from terrazzo.plan.fleet_model import (
+    TOLERANCE,
+    Assignment,
+    PoolKey,
+    Share,
+    capacity_per_s,
+    capacity_shares,
+    demand_per_s,
+    first_token_attainable,
+    load_of,
+    min_replicas,
+    pool_key,
+    queues_for_first_token,
+)
 from terrazzo.plan.lp import INF, Model
-from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, non_dominated
-from terrazzo.plan.power import op_power_w
+from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp, is_dedicated, non_dominated
+from terrazzo.plan.power import pool_power_w
 
 Allow = Callable[[str, OpCandidate], bool]
-NEGLIGIBLE_TRANSFER = 1e-5  # data transfers below this fraction of the deadline enter as worst-case constants
+NEGLIGIBLE_TRANSFER = 1e-5  # on large graphs, data transfers below this fraction of the deadline enter as constants
+LARGE_GRAPH = 200  # ops
 
 
 @dataclass(frozen=True)
@@ -39,68 +60,195 @@ class Solution:
     status: str
     assignment: Assignment | None
     objective_usd_h: float
+    gap: float = 0.0  # HiGHS's relative MIP gap: 0 when proven optimal
+    solve_s: float = 0.0
+
+    @property
+    def proven_optimal(self) -> bool:
+        return self.status == "Optimal"
+
+
+@dataclass
+class _Op:
+    """An op's columns: `share[k]` its share of candidate k (a {column: coeff} expression), `used[k]`
+    whether k carries any, and for split ops the replicas per candidate."""
+
+    op: PlanOp
+    cols: list[int]
+    split: bool
+    share: dict[int, dict[int, float]]
+    used: dict[int, dict[int, float]]
+    replicas: dict[int, dict[int, float]]
 
 
 def solve_milp(graph: PlanningGraph, allow: Allow | None = None, variants: dict[str, str] | None = None,
-               time_limit_s: float = 60.0) -> Solution:
-    """Optimal assignment, restricted to candidates `allow(op, cand)` accepts and to forced
-    `variants` (node → variant) when given — the baselines are such restrictions."""
+               time_limit_s: float = 60.0, start: Assignment | None = None) -> Solution:
+    """Optimal assignment, restricted to candidates `allow(op, cand)` accepts and to forced `variants`
+    (node → variant) when given — the baselines are such restrictions. `start` is a warm start."""
     m = Model()
-    allowed = {o.name: _columns(graph, o.name, allow) for o in graph.ops}
-    x: dict[tuple[str, int], int] = {}
+    ops: dict[str, _Op] = {}
     per_device: dict[str, dict[int, float]] = {}
-    power_kw: dict[int, float] = {}
+    shared: dict[PoolKey, list[tuple[int, float]]] = {}
+    pool_price: dict[PoolKey, OpCandidate] = {}
+    shared_used: dict[PoolKey, list[int]] = {}  # split ops' "uses this pool" binaries
+    split_steps: set[int] = set()  # split ops' share-step columns
+    own_and_buy = graph.mode == "own-and-buy"
+
+    def add_devices(device: str, expr: dict[int, float]) -> None:
+        row = per_device.setdefault(device, {})
+        for col, v in expr.items():
+            row[col] = row.get(col, 0.0) + v
+
     for o in graph.ops:
-        for k in allowed[o.name]:
+        cols = _columns(graph, o, allow)
+        split = graph.splits and len(cols) > 1
+        rec = _Op(o, cols, split, {}, {}, {})
+        ops[o.name] = rec
+        for k in cols:
             c = o.candidates[k]
-            replicas = min_replicas(graph, o.name, c)
-            cost = 0.0 if graph.mode == "own-and-buy" else c.usd_h * replicas
-            x[o.name, k] = m.var(cost, 0, 1, integer=True)
-            per_device.setdefault(c.device, {})[x[o.name, k]] = float(c.devices * replicas)
-            power_kw[x[o.name, k]] = op_power_w(graph, o.name, c, replicas) / 1e3
-    if graph.max_kw is not None:  # power limit, utilisation-weighted as the checker counts it (plan/power.py)
-        m.row(power_kw, hi=graph.max_kw)
+            if split and not is_dedicated(o.kind):  # shares m/Q of a shared pool, m ∈ 0..Q
+                q = graph.share_steps
+                mk, u = m.var(0.0, 0, q, integer=True), m.var(0.0, 0, 1, integer=True)
+                m.row({mk: 1.0 / q, u: -1.0}, hi=0.0)
+                rec.share[k], rec.used[k] = {mk: 1.0 / q}, {u: 1.0}
+                key = pool_key(o, c)
+                shared.setdefault(key, []).append((mk, load_of(graph, o.name, c, 1.0) / q))
+                split_steps.add(mk)
+                shared_used.setdefault(key, []).append(u)
+                pool_price.setdefault(key, c)
+                continue
+            if not split:
+                n = min_replicas(graph, o.name, c) if is_dedicated(o.kind) else 0
+                x = m.var(0.0 if own_and_buy or not n else c.usd_h * n, 0, 1, integer=True)
+                rec.share[k] = rec.used[k] = {x: 1.0}
+                if is_dedicated(o.kind):
+                    add_devices(c.device, {x: float(c.devices * n)})
+                else:
+                    key = pool_key(o, c)
+                    shared.setdefault(key, []).append((x, load_of(graph, o.name, c, 1.0)))
+                    pool_price.setdefault(key, c)
+                continue
+            y, u = m.var(0.0, 0, 1), m.var(0.0, 0, 1, integer=True)
+            m.row({y: 1.0, u: -1.0}, hi=0.0)
+            rec.share[k], rec.used[k] = {y: 1.0}, {u: 1.0}
+            top = min_replicas(graph, o.name, c)
+            lam = demand_per_s(graph, o.name)
+            if queues_for_first_token(o, c) and lam > 0:
+                bs = {m.var(0.0 if own_and_buy else c.usd_h * j, 0, 1, integer=True): j for j in range(1, top + 1)}
+                m.row(dict.fromkeys(bs, 1.0), hi=1.0)
+                m.row({**dict.fromkeys(bs, 1.0), u: -1.0}, lo=0.0)
+                m.row({y: 1.0, **{b: -min(capacity_per_s(graph, o.name, c, j) / lam, 1.0) for b, j in bs.items()}},
+                      hi=0.0)
+                rec.replicas[k] = {b: float(j) for b, j in bs.items()}
+            else:
+                n = m.var(0.0 if own_and_buy else c.usd_h, 0, top, integer=True)
+                m.row({n: 1.0, u: -1.0}, lo=0.0)
+                if lam > 0:
+                    per = graph.utilisation_cap * c.rate_per_s / lam
+                    m.row({y: 1.0, n: -per}, hi=per * TOLERANCE)
+                rec.replicas[k] = {n: 1.0}
+            add_devices(c.device, {col: v * c.devices for col, v in rec.replicas[k].items()})
+    for key, members in shared.items():
+        price = pool_price[key]
+        n = m.var(0.0 if own_and_buy else price.usd_h, 0, INF, integer=True)
+        m.row({**{x: load / graph.utilisation_cap for x, load in members}, n: -1.0}, hi=TOLERANCE)
+        used = shared_used.get(key, [])
+        for u in used:  # a split op's share: the pool has a replica if it carries any
+            m.row({n: 1.0, u: -1.0}, lo=0.0)
+        for x, _ in members:
+            if x not in split_steps:  # a whole-op column: the pool has a replica if it is chosen
+                m.row({n: 1.0, x: -1.0}, lo=0.0)
+        add_devices(key.device, {n: float(price.devices)})
+    _placement(graph, m, ops, variants)
+    _fleet_cost(graph, m, per_device)
+    _limits(graph, m, ops, per_device)
+    _latency(graph, m, ops)
+    warm = _warm(graph, ops, start) if start is not None else None
+    status, values, objective = m.solve(time_limit_s, start=warm)
+    if not values or status not in ("Optimal", "Time limit reached"):
+        return Solution(status, None, math.inf, m.mip_gap, m.solve_s)
+    placements: dict[str, tuple[Share, ...]] = {}
+    for name, rec in ops.items():
+        if rec.split and not is_dedicated(rec.op.kind):
+            q = graph.share_steps
+            steps = {k: round(sum(values[c] * v for c, v in rec.share[k].items()) * q) for k in rec.cols}
+            placements[name] = tuple(Share(k, n / q) for k, n in steps.items() if n > 0)
+            continue
+        if rec.split:
+            reps = {k: round(sum(values[c] * v for c, v in rec.replicas[k].items())) for k in rec.cols}
+            reps = {k: n for k, n in reps.items() if n > 0}
+            if reps:
+                placements[name] = capacity_shares(graph, name, reps)
+            continue
+        picked = [k for k in rec.cols if sum(values[c] for c in rec.share[k]) > 0.5]
+        if picked:
+            placements[name] = (Share(picked[0], 1.0),)
+    return Solution(status, Assignment(placements), objective, m.mip_gap, m.solve_s)
+
+
+def _columns(graph: PlanningGraph, o: PlanOp, allow: Allow | None) -> list[int]:
+    """Candidates worth a column: feasible, allowed, in the cluster, attainable, and not beaten by another
+    in the same pool class at this demand on every count the MILP reads. A dedicated pool of an unsplit
+    op: latency, fleet $/h and devices at its own replica count (exact: the column's whole effect); a
+    shared pool: latency and load (same pool, same price). Split ops keep the demand-free front that
+    `planning_graph.prune` left."""
+    ok = [k for k, c in enumerate(o.candidates)
+          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(o.name, c))
+          and first_token_attainable(graph, o.name, c)]
+    if is_dedicated(o.kind):
+        if graph.splits:
+            return ok
+
+        def own(k: int) -> tuple[float, ...]:
+            c = o.candidates[k]
+            n = min_replicas(graph, o.name, c)
+            kw = (pool_power_w(graph, c, n, load_of(graph, o.name, c, 1.0)),) if graph.max_kw is not None else ()
+            return (c.latency_s, c.usd_h * n, float(c.devices * n), *kw)
+
+        return non_dominated(ok, lambda k: o.candidates[k].device, own)
+
+    def in_pool(k: int) -> tuple[float, ...]:
+        c = o.candidates[k]
+        return (c.latency_s, load_of(graph, o.name, c, 1.0))
+
+    return non_dominated(ok, lambda k: pool_key(o, o.candidates[k]).name, in_pool)
+
+
+def _limits(graph: PlanningGraph, m: Model, ops: dict[str, _Op], per_device: dict[str, dict[int, float]]) -> None:
+    """Rack (max_devices) and power (max_kw) limits, counted as the checker counts them."""
     if graph.max_devices is not None:
         m.row(_sum(*per_device.values()), hi=graph.max_devices)
+    if graph.max_kw is None:
+        return
+    kw: dict[int, float] = {}
+    for device, row in per_device.items():  # every device held draws its idle power
+        curve = graph.power.get(device)
+        if curve is not None:
+            kw = _sum(kw, {col: v * curve.idle_w / 1e3 for col, v in row.items()})
+    for name, rec in ops.items():  # and the busy share of the span to TDP
+        for k in rec.cols:
+            c = rec.op.candidates[k]
+            curve = graph.power.get(c.device)
+            if curve is not None:
+                busy_kw = load_of(graph, name, c, 1.0) * c.devices * (curve.tdp_w - curve.idle_w) / 1e3
+                kw = _sum(kw, {col: v * busy_kw for col, v in rec.share[k].items()})
+    m.row(kw, hi=graph.max_kw)
+
+
+def _placement(graph: PlanningGraph, m: Model, ops: dict[str, _Op], variants: dict[str, str] | None) -> None:
+    grouped = set()
     for g in graph.groups:
         z = {v: m.var(0.0, 0, 1, integer=True) for v in g.variants}
         m.row(dict.fromkeys(z.values(), 1.0), 1.0, 1.0)
-        for v, ops in g.variants.items():
+        for v, names in g.variants.items():
             if variants and g.node in variants and variants[g.node] != v:
                 m.row({z[v]: 1.0}, hi=0.0)
-            for op in ops:
-                m.row({**{x[op, k]: 1.0 for k in allowed[op]}, z[v]: -1.0}, 0.0, 0.0)
-    grouped = {op for g in graph.groups for ops in g.variants.values() for op in ops}
-    for o in graph.ops:
-        if o.name not in grouped:
-            m.row({x[o.name, k]: 1.0 for k in allowed[o.name]}, 1.0, 1.0)
-    _fleet_cost(graph, m, per_device)
-    _latency(graph, m, x, allowed)
-    status, values, objective = m.solve(time_limit_s)
-    if not values or status not in ("Optimal", "Time limit reached"):
-        return Solution(status, None, math.inf)
-    chosen = {
-        name: (k, min_replicas(graph, name, graph.op(name).candidates[k]))
-        for (name, k), col in x.items() if values[col] > 0.5
-    }
-    return Solution(status, Assignment(chosen), objective)
-
-
-def _columns(graph: PlanningGraph, op: str, allow: Allow | None) -> list[int]:
-    """Candidates worth a column: feasible, allowed, in the cluster, and not beaten on every count
-    (latency, fleet $/h, fleet devices) by another on the same device type at this demand."""
-    o = graph.op(op)
-    ok = [k for k, c in enumerate(o.candidates)
-          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(op, c))
-          and first_token_attainable(graph, op, c)]
-
-    def costs(k: int) -> tuple[float, ...]:
-        c = o.candidates[k]
-        n = min_replicas(graph, op, c)
-        kw = (op_power_w(graph, op, c, n),) if graph.max_kw is not None else ()
-        return (c.latency_s, c.usd_h * n, float(c.devices * n), *kw)
-
-    return non_dominated(ok, lambda k: o.candidates[k].device, costs)
+            for op in names:
+                grouped.add(op)
+                m.row(_sum(*ops[op].share.values(), {z[v]: -1.0}), 0.0, 0.0)
+    for name, rec in ops.items():
+        if name not in grouped:
+            m.row(_sum(*rec.share.values()), 1.0, 1.0)
 
 
 def _fleet_cost(graph: PlanningGraph, m: Model, per_device: dict[str, dict[int, float]]) -> None:
@@ -117,45 +265,86 @@ def _fleet_cost(graph: PlanningGraph, m: Model, per_device: dict[str, dict[int, 
             m.row({bought: 1.0, used: -1.0}, lo=-cap)  # bought ≥ used − owned
 
 
-def _latency(graph: PlanningGraph, m: Model, x: dict[tuple[str, int], int], allowed: dict[str, list[int]]) -> None:
-    if graph.deadline_s is None or _slowest_e2e(graph, allowed) <= graph.deadline_s:
+def _latency(graph: PlanningGraph, m: Model, ops: dict[str, _Op]) -> None:
+    if graph.deadline_s is None or _slowest_e2e(graph, ops) <= graph.deadline_s:
         return  # no path can miss the deadline: latency rows would only slow the solver down
-    finish = {o.name: m.var() for o in graph.ops}
-    own = {
-        o.name: {x[o.name, k]: o.visits * o.candidates[k].latency_s for k in allowed[o.name]} for o in graph.ops
-    }
-    for o in graph.ops:
-        m.row({finish[o.name]: 1.0, **{col: -lat for col, lat in own[o.name].items()}}, lo=0.0)
-    on = {o.name: {o.candidates[k].device for k in allowed[o.name]} for o in graph.ops}
-    negligible_s = NEGLIGIBLE_TRANSFER * graph.deadline_s
+    finish = {name: m.var() for name in ops}
+    own: dict[str, dict[int, float]] = {}
+    uses: dict[str, dict[str, dict[int, float]]] = {}  # op → device → "uses d" expression
+    whole: dict[str, dict[str, dict[int, float]]] = {}  # op → device → "wholly on d" expression
+    for name, rec in ops.items():
+        o = rec.op
+        by_device: dict[str, list[int]] = {}
+        for k in rec.cols:
+            by_device.setdefault(o.candidates[k].device, []).append(k)
+        if not rec.split:
+            own[name] = _sum(*({c: o.visits * o.candidates[k].latency_s for c in rec.used[k]} for k in rec.cols))
+            uses[name] = {d: _sum(*(rec.used[k] for k in ks)) for d, ks in by_device.items()}
+            whole[name] = uses[name]
+            continue
+        lat = m.var()
+        for k in rec.cols:
+            m.row({lat: 1.0, **{c: -o.visits * o.candidates[k].latency_s for c in rec.used[k]}}, lo=0.0)
+        own[name] = {lat: 1.0}
+        uses[name], whole[name] = {}, {}
+        n_dev = len(by_device)
+        for d, ks in by_device.items():
+            w = m.var(0.0, 0, 1, integer=True)
+            for k in ks:
+                m.row({w: 1.0, **{c: -1.0 for c in rec.used[k]}}, lo=0.0)
+            uses[name][d] = {w: 1.0}
+        for d in by_device:
+            s = m.var(0.0, 0, 1, integer=True)
+            m.row(_sum({s: 1.0}, _scale(uses[name][d], -1.0)), hi=0.0)  # wholly on d only if it uses d
+            others = _sum(*(uses[name][e] for e in by_device if e != d))
+            m.row(_sum(others, {s: float(n_dev)}), hi=float(n_dev))
+            whole[name][d] = {s: 1.0}
+    for name in ops:
+        m.row(_sum({finish[name]: 1.0}, _scale(own[name], -1.0)), lo=0.0)
+    negligible_s = NEGLIGIBLE_TRANSFER * graph.deadline_s if len(graph.ops) > LARGE_GRAPH else -1.0
     for e in graph.edges:
-        devices = sorted(on[e.src] | on[e.dst])
+        if e.src not in ops or e.dst not in ops:
+            continue
+        devices = sorted(set(uses[e.src]) | set(uses[e.dst]))
         worst = max((graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d] for d in devices), default=0.0)
+        visits = graph.op(e.dst).visits
+        base = _sum({finish[e.dst]: 1.0, finish[e.src]: -1.0}, _scale(own[e.dst], -1.0))
         if e.kind == "data" and (len(devices) <= 1 or worst <= negligible_s):
             # one device type on both ends: never crosses; or too small to matter: charged at its worst
-            const = 0.0 if len(devices) <= 1 else worst
-            visits = graph.op(e.dst).visits
-            row = {finish[e.dst]: 1.0, finish[e.src]: -1.0, **{col: -lat for col, lat in own[e.dst].items()}}
-            m.row(row, lo=visits * const)
+            m.row(base, lo=visits * (0.0 if len(devices) <= 1 else worst))
             continue
         t = m.var()
         for d in devices:
-            w_src = {x[e.src, k]: 1.0 for k in allowed[e.src] if graph.op(e.src).candidates[k].device == d}
-            w_dst = {x[e.dst, k]: 1.0 for k in allowed[e.dst] if graph.op(e.dst).candidates[k].device == d}
             lat = graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d]
+            w_src, w_dst = uses[e.src].get(d, {}), uses[e.dst].get(d, {})
             if e.kind == "kv":  # prefill and decode are separate pools: the KV always moves
-                m.row({t: 1.0, **{c: -lat for c in w_src}}, lo=0.0)
-                m.row({t: 1.0, **{c: -lat for c in w_dst}}, lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -lat)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -lat)), lo=0.0)
             else:
-                m.row(_sum({t: 1.0}, {c: -lat for c in w_src}, {c: lat for c in w_dst}), lo=0.0)
-                m.row(_sum({t: 1.0}, {c: -lat for c in w_dst}, {c: lat for c in w_src}), lo=0.0)
-        visits = graph.op(e.dst).visits
-        row = {finish[e.dst]: 1.0, finish[e.src]: -1.0, t: -visits}
-        m.row(_sum(row, {col: -lat for col, lat in own[e.dst].items()}), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -lat), _scale(whole[e.dst].get(d, {}), lat)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -lat), _scale(whole[e.src].get(d, {}), lat)), lo=0.0)
+        m.row(_sum(base, {t: -visits}), lo=0.0)
     slack = m.var(0.0 if math.isinf(graph.penalty_usd_h_per_s) else graph.penalty_usd_h_per_s,
                   0.0, 0.0 if math.isinf(graph.penalty_usd_h_per_s) else INF)
-    for sink in graph.sinks():
-        m.row({finish[sink]: 1.0, slack: -1.0}, hi=graph.deadline_s)
+    for o in graph.sinks():
+        if o in finish:
+            m.row({finish[o]: 1.0, slack: -1.0}, hi=graph.deadline_s)
+
+
+def _warm(graph: PlanningGraph, ops: dict[str, _Op], a: Assignment) -> dict[int, float] | None:
+    """A start vector for the unsplit columns of `a` (other columns are left for HiGHS to complete)."""
+    out: dict[int, float] = {}
+    for name, shares in a.placements.items():
+        rec = ops.get(name)
+        if rec is None or rec.split or len(shares) != 1 or shares[0].candidate not in rec.share:
+            return None
+        for col in rec.share[shares[0].candidate]:
+            out[col] = 1.0
+    return out
+
+
+def _scale(expr: dict[int, float], f: float) -> dict[int, float]:
+    return {k: v * f for k, v in expr.items()}
 
 
 def _sum(*parts: dict[int, float]) -> dict[int, float]:
@@ -166,7 +355,7 @@ def _sum(*parts: dict[int, float]) -> dict[int, float]:
     return out
 
 
-def _slowest_e2e(graph: PlanningGraph, allowed: dict[str, list[int]]) -> float:
+def _slowest_e2e(graph: PlanningGraph, ops: dict[str, _Op]) -> float:
     """Longest path with every op on its slowest column and every edge at its slowest transfer."""
     slow_link = min(graph.link_bytes_s.values())
     finish: dict[str, float] = {}
@@ -177,11 +366,11 @@ def _slowest_e2e(graph: PlanningGraph, allowed: dict[str, list[int]]) -> float:
     def visit(name: str) -> float:
         if name not in finish:
             finish[name] = 0.0
-            op = graph.op(name)
-            own = max((op.candidates[k].latency_s for k in allowed[name]), default=0.0)
-            start = max((visit(e.src) + op.visits * (graph.link_latency_s + e.data_bytes / slow_link)
+            rec = ops[name]
+            own = max((rec.op.candidates[k].latency_s for k in rec.cols), default=0.0)
+            start = max((visit(e.src) + rec.op.visits * (graph.link_latency_s + e.data_bytes / slow_link)
                          for e in preds.get(name, [])), default=0.0)
-            finish[name] = start + op.visits * own
+            finish[name] = start + rec.op.visits * own
         return finish[name]
 
     return max((visit(o.name) for o in graph.ops), default=0.0)

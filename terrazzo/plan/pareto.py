@@ -51,11 +51,12 @@ class Solved:
     energy_j: float
     eps_latency_s: float | None
     eps_kw: float | None
+    pools: tuple[tuple[str, int], ...] = ()
 
     @property
-    def fleet(self) -> tuple[tuple[str, tuple[int, int]], ...]:
-        """What makes two points different fleets: per op, candidate and replicas."""
-        return tuple(sorted(self.assignment.chosen.items()))
+    def fleet(self) -> tuple[tuple[str, int], ...]:
+        """What makes two points different fleets: their pools and replica counts."""
+        return self.pools
 
 
 def parse_objectives(text: str) -> tuple[str, ...]:
@@ -76,9 +77,9 @@ def _solve(graph: PlanningGraph, eps_latency_s: float | None, eps_kw: float | No
     v = check(g, sol.assignment)
     if not v.ok:
         return None
-    chosen = sol.assignment.chosen
-    return Solved(sol.assignment, v.usd_h, v.e2e_latency_s, fleet_power_kw(g, chosen), energy_j_per_request(g, chosen),
-                  eps_latency_s, eps_kw)
+    return Solved(sol.assignment, v.usd_h, v.e2e_latency_s, fleet_power_kw(g, v.pools),
+                  energy_j_per_request(g, v.pools), eps_latency_s, eps_kw,
+                  tuple(sorted((name, p.replicas) for name, p in v.pools.items())))
 
 
 def _tighter(a: float | None, b: float | None) -> float | None:
@@ -235,7 +236,7 @@ def front_figure(points: list[FrontPoint], path: Path, agent: str, rate: float) 
     fig.colorbar(sc2, ax=axes[1], label="E2E mean s")
     axes[1].set_xlabel("energy per request at the wall (kJ)")
     axes[1].set_ylabel("TCO $/h")
-    for i, fp in enumerate(points, 1):
+    for i in range(1, len(points) + 1):
         axes[0].annotate(str(i), (lat[i - 1], cost[i - 1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axes[1].annotate(str(i), (energy[i - 1], cost[i - 1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     fig.suptitle(f"{agent} at {rate:g} req/s: {len(points)} non-dominated plans (ε-constraint on HiGHS), "
@@ -273,4 +274,4 @@ def all_metrics(graph: PlanningGraph, a: Assignment) -> tuple[float, float, floa
     v = check(graph, a)
     if not v.ok:
         return None
-    return v.usd_h, v.e2e_latency_s, energy_j_per_request(graph, a.chosen)
+    return v.usd_h, v.e2e_latency_s, energy_j_per_request(graph, v.pools)

@@ -25,15 +25,28 @@ def _s(s: float) -> str:
 
 
 def plan_table(plan: Plan) -> Table:
+    """Pools, the unit of the fleet, with their share of the headline $/h (the column sums to it)."""
+    t = Table("pool", "device", "tp×pp", "batch", "replicas", "ops (share)", "$/h",
+              title=f"plan for {plan.agent} at {plan.rate_per_s:g} req/s")
+    shares = plan.pool_usd_h()
+    for p in plan.pools:
+        ops = ", ".join(m.op if m.share > 1 - 1e-9 else f"{m.op} ({m.share:.0%})" for m in p.ops)
+        t.add_row(p.name, p.device, f"{p.tp}×{p.pp}", str(p.batch), str(p.replicas), ops, f"{shares[p.name]:.2f}")
+    t.caption = caption(plan)
+    return t
+
+
+def ops_table(plan: Plan) -> Table:
+    """Per op, latencies labelled with what they are: TTFT at the SLA's percentile (queueing included),
+    TBT at the pool's batch, and the mean time per visit (a prefill, a whole decode, a tool call)."""
     pct = f"p{plan.percentile:g}"
-    t = Table("op", "device", "tp×pp", "batch", "replicas", "visits", f"TTFT {pct} ms", "TBT ms",
-              "mean ms/visit", "$/h", title=f"plan for {plan.agent} at {plan.rate_per_s:g} req/s")
+    t = Table("op", "pool", "visits", f"TTFT {pct} ms", "TBT ms", "mean ms/visit", "$/h", title="latency per op")
     shares = plan.op_usd_h()
     for p in plan.ops:
         c = p.candidate
-        t.add_row(p.name, c.device, f"{c.tp}×{c.pp}", str(c.batch), str(p.replicas), f"{p.visits:.3g}",
-                  _ms(p.ttft_at_sla_s), _ms(c.step_s), _ms(c.latency_s), f"{shares[p.name]:.2f}")
-    t.caption = caption(plan)
+        pools = ", ".join(q.pool if q.share > 1 - 1e-9 else f"{q.pool} ({q.share:.0%})" for q in p.placements)
+        t.add_row(p.name, pools, f"{p.visits:.3g}", _ms(p.ttft_at_sla_s), _ms(c.tbt_s), _ms(p.latency_s),
+                  f"{shares[p.name]:.2f}")
     return t
 
 
@@ -45,10 +58,11 @@ def caption(plan: Plan) -> str:
         last = plan.verification[-1]
         sim = f" · E2E {pct} {_s(last['e2e_at_sla_s'])} simulated"
     rows = " (sum of the keep-or-buy rows)" if plan.fleet is not None else ""
+    solver = f" · solver {plan.solver_status} (gap {plan.solver_gap:.2%})"
     return (f"E2E mean {_s(plan.e2e_latency_s)} planned{sim}{sla} · TCO ${plan.usd_h:.2f}/h{rows} · "
             f"${plan.usd_per_request * 1e3:.4f} per 1k requests · ${plan.usd_per_m_tokens:.3f}/M output tokens · "
             f"{plan.power_kw:.1f} kW device power, {plan.energy_j_per_request:,.0f} J/request "
-            f"(utilisation-weighted, × PUE)")
+            f"(utilisation-weighted, × PUE){solver}")
 
 
 def candidates_table(graph: PlanningGraph) -> Table:
@@ -69,6 +83,6 @@ def candidates_table(graph: PlanningGraph) -> Table:
             ttft = first_token_tail_s(graph, o.name, c) if c.first_token_s is not None else None
             t.add_row(o.name, c.device, f"{c.tp}×{c.pp}", str(c.batch), f"{c.usd_h:.2f}",
                       str(n) if n is not None else "-", f"{c.usd_h * n:.2f}" if n is not None else "-",
-                      _ms(ttft), _ms(c.step_s), _ms(c.latency_s), verdict)
+                      _ms(ttft), _ms(c.tbt_s), _ms(c.latency_s), verdict)
         t.add_section()
     return t

@@ -13,14 +13,15 @@ from rich.table import Table
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.baseline_reasons import cannot_apply, why_infeasible
-from terrazzo.plan.check import Assignment, check, devices_used, first_token_tail_s, min_replicas
+from terrazzo.plan.check import Assignment, Share, Verdict, check, min_replicas
+from terrazzo.plan.fleet_model import PoolSize, first_token_attainable, first_token_tail_s, pool_key
 from terrazzo.plan.from_ir import build
-from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision
-from terrazzo.plan.milp import Allow, solve_milp
+from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision, pool_usd_h
+from terrazzo.plan.milp import Allow, Solution, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.power import energy_j_per_request, fleet_power_kw
 from terrazzo.plan.robustness import robustness
-from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA
+from terrazzo.plan_file import PLACEMENT_SCHEMA, PLAN_SCHEMA, PoolEntry, PoolMember
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
@@ -28,23 +29,40 @@ from terrazzo.spec.workload import Workload
 
 
 @dataclass(frozen=True)
+class Placement:
+    """One share of an op on one pool."""
+
+    pool: str
+    share: float
+    candidate: OpCandidate
+
+
+@dataclass(frozen=True)
 class PlacedOp:
     name: str
     kind: str
     node: str
-    candidate: OpCandidate
-    replicas: int
+    placements: tuple[Placement, ...]
     visits: float
     finish_s: float
+    replicas: int  # of the pool carrying its largest share
     ttft_at_sla_s: float | None = None  # a first-token op's TTFT at the SLA's percentile, queueing included
 
     @property
+    def primary(self) -> Placement:
+        return max(self.placements, key=lambda p: p.share)
+
+    @property
+    def candidate(self) -> OpCandidate:
+        return self.primary.candidate
+
+    @property
     def pool(self) -> str:
-        """Ops on one device and parallelism share a pool, except a disaggregated call's prefill and decode
-        phases, which run on pools of their own even on one device type."""
-        c = self.candidate
-        role = {"llm.prefill": "prefill-", "llm.decode": "decode-"}.get(self.kind, "")
-        return f"{role}{c.device}-tp{c.tp}-pp{c.pp}"
+        return self.primary.pool
+
+    @property
+    def latency_s(self) -> float:
+        return max(p.candidate.latency_s for p in self.placements)
 
 
 @dataclass(frozen=True)
@@ -70,10 +88,15 @@ class Plan:
     explain: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     verification: tuple[dict[str, Any], ...] = ()  # simulation rounds (verify/replan.py); empty if not run
+    pools: tuple[PoolEntry, ...] = ()
+    solver_gap: float = 0.0
+    solver_s: float = 0.0
+    percentile: float = 99.0
+    notes: tuple[str, ...] = ()
+    workload: dict[str, Any] = field(default_factory=dict)  # the traffic planned for (rate, burstiness, source)
     fleet: FleetDecision | None = None  # keep or buy: owned used/idle, bought, $/h rows (plan/keep_or_buy.py)
     power_kw: float = 0.0  # device power, utilisation-weighted (plan/power.py)
     energy_j_per_request: float = 0.0  # at the wall (× PUE)
-    percentile: float = 99.0  # the SLA's
 
     @property
     def sim_verified(self) -> bool | None:
@@ -88,36 +111,65 @@ class Plan:
     def usd_per_m_tokens(self) -> float:
         return self.usd_h / 3600 / self.output_tokens_per_s * 1e6 if self.output_tokens_per_s else math.inf
 
+    @property
+    def devices(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for p in self.pools:
+            used[p.device] = used.get(p.device, 0) + p.devices
+        return dict(sorted(used.items()))
+
+    def pool_usd_h(self) -> dict[str, float]:
+        """Each pool's share of the headline (its device type's keep-or-buy $/h by devices); sums to it."""
+        if self.fleet is None:
+            return {p.name: p.usd_h for p in self.pools}
+        return pool_usd_h(self.fleet, {p.name: (p.device, p.devices) for p in self.pools})
+
+    def op_usd_h(self) -> dict[str, float]:
+        """Each op's share of the headline: its pools' shares, split by load as `_op_json` splits them."""
+        per_pool = self.pool_usd_h()
+        by_name = {p.name: p for p in self.pools}
+        out = {}
+        for op in self.ops:
+            total = 0.0
+            for q in op.placements:
+                pool = by_name[q.pool]
+                frac = _member_load(pool, op.name) / pool.load if pool.load else 1.0 / len(pool.ops)
+                total += per_pool[q.pool] * frac
+            out[op.name] = total
+        return out
+
     def ratio(self, baseline: Baseline) -> float:
         return baseline.usd_h / self.usd_h if baseline.feasible and self.usd_h else math.nan
 
     def to_json(self) -> dict[str, Any]:
+        by_name = {p.name: p for p in self.pools}
+        shares = self.op_usd_h()
         return {
             "schema": PLAN_SCHEMA,
             "agent": self.agent,
             "inputs": self.inputs,
             "rate_per_s": self.rate_per_s,
+            "workload": self.workload,
             "deadline_s": self.deadline_s,
+            "percentile": self.percentile,
             "solver_status": self.solver_status,
+            "solver": {"status": self.solver_status, "gap": self.solver_gap, "milp_s": self.solver_s,
+                       "proven_optimal": self.solver_status == "Optimal"},
             "tco_usd_h": self.usd_h,
             "usd_per_request": self.usd_per_request,
             "usd_per_m_output_tokens": self.usd_per_m_tokens,
             "e2e_latency_s": self.e2e_latency_s,
-            "ops": [
-                {"name": p.name, "kind": p.kind, "node": p.node, "device": p.candidate.device, "tp": p.candidate.tp,
-                 "pp": p.candidate.pp, "batch": p.candidate.batch, "replicas": p.replicas,
-                 "devices": p.replicas * p.candidate.devices, "pool": p.pool, "visits": p.visits,
-                 "latency_s": p.candidate.latency_s, "finish_s": p.finish_s, "usd_h": self.op_usd_h()[p.name],
-                 "full_tco_usd_h": p.replicas * p.candidate.usd_h, "tbt_s": p.candidate.step_s,
-                 "first_token_s": p.candidate.first_token_s, "ttft_at_sla_s": p.ttft_at_sla_s,
-                 "detail": p.candidate.detail, "source": p.candidate.source,
-                 "latency_spread": list(p.candidate.spread) if p.candidate.spread else None}
-                for p in self.ops
-            ],
+            "devices": self.devices,
+            "pools": [p.to_json() for p in self.pools],
+            "ops": [_op_json(p, by_name) | {"usd_h": shares[p.name], "tbt_s": p.candidate.tbt_s,
+                                            "first_token_s": p.candidate.first_token_s,
+                                            "ttft_at_sla_s": p.ttft_at_sla_s,
+                                            "latency_spread": list(p.candidate.spread) if p.candidate.spread else None}
+                    for p in self.ops],
+            "pool_usd_h": self.pool_usd_h(),
             "fleet": self.fleet.to_json() if self.fleet else None,
             "power_kw": self.power_kw,
             "energy_j_per_request": self.energy_j_per_request,
-            "percentile": self.percentile,
             "baselines": [
                 {"name": b.name, "tco_usd_h": b.usd_h if b.feasible else None, "e2e_latency_s": b.e2e_latency_s,
                  "feasible": b.feasible, "reason": b.reason,
@@ -126,17 +178,10 @@ class Plan:
             ],
             "placement": placement_json(self),
             "explain": self.explain,
+            "notes": list(self.notes),
             "verification": {"simulated": bool(self.verification), "meets_sla": self.sim_verified,
                              "rounds": list(self.verification)},
         }
-
-    def op_usd_h(self) -> dict[str, float]:
-        """Each op's share of the headline (plan/keep_or_buy.py); full TCO per replica without a fleet."""
-        if self.fleet is None:
-            return {p.name: p.replicas * p.candidate.usd_h for p in self.ops}
-        per = {line.device: line for line in self.fleet.lines}
-        return {p.name: per[p.candidate.device].usd_h * p.replicas * p.candidate.devices / per[p.candidate.device].used
-                for p in self.ops}
 
     def table(self) -> Table:
         from terrazzo.plan.plan_tables import plan_table
@@ -163,8 +208,29 @@ class Plan:
         return t
 
 
+def _op_json(p: PlacedOp, pools: dict[str, PoolEntry]) -> dict[str, Any]:
+    """An op's entry: its placements (pool, share, candidate), and the flat fields of its largest share
+    for readers that want one device per op."""
+    c, main = p.candidate, pools[p.pool]
+    usd = sum(pools[q.pool].usd_h * (_member_load(pools[q.pool], p.name) / pools[q.pool].load
+                                     if pools[q.pool].load else 1.0 / len(pools[q.pool].ops))
+              for q in p.placements)
+    return {"name": p.name, "kind": p.kind, "node": p.node, "visits": p.visits, "latency_s": p.latency_s,
+            "finish_s": p.finish_s, "device": c.device, "tp": c.tp, "pp": c.pp, "batch": c.batch,
+            "engine": c.engine, "pool": p.pool, "replicas": main.replicas, "devices": main.devices,
+            "usd_h": usd, "detail": c.detail, "source": c.source,
+            "placements": [{"pool": q.pool, "share": q.share, "device": q.candidate.device, "tp": q.candidate.tp,
+                            "pp": q.candidate.pp, "batch": q.candidate.batch, "latency_s": q.candidate.latency_s,
+                            "source": q.candidate.source, "detail": q.candidate.detail}
+                           for q in p.placements]}
+
+
+def _member_load(pool: PoolEntry, op: str) -> float:
+    return sum(m.load for m in pool.ops if m.op == op)
+
+
 def placement_json(plan: Plan) -> dict[str, Any]:
-    """What the IR's apply-plan pass reads: one placement per granular op."""
+    """What the IR's apply-plan pass reads: one placement per granular op (its largest share)."""
     return {
         "schema": PLACEMENT_SCHEMA,
         "placements": {
@@ -173,6 +239,22 @@ def placement_json(plan: Plan) -> dict[str, Any]:
             for p in plan.ops
         },
     }
+
+
+def pool_entries(graph: PlanningGraph, pools: dict[str, PoolSize]) -> tuple[PoolEntry, ...]:
+    """The checker's sized pools as plan-file entries."""
+    out = []
+    for p in pools.values():
+        first = graph.op(p.members[0].op)
+        c = first.candidates[p.members[0].candidate]
+        role = "shared" if p.key.op is None else first.kind.split(".", 1)[-1] if first.kind.startswith("llm.") \
+            else "moe"
+        out.append(PoolEntry(p.name, p.key.device, p.key.tp, p.key.pp, p.key.engine, p.replicas,
+                             tuple(PoolMember(m.op, m.share, m.load) for m in p.members), p.key.engine_version,
+                             c.batch if p.key.op is not None else 1, role, p.usd_h_per_replica,
+                             first.model if p.key.op is not None else None,
+                             first.dtype if p.key.op is not None else None))
+    return tuple(sorted(out, key=lambda e: (e.role != "shared", e.device, e.name)))
 
 
 def plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
@@ -186,75 +268,139 @@ def plan_graph(graph: PlanningGraph, name: str, explain: bool = False, time_limi
                with_baselines: bool = True) -> Plan:
     sol = solve_milp(graph, time_limit_s=time_limit_s)
     if sol.assignment is None:
+        if sol.status == "Time limit reached":
+            raise PlanInfeasible(f"HiGHS found no feasible plan within its {time_limit_s:g} s time limit; "
+                                 "raise --time-limit")
         raise PlanInfeasible(explain_infeasible(graph))
     verdict = check(graph, sol.assignment)
     if not verdict.ok:  # the solver's word is not enough: never hand out a plan that fails the check
         raise PlanInfeasible("the solver's plan fails the independent check: " + "; ".join(verdict.violations))
-    fleet = fleet_decision(graph, devices_used(graph, sol.assignment),
+    return plan_from(graph, name, sol, verdict, tuple(baselines(graph, sol)) if with_baselines else (),
+                     runner_ups(graph, sol.assignment) if explain else {})
+
+
+def plan_from(graph: PlanningGraph, name: str, sol: Solution, verdict: Verdict, base: tuple[Baseline, ...] = (),
+              explain: dict[str, str] | None = None) -> Plan:
+    """A Plan of a checked assignment: its pools as the checker sized them."""
+    assert sol.assignment is not None
+    gap = 0.0 if sol.status == "Optimal" else sol.gap
+    fleet = fleet_decision(graph, verdict.devices,
                            graph.penalty_usd_h_per_s * verdict.slack_s if verdict.slack_s else 0.0)
     return Plan(
-        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict.finish_s), fleet.usd_h,
-        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment),
-        tuple(baselines(graph)) if with_baselines else (), sol.status,
-        runner_ups(graph, sol.assignment) if explain else {}, fleet=fleet,
-        power_kw=fleet_power_kw(graph, sol.assignment.chosen),
-        energy_j_per_request=energy_j_per_request(graph, sol.assignment.chosen), percentile=graph.percentile,
+        name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict), fleet.usd_h,
+        verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), base, sol.status, explain or {},
+        pools=pool_entries(graph, verdict.pools), solver_gap=gap, solver_s=sol.solve_s, percentile=graph.percentile,
+        notes=graph.notes, fleet=fleet, power_kw=fleet_power_kw(graph, verdict.pools),
+        energy_j_per_request=energy_j_per_request(graph, verdict.pools),
     )
 
 
-def _placed(graph: PlanningGraph, a: Assignment, finish: dict[str, float]) -> tuple[PlacedOp, ...]:
-    return tuple(
-        PlacedOp(o.name, o.kind, o.node, o.candidates[a.chosen[o.name][0]], a.chosen[o.name][1], o.visits,
-                 finish.get(o.name, 0.0), _ttft_at_sla(graph, o.name, o.candidates[a.chosen[o.name][0]],
-                                                       a.chosen[o.name][1]))
-        for o in graph.ops if o.name in a.chosen
-    )
-
-
-def _ttft_at_sla(graph: PlanningGraph, op: str, c: OpCandidate, replicas: int) -> float | None:
-    if c.first_token_s is None:
-        return None
-    return first_token_tail_s(graph, op, c, replicas)
+def _placed(graph: PlanningGraph, a: Assignment, verdict: Verdict) -> tuple[PlacedOp, ...]:
+    out = []
+    for o in graph.ops:
+        if o.name not in a.placements:
+            continue
+        places = tuple(Placement(pool_key(o, o.candidates[s.candidate]).name, s.share, o.candidates[s.candidate])
+                       for s in a.placements[o.name])
+        main = max(places, key=lambda p: p.share)
+        replicas = verdict.pools[main.pool].replicas
+        ttft = (first_token_tail_s(graph, o.name, main.candidate, replicas, main.share)
+                if main.candidate.first_token_s is not None else None)
+        out.append(PlacedOp(o.name, o.kind, o.node, places, o.visits, verdict.finish_s.get(o.name, 0.0),
+                            replicas, ttft))
+    return tuple(out)
 
 
 def _output_tokens_per_s(graph: PlanningGraph, a: Assignment) -> float:
     return sum(graph.rate_per_s * o.visits * o.output_tokens for o in graph.ops
-               if o.name in a.chosen and o.kind in ("llm.decode", "llm.aggregated"))
+               if o.name in a.placements and o.kind in ("llm.decode", "llm.aggregated"))
 
 
 def _is_llm(op: str, graph: PlanningGraph) -> bool:
     return graph.op(op).kind.startswith("llm.")
 
 
-def baselines(graph: PlanningGraph) -> list[Baseline]:
+def baselines(graph: PlanningGraph, main: Solution | None = None) -> list[Baseline]:
     """Best homogeneous aggregated, best homogeneous disaggregated, and H100::H100 — the LLM ops
-    restricted, everything else free — on the same planning graph; one that cannot apply says why."""
+    restricted, everything else free — on the same planning graph.
+
+    They reuse it: without an inventory, LLM ops sit on dedicated pools whose cost does not depend on any
+    other op, so a restriction's optimum without the deadline is the non-LLM optimum (solved once) plus
+    each LLM op's cheapest allowed column; when that passes the check it is the restricted optimum. Only
+    a restriction where the deadline binds, or a fleet an inventory couples, is solved as a MILP."""
     accelerators = sorted({c.device for o in graph.ops if _is_llm(o.name, graph) for c in o.candidates})
     llm_nodes = {g.node for g in graph.groups}
+    quick = _Decomposed(graph, main) if graph.mode == "unconstrained" and not graph.splits else None
     out = []
     for label, variant in (("homogeneous aggregated", "aggregated"), ("homogeneous disaggregated", "disaggregated")):
         best: Baseline | None = None
-        misses = []
+        misses: list[str] = []
         for d in accelerators:
             if d not in graph.cluster_devices:
                 continue
-            res = _restricted(graph, f"{label} ({d})", _llm_only_on(graph, d), dict.fromkeys(llm_nodes, variant))
+            res = _restricted(graph, f"{label} ({d})", _llm_only_on(graph, d), dict.fromkeys(llm_nodes, variant),
+                              quick)
             if res.feasible and (best is None or res.usd_h < best.usd_h):
                 best = res
             elif not res.feasible:
                 misses.append(f"{d}: {res.reason}")
         out.append(best or Baseline(f"best {label}", math.inf, math.inf, False,
-                                    "no single device type can serve every LLM call " + variant + ": "
+                                    f"no single device type can serve every LLM call {variant}: "
                                     + "; ".join(misses or ["no accelerator in the cluster"])))
-    ref_name = "H100::H100 (paper's reference)"
     why_not = cannot_apply(graph, REFERENCE_DEVICE)
     if why_not:
-        out.append(Baseline(ref_name, math.inf, math.inf, False, why_not))
+        out.append(Baseline("H100::H100 (paper's reference)", math.inf, math.inf, False, why_not))
         return out
     ref = graph if REFERENCE_DEVICE in graph.cluster_devices else _with_device(graph, REFERENCE_DEVICE)
-    out.append(_restricted(ref, ref_name, lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
-                           dict.fromkeys(llm_nodes, "disaggregated")))
+    ref_quick = quick if ref is graph else (_Decomposed(ref, None) if quick is not None else None)
+    out.append(_restricted(ref, "H100::H100 (paper's reference)",
+                           lambda op, c: not _is_llm(op, ref) or c.device == REFERENCE_DEVICE,
+                           dict.fromkeys(llm_nodes, "disaggregated"), ref_quick))
     return out
+
+
+class _Decomposed:
+    """The non-LLM ops' optimum without the deadline, solved once for every baseline."""
+
+    def __init__(self, graph: PlanningGraph, main: Solution | None) -> None:
+        self.graph = graph
+        free = replace(graph, deadline_s=None)
+        sol = main if main is not None and main.assignment is not None and _no_latency_rows(graph) else None
+        if sol is None:
+            sol = solve_milp(free)
+        a = sol.assignment
+        self.non_llm = ({} if a is None else
+                        {op: s for op, s in a.placements.items() if not _is_llm(op, graph)})
+        self.ok = a is not None
+
+    def solve(self, allow: Allow, variants: dict[str, str]) -> Assignment | None:
+        if not self.ok:
+            return None
+        g = self.graph
+        chosen = dict(self.non_llm)
+        for group in g.groups:
+            for op in group.variants.get(variants.get(group.node, ""), ()):
+                o = g.op(op)
+                cols = [(c.usd_h * min_replicas(g, op, c), c.latency_s, k) for k, c in enumerate(o.candidates)
+                        if c.feasible and c.device in g.cluster_devices and allow(op, c)
+                        and first_token_attainable(g, op, c)]
+                if not cols:
+                    return None
+                chosen[op] = (Share(min(cols)[2], 1.0),)
+        for o in g.ops:  # LLM ops outside any variant group
+            if _is_llm(o.name, g) and o.name not in chosen and not any(o.name in ops for gr in g.groups
+                                                                           for ops in gr.variants.values()):
+                cols = [(c.usd_h * min_replicas(g, o.name, c), c.latency_s, k) for k, c in enumerate(o.candidates)
+                        if c.feasible and c.device in g.cluster_devices and allow(o.name, c)]
+                if not cols:
+                    return None
+                chosen[o.name] = (Share(min(cols)[2], 1.0),)
+        return Assignment(chosen)
+
+
+def _no_latency_rows(graph: PlanningGraph) -> bool:
+    """Whether the deadline cannot bind (so the unconstrained optimum is the optimum)."""
+    return graph.deadline_s is None
 
 
 def _with_device(graph: PlanningGraph, device: str) -> PlanningGraph:
@@ -266,7 +412,14 @@ def _llm_only_on(graph: PlanningGraph, device: str) -> Allow:
     return lambda op, c: not _is_llm(op, graph) or c.device == device
 
 
-def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str]) -> Baseline:
+def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[str, str],
+                quick: _Decomposed | None = None) -> Baseline:
+    if quick is not None:
+        a = quick.solve(allow, variants)
+        if a is not None:
+            v = check(graph, a)
+            if v.ok:
+                return Baseline(name, v.usd_h, v.e2e_latency_s, True)
     sol = solve_milp(graph, allow, variants)
     if sol.assignment is None:
         return Baseline(name, math.inf, math.inf, False, why_infeasible(graph, allow, variants, sol.status))
@@ -278,9 +431,9 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
     """Per op: the best candidate on another device type with everything else fixed, and why it lost."""
     base = check(graph, a)
     out = {}
-    for name, (k, _) in a.chosen.items():
+    for name in a.placements:
         op = graph.op(name)
-        current = op.candidates[k]
+        current = a.candidate(graph, name)
         best: tuple[float, str] | None = None
         for j, c in enumerate(op.candidates):
             if c.device == current.device or c.device not in graph.cluster_devices:
@@ -289,8 +442,7 @@ def runner_ups(graph: PlanningGraph, a: Assignment) -> dict[str, str]:
                 why = c.reason
                 score = math.inf
             else:
-                trial = Assignment({**a.chosen, name: (j, min_replicas(graph, name, c))})
-                v = check(graph, trial)
+                v = check(graph, Assignment({**a.placements, name: (Share(j, 1.0),)}))
                 score = v.usd_h
                 why = (f"+${v.usd_h - base.usd_h:.2f}/h" if v.ok
                        else "; ".join(x for x in v.violations if name in x or "end-to-end" in x))
@@ -319,9 +471,8 @@ def explain_infeasible(graph: PlanningGraph) -> str:
     if graph.mode != "unconstrained":
         free = solve_milp(replace(graph, mode="unconstrained"))
         if free.assignment is not None:
-            need = devices_used(graph, free.assignment)
-            short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)} and {d} is not in 'buy'"
-                     for d, n in need.items()
+            need = check(replace(graph, mode="unconstrained"), free.assignment).devices
+            short = [f"{d}: needs {n}, inventory has {graph.inventory.get(d, 0)}" for d, n in need.items()
                      if n > graph.inventory.get(d, 0) and not (graph.mode == "own-and-buy" and d in graph.buy)]
             if short:
                 return ("inventory binds: the cheapest plan without it uses " + ", ".join(short)
@@ -360,16 +511,16 @@ def _closest(o: Any, cands: list[OpCandidate]) -> str:
 
 def _fastest_e2e(graph: PlanningGraph) -> float:
     """Critical path with every op on its fastest feasible candidate (a lower bound on E2E)."""
-    fast: dict[str, tuple[int, int]] = {}
+    fast: dict[str, int] = {}
     for o in graph.ops:
         ok = [(c.latency_s, k) for k, c in enumerate(o.candidates) if c.feasible and c.device in graph.cluster_devices]
         if ok:
-            fast[o.name] = (min(ok)[1], 1)
+            fast[o.name] = min(ok)[1]
     loose = replace(graph, deadline_s=None)
     best = math.inf
     for g_choice in _variant_choices(graph):
         chosen = {k: v for k, v in fast.items() if k not in g_choice}
-        best = min(best, check(loose, Assignment(chosen)).e2e_latency_s)
+        best = min(best, check(loose, Assignment.of(chosen)).e2e_latency_s)
     return best
 
 

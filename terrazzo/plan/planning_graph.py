@@ -9,6 +9,7 @@ their effect kept in each op's expected visits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -23,9 +24,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class OpCandidate:
     """One way to run an op: `latency_s` per visit on the request's path, `rate_per_s` visits one
-    replica sustains, `devices` and `usd_h` per replica. First-token ops (prefill, aggregated) also
-    carry `first_token_s`, the service time to the first token at the mean prompt, and how many
-    prompts a replica serves at once (`prefill_slots`); the planner sizes their queues from these."""
+    replica sustains, `devices` and `usd_h` per replica.
+
+    One definition of a replica's capacity, used by the planner, the checker, the simulator and the
+    runtime: a replica has `pp` lanes (pipeline stages, each with a micro-batch in flight) of `batch`
+    sequences, so it holds `slots` = batch × pp requests at once, each for `hold_s`; its rate is
+    slots / hold_s. First-token ops (prefill, aggregated) also carry `first_token_s`, the service time
+    to the first token at the mean prompt; their TTFT queue has replicas × slots servers of service
+    `hold_s` (an aggregated replica's slot is held for the whole answer, so a prompt waits for a
+    free decode slot). New fields must have defaults: other layers extend this type."""
 
     device: str
     tp: int
@@ -39,14 +46,36 @@ class OpCandidate:
     reason: str = ""
     detail: str = ""
     first_token_s: float | None = None
-    prefill_slots: int = 1
+    slots: int = 1  # requests one replica holds at once (batch × pp for LLM phases)
     source: str = "analytic"  # where the estimate comes from: analytic, fitted:<profile>, profile:<profile>#<points>
-    step_s: float | None = None  # an LLM decode or aggregated candidate's time between tokens at `batch`
+    hold_s: float | None = None  # how long a slot is held per request (None: latency_s)
+    engine: str = "builtin"  # terrazzo.catalog.engines.Engine value serving this candidate
+    engine_version: str = ""
+    tbt_s: float | None = None  # an LLM decode step (decode, aggregated): time between tokens at `batch`
     spread: tuple[float, float] | None = None  # cross-validated p10/p90 of measured ÷ predicted time; None: unknown
 
     @property
     def label(self) -> str:
         return f"{self.device} tp{self.tp} pp{self.pp} b{self.batch}"
+
+    @property
+    def lanes(self) -> int:
+        return self.pp
+
+    @property
+    def slot_s(self) -> float:
+        return self.latency_s if self.hold_s is None else self.hold_s
+
+    @property
+    def prefill_slots(self) -> int:
+        """Back-compatible name for `slots`."""
+        return self.slots
+
+
+def llm_capacity(batch: int, pp: int, hold_s: float) -> tuple[int, float]:
+    """(slots, requests/s) of one LLM replica: pp lanes of `batch` sequences, each slot held `hold_s`."""
+    slots = max(batch, 1) * max(pp, 1)
+    return slots, (slots / hold_s if hold_s > 0 and math.isfinite(hold_s) else 0.0)
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,7 @@ class PlanOp:
     work_tail_ratio: float = 1.0
     work_scv: float = 0.0
     arrival_scv: float = 1.0
+    hold_scv: float | None = None  # squared CV of how long a slot is held (None: work_scv)
 
 
 @dataclass(frozen=True)
@@ -109,9 +139,18 @@ class PlanningGraph:
     max_devices: int | None = None  # rack limit: devices of every type together
     financing: str = ""  # the TCO profile's terms in words, for the keep-or-buy report
     _by_name: dict[str, PlanOp] = field(init=False, repr=False, compare=False)
+    split: bool | None = None  # may an LLM op be split across pools? None: only when an inventory binds the fleet
+    notes: tuple[str, ...] = ()  # what building the graph assumed (a trace's measured rate, ...)
+    share_steps: int = 20  # a split non-LLM op's shares are multiples of 1/share_steps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {o.name: o for o in self.ops})
+
+    @property
+    def splits(self) -> bool:
+        """Whether the MILP may split an op's demand across several pools (an LLM op by its pools'
+        capacities, any other op in steps of 1/share_steps)."""
+        return self.mode != "unconstrained" if self.split is None else self.split
 
     def op(self, name: str) -> PlanOp:
         return self._by_name[name]
@@ -140,10 +179,31 @@ def non_dominated(items: list[T], group: Callable[[T], str], costs: Callable[[T]
     return out
 
 
-def prune(cands: list[OpCandidate]) -> tuple[OpCandidate, ...]:
-    """Drop feasible candidates another on the same device beats on every count (latency, $/h, rate,
-    devices per replica): a plan using the loser can swap in the winner with no more replicas, so the
-    optimum is unchanged. Infeasible ones stay, for explanations."""
-    ok = non_dominated([c for c in cands if c.feasible], lambda c: c.device,
-                       lambda c: (c.latency_s, c.usd_h, -c.rate_per_s, c.devices))
+def is_dedicated(kind: str) -> bool:
+    """LLM phases run on pools of their own (one model deployment serving one op); every other op
+    shares the pool of its (device, parallelism, engine) with the other ops placed there."""
+    return kind.startswith(("llm.", "moe."))
+
+
+def prune(cands: list[OpCandidate], kind: str = "", first_token: bool = False) -> tuple[OpCandidate, ...]:
+    """Drop feasible candidates that another beats on every quantity the MILP's constraints read, for
+    any demand: latency, $/h, devices and rate per replica, and for a first-token op its queue (more
+    slots held for less time) and its first-token time. Both candidates must sit in the same pool
+    class (device and engine for a dedicated LLM pool; device, parallelism and engine for a shared
+    one), so the swap leaves every other pool's load, the inventory and every transfer unchanged and
+    never needs more replicas: the optimum is unchanged at every rate and share. Infeasible ones stay,
+    for explanations."""
+    dedicated = is_dedicated(kind)
+
+    def group(c: OpCandidate) -> str:
+        return f"{c.device}/{c.engine}/{c.engine_version}" + ("" if dedicated else f"/{c.tp}/{c.pp}")
+
+    def costs(c: OpCandidate) -> tuple[float, ...]:
+        base = (c.latency_s, c.usd_h, float(c.devices), -c.rate_per_s)
+        if not first_token or c.first_token_s is None:
+            return base
+        extra = 1.0 if c.batch > 1 else 0.0
+        return (*base, -float(c.slots), c.slot_s, c.first_token_s, c.first_token_s * (1.0 + extra))
+
+    ok = non_dominated([c for c in cands if c.feasible], group, costs)
     return tuple(ok + [c for c in cands if not c.feasible])

@@ -1,40 +1,38 @@
-"""Power and energy of a placement, one rule for the MILP's `max_kw` rows, the checker and the plan
-report: each replica's devices draw idle power plus the op's utilisation share of the span to TDP
-(terrazzo/cost/energy.py). The utilisation is the op's demand over its replicas' sustained rate, a
-constant per (op, candidate, replicas), so the MILP's power row stays linear."""
+"""Power and energy of a fleet, one rule for the MILP's `max_kw` row, the checker and the plan report:
+a pool's devices draw their idle power, plus the span to TDP for the share of them its load keeps busy
+(load: replica-equivalents of busy time, share · demand / rate; plan/fleet_model.py). So a pool of N
+replicas of d devices at utilisation u = load / N draws N·d·(idle + u·(TDP − idle)) — linear in the
+pool size and in the placed shares, which keeps the MILP's power row linear.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
-from terrazzo.cost.energy import PowerCurve, joules_per_request
+from terrazzo.cost.energy import joules_per_request
+from terrazzo.plan.fleet_model import PoolSize
 from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph
 
 
-def utilisation(graph: PlanningGraph, op: str, cand: OpCandidate, replicas: int) -> float:
-    """Share of the replicas' sustained rate the op's demand uses (0 for ops with no rate limit)."""
-    demand = graph.rate_per_s * graph.op(op).visits
-    if replicas <= 0 or not math.isfinite(cand.rate_per_s) or cand.rate_per_s <= 0:
+def pool_power_w(graph: PlanningGraph, c: OpCandidate, replicas: int, load: float) -> float:
+    """Device watts of `replicas` replicas of `c` carrying `load` replica-equivalents (0 without power data)."""
+    curve = graph.power.get(c.device)
+    if curve is None:
         return 0.0
-    return min(demand / (replicas * cand.rate_per_s), 1.0)
+    busy = min(max(load, 0.0), float(replicas))
+    return c.devices * (replicas * curve.idle_w + busy * (curve.tdp_w - curve.idle_w))
 
 
-def curve(graph: PlanningGraph, device: str) -> PowerCurve | None:
-    return graph.power.get(device)
+def fleet_power_kw(graph: PlanningGraph, pools: Mapping[str, PoolSize]) -> float:
+    """Device power of sized pools, kW (idle owned devices outside the plan are off)."""
+    total = 0.0
+    for p in pools.values():
+        curve = graph.power.get(p.key.device)
+        if curve is not None:
+            busy = min(p.load, float(p.replicas))
+            total += p.devices_per_replica * (p.replicas * curve.idle_w + busy * (curve.tdp_w - curve.idle_w))
+    return total / 1e3
 
 
-def op_power_w(graph: PlanningGraph, op: str, cand: OpCandidate, replicas: int) -> float:
-    """Device watts of `replicas` replicas of `cand` serving `op` (0 when the graph carries no power data)."""
-    c = curve(graph, cand.device)
-    if c is None:
-        return 0.0
-    return replicas * cand.devices * c.at(utilisation(graph, op, cand, replicas))
-
-
-def fleet_power_kw(graph: PlanningGraph, chosen: dict[str, tuple[int, int]]) -> float:
-    """Device power of an assignment (op → (candidate index, replicas)), kW; idle owned devices are off."""
-    return sum(op_power_w(graph, op, graph.op(op).candidates[k], n) for op, (k, n) in chosen.items()) / 1e3
-
-
-def energy_j_per_request(graph: PlanningGraph, chosen: dict[str, tuple[int, int]]) -> float:
-    return joules_per_request(fleet_power_kw(graph, chosen) * 1e3, graph.pue, graph.rate_per_s)
+def energy_j_per_request(graph: PlanningGraph, pools: Mapping[str, PoolSize]) -> float:
+    return joules_per_request(fleet_power_kw(graph, pools) * 1e3, graph.pue, graph.rate_per_s)

@@ -149,6 +149,12 @@ def worker_targets(pool_ops: dict[str, tuple[str, ...]], pool_device: dict[str, 
     return targets, moves
 
 
+def seconds_since_midnight() -> float:
+    """Local time of day, s: a day plan's curve starts at midnight."""
+    now = datetime.now()
+    return now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
+
+
 # --- planner inputs -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlannerInputs:
@@ -248,8 +254,16 @@ class PlanState:
 class Controller:
     def __init__(self, agent: str, runtime: Any, plan: PlanState, settings: ControllerSettings,
                  replanner: Replanner | None, replan_off: str, clock: Callable[[], float] = time.monotonic,
-                 on_decision: Callable[[dict[str, Any]], None] = lambda rec: None) -> None:
+                 on_decision: Callable[[dict[str, Any]], None] = lambda rec: None,
+                 schedule_doc: dict[str, Any] | None = None,
+                 time_of_day: Callable[[], float] | None = None) -> None:
         self.agent, self.runtime, self.plan, self.settings = agent, runtime, plan, settings
+        # a day plan's schedule (plan/day_plan.py) replaces re-planning: pool sizes follow the time of day
+        self.schedule_doc, self.time_of_day = schedule_doc, time_of_day or seconds_since_midnight
+        if schedule_doc is not None:
+            from terrazzo.plan.day_plan import scheduled_ops
+
+            scheduled_ops(schedule_doc, 0.0)  # a wrong file fails at start, not in the loop
         self.replanner, self.replan_off, self.clock, self.on_decision = replanner, replan_off, clock, on_decision
         self.policy = Policy(settings.band_up, settings.band_down, settings.dwell_s, settings.min_window_s,
                              settings.min_rate_per_s, settings.persist_s)
@@ -313,6 +327,8 @@ class Controller:
 
     async def step(self) -> dict[str, Any]:
         """Measure, decide, and (unless advisory) act; returns the evaluation's record."""
+        if self.schedule_doc is not None:
+            return await self._follow_schedule()
         m = self.measure()
         d = decide(m, self.policy)
         rec: dict[str, Any] = {
@@ -368,6 +384,46 @@ class Controller:
         rec["acted"] = True
         rec["outcome"] = "applied: " + (", ".join(f"{n} {w['before']}→{w['after']}" for n, w in rec["workers"].items()
                                                    if w["before"] != w["after"]) or "worker counts unchanged")
+
+    async def _follow_schedule(self) -> dict[str, Any]:
+        """Resize the pools to the day plan's sizes for this time of day (grown a lead time early)."""
+        from terrazzo.plan.day_plan import scheduled_ops
+
+        assert self.schedule_doc is not None
+        t = self.time_of_day()
+        index, ops = scheduled_ops(self.schedule_doc, t)
+        backend = self.runtime.backend
+        pools, cfg = backend.pools, self.runtime.config
+        targets, moves = worker_targets({n: p.spec.ops for n, p in pools.items()},
+                                        {n: p.spec.device for n, p in pools.items()}, ops,
+                                        cfg.min_workers_per_pool, cfg.max_workers_per_pool)
+        before = {n: p.spec.workers for n, p in pools.items()}
+        changes = {n: w for n, w in targets.items() if w != before[n]}
+        rec: dict[str, Any] = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), "action": "schedule" if changes else "hold",
+            "reason": f"day plan interval {index} at {t / 3600:.2f} h of the curve",
+            "arrival_rate_per_s": round(self.arrival_rate(), 4),
+            "scheduled_rate_per_s": self.schedule_doc["intervals"][index]["rate_per_s"],
+            "workers": {n: {"before": before[n], "after": targets.get(n, before[n])} for n in pools},
+            "not_applied": moves, "acted": False,
+        }
+        self.last = rec
+        if not changes:
+            return rec
+        if self.settings.advisory:
+            rec["outcome"] = "advisory: logged, not applied"
+        else:
+            try:
+                for name, n in changes.items():
+                    await backend.resize(name, n)
+                rec["acted"] = True
+                rec["outcome"] = "applied: " + ", ".join(f"{n} {before[n]}→{w}" for n, w in changes.items())
+            except TerrazzoError as exc:
+                rec["outcome"] = f"resize failed: {exc}"
+        self.decisions.append(rec)
+        log.info("controller[%s] %s: %s → %s", self.agent, self.mode, rec["reason"], rec["outcome"])
+        self.on_decision(rec)
+        return rec
 
     def status(self) -> dict[str, Any]:
         plan = self.plan.rate_per_s

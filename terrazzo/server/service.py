@@ -110,7 +110,9 @@ class AgentService:
         self.plan = PlanState(str(plan_path) if plan_path else "<none>", plan_doc, rate)
         self.admission = Admission(self.name, settings.limits.max_in_flight, self.config.queue_depth, c.window_s,
                                    (plan_doc or {}).get("e2e_latency_s"), clock)
-        self.controller = Controller(self.name, self.runtime, self.plan, c, replanner, off, clock)
+        schedule = json.loads(settings.path(c.schedule).read_text()) if c.enabled and c.schedule else None
+        self.controller = Controller(self.name, self.runtime, self.plan, c, replanner, off, clock,
+                                     schedule_doc=schedule)
         self.state, self.error = "starting", ""
         self.draining = False
         self.in_flight_ids: set[tuple[str, str]] = set()          # (tenant, request id)

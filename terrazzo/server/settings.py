@@ -68,6 +68,8 @@ class ControllerSettings(_Strict):
     workload: str | None = None      # planner inputs; default: the `inputs` recorded in the plan file
     sla: str | None = None
     cluster: str | None = None
+    schedule: str | None = None      # a day plan (terrazzo plan with a rate-curve workload, -o): follow its pool
+    #                                  sizes by time of day instead of re-planning; advisory logs them only
 
 
 class IdempotencySettings(_Strict):

@@ -269,19 +269,30 @@ def report_from(sim: Simulation) -> SimReport:
             float((tbt_known <= st.tbt_limit).mean()) if tbt_known.size else math.nan))
 
     pools, waits = [], []
-    for name, op in sim.ops.items():
-        v = op.pool.visits
+    from terrazzo.cost.tco import device_usd_per_hour
+
+    def usd_per_device(device: str) -> float:
+        return device_usd_per_hour(m.catalog, device, m.cluster.tco_profile, m.cluster.price_profile).usd_h
+
+    for name, pool in sim.pools.items():
+        v = pool.visits
         sub = np.frombuffer(v.submit_s, dtype=np.float64) if len(v.submit_s) else np.zeros(0)
         w = (sub >= lo) & (sub < hi)
         wait = np.frombuffer(v.wait_s, dtype=np.float64)[w] if len(v.wait_s) else np.zeros(0)
         service = np.frombuffer(v.service_s, dtype=np.float64)[w] if len(v.service_s) else np.zeros(0)
         busy, occ = _window(sim, name)
-        cap = op.pool.capacity * window_s
-        p = op.planned
+        cap = pool.capacity * window_s
+        entry = m.pools[name]
+        planned = [p for places in m.placements.values() for p in places if p.pool == name]
+        kind = planned[0].kind if entry.role != "shared" else "shared"
+        label = f"{entry.device} tp{entry.tp}" + (f"pp{entry.pp}" if entry.pp > 1 else "") + f" ×{entry.replicas}"
         pools.append(PoolStats(
-            name, p.kind, p.label, p.replicas, op.pool.capacity, occ / cap if cap else math.nan,
+            name, kind, label, entry.replicas, pool.capacity, occ / cap if cap else math.nan,
             busy / cap if cap else math.nan, float(w.sum()) / measured if measured else math.nan,
-            Percentiles.of(wait), float(service.mean()) if service.size else math.nan, p.latency_s, p.usd_h))
+            Percentiles.of(wait), float(service.mean()) if service.size else math.nan,
+            sum(p.latency_s * p.visits * p.share for p in planned) / max(sum(p.visits * p.share for p in planned),
+                                                                         1e-12),
+            entry.devices * usd_per_device(entry.device)))
         waits.append(wait.sum())
     links = _links(sim, window_s)
     usd_window = m.usd_h * window_s / 3600
@@ -301,7 +312,7 @@ def report_from(sim: Simulation) -> SimReport:
 
 def _links(sim: Simulation, window_s: float) -> list[LinkStats]:
     groups: dict[str, list] = {}
-    for op in sim.ops.values():
+    for op in (op for route in sim.routes.values() for op, _ in route):
         for (_, dst), link in op.links.items():
             groups.setdefault(f"{op.name} → {dst}", []).append(link)
     out = []

@@ -1,17 +1,18 @@
-"""What a simulation needs from a plan: its ops (device, parallelism, batch, replicas, predicted
-latency) and the specs it was planned from (agent, workload, SLA, cluster), found through the plan's
-`inputs` and loaded with the same loaders the planner uses."""
+"""What a simulation needs from a plan: its pools (device, parallelism, batch, replicas, the ops they
+serve and their shares), each op's placements and predicted latency, and the specs it was planned from
+(agent, workload, SLA, cluster), found through the plan's `inputs` and loaded with the same loaders the
+planner uses. The plan's $/h is recomputed from its pools and the catalog, not read from the file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.errors import SimError, TerrazzoError
-from terrazzo.plan_file import PLAN_SCHEMA, read_plan_json
+from terrazzo.plan_file import PoolEntry, op_shares, plan_pools, read_plan_json
 from terrazzo.sim.schedulers import KV_POLICIES, POLICIES, Scheduler, engine_scheduler
 from terrazzo.spec.agent import Agent, LlmNode
 from terrazzo.spec.cluster import Cluster
@@ -19,14 +20,13 @@ from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
 INPUTS = ("agent", "workload", "sla", "cluster")
-SCHEMAS = tuple(dict.fromkeys((PLAN_SCHEMA, "terrazzo.plan/v1", "terrazzo.plan/v2")))
 PREVIOUS_TOKEN_BUDGET = 8192  # prompt tokens per prefill iteration in plans that name no scheduler
 SCHEDULER_FIELDS = ("policy", "kv", "max_num_seqs", "max_batched_tokens", "block_size", "kv_blocks")
 
 
 @dataclass(frozen=True)
 class PlannedOp:
-    """One op of the plan, as `Plan.to_json` writes it."""
+    """One op of the plan on one of its pools (`pool`, carrying `share` of the op's visits)."""
 
     name: str
     kind: str
@@ -39,6 +39,8 @@ class PlannedOp:
     visits: float
     latency_s: float
     usd_h: float
+    pool: str = ""
+    share: float = 1.0
     scheduler: Scheduler = field(default_factory=Scheduler)
 
     @property
@@ -63,37 +65,38 @@ class SimModel:
     source: str = ""
     by_node: dict[str, list[PlannedOp]] = field(default_factory=dict)
     input_paths: dict[str, Path] = field(default_factory=dict)
+    pools: dict[str, PoolEntry] = field(default_factory=dict)
+    placements: dict[str, list[PlannedOp]] = field(default_factory=dict)  # op → one PlannedOp per pool it uses
 
     @property
     def percentile(self) -> float:
         return self.sla.end_to_end.percentile if self.sla.end_to_end else 99.0
 
 
-def _ops(plan: dict[str, Any]) -> dict[str, PlannedOp]:
+def _ops(plan: dict[str, Any], pools: dict[str, PoolEntry]) -> dict[str, list[PlannedOp]]:
+    """op → its placements, one per pool, largest share first."""
+    shares = op_shares(list(pools.values()))
+    out: dict[str, list[PlannedOp]] = {}
     try:
-        ops = {o["name"]: PlannedOp(o["name"], o["kind"], o["node"], o["device"], int(o["tp"]), int(o["pp"]),
-                                    int(o["batch"]), int(o["replicas"]), float(o["visits"]), float(o["latency_s"]),
-                                    float(o["usd_h"])) for o in plan["ops"]}
+        for o in plan["ops"]:
+            name = o["name"]
+            lat = {q["pool"]: float(q.get("latency_s", o["latency_s"])) for q in o.get("placements", [])}
+            batch = {q["pool"]: int(q.get("batch", o.get("batch", 1))) for q in o.get("placements", [])}
+            mine = shares.get(name)
+            if not mine:
+                raise SimError(f"plan op '{name}' is on no pool; re-plan with `terrazzo plan ... -o plan.json`")
+            out[name] = [PlannedOp(name, o["kind"], o["node"], p.device, p.tp, p.pp, batch.get(p.name, p.batch),
+                                   p.replicas, float(o["visits"]), lat.get(p.name, float(o["latency_s"])),
+                                   p.usd_h, p.name, share,
+                                   scheduler_of(o, {"engine": p.engine, "engine_version": p.engine_version, **p.extra},
+                                                batch.get(p.name, p.batch)))
+                         for p, share in sorted(mine, key=lambda x: -x[1])]
     except (KeyError, TypeError, ValueError) as exc:
         raise SimError(f"plan ops are malformed ({exc!r}); write the plan with `terrazzo plan ... -o plan.json`"
                        ) from None
-    pools = _pools_by_op(plan)
-    return {name: replace(op, scheduler=scheduler_of(rec, pools.get(name), op.batch))
-            for (name, op), rec in zip(ops.items(), plan["ops"], strict=True)}
-
-
-def _pools_by_op(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A v2 plan's pool records, by the ops each serves (a pool lists `ops`, or an op names its `pool`)."""
-    out: dict[str, dict[str, Any]] = {}
-    pools = plan.get("pools")
-    if isinstance(pools, list):
-        by_name = {p.get("name"): p for p in pools if isinstance(p, dict)}
-        for p in by_name.values():
-            for op in p.get("ops") or ():
-                out[op if isinstance(op, str) else op.get("name", "")] = p
-        for o in plan.get("ops", ()):
-            if isinstance(o.get("pool"), str) and o["pool"] in by_name:
-                out.setdefault(o["name"], by_name[o["pool"]])
+    missing = sorted(set(shares) - set(out))
+    if missing:
+        raise SimError(f"plan pools serve ops the plan does not list ({', '.join(missing)}); re-plan it")
     return out
 
 
@@ -140,13 +143,30 @@ def scheduler_of(op: dict[str, Any], pool: dict[str, Any] | None, batch: int) ->
         raise SimError(f"{where}: {exc}") from None
 
 
+def fleet_usd_h(pools: dict[str, PoolEntry], cluster: Cluster, catalog: Catalog) -> float:
+    """$/h of the plan's pools at the catalog's prices, by the planner's rule (plan/fleet_model.py)."""
+    from terrazzo.cost.tco import device_usd_per_hour
+
+    devices: dict[str, int] = {}
+    for p in pools.values():
+        devices[p.device] = devices.get(p.device, 0) + p.devices
+    total = 0.0
+    for device, n in devices.items():
+        cost = device_usd_per_hour(catalog, device, cluster.tco_profile, cluster.price_profile)
+        if cluster.mode == "own-and-buy":
+            owned = min(n, cluster.inventory.get(device, 0))
+            total += owned * (cost.power_usd_h + cost.host_usd_h) + (n - owned) * cost.usd_h
+        else:
+            total += n * cost.usd_h
+    return total
+
+
 def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
                      catalog: Catalog, source: str = "") -> SimModel:
     """A plan JSON and the specs it was made from (already loaded)."""
-    if plan.get("schema") not in SCHEMAS:
-        raise SimError(f"expected a plan with schema {' or '.join(SCHEMAS)}, got {plan.get('schema')!r}; "
-                       f"write one with `terrazzo plan AGENT --workload W --sla S --cluster C -o plan.json`")
-    ops = _ops(plan)
+    pools = {p.name: p for p in plan_pools(plan, source or "plan", SimError)}
+    placements = _ops(plan, pools)
+    ops = {name: places[0] for name, places in placements.items()}
     by_node: dict[str, list[PlannedOp]] = {}
     leaves = {path for path, _ in agent.graph.leaves()}
     for op in ops.values():
@@ -167,8 +187,8 @@ def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla
             raise SimError(f"the plan places no complete set of ops for node '{path}' of agent '{agent.name}' "
                            f"(has: {have}); re-plan with the agent the plan names")
     return SimModel(str(plan.get("agent", agent.name)), plan, agent, workload, sla, cluster, catalog, ops,
-                    float(plan.get("rate_per_s") or 0.0), plan.get("deadline_s"), float(plan.get("tco_usd_h", 0.0)),
-                    source, by_node)
+                    float(plan.get("rate_per_s") or 0.0), plan.get("deadline_s"),
+                    fleet_usd_h(pools, cluster, catalog), source, by_node, pools=pools, placements=placements)
 
 
 def _resolve(name: str, base: Path | None) -> Path:

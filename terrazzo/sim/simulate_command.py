@@ -30,6 +30,7 @@ def simulate_command(plan_path: str, rate: float | None, duration_s: float | Non
     plan's rate) for `duration_s` (default 300 s). With --trace: the trace's arrivals and token counts,
     rescaled to `rate` when given, for `duration_s` or the trace's span, whichever is shorter."""
     model = load_model(plan_path)
+    _recheck(model, plan_path)
     if rate is not None and not rate > 0:
         raise SimError(f"--rate must be positive, got {rate:g} requests/s")
     if duration_s is not None and not duration_s > 0:
@@ -39,6 +40,17 @@ def simulate_command(plan_path: str, rate: float | None, duration_s: float | Non
     if out_dir:
         write_outputs(report, Path(out_dir))
     return report
+
+
+def _recheck(model: SimModel, plan_path: str) -> None:
+    """Refuse a plan the independent checker rejects against its own inputs (plan/recheck.py); the
+    simulated fleet's $/h is its pools', which the checker sized."""
+    from terrazzo.plan.recheck import recheck
+
+    verdict = recheck(model.plan, plan_path, Path(plan_path).resolve().parent, SimError).verdict
+    if abs(verdict.usd_h - model.usd_h) > 1e-6 * max(1.0, verdict.usd_h):
+        raise SimError(f"{plan_path}: its pools cost ${model.usd_h:.4f}/h at catalog prices but the checker prices "
+                       f"them ${verdict.usd_h:.4f}/h; please report this")
 
 
 def _config(model: SimModel, rate: float | None, duration_s: float | None, trace: str | None, seed: int,

@@ -1,5 +1,7 @@
-"""A plan wired into the simulator: one pool per planned op, one stage per work node, links between
-devices, arrivals, and the records a report is made of.
+"""A plan wired into the simulator: one station per plan pool (shared by the ops the plan places on
+it), one stage per work node, links between devices, arrivals, and the records a report is made of.
+An op split over several pools goes to each by the plan's shares (smooth weighted round-robin, as
+the runtime's router does).
 
 Each work node of the agent becomes a chain of stages, one per planned op (an LLM call: prefill → KV
 transfer → decode, or one aggregated stage; a tool: lookup → compute; a memory lookup: embed → search). Data moves
@@ -79,7 +81,8 @@ class Op:
         link = self.links.get(key)
         if link is None:
             bw = min(self.sim.nic_bytes_s(self.device), self.sim.nic_bytes_s(dst_device))
-            link = self.links[key] = Link(self.sim.env, f"{self.name}#{replica}→{dst_device}", bw,
+            where = self.name if self.planned.share >= 1.0 else f"{self.name}@{self.planned.pool}"
+            link = self.links[key] = Link(self.sim.env, f"{where}#{replica}→{dst_device}", bw,
                                           self.sim.fabric_latency_s)
         return link
 
@@ -109,29 +112,73 @@ class Stage:
             self.sim.goto(tok, self.next)
 
 
+class Router:
+    """Smooth weighted round-robin over an op's pools by the plan's shares: each pool gets its share of
+    the visits, interleaved."""
+
+    def __init__(self, choices: list[tuple[Op, float]]) -> None:
+        self.choices = choices
+        self.current = [0.0] * len(choices)
+        self.total = sum(w for _, w in choices)
+
+    def pick(self) -> Op:
+        if len(self.choices) == 1:
+            return self.choices[0][0]
+        cur = self.current
+        for i, (_, w) in enumerate(self.choices):
+            cur[i] += w
+        best = max(range(len(cur)), key=cur.__getitem__)
+        cur[best] -= self.total
+        return self.choices[best][0]
+
+
 class OpStage(Stage):
-    """A non-LLM op: hold one of its pool's servers for the visit's service time (then `after_s` off it)."""
+    """A non-LLM op: hold one of its pool's servers for the visit's service time (then `after_s` off it).
+    On a pool shared with ops of more servers per replica (cores vs concurrent HTTP waits), a visit holds
+    a server for its share of one (servers of the pool ÷ the op's own), the rest off it: the busy time the
+    planner sized the pool for, the same latency."""
 
     def __init__(self, sim: Simulation, node: CNode, op: Op, service: OpService) -> None:
         super().__init__(sim, node)
         self.op, self.device, self.service = op, op.device, service
+        self.scale = min(1.0, sim.pool_servers.get(op.planned.pool, service.servers) / service.servers)
 
     def start(self, tok: Token) -> None:
         hold, after = self.service()
         tok.pred_s += hold + after  # the planner's formula on this visit's work, without queueing
-        self.op.pool.submit(hold, after, self._done, tok)
+        on = hold * self.scale
+        self.op.pool.submit(on, after + hold - on, self._done, tok)
 
     def _done(self, tok: Token, replica: int) -> None:
         self.finish(tok, self.op, replica)
+
+
+class SplitStage(Stage):
+    """A non-LLM op split over pools: each visit goes to one of them by share."""
+
+    def __init__(self, sim: Simulation, node: CNode, stages: list[tuple[OpStage, float]]) -> None:
+        super().__init__(sim, node)
+        self.stages = stages
+        self.op = stages[0][0].op
+        self.device = stages[0][0].device
+        self.router = Router([(st.op, w) for st, w in stages])
+        self.by_op = {id(st.op): st for st, _ in stages}
+
+    def start(self, tok: Token) -> None:
+        self.by_op[id(self.router.pick())].start(tok)
 
 
 class LlmStage(Stage):
     """An LLM call: aggregated, or prefill → KV transfer → decode; records TTFT and TBT per call."""
 
     def __init__(self, sim: Simulation, node: CNode, spec: LlmNode, ops: dict[str, Op], isl: Dist, osl: Dist,
-                 ttft_limit_s: float | None, tbt_limit_s: float | None) -> None:
+                 ttft_limit_s: float | None, tbt_limit_s: float | None,
+                 routes: dict[str, list[tuple[Op, float]]] | None = None) -> None:
         super().__init__(sim, node)
         self.agg, self.pre, self.dec = ops.get("aggregated"), ops.get("prefill"), ops.get("decode")
+        routes = routes or {}
+        self.routers = {role: Router(routes.get(op.name) or [(op, 1.0)]) for role, op in ops.items()}
+        self._callbacks: dict[tuple[int, str], Any] = {}
         if self.agg is None and (self.pre is None or self.dec is None):
             raise SimError(f"the plan serves LLM node '{node.path}' with neither an aggregated op nor a "
                            f"prefill and a decode op; re-plan it")
@@ -158,15 +205,23 @@ class LlmStage(Stage):
             isl, osl = int(self.isl_draw()), int(self.osl_draw())
         env = self.sim.env
         if self.agg is not None:
-            tok.pred_s += self.agg.planned.latency_s * osl / self.osl_mean
-            self.agg.pool.submit(Seq(isl, osl, self._decoded, tok, env.now))
+            agg = self.routers["aggregated"].pick()
+            tok.pred_s += agg.planned.latency_s * osl / self.osl_mean
+            agg.pool.submit(Seq(isl, osl, self._callback(agg, self._decoded), tok, env.now))
         else:
-            pre = self.pre
-            assert pre is not None  # disaggregated
+            pre = self.routers["prefill"].pick()
             tok.pred_s += pre.planned.latency_s * isl / self.isl_mean
-            pre.pool.submit(Seq(isl, osl, self._prefilled, tok, env.now))
+            pre.pool.submit(Seq(isl, osl, self._callback(pre, self._prefilled), tok, env.now))
 
-    def _prefilled(self, seq: Seq, lane: int) -> None:
+    def _callback(self, op: Op, fn: Any) -> Any:
+        """`fn(seq, lane, op)` as the pool's `fn(seq, lane)`, made once per pool and step."""
+        key = (id(op), fn.__name__)
+        cb = self._callbacks.get(key)
+        if cb is None:
+            cb = self._callbacks[key] = lambda seq, lane: fn(seq, lane, op)
+        return cb
+
+    def _prefilled(self, seq: Seq, lane: int, pre: Op) -> None:
         tok: Token = seq.arg
         pre, dec = self.pre, self.dec
         assert pre is not None and dec is not None  # disaggregated: __init__ checked both
@@ -174,23 +229,20 @@ class LlmStage(Stage):
             self._record(seq, tok)
             self.finish(tok, pre, lane // pre.planned.pp)
             return
+        dec = self.routers["decode"].pick()
         link = pre.link(lane // pre.planned.pp, dec.device)
         n_bytes = seq.isl * self.kv_bytes_per_token
-        tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s + dec.planned.latency_s * (
-            seq.osl / self.osl_mean)
-        link.send(n_bytes, self._kv_arrived, seq)
+        tok.pred_s += link.latency_s + n_bytes / link.bw_bytes_s + dec.planned.latency_s * (seq.osl / self.osl_mean)
+        link.send(n_bytes, self._kv_arrived, (seq, dec))
 
-    def _kv_arrived(self, seq: Seq) -> None:
-        seq.fn = self._decoded
-        dec = self.dec
-        assert dec is not None  # disaggregated
+    def _kv_arrived(self, item: tuple[Seq, Op]) -> None:
+        seq, dec = item
+        seq.fn = self._callback(dec, self._decoded)
         dec.pool.submit(seq)
 
-    def _decoded(self, seq: Seq, lane: int) -> None:
+    def _decoded(self, seq: Seq, lane: int, op: Op) -> None:
         tok: Token = seq.arg
         self._record(seq, tok)
-        op = self.agg or self.dec
-        assert op is not None
         self.finish(tok, op, lane // op.planned.pp)
 
     def _record(self, seq: Seq, tok: Token) -> None:
@@ -240,9 +292,15 @@ class Simulation:
         self._nic: dict[str, float] = {}
         self.leaves = dict(model.agent.graph.leaves())
         self.edge_bytes = planned_edges(model)
-        self.services: dict[str, OpService] = {}
+        self.services: dict[tuple[str, str], OpService] = {}
         self.notes: list[str] = []
-        self.ops: dict[str, Op] = {name: Op(self, p, self._pool(p)) for name, p in model.ops.items()}
+        self.pools: dict[str, Any] = {}
+        self.pool_servers: dict[str, int] = {}
+        self._build_pools()
+        self.routes: dict[str, list[tuple[Op, float]]] = {
+            name: [(Op(self, p, self.pools[p.pool]), p.share) for p in places]
+            for name, places in model.placements.items()}
+        self.ops: dict[str, Op] = {name: r[0][0] for name, r in self.routes.items()}
         self.graph = compile_graph(model.agent.graph)
         self.flow = Flow(self.graph, self.goto, uniform_draws(config.seed, "branches"), self._done)
         self.llm_stages: list[LlmStage] = []
@@ -261,26 +319,36 @@ class Simulation:
             self._nic[device] = scale_out_link(self.model.catalog.device(device), self.fabric).bw_bytes_s
         return self._nic[device]
 
-    def _pool(self, p: PlannedOp) -> Any:
+    def _build_pools(self) -> None:
+        """One station per plan pool: an LLM pool per dedicated pool, a server pool shared by the non-LLM
+        ops on it (servers per replica: the fewest of its ops')."""
         cat, env, leaves = self.model.catalog, self.env, self.leaves
-        node = leaves[p.node]
-        if isinstance(node, LlmNode):
-            cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
-            mode = _llm_role(p)
-            isl = self._tokens(p.node, node)[0].expected
-            sched = p.scheduler
-            if sched.engine is None and sched.max_batched_tokens == PREVIOUS_TOKEN_BUDGET:
-                sched = replace(sched, max_batched_tokens=self.config.prefill_token_budget)
-            budget = p.batch * isl if mode == "prefill" else sched.max_batched_tokens
-            return LlmPool(env, p.name, mode, cost, p.replicas, p.pp, p.batch, budget,
-                           cost.kv_capacity_tokens(p.batch), sched)
-        service = OpService(cat, node, p.kind, p.device, self.config.seed, p.name)
-        self.services[p.name] = service
-        if p.batch > 1:
-            self.notes.append(f"{p.name}: the plan batches {p.batch} requests per replica, which the planner's "
-                              f"current cost model does not price for a {p.kind} op; simulated one at a time "
-                              f"per server (re-plan to refresh the plan)")
-        return ServerPool(env, p.name, p.replicas, service.servers)
+        servers: dict[str, list[int]] = {}
+        for places in self.model.placements.values():
+            for p in places:
+                node = leaves[p.node]
+                if isinstance(node, LlmNode):
+                    if p.pool not in self.pools:
+                        cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
+                        mode = _llm_role(p)
+                        isl = self._tokens(p.node, node)[0].expected
+                        sched = p.scheduler
+                        if sched.engine is None and sched.max_batched_tokens == PREVIOUS_TOKEN_BUDGET:
+                            sched = replace(sched, max_batched_tokens=self.config.prefill_token_budget)
+                        budget = p.batch * isl if mode == "prefill" else sched.max_batched_tokens
+                        self.pools[p.pool] = LlmPool(env, p.pool, mode, cost, p.replicas, p.pp, p.batch, budget,
+                                                     cost.kv_capacity_tokens(p.batch), sched)
+                    continue
+                service = OpService(cat, node, p.kind, p.device, self.config.seed, p.name)
+                self.services[p.name, p.pool] = service
+                servers.setdefault(p.pool, []).append(service.servers)
+                if p.batch > 1:
+                    self.notes.append(f"{p.name}: the plan batches {p.batch} requests per replica, which the "
+                                      f"planner's current cost model does not price for a {p.kind} op; simulated "
+                                      f"one at a time per server (re-plan to refresh the plan)")
+        for pool, counts in servers.items():
+            self.pool_servers[pool] = min(counts)
+            self.pools[pool] = ServerPool(env, pool, self.model.pools[pool].replicas, min(counts))
 
     def _tokens(self, path: str, node: LlmNode) -> tuple[Dist, Dist]:
         over = self.model.workload.tokens.get(path)
@@ -294,11 +362,15 @@ class Simulation:
             use = {"aggregated": roles["aggregated"]} if "aggregated" in roles else roles
             limits = self.model.sla.limits_for(node.path)
             isl, osl = self._tokens(node.path, spec)
-            stage = LlmStage(self, node, spec, use, isl, osl, limits.ttft_s, limits.tbt_s)
+            stage = LlmStage(self, node, spec, use, isl, osl, limits.ttft_s, limits.tbt_s, self.routes)
             self.llm_stages.append(stage)
             return stage
         ops.sort(key=lambda o: _CHAIN_ORDER.get(o.name.rsplit(".", 1)[-1], 0) if o.name != node.path else 0)
-        stages = [OpStage(self, node, o, self.services[o.name]) for o in ops]
+        stages: list[Stage] = []
+        for o in ops:
+            route = self.routes[o.name]
+            parts = [(OpStage(self, node, op, self.services[op.name, op.planned.pool]), w) for op, w in route]
+            stages.append(parts[0][0] if len(parts) == 1 else SplitStage(self, node, parts))
         for a, b in itertools.pairwise(stages):
             a.next = b
         return stages[0]
@@ -350,10 +422,11 @@ class Simulation:
             self.env.at(nxt[0], self._arrive, (it, nxt[1]))
 
     def _snapshot(self, label: str) -> None:
-        snap = {name: (op.pool.busy_s(), op.pool.occupancy_s()) for name, op in self.ops.items()}
-        for op in self.ops.values():
-            for link in op.links.values():
-                snap[f"link:{link.name}"] = (link.busy_s(), link.bytes_total)
+        snap = {name: (pool.busy_s(), pool.occupancy_s()) for name, pool in self.pools.items()}
+        for route in self.routes.values():
+            for op, _ in route:
+                for link in op.links.values():
+                    snap[f"link:{link.name}"] = (link.busy_s(), link.bytes_total)
         self.snapshots[label] = snap
 
     def run(self) -> Simulation:

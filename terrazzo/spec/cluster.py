@@ -38,6 +38,8 @@ class Cluster(Strict):
     catalogs: list[str] = Field(default_factory=list, description="extra catalog YAML files (relative to this file)")
     max_kw: float | None = Field(default=None, gt=0, description="power limit: device draw, utilisation-weighted, kW")
     max_devices: int | None = Field(default=None, gt=0, description="rack limit: devices of all types together")
+    split: bool | None = Field(default=None, description="may an LLM op's demand be split across pools (device "
+                               "types)? default: only when an inventory binds; false keeps each op on one pool")
 
     @field_validator("devices", "buy", mode="before")
     @classmethod

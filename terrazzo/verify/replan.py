@@ -1,28 +1,33 @@
-"""Plans checked by simulating them at the planned rate, and re-planned where the simulation shows
-the SLA missed.
+"""Plans checked by simulating them at the planned traffic, re-planned to the cheapest plan that passes.
 
-The MILP prices latency from means, and first-token queues as if arrivals were Poisson. The SLA is
-a percentile, and the queues behind a batched LLM pool see clumps. So after each solve the plan is
-simulated (seeded, so planning stays deterministic) and, where it misses, the planning graph learns
-what the simulation saw and the MILP runs again:
+The MILP prices latency from means and first-token queues from a G/G/c model; the SLA is a percentile
+and the queues behind batched pools see clumps. So after a solve the plan is simulated (seeded, so
+planning stays deterministic) and, where it misses, the planning graph is tightened and solved again:
 - each first-token op takes the arrival burstiness measured at its pool (sizing its replicas);
-- an LLM node still over its TTFT limit plans to a limit shrunk by the overshoot;
-- an end-to-end percentile over the deadline shrinks the deadline the MILP plans to by the ratio of
-  the percentile to the mean-based estimate.
-Up to MAX_ROUNDS; the plan records each round, and says so when the last one still misses.
+- an LLM node over its TTFT limit plans to a tighter TTFT target; one over its TBT limit keeps only
+  candidates whose decode step is within a tighter TBT target; an end-to-end percentile over the
+  deadline plans to a tighter deadline — each tightened by the overshoot the simulation measured.
+Once one plan passes, the loop bisects between the last failing targets and the passing ones, so it
+ends at the cheapest passing plan it found rather than at an over-tightened one. The plan records
+every round; when none passes, `sim_verified` is False (the CLI then exits 1 and says why).
+
+Trace workloads are planned at the trace's measured rate and burstiness (squared CV of its gaps).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.from_ir import build
+from terrazzo.plan.from_ir import Arrival, build
 from terrazzo.plan.planner import Plan, plan_graph
 from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent
@@ -31,78 +36,222 @@ from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 from terrazzo.verify.feedback import Feedback, simulate_plan
 
-MAX_ROUNDS = 4
-MARGIN = 0.95  # re-plan to 95 % of a missed target: the next simulation has its own sampling noise
+MAX_ROUNDS = 8
+MARGIN = 0.95  # tighten to 95 % of what a miss needs: the next simulation has its own sampling noise
+BISECT_TOLERANCE = 0.04  # stop when passing and failing targets are within 4 % of each other
+
+
+def measured_arrival(workload: Workload, workload_path: str | Path | None = None) -> Arrival:
+    """The traffic to plan for: the workload's rate and burstiness, or a trace's measured ones."""
+    a = workload.arrival
+    if a.process != "trace" or not a.trace:
+        return Arrival.of(workload)
+    from terrazzo.sim.traces import load_trace
+
+    path = Path(a.trace)
+    if not path.is_file() and workload_path is not None:
+        path = Path(workload_path).parent / a.trace
+    trace = load_trace(path, a.trace_format)
+    gaps = np.diff(np.sort(np.asarray(trace.arrival_s, dtype=float)))
+    scv = float(gaps.var() / gaps.mean() ** 2) if len(gaps) > 1 and gaps.mean() > 0 else 1.0
+    rate = float(a.rate_per_s or trace.rate_per_s)
+    if rate <= 0:
+        return Arrival(0.0, 1.0, f"trace:{a.trace}", (
+            f"trace {a.trace} has no measurable rate (fewer than two distinct arrivals): planned at 0 req/s "
+            "with one replica per pool and not verified; give the workload a rate_per_s",))
+    note = (f"planned at trace {Path(a.trace).name}'s measured rate {trace.rate_per_s:.3g} req/s and burstiness "
+            f"(squared CV of its gaps {scv:.2f})" if not a.rate_per_s else
+            f"planned at the workload's {rate:g} req/s with trace {Path(a.trace).name}'s burstiness (SCV {scv:.2f})")
+    return Arrival(rate, max(scv, 1e-3), f"trace:{a.trace}", (note,))
 
 
 def verified_plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
-                  explain: bool = False, time_limit_s: float = 60.0, verify: bool = True) -> Plan:
-    """The planner's plan; with `verify`, for an interactive SLA at a known rate, simulated at its rate
-    and re-planned where the simulation misses the SLA."""
-    graph = build(agent, workload, sla, cluster, catalog)
+                  explain: bool = False, time_limit_s: float = 60.0, verify: bool = True,
+                  workload_path: str | Path | None = None) -> Plan:
+    """The planner's plan; with `verify`, for an interactive SLA at a known rate, simulated at its traffic
+    and re-planned to the cheapest plan that passes its own simulation."""
+    arrival = measured_arrival(workload, workload_path)
+    graph = build(agent, workload, sla, cluster, catalog, arrival)
     solve = partial(plan_graph, name=agent.name, explain=explain, time_limit_s=time_limit_s)
     if not verify or not graph.rate_per_s or sla.mode != "interactive":
-        return solve(graph)
-    return refine(graph, solve, agent, workload, sla, cluster, catalog)
+        return _with_arrival(solve(graph), arrival)
+    trace = _trace(workload, workload_path) if workload.arrival.process == "trace" else None
+    return _with_arrival(refine(graph, solve, agent, workload, sla, cluster, catalog, trace=trace), arrival)
+
+
+def _with_arrival(plan: Plan, arrival: Arrival) -> Plan:
+    return replace(plan, workload=arrival.to_json(), notes=tuple(dict.fromkeys((*plan.notes, *arrival.notes))))
+
+
+def _trace(workload: Workload, workload_path: str | Path | None) -> Any:
+    from terrazzo.sim.traces import load_trace
+
+    a = workload.arrival
+    path = Path(a.trace or "")
+    if not path.is_file() and workload_path is not None:
+        path = Path(workload_path).parent / (a.trace or "")
+    return load_trace(path, a.trace_format)
+
+
+@dataclass
+class Targets:
+    """What the MILP plans to, as fractions of the SLA's own limits (1 = the SLA itself)."""
+
+    ttft: dict[str, float] = field(default_factory=dict)  # LLM node → fraction of its TTFT limit
+    tbt: dict[str, float] = field(default_factory=dict)  # LLM node → fraction of its TBT limit
+    e2e: float = 1.0
+    arrival_scv: dict[str, float] = field(default_factory=dict)  # first-token op → measured squared CV
+
+    def between(self, other: Targets, s: float) -> Targets:
+        """The point `s` of the way from self (s = 0) to other (s = 1)."""
+        def mix(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+            return {k: a.get(k, 1.0) + s * (b.get(k, 1.0) - a.get(k, 1.0)) for k in set(a) | set(b)}
+
+        scv = {k: max(self.arrival_scv.get(k, 0.0), other.arrival_scv.get(k, 0.0))
+               for k in set(self.arrival_scv) | set(other.arrival_scv)}
+        return Targets(mix(self.ttft, other.ttft), mix(self.tbt, other.tbt), self.e2e + s * (other.e2e - self.e2e),
+                       scv)
+
+    def distance(self, other: Targets) -> float:
+        keys = [(self.ttft, other.ttft), (self.tbt, other.tbt)]
+        gaps = [abs(a.get(k, 1.0) - b.get(k, 1.0)) for a, b in keys for k in set(a) | set(b)]
+        return max([abs(self.e2e - other.e2e), *gaps])
+
+    def lines(self, sla_deadline_s: float | None) -> list[str]:
+        out = [f"{n}: TTFT planned to {v:.0%} of its limit" for n, v in sorted(self.ttft.items()) if v < 1]
+        out += [f"{n}: TBT planned to {v:.0%} of its limit" for n, v in sorted(self.tbt.items()) if v < 1]
+        if self.e2e < 1 and sla_deadline_s:
+            out.append(f"end-to-end: planned to {self.e2e * sla_deadline_s * 1e3:,.0f} ms ({self.e2e:.0%} of the SLA)")
+        out += [f"{op}: arrivals with squared CV {v:.2f}" for op, v in sorted(self.arrival_scv.items()) if v > 1.0]
+        return out
+
+
+def apply_targets(base: PlanningGraph, sla: Sla, t: Targets) -> PlanningGraph:
+    """The base graph planned to targets `t`."""
+    ops = []
+    for o in base.ops:
+        node = o.node
+        if o.first_token_limit_s is not None:
+            limit = sla.limits_for(node).ttft_s or o.first_token_limit_s
+            o = replace(o, first_token_limit_s=limit * t.ttft.get(node, 1.0),
+                        arrival_scv=max(o.arrival_scv, t.arrival_scv.get(o.name, o.arrival_scv)))
+        tbt_limit = sla.limits_for(node).tbt_s
+        if tbt_limit is not None and t.tbt.get(node, 1.0) < 1.0:
+            cap = tbt_limit * t.tbt[node] * (1 + 1e-9)
+            o = replace(o, candidates=tuple(
+                replace(c, feasible=False, reason=f"TBT {c.tbt_s * 1e3:.1f} ms > {cap * 1e3:.4g} ms planning target")
+                if c.feasible and c.tbt_s is not None and c.tbt_s > cap else c for c in o.candidates))
+        ops.append(o)
+    deadline = base.deadline_s * t.e2e if base.deadline_s is not None else None
+    return replace(base, ops=tuple(ops), deadline_s=deadline)
 
 
 def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: Agent, workload: Workload,
-           sla: Sla, cluster: Cluster, catalog: Catalog, seed: int = 0) -> Plan:
-    """`solve(graph)` → Plan; returns the last plan with its `verification` rounds filled in."""
+           sla: Sla, cluster: Cluster, catalog: Catalog, seed: int = 0, trace: Any = None) -> Plan:
+    """`solve(graph)` → Plan; returns the cheapest plan that passed its simulation (or, when none did,
+    the last one) with every round in `verification`."""
     deadline_s = graph.deadline_s
-
-    def solve_to_sla(g: PlanningGraph) -> Plan:  # judged, and reported, against the SLA's own deadline
-        return replace(solve(g), deadline_s=deadline_s)
-
-    plan = solve_to_sla(graph)
     rounds: list[dict[str, Any]] = []
-    for i in range(1, MAX_ROUNDS + 1):
-        fb = simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed)
-        entry: dict[str, Any] = {"round": i, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
-                                 "percentile": graph.percentile,
-                                 "e2e_at_sla_s": fb.e2e_at_sla_s,
-                                 "ttft_at_sla_s": {n: at for n, (at, _) in fb.ttft_at_sla_s.items()},
-                                 "breaks": list(fb.breaks)}
-        rounds.append(entry)
-        if fb.meets_sla:
-            break
-        learned, actions = _learn(graph, plan, fb)
-        entry["actions"] = actions
-        if learned == graph or i == MAX_ROUNDS:
-            break
+    seen: dict[str, tuple[Plan, Feedback]] = {}
+
+    def attempt(t: Targets) -> tuple[Plan, Feedback] | None:
         try:
-            plan = solve_to_sla(learned)
+            plan = replace(solve(apply_targets(graph, sla, t)), deadline_s=deadline_s)
         except PlanInfeasible as exc:
-            entry["actions"].append(f"re-planning failed, kept this plan: {exc}")
+            rounds.append({"round": len(rounds) + 1, "tco_usd_h": math.nan, "meets_sla": False,
+                           "percentile": graph.percentile, "e2e_at_sla_s": math.nan, "ttft_at_sla_s": {},
+                           "breaks": [], "targets": t.lines(deadline_s), "actions": [f"infeasible: {exc}"]})
+            return None
+        key = _fleet_key(plan)
+        if key not in seen:  # the same pools simulate the same: one simulation per distinct plan
+            seen[key] = (plan, simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed, trace))
+        fb = seen[key][1]
+        rounds.append({"round": len(rounds) + 1, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
+                       "percentile": graph.percentile, "e2e_at_sla_s": fb.e2e_at_sla_s,
+                       "ttft_at_sla_s": {n: at for n, (at, _) in fb.ttft_at_sla_s.items()},
+                       "tbt_at_sla_s": {n: at for n, (at, _) in fb.tbt_at_sla_s.items()},
+                       "breaks": list(fb.breaks), "targets": t.lines(deadline_s), "actions": []})
+        return plan, fb
+
+    failing = Targets()
+    first = attempt(failing)
+    if first is None:
+        raise PlanInfeasible(rounds[-1]["actions"][0].removeprefix("infeasible: "))
+    plan, fb = first
+    passing: tuple[Targets, Plan] | None = (failing, plan) if fb.meets_sla else None
+    last = plan
+    # shrink until a plan passes
+    while passing is None and len(rounds) < MAX_ROUNDS:
+        nxt, actions = tighten(failing, fb, graph, last)
+        rounds[-1]["actions"] = actions
+        if nxt is None:
             break
-        graph = learned
-    return replace(plan, verification=tuple(rounds))
-
-
-def _learn(graph: PlanningGraph, plan: Plan, fb: Feedback) -> tuple[PlanningGraph, list[str]]:
-    actions: list[str] = []
-    misses = fb.ttft_misses()
-    ops = []
-    for o in graph.ops:
-        if o.first_token_limit_s is None:
-            ops.append(o)
+        got = attempt(nxt)
+        if got is None:
+            break
+        last, fb = got
+        if fb.meets_sla:
+            passing = (nxt, last)  # `failing` stays the last targets that missed
+        else:
+            failing = nxt
+    if passing is None:
+        return replace(last, verification=tuple(rounds))
+    # bisect between the last failing targets and the passing ones, keeping the cheapest pass
+    ok_t, best = passing
+    bad_t = failing if failing is not ok_t else None
+    while bad_t is not None and len(rounds) < MAX_ROUNDS and ok_t.distance(bad_t) > BISECT_TOLERANCE:
+        mid = ok_t.between(bad_t, 0.5)
+        got = attempt(mid)
+        if got is None:  # looser than a feasible target yet infeasible: treat as a miss
+            bad_t = mid
             continue
-        scv = max(o.arrival_scv, fb.arrival_scv.get(o.name, o.arrival_scv))
-        limit = o.first_token_limit_s
-        node = o.node
-        if node in misses:
-            if scv > o.arrival_scv * 1.05:
-                actions.append(f"{o.name}: arrivals measured with squared CV {scv:.2f} (planned {o.arrival_scv:.2f})")
-            else:
-                limit = limit * MARGIN / misses[node]
-                actions.append(f"{o.name}: TTFT planned to {limit * 1e3:.1f} ms ({misses[node]:.2f}× over)")
-        ops.append(replace(o, arrival_scv=scv, first_token_limit_s=limit))
-    deadline = graph.deadline_s
-    if deadline is not None and fb.deadline_s is not None and fb.e2e_at_sla_s > fb.deadline_s:
+        plan, fb = got
+        if fb.meets_sla:
+            ok_t = mid
+            if plan.usd_h < best.usd_h - 1e-9:
+                best = plan
+            rounds[-1]["actions"] = ["passes: bisecting towards the SLA's own targets"]
+        else:
+            bad_t = mid
+            rounds[-1]["actions"] = ["misses: bisecting towards the passing targets"]
+    if len(rounds) > 1 and (rounds[-1]["tco_usd_h"] != best.usd_h or not rounds[-1]["meets_sla"]):
+        rounds.append({"round": len(rounds) + 1, "tco_usd_h": best.usd_h, "meets_sla": True,
+                       "percentile": graph.percentile, "e2e_at_sla_s": seen[_fleet_key(best)][1].e2e_at_sla_s,
+                       "ttft_at_sla_s": {}, "breaks": [], "final": True,
+                       "actions": [f"kept the cheapest passing plan (${best.usd_h:.2f}/h)"]})
+    return replace(best, verification=tuple(rounds))
+
+
+def tighten(t: Targets, fb: Feedback, graph: PlanningGraph, plan: Plan) -> tuple[Targets | None, list[str]]:
+    """Targets that answer each miss the simulation measured, or None when nothing is left to tighten."""
+    actions: list[str] = []
+    nt = Targets(dict(t.ttft), dict(t.tbt), t.e2e, dict(t.arrival_scv))
+    for o in graph.ops:
+        measured = fb.arrival_scv.get(o.name)
+        if o.first_token_limit_s is not None and measured is not None and measured > max(
+                o.arrival_scv, nt.arrival_scv.get(o.name, 0.0)) * 1.05:
+            nt.arrival_scv[o.name] = measured
+            actions.append(f"{o.name}: arrivals measured with squared CV {measured:.2f} (planned {o.arrival_scv:.2f})")
+    for node, over in fb.ttft_misses().items():
+        nt.ttft[node] = t.ttft.get(node, 1.0) * MARGIN / over
+        actions.append(f"{node}: TTFT {over:.2f}× over its limit: planned to {nt.ttft[node]:.0%} of it")
+    for node, over in fb.tbt_misses().items():
+        nt.tbt[node] = t.tbt.get(node, 1.0) * MARGIN / over
+        actions.append(f"{node}: TBT {over:.2f}× over its limit: candidates kept within {nt.tbt[node]:.0%} of it")
+    if fb.deadline_s is not None and fb.e2e_at_sla_s > fb.deadline_s:
         tail = fb.e2e_at_sla_s / max(plan.e2e_latency_s, 1e-12)
-        deadline = min(deadline * MARGIN, fb.deadline_s * MARGIN / tail)
-        actions.append(f"end-to-end: planned to {deadline * 1e3:,.0f} ms (p{graph.percentile:g} "
+        nt.e2e = min(t.e2e * MARGIN, fb.deadline_s * MARGIN / tail / fb.deadline_s)
+        actions.append(f"end-to-end: planned to {nt.e2e * fb.deadline_s * 1e3:,.0f} ms (p{graph.percentile:g} "
                        f"{fb.e2e_at_sla_s * 1e3:,.0f} ms is {tail:.2f}× the mean-based estimate)")
-    if not math.isfinite(deadline or 0.0):
-        deadline = graph.deadline_s
-    return replace(graph, ops=tuple(ops), deadline_s=deadline), actions
+    if not math.isfinite(nt.e2e) or nt.e2e <= 0:
+        nt.e2e = t.e2e
+    if nt == t or not actions:
+        actions.append("nothing left to tighten: the misses are not in the planner's model "
+                       + "(" + "; ".join(fb.breaks[:2]) + ")" if fb.breaks else "")
+        return None, [a for a in actions if a]
+    return nt, actions
+
+
+def _fleet_key(plan: Plan) -> str:
+    return ";".join(f"{p.name}×{p.replicas}:" + ",".join(f"{m.op}={m.share:.4f}" for m in p.ops)
+                    for p in sorted(plan.pools, key=lambda p: p.name))
