@@ -230,8 +230,9 @@ def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str]
     notes.append(f"prefill and decode measured on a live vLLM {got.version} CPU server (OpenAI API, /v1/completions "
                  f"with token-id prompts built through /tokenize, streamed), under its own scheduler: chunked prefill, "
                  f"max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs {st.max_num_seqs}, block size "
-                 f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; times include the HTTP path; "
-                 f"server start-up {got.startup_s:.0f} s")
+                 f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; prefill and decode times are "
+                 f"the engine's own (request_prefill_time, request_decode_time per token); a request's front-end "
+                 f"latency (HTTP, API server) {got.frontend_s * 1e3:.1f} ms; server start-up {got.startup_s:.0f} s")
     return got
 
 
