@@ -86,3 +86,31 @@ def test_plan_engine_and_batch_reach_the_pool(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(doc))
     pool = load_plan(tmp_path / "p.json").pools(1, 8)["p"]
     assert (pool.engine, pool.batch, pool.tp, pool.workers, pool.devices_per_worker) == ("vllm", 32, 2, 3, 2)
+
+
+def test_a_pd_split_on_vllm_gets_producer_and_consumer_roles(tmp_path: Path) -> None:
+    from terrazzo.models.tiny import make_tiny_checkpoint
+    from terrazzo.runtime.engines.launch import engine_ops, kv_connector
+    from terrazzo.runtime.program_setup import ProgramSetup
+    from terrazzo.spec.spec_loader import agent_from_text
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny")
+    doc = {"schema": "terrazzo.placement/v1", "placements": {
+        "think.prefill": {"pool": "pre", "device": "cpu", "engine": "vllm"},
+        "think.decode": {"pool": "dec", "device": "cpu", "engine": "vllm"},
+        "again.aggregated": {"pool": "pre", "device": "cpu", "engine": "vllm"}}}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    agent = agent_from_text("name: pd\nnodes:\n  - {id: think, kind: llm, model: llama-3-8b, input_tokens: 8, "
+                            "output_tokens: 8}\n  - {id: again, kind: llm, model: llama-3-8b, input_tokens: 8, "
+                            "output_tokens: 8}\nedges:\n  - {from: think, to: again}\n")
+    config = RunConfig(state_dir=str(tmp_path), models={"llama-3-8b": {"checkpoint": ckpt}})
+    plan = load_plan(tmp_path / "p.json")
+    setup = ProgramSetup(plan, config, [])
+    setup.build(agent.graph)
+    served, notes = engine_ops(setup, plan.pools(1, 2), config)
+    assert {p: u.kv_role for p, u in served.items()} == {"pre": "kv_both", "dec": "kv_consumer"} and not notes
+    conn = kv_connector("kv_consumer", config)
+    assert conn["kv_connector"] == "ExampleConnector" and Path(conn["kv_connector_extra_config"]
+                                                                ["shared_storage_path"]).is_dir()
+    builtin = RunConfig(state_dir=str(tmp_path), engine="builtin", models={"llama-3-8b": {"checkpoint": ckpt}})
+    assert engine_ops(setup, plan.pools(1, 2), builtin) == ({}, [])

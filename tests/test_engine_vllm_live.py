@@ -120,3 +120,48 @@ def test_replica_killed_mid_stream(vllm_server: LiveServer, tmp_path: Path) -> N
     assert stats["completed"] == 5 and stats["failed"] == 1
     assert vllm_server.metric("vllm:request_success_total") - success_before == 5
     assert any("replica 1" in n and "exited" in n for n in notes)
+
+
+def test_prefill_decode_disaggregated_on_vllm(vllm_server: LiveServer, tmp_path: Path) -> None:
+    """P/D with a real engine on CPU: the plan splits the call; the prefill pool is the shared server
+    (kv_both, vLLM's shared-storage KV connector), the decode pool a server the runtime launches as
+    kv_consumer on the same store. The decode server loads the prompt's KV blocks from the store (its own
+    counter of prompt tokens by source says how many), and the answer equals the aggregated one."""
+    agent = agent_from_text("name: pd\nnodes:\n  - {id: think, kind: llm, model: llama-3-8b, input_tokens: 8, "
+                            "output_tokens: 8}\n")
+    doc = {"schema": "terrazzo.placement/v1", "placements": {
+        "think.prefill": {"pool": "pre", "device": "cpu", "engine": "vllm"},
+        "think.decode": {"pool": "dec", "device": "cpu", "engine": "vllm"}}}
+    (tmp_path / "pd.json").write_text(json.dumps(doc))
+    config = load_config(None, state_dir=str(tmp_path), max_new_tokens=12, max_prompt_tokens=1000,
+                         models={"llama-3-8b": {"checkpoint": str(vllm_server.checkpoint)}},
+                         vllm={"attach": {"pre": [vllm_server.url]}, "kv_store_dir": str(vllm_server.kv_store),
+                               "max_model_len": 1024, "kv_cache_gib": 1, "dtype": "float32",
+                               "log_dir": str(tmp_path / "logs")})
+    question = " ".join(["where is my order? my parcel is late and the agent looked it up."] * 12)
+    gen_before = vllm_server.metric("vllm:generation_tokens_total")
+
+    async def go():
+        async with Runtime(agent, load_plan(tmp_path / "pd.json"), config) as rt:
+            dec_url = rt.engines["dec"].replicas[0].url
+            ext0 = vllm_server.metric('vllm:prompt_tokens_by_source_total{source="external_kv_transfer"}', dec_url)
+            res = await rt.run(question)
+            ext1 = vllm_server.metric('vllm:prompt_tokens_by_source_total{source="external_kv_transfer"}', dec_url)
+            kv = rt.engines["dec"].spec.kv_transfer_config
+            return res, ext1 - ext0, kv
+
+    res, loaded, kv = asyncio.run(go())
+    assert res.ok, res.error
+    assert [s.op for s in res.samples] == ["think.prefill", "think.decode"]
+    pre, dec = res.samples
+    assert pre.info["replica"] == vllm_server.url and pre.info["kv_connector"] == "ExampleConnector"
+    assert kv["kv_role"] == "kv_consumer" and dec.tokens == 12
+    assert vllm_server.metric("vllm:generation_tokens_total") - gen_before == 1  # the prefill side made 1 token
+    assert loaded >= 128 and loaded <= pre.tokens  # whole KV blocks of the prompt came from the store
+    # the same prompt aggregated on the shared server gives the same tokens
+    from terrazzo.runtime.executors.openai_client import OpenAICompatClient
+    from terrazzo.runtime.executors.text import build_prompt, new_message
+
+    ref = OpenAICompatClient(f"{vllm_server.url}/v1", token_ids=True).complete(
+        build_prompt(new_message(question, "s")), model="tiny-llama", max_tokens=12)
+    assert list(ref.token_ids) == res.output["llm_tokens"]

@@ -29,13 +29,18 @@ class LiveServer:
     checkpoint: Path
     log: Path
     process: VllmProcess
-    lock_dir: Path
+    kv_store: Path        # the KV connector's shared folder
 
-    def metric(self, name: str) -> float:
-        """The sum over labels of one counter from the server's own /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        pat = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.M)
-        return sum(float(v) for v in pat.findall(text))
+    def metric(self, name: str, url: str | None = None) -> float:
+        return metric(url or self.url, name)
+
+
+def metric(url: str, name: str) -> float:
+    """The sum over labels of one series (`name{...}` or `name{...,label="v",...}`) from a server's /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    base, _, want = name.partition("{")
+    pat = re.compile(rf"^{re.escape(base)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", re.M)
+    return sum(float(v) for labels, v in pat.findall(text) if not want or want.rstrip("}") in labels)
 
 
 def needs_vllm() -> Path:
@@ -53,8 +58,11 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     python = needs_vllm()
     root = tmp_path_factory.mktemp("vllm")
     ckpt = Path(make_tiny_checkpoint(root / SERVED))
+    # kv_both with vLLM's shared-storage KV connector: the P/D test uses this server as its prefill side
+    connector = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                 "kv_connector_extra_config": {"shared_storage_path": str(root / "kv-store")}}
     spec = VllmServerSpec(model=str(ckpt), served_name=SERVED, max_num_seqs=16, max_model_len=1024,
-                          kv_cache_gib=1, dtype="float32", extra_args=("-O0",))
+                          kv_cache_gib=1, dtype="float32", extra_args=("-O0",), kv_transfer_config=connector)
     with open(LOCK, "a+") as lock:
         t0 = time.monotonic()
         fcntl.flock(lock, fcntl.LOCK_EX)  # one engineer's server at a time on this machine
@@ -64,6 +72,6 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             server.wait_ready(900)
             print(f"\nvLLM {server.version} ready in {server.ready_s:.0f} s (lock wait {waited_s:.0f} s); "
                   f"log {server.log_path}")
-            yield LiveServer(server.url, ckpt, server.log_path, server, root)
+            yield LiveServer(server.url, ckpt, server.log_path, server, root / "kv-store")
         finally:
             server.stop()

@@ -72,6 +72,8 @@ class VllmSettings(_Strict):
     extra_args: list[str] = []                      # more server flags, passed as they are
     request_extra: dict[str, Any] = {}              # more fields on every completion (e.g. ignore_eos: true)
     log_dir: str | None = None                      # engine logs; default STATE_DIR/engines
+    kv_store_dir: str | None = None                 # P/D: the shared-storage KV connector's folder;
+                                                    # default STATE_DIR/kv-store (docs/runtime.md)
     attach: dict[str, list[str]] = {}               # per pool: vLLM servers already running (e.g. started by
                                                     # `terrazzo deploy`); the pool launches only the rest
 

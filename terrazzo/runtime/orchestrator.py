@@ -30,7 +30,7 @@ from typing import Any
 from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.engines.engine_calls import engine_call
+from terrazzo.runtime.engines.engine_calls import ENGINE_KINDS, engine_call
 from terrazzo.runtime.engines.engine_pool import EnginePool, Progress
 from terrazzo.runtime.engines.launch import engine_ops, make_engine_pool, without_ops
 from terrazzo.runtime.executors.text import merge, new_message
@@ -116,8 +116,9 @@ class Runtime:
             from terrazzo.runtime.backends.ray_backend import ensure_ray
 
             ensure_ray(self.config.ray_address, {p.device for p in pools.values()})
-        for name, (ckpt, served_name) in served.items():
-            self.engines[name] = make_engine_pool(pools[name], ckpt, self.config, self.backend_name, served_name)
+        for name, u in served.items():
+            self.engines[name] = make_engine_pool(pools[name], u.checkpoint, self.config, self.backend_name,
+                                                  u.served_name, u.kv_role)
             self.engines[name].notes = self.notes  # restarts and lost replicas show in the run's notes
         llm_ops = {op for p in self.setup.programs.values() if p.node.kind == "llm" for op in p.ops}
         left = {n: without_ops(p, llm_ops) if n in served else p for n, p in pools.items()}
@@ -162,10 +163,10 @@ class Runtime:
         if streaming:
             self.events.emit(req, op_start_event(op, pool, device))
         start_ns, t0 = time.time_ns(), time.perf_counter()
-        engine = self.engines.get(pool) if kind == "llm.aggregated" else None
+        engine = self.engines.get(pool) if kind in ENGINE_KINDS else None
         try:
             if engine is not None:
-                res = await engine_call(engine, req, op, payload, self.config.timeout_for(op), self.events)
+                res = await engine_call(engine, req, op, payload, self.config.timeout_for(op), self.events, kind)
             else:
                 res = await self.backend.submit(pool, OpCall(req.id, op, kind, payload, stream=streaming),
                                                 self.config.timeout_for(op),

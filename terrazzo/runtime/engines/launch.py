@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from terrazzo.runtime.config import RunConfig
@@ -52,10 +52,12 @@ def check_checkpoint(checkpoint: str) -> None:
 
 
 def make_engine_pool(pool: PoolSpec, checkpoint: str, config: RunConfig, backend: str,
-                     served_name: str | None = None) -> EnginePool:
+                     served_name: str | None = None, kv_role: str | None = None) -> EnginePool:
     """An EnginePool of `pool.workers` replicas, as local processes or Ray actors."""
     attached = config.vllm.attach.get(pool.name, [])
     spec = server_spec(pool, checkpoint, config, pool.workers, served_name)
+    if kv_role is not None:
+        spec = replace(spec, kv_transfer_config=kv_connector(kv_role, config))
     hosts: list[ReplicaHost] = [AttachedHost(f"{pool.name}/attached{i}", url) for i, url in enumerate(attached)]
     if len(attached) >= pool.workers:
         return _pool(pool, spec, hosts, config)
@@ -87,24 +89,54 @@ def without_ops(pool: PoolSpec, ops: set[str]) -> PoolSpec | None:
     return replace(pool, ops=rest) if rest else None
 
 
+@dataclass(frozen=True)
+class EngineUse:
+    """What one vLLM pool serves: its model, and its KV role when it takes part in a P/D split."""
+
+    checkpoint: str
+    served_name: str | None
+    kv_role: str | None = None   # kv_producer (prefill), kv_consumer (decode), kv_both; None: aggregated only
+
+
 def engine_ops(setup: ProgramSetup, pools: dict[str, PoolSpec], config: RunConfig
-               ) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
-    """The aggregated LLM ops whose pool runs vLLM, as {pool: (checkpoint, served name)}; and notes on LLM calls that
-    stay on the built-in engine (a P/D split: no vLLM KV connector runs on CPU, docs/runtime.md)."""
-    served: dict[str, tuple[str, str | None]] = {}
+               ) -> tuple[dict[str, EngineUse], list[str]]:
+    """The LLM ops whose pools run vLLM, as {pool: EngineUse}; and notes on LLM calls that stay on the
+    built-in engine (a P/D split with one side not on vLLM)."""
+    served: dict[str, EngineUse] = {}
     notes: list[str] = []
+
+    def use(pool: str, model: tuple[str, str | None], role: str | None) -> None:
+        have = served.get(pool)
+        if have is not None and (have.checkpoint, have.served_name) != model:
+            raise ExecutionError(f"pool '{pool}' would serve two models ({have.checkpoint}, {model[0]}) on vLLM",
+                                 fix="place the models on different pools, or map them to one checkpoint")
+        if have is not None and have.kv_role != role:
+            role = "kv_both"
+        served[pool] = EngineUse(model[0], model[1], role)
+
     for prog in setup.programs.values():
         if prog.node.kind != "llm" or "checkpoint" not in prog.ctx["target"]:
             continue
-        pool = setup.plan.placement(prog.ops[0]).pool
-        if pool_engine(pools[pool], config) != "vllm":
-            continue
-        if prog.ctx["mode"] != "aggregated":
-            notes.append(f"'{prog.path}' is split into prefill and decode: it runs on the built-in engine with its "
-                         "KV cache handed over (vLLM's KV connectors do not run on CPU; docs/runtime.md)")
-            continue
+        ops_pools = [setup.plan.placement(op).pool for op in prog.ops]
+        on_vllm = [pool_engine(pools[p], config) == "vllm" for p in ops_pools]
         model = (prog.ctx["target"]["checkpoint"], prog.ctx["target"].get("served_name"))
-        if served.setdefault(pool, model) != model:
-            raise ExecutionError(f"pool '{pool}' would serve two models ({served[pool][0]}, {model[0]}) on vLLM",
-                                 fix="place the models on different pools, or map them to one checkpoint")
+        if prog.ctx["mode"] == "aggregated":
+            if on_vllm[0]:
+                use(ops_pools[0], model, None)
+        elif all(on_vllm):
+            use(ops_pools[0], model, "kv_producer")
+            use(ops_pools[1], model, "kv_consumer")
+        elif any(on_vllm):
+            notes.append(f"'{prog.path}' is split into prefill and decode with only one side on vLLM: both run on "
+                         "the built-in engine with its KV cache handed over")
     return served, notes
+
+
+def kv_connector(role: str, config: RunConfig) -> dict:
+    """vLLM's shared-storage KV connector (ExampleConnector): the prefill server writes each prompt's KV
+    blocks under the store, the decode server loads those of the same prompt instead of computing them.
+    The store must be one folder both see (one machine, or a shared filesystem)."""
+    store = config.path(config.vllm.kv_store_dir) or config.path(config.state_dir) / "kv-store"  # type: ignore[operator]
+    Path(store).mkdir(parents=True, exist_ok=True)
+    return {"kv_connector": "ExampleConnector", "kv_role": role,
+            "kv_connector_extra_config": {"shared_storage_path": str(store)}}
