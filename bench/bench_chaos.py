@@ -10,7 +10,7 @@ on an OpenAI-compatible endpoint: tests/bad_upstream.py in a subprocess, or with
 tiny checkpoint, under /tmp/vllm.lock). The load mixes JSON invokes, SSE invokes (some clients leave after
 the first event) and OpenAI chat completions (streamed or not); 25 % of the invokes are sent again with
 the same request id. Meanwhile, every ~0.7 s a busy worker is killed (SIGKILL, or ray.kill), and the model
-server is SIGKILLed once and restarted.
+server is SIGKILLed once and restarted 8 s later.
 
 Printed per backend: sent, ok, 4xx, 5xx, lost (no answer at all: a transport error, or a stream that ended
 without its result or error event), duplicated side effects (ledger lines beyond one per charge) and
@@ -79,7 +79,14 @@ class Upstream:
         if self.vllm_model is not None:
             if self.lock is None:
                 self.lock = open("/tmp/vllm.lock", "w")  # noqa: SIM115  (held for the whole run)
-                fcntl.flock(self.lock, fcntl.LOCK_EX)
+                for _ in range(1200):  # bounded wait (20 min) for another engineer's vLLM to finish
+                    try:
+                        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        time.sleep(1.0)
+                else:
+                    raise RuntimeError("/tmp/vllm.lock stayed taken for 20 min")
             cmd = [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.vllm_model),
                    "--served-model-name", "good", "--host", "127.0.0.1", "--port", str(self.port),
                    "--max-model-len", "512", "--dtype", "float32"]
@@ -264,9 +271,9 @@ class Load:
 
 
 async def killer(service_pools: list[Any], upstream: Upstream, stop: threading.Event, every_s: float,
-                 rng: random.Random, kills: Counter) -> None:
+                 rng: random.Random, kills: Counter, outage_s: float = 8.0) -> None:
     """Kill a busy worker every `every_s` (any pool of any agent); kill the model server once, mid-run,
-    and bring it back 2 s later."""
+    and bring it back `outage_s` later."""
     t0 = time.monotonic()
     upstream_done = False
     while not stop.is_set():
@@ -284,7 +291,7 @@ async def killer(service_pools: list[Any], upstream: Upstream, stop: threading.E
             upstream_done = True
             await asyncio.to_thread(upstream.kill)
             kills["model server"] += 1
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(outage_s)  # long enough to outlast the client's retries
             await asyncio.to_thread(upstream.start)
 
 
@@ -384,7 +391,7 @@ def main() -> int:
     lines = [f"{SECTION}\n", f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, loopback; "
              f"model server: {server}; {args.requests} logical requests per backend from {args.concurrency} "
              "clients, 25 % of invokes resent by id; a busy worker killed every "
-             f"{args.kill_every_s:g} s, the model server SIGKILLed once and restarted.\n",
+             f"{args.kill_every_s:g} s, the model server SIGKILLed once and restarted 8 s later.\n",
              "```\nbench/bench_chaos.py " + " ".join(a for a in sys.argv[1:] if a != "--write") + "\n```\n",
              "| backend | sent | ok | 4xx | 5xx | lost | duplicated side effects | cross-session leaks | "
              "workers killed | wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from terrazzo.errors import PlanInfeasible, TerrazzoError
+from terrazzo.errors import PlanInfeasible, PlanRejected, TerrazzoError
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 _WIDE = 100_000  # measuring width: wide enough for any table's natural size

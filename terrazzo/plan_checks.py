@@ -75,8 +75,8 @@ def _first(doc: dict[str, Any]) -> tuple[tuple[Any, ...], str] | None:
         if not isinstance(ops, list):
             return ("ops",), f"expected a list of ops, got {type(ops).__name__}"
         for i, op in enumerate(ops):
-            if (bad := _entry(op)) is not None:
-                return ("ops", i, *bad[0]), bad[1]
+            if (found := _entry(op)) is not None:
+                return ("ops", i, *found[0]), found[1]
     placed = doc.get("placement", {}).get("placements") if isinstance(doc.get("placement"), dict) else None
     for loc, table in ((("placements",), doc.get("placements")), (("placement", "placements"), placed)):
         if table is None:
@@ -84,8 +84,8 @@ def _first(doc: dict[str, Any]) -> tuple[tuple[Any, ...], str] | None:
         if not isinstance(table, dict):
             return loc, f"expected a mapping of op: placement, got {type(table).__name__}"
         for name, entry in table.items():
-            if (bad := _entry(entry, named=False)) is not None:
-                return (*loc, name, *bad[0]), bad[1]
+            if (found := _entry(entry, named=False)) is not None:
+                return (*loc, name, *found[0]), found[1]
     return None
 
 

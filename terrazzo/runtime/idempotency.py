@@ -155,7 +155,7 @@ class IdempotencyStore:
 
     def effects(self, request_id: str | None = None) -> list[dict[str, Any]]:
         """The recorded tool calls (for drills and benchmarks)."""
-        sql, args = "SELECT key, request_id, op, state FROM effects", ()
+        sql, args = "SELECT key, request_id, op, state FROM effects", tuple[str, ...]()
         if request_id is not None:
             sql, args = sql + " WHERE request_id=?", (request_id,)
         return [dict(zip(("key", "request_id", "op", "state"), r, strict=True))

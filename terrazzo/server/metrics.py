@@ -4,6 +4,7 @@ decisions and measurements, live pool sizes, and every runtime's own metrics (re
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -78,12 +79,13 @@ class ServerMetrics:
         r.register(_Live(services))
         r.register(self)
         for name, svc in services.items():
-            self._watch(name, svc)
+            svc.on_reject = functools.partial(self._count, self.rejected, name)
+            svc.on_outcome = functools.partial(self._count, self.outcomes, name)
+            svc.controller.on_decision = functools.partial(self._decision, name)
 
-    def _watch(self, name: str, svc: AgentService) -> None:
-        svc.on_reject = lambda code: self.rejected.labels(name, code).inc()
-        svc.on_outcome = lambda outcome: self.outcomes.labels(name, outcome).inc()
-        svc.controller.on_decision = lambda rec: self._decision(name, rec)
+    @staticmethod
+    def _count(counter: Counter, agent: str, value: str) -> None:
+        counter.labels(agent, value).inc()
 
     def _decision(self, agent: str, rec: dict[str, Any]) -> None:
         self.decisions.labels(agent, rec["action"], str(bool(rec.get("acted"))).lower()).inc()
