@@ -14,10 +14,10 @@ import argparse
 import time
 from pathlib import Path
 
-from terrazzo.plan.compare import compare, options
-from terrazzo.plan.day_plan import day_plan, summary
-from terrazzo.plan.pareto import front
 from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.verify.compare import compare, options
+from terrazzo.verify.day_plan import day_plan, summary
+from terrazzo.verify.pareto import front
 from terrazzo.verify.replan import verified_plan
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -130,7 +130,7 @@ def load_cluster(source: PathLike | Mapping[str, Any] | ClusterSpec, profiles: I
         cluster, catalog = load_cluster_file(source, profiles)
         path = str(source)
     cluster, added = with_profiled_devices(cluster, catalog)
-    return ClusterSpec(cluster, catalog, path, profiles, (*catalog.notes, *added))
+    return ClusterSpec(cluster, catalog, path, tuple(str(p) for p in profiles), (*catalog.notes, *added))
 
 
 def _spec(kind: type[Workload] | type[Sla], source: Any, agent: Agent | None, loader: Any) -> Any:
@@ -151,14 +151,14 @@ def load_workload(source: PathLike | Mapping[str, Any] | Workload, agent: Agent 
     """Arrival process and rate (and per-LLM token overrides) from a YAML file or a dict."""
     from terrazzo.spec.spec_loader import load_workload as load_file
 
-    return _spec(Workload, source, agent, load_file)  # type: ignore[no-any-return]
+    return _spec(Workload, source, agent, load_file)
 
 
 def load_sla(source: PathLike | Mapping[str, Any] | Sla, agent: Agent | None = None) -> Sla:
     """Latency targets (per-LLM TTFT/TBT, end-to-end percentile) from a YAML file or a dict."""
     from terrazzo.spec.spec_loader import load_sla as load_file
 
-    return _spec(Sla, source, agent, load_file)  # type: ignore[no-any-return]
+    return _spec(Sla, source, agent, load_file)
 
 
 # ---------------------------------------------------------------- plan
@@ -209,7 +209,9 @@ class PlanResult:
         return p
 
     def table(self) -> Any:
-        return self.plan.table()
+        from terrazzo.plan.plan_tables import plan_table
+
+        return plan_table(self.plan)
 
 
 def plan(agent: PathLike | Agent | AgentBuilder | Mapping[str, Any],

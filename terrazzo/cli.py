@@ -281,13 +281,13 @@ def plan_cmd(
         console.print(candidates_table(build(agent_spec, workload_spec, sla_spec, cluster_spec, cat)))
         return
     if pareto is not None:
-        from terrazzo.plan.pareto import pareto_command
+        from terrazzo.verify.pareto import pareto_command
 
         code = pareto_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, pareto, output,
                               pareto_figure, as_json, console)
         raise typer.Exit(code)
     if workload_spec.rate_curve is not None:
-        from terrazzo.plan.day_plan import day_plan_command
+        from terrazzo.verify.day_plan import day_plan_command
 
         code = day_plan_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, workload, output, as_json,
                                 console, figure)
@@ -318,8 +318,9 @@ def plan_cmd(
             doc["simulation_check"] = check.to_json()
         print(json.dumps(doc, indent=2))
         return verdict(result.sim_verified)
-    console.print(result.table())
-    from terrazzo.plan.plan_tables import ops_table
+    from terrazzo.plan.plan_tables import ops_table, plan_table
+
+    console.print(plan_table(result))
 
     console.print(ops_table(result))
     if result.fleet is not None:
@@ -356,8 +357,8 @@ def compare_cmd(
 ) -> None:
     """What-if: one table of TCO, capex, devices, p99 latency and energy per cluster, price profile, SLA or
     device to buy, on the same agent and workload."""
-    from terrazzo.plan.compare import compare, compare_figure, compare_table, options
     from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+    from terrazzo.verify.compare import compare, compare_figure, compare_table, options
 
     clusters = []
     for path in cluster:
@@ -379,9 +380,9 @@ def compare_cmd(
         print(json.dumps(doc, indent=2))
     else:
         console.print(compare_table(rows, agent_spec.name, wl.arrival.rate_per_s or 0.0))
-        for path in (output, figure):
-            if path:
-                console.print(f"wrote {path}")
+        for written in (output, figure):
+            if written:
+                console.print(f"wrote {written}")
     if not any(r.plan is not None for r in rows):
         raise typer.Exit(1)
 
@@ -478,7 +479,7 @@ def serve_cmd(
 def simulate_cmd(
     plan_file: Annotated[Path, typer.Argument(help="plan JSON written by `terrazzo plan ... -o`")],
     rate: Annotated[float | None, typer.Option(help="requests/s (default: the plan's; rescales a --trace)",
-                                               min=0, max=100_000)] = None,  # spec/limits.py MAX_RATE_PER_S
+                                               min=0, max=100_000)] = None,  # limits.py MAX_RATE_PER_S
     duration: Annotated[float | None, typer.Option(help="simulated seconds of arrivals (default 300)",
                                                    min=0, max=2_592_000)] = None,  # MAX_DURATION_S
     trace: Annotated[Path | None, typer.Option(help="replay an Azure LLM inference or BurstGPT trace (CSV)")] = None,
@@ -566,15 +567,15 @@ def profile_cmd(
     """Measure this machine (engine prefill/decode, embeddings, FAISS, transfers) and fit the cost model to it."""
     from terrazzo.profile.profile_command import Options, profile_command
 
+    fields: dict[str, Any]
     if engine == "vllm":
         fields = dict(model=model, model_name=model_name, base=base, catalogs=catalog or [], vllm_python=vllm_python,
                       command=" ".join(["terrazzo", *sys.argv[1:]]),
                       **({"as_device": as_device} if as_device else {}),
                       **({"repeats": min(repeats, 2), "warmup": 0} if quick else {}))
-        profile_command(Options.vllm(**fields), output, console)  # type: ignore[arg-type]
+        profile_command(Options.vllm(**fields), output, console)
         return
 
-    fields: dict[str, Any]
     fields = dict(device=device, model=model, model_name=model_name, embed_model=embed_model, as_device=as_device,
                   base=base, threads=threads, repeats=repeats, warmup=warmup, catalogs=catalog or [],
                   ops=tuple(o.strip() for o in ops.split(",") if o.strip()),

@@ -38,7 +38,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 class CliConsole(Console):
     """A rich console that, when not writing to a terminal, prints each table at its natural width."""
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         if self.is_terminal or "width" in kwargs:
             super().print(*objects, **kwargs)
             return
@@ -130,9 +130,9 @@ def fail(exc: TerrazzoError) -> int:
 
 def version_callback(value: bool) -> None:
     if value:
-        from terrazzo import __version__
+        from importlib.metadata import version  # the installed distribution's; terrazzo.__version__ matches it
 
-        sys.stdout.write(f"terrazzo {__version__}\n")
+        sys.stdout.write(f"terrazzo {version('terrazzo')}\n")
         raise typer.Exit(EXIT_OK)
 
 

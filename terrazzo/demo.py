@@ -11,6 +11,7 @@ from rich.table import Table
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import best, closest_miss, llm_candidates
 from terrazzo.cost.tco import device_usd_per_hour, usd_per_million_tokens
+from terrazzo.plan.plan_tables import plan_table
 from terrazzo.plan.reproduce import PAPER_DEVICES, PAPER_TCO
 from terrazzo.plan.scenario import load_scenario
 from terrazzo.plan.select import enumerate_all, solve
@@ -67,7 +68,7 @@ def run_demo(console: Console) -> None:
     for workload in ("steady-5rps.yaml", "steady-200rps.yaml"):
         result = plan(agent, load_workload(EXAMPLES / "workloads" / workload, agent),
                       load_sla(EXAMPLES / "slas" / "interactive.yaml", agent), cluster, cat)
-        console.print(result.table())
+        console.print(plan_table(result))
         console.print(result.baseline_table())
         for line in result.verification_lines():
             console.print(line)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from terrazzo.spec.limits import MAX_DEVICES, MAX_RATE_PER_S
+from terrazzo.limits import MAX_DEVICES, MAX_RATE_PER_S
 
 _COUNTS = ("tp", "pp", "batch", "replicas", "devices")                   # whole numbers >= 1
 _AMOUNTS = ("latency_s", "finish_s", "visits", "usd_h", "share")          # finite, >= 0

@@ -24,12 +24,12 @@ from terrazzo.cost.energy import PowerCurve
 from terrazzo.cost.tco import HourlyCost
 from terrazzo.errors import SpecError
 from terrazzo.plan.check import Assignment, check, fleet_usd_h
-from terrazzo.plan.compare import compare, options
 from terrazzo.plan.from_ir import build
-from terrazzo.plan.pareto import all_metrics, dominates, non_dominated, sweep
 from terrazzo.plan.planning_graph import OpCandidate, PlanEdge, PlanningGraph, PlanOp
 from terrazzo.plan.power import fleet_power_kw
 from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
+from terrazzo.verify.compare import compare, options
+from terrazzo.verify.pareto import all_metrics, dominates, non_dominated, sweep
 from terrazzo.verify.replan import verified_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +249,7 @@ def test_pareto_points_are_non_dominated_and_epsilon_solves_match_brute_force() 
 
 
 def test_voice_agent_front_has_five_simulated_points() -> None:
-    from terrazzo.plan.pareto import front
+    from terrazzo.verify.pareto import front
 
     cluster, cat = load_cluster(VOICE[3])
     agent = load_agent(VOICE[0], cat)
@@ -265,7 +265,7 @@ def test_voice_agent_front_has_five_simulated_points() -> None:
 
 # --- day plans ---------------------------------------------------------------------------------------
 def test_diurnal_day_plan_autoscales_below_the_peak_fleet_and_meets_the_sla(tmp_path: Path) -> None:
-    from terrazzo.plan.day_plan import LEAD_TIME_S, day_plan, day_table, scheduled_ops
+    from terrazzo.verify.day_plan import LEAD_TIME_S, day_plan, day_table, scheduled_ops
 
     cluster, cat = load_cluster(VOICE[3])
     agent = load_agent(VOICE[0], cat)
@@ -293,12 +293,12 @@ def test_diurnal_day_plan_autoscales_below_the_peak_fleet_and_meets_the_sla(tmp_
 
 def test_the_schedule_drives_the_controller_advisory_and_active(tmp_path: Path) -> None:
     pytest.importorskip("fastapi")
-    from terrazzo.plan.day_plan import DAY_SCHEMA
     from terrazzo.runtime.backends.local import LocalBackend
     from terrazzo.runtime.config import RunConfig
     from terrazzo.runtime.pool_layout import PoolSpec
     from terrazzo.server.controller import Controller, PlanState
     from terrazzo.server.settings import ControllerSettings
+    from terrazzo.verify.day_plan import DAY_SCHEMA
 
     doc = {"schema": DAY_SCHEMA, "interval_s": 3600.0, "lead_time_s": 65.0,
            "pools": {"cpu-tp1-pp1": {"device": "cpu", "ops": ["work"]}},

@@ -43,7 +43,7 @@ def positive(*fields: str) -> classmethod:
             _over(one, 0.0, strict=True)
         return v
 
-    return field_validator(*fields)(classmethod(check))  # type: ignore[arg-type, return-value]
+    return field_validator(*fields)(classmethod(check))
 
 
 def non_negative(*fields: str) -> classmethod:
@@ -53,7 +53,7 @@ def non_negative(*fields: str) -> classmethod:
             _over(one, 0.0, strict=False)
         return v
 
-    return field_validator(*fields)(classmethod(check))  # type: ignore[arg-type, return-value]
+    return field_validator(*fields)(classmethod(check))
 
 
 class ScaleUp(Strict):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.stats import spearmanr  # type: ignore[import-untyped]
+from scipy.stats import spearmanr
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cost.fitting import Fit, fit, predict_with, vendor_entry

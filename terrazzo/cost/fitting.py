@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.optimize import least_squares  # type: ignore[import-untyped]
+from scipy.optimize import least_squares
 
 from terrazzo.cost.serving_model import ServingParams, priors, step_terms, vendor_key
 from terrazzo.cost.validation import PointWork

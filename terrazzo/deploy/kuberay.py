@@ -26,7 +26,7 @@ def manifests(fleet: Fleet, namespace: str = "default", image: str | None = None
     name = _dns(f"terrazzo-{fleet.agent}")
     image = image or f"rayproject/ray:{ray_version}-py311"
     meta = {"name": name, "namespace": namespace, "labels": dict(LABELS)}
-    plan_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**meta, "name": f"{name}-plan"},
+    plan_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**meta, "name": f"{name}-plan"},
                 "data": {"plan.json": json.dumps(fleet.plan_json, indent=2)}}
     if run_config is not None:  # the router's run config: LLM pools attached to the vLLM StatefulSets
         plan_map["data"]["runtime.yaml"] = run_config

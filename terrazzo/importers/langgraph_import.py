@@ -255,7 +255,7 @@ class _Mapper:
         to_id = {t: "end" if t == END else ids[t] for t in targets}
         given = dict(_meta(spec).get("branches") or {})
         if given:
-            probs = {t: float(given.get(t, given.get(to_id[t], 0.0))) for t in targets}
+            probs = {t: float(given.get(t, given.get(to_id[t])) or 0.0) for t in targets}
         else:
             probs = dict.fromkeys(targets, 1.0 / len(targets))
             shown = ", ".join(f"{to_id[t]} {p:.2f}" for t, p in probs.items())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from terrazzo.plan.check import check
+from terrazzo.plan.infeasibility import explain_infeasible
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.planning_graph import PlanEdge, PlanningGraph, VariantGroup
 
@@ -23,8 +24,6 @@ def cannot_apply(graph: PlanningGraph, device: str) -> str:
 def why_infeasible(graph: PlanningGraph, allow: Allow, variants: dict[str, str], status: str) -> str:
     """The binding limit of a restricted plan: an op no allowed device can serve, the inventory, the
     power or rack limit, or the end-to-end SLA."""
-    from terrazzo.plan.planner import explain_infeasible
-
     g = restricted_graph(graph, allow, variants)
     loose = replace(g, mode="unconstrained", max_kw=None, max_devices=None)
     free = solve_milp(loose)

@@ -5,15 +5,12 @@ adds up to the headline, and every candidate the planner considered (`plan --can
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from terrazzo.plan.check import first_token_tail_s, min_replicas
+from terrazzo.plan.planner import Plan
 from terrazzo.plan.planning_graph import PlanningGraph
-
-if TYPE_CHECKING:
-    from terrazzo.plan.planner import Plan
 
 
 def _ms(s: float | None) -> str:

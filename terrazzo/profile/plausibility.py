@@ -9,7 +9,8 @@ still usable as an interpolation of the measured points; the warning says what t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from terrazzo.profile.profile_file import Fit, Profile
 
@@ -37,9 +38,9 @@ def fit_warnings(fit: Fit, spread_pct: Mapping[str, float] | None = None) -> lis
             out.append(f"transfer {link}: fit error {lf.mape_pct:.1f} % over {lf.points} points (above "
                        f"{MAX_FIT_ERROR_PCT:g} %): the α–β line misses these transfers; raise --repeats on an idle "
                        "machine")
-    for op, spread in (spread_pct or {}).items():
+    for kind, spread in (spread_pct or {}).items():
         if spread > MAX_SPREAD_PCT:
-            out.append(f"{op}: repeats vary by {spread:.0f} % (median p10–p90 spread): the machine was busy while "
+            out.append(f"{kind}: repeats vary by {spread:.0f} % (median p10–p90 spread): the machine was busy while "
                        "measuring; re-run on an idle machine or raise --repeats")
     return out
 
@@ -48,7 +49,8 @@ def profile_warnings(prof: Profile) -> list[str]:
     """`fit_warnings` for a measured profile, with the spread of each op kind's points."""
     import numpy as np
 
-    groups = {"prefill": prof.points.prefill, "decode": prof.points.decode, "embed": prof.points.embed,
-              "ann_search": prof.points.ann}
-    spread = {op: float(np.median([p.timing.spread for p in pts])) * 100 for op, pts in groups.items() if pts}
+    pts = prof.points
+    groups: dict[str, Sequence[Any]] = {"prefill": pts.prefill, "decode": pts.decode, "embed": pts.embed,
+                                        "ann_search": pts.ann}
+    spread = {op: float(np.median([p.timing.spread for p in group])) * 100 for op, group in groups.items() if group}
     return fit_warnings(prof.fit, spread)

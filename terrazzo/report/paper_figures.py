@@ -100,7 +100,7 @@ def plan_figure(plan: Plan, path: Path) -> Path:
     for device, usd in sorted(per_device.items()):
         ax.bar("plan", usd, bottom=bottom, label=device)
         bottom += usd
-    for b in plan.baselines:  # type: ignore[attr-defined]
+    for b in plan.baselines:
         if b.feasible:
             ax.bar(b.name.replace(" (", "\n("), b.usd_h, color="0.7")
     ax.set_ylabel("TCO $/h")

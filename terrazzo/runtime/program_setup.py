@@ -123,7 +123,7 @@ class ProgramSetup:
                                      fix="set documents: (or lookups: {" + path + ": {documents: DIR}}) "
                                          "in the run config")
             index_dir = self.config.path(lk.index_dir if lk and lk.index_dir else None) or (
-                Path(self.config.path(self.config.state_dir)) / "index" / path.replace("/", "__"))  # type: ignore[arg-type]
+                Path(self.config.path(self.config.state_dir)) / "index" / path.replace("/", "__"))
             meta = build_index(docs, index_dir, self.config.embed_path())
             self.index_dirs[path] = str(index_dir)
             self.notes.append(f"lookup '{path}': FAISS flat-IP index of {meta['vectors']} passages × "

@@ -241,7 +241,7 @@ class WorkerState:
     def _idempotency(self):  # -> IdempotencyStore
         from terrazzo.runtime.idempotency import IdempotencyStore
 
-        return IdempotencyStore.in_dir(self.config.path(self.config.state_dir))  # type: ignore[arg-type]
+        return IdempotencyStore.in_dir(self.config.path(self.config.state_dir))
 
     def _compute(self, p: dict) -> tuple[Any, int, dict]:
         if not p.get("function"):

@@ -258,10 +258,10 @@ class Controller:
                  schedule_doc: dict[str, Any] | None = None,
                  time_of_day: Callable[[], float] | None = None) -> None:
         self.agent, self.runtime, self.plan, self.settings = agent, runtime, plan, settings
-        # a day plan's schedule (plan/day_plan.py) replaces re-planning: pool sizes follow the time of day
+        # a day plan's schedule (verify/day_plan.py) replaces re-planning: pool sizes follow the time of day
         self.schedule_doc, self.time_of_day = schedule_doc, time_of_day or seconds_since_midnight
         if schedule_doc is not None:
-            from terrazzo.plan.day_plan import scheduled_ops
+            from terrazzo.verify.day_plan import scheduled_ops
 
             scheduled_ops(schedule_doc, 0.0)  # a wrong file fails at start, not in the loop
         self.replanner, self.replan_off, self.clock, self.on_decision = replanner, replan_off, clock, on_decision
@@ -387,7 +387,7 @@ class Controller:
 
     async def _follow_schedule(self) -> dict[str, Any]:
         """Resize the pools to the day plan's sizes for this time of day (grown a lead time early)."""
-        from terrazzo.plan.day_plan import scheduled_ops
+        from terrazzo.verify.day_plan import scheduled_ops
 
         assert self.schedule_doc is not None
         t = self.time_of_day()

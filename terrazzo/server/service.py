@@ -118,7 +118,7 @@ class AgentService:
         self.in_flight_ids: set[tuple[str, str]] = set()          # (tenant, request id)
         self.tasks: dict[tuple[str, str], asyncio.Task[RequestResult]] = {}
         self.aborting = False                                     # shutdown past its grace: in-flight end (503)
-        self.requests = IdempotencyStore.in_dir(self.config.path(self.config.state_dir),  # type: ignore[arg-type]
+        self.requests = IdempotencyStore.in_dir(self.config.path(self.config.state_dir),
                                                 settings.idempotency.retention_s)
         self._fingerprints: dict[tuple[str, str], str] = {}
         self.upstream = UpstreamHealth(endpoints_of(self.agent, self.config))

@@ -119,7 +119,7 @@ class LlmCost:
             return self.decode_step_s(batch, context)
         if batch <= 0:
             return self.prefill_s(tokens, sum_sq)
-        coef = self._steps.get(batch, False)
+        coef: tuple[float, float, float, float, float] | Literal[False] | None = self._steps.get(batch, False)
         if coef is False:
             coef = self._steps[batch] = self._fit_step(batch)
         if coef is None or self._prefill is None:  # MoE: the decodes are one-token chunks of a prefill

@@ -46,7 +46,8 @@ def latency_cdf(report: SimReport, path: Path) -> Path:
         scale, unit = _unit([v for _, v in series], [lim for _, lim in limits])
         for label, values in series:
             _cdf(ax, values, label, scale)
-        for k, (label, lim) in enumerate(x for x in limits if x[1]):
+        shown: list[tuple[str, float]] = [(lb, li) for lb, li in limits if li]
+        for k, (label, lim) in enumerate(shown):
             ax.axvline(lim * scale, color="red", linestyle=("--", ":", "-.")[k % 3], linewidth=1.2,
                        label=f"{label} {lim * scale:g} {unit}")
         ax.axhline(report.percentile / 100, color="grey", linewidth=0.8, label=f"p{report.percentile:g}")

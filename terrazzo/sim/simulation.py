@@ -223,8 +223,6 @@ class LlmStage(Stage):
 
     def _prefilled(self, seq: Seq, lane: int, pre: Op) -> None:
         tok: Token = seq.arg
-        pre, dec = self.pre, self.dec
-        assert pre is not None and dec is not None  # disaggregated: __init__ checked both
         if seq.osl <= 1:
             self._record(seq, tok)
             self.finish(tok, pre, lane // pre.planned.pp)

@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from terrazzo.limits import MAX_INDEX_VECTORS, MAX_K
 from terrazzo.spec.distributions import Bytes, BytesDist, Dist, SecondsDist, TokensDist
-from terrazzo.spec.limits import MAX_INDEX_VECTORS, MAX_K
 
 NodeId = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
 

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from terrazzo.limits import MAX_DEVICES
 from terrazzo.spec.distributions import GbitPerS, Seconds
-from terrazzo.spec.limits import MAX_DEVICES
 
 
 class Strict(BaseModel):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from terrazzo.spec.limits import MAX_BYTES, MAX_GBIT_PER_S, MAX_RATE_PER_S, MAX_SECONDS, MAX_TOKENS
+from terrazzo.limits import MAX_BYTES, MAX_GBIT_PER_S, MAX_RATE_PER_S, MAX_SECONDS, MAX_TOKENS
 from terrazzo.units import parse_quantity
 
 T = TypeVar("T")
@@ -141,7 +141,7 @@ def quantity(dimension: str, unit: str) -> BeforeValidator:
 
 
 def _at_most(limit: float, unit: str) -> AfterValidator:
-    """Every parameter of the distribution within `limit` (spec/limits.py says why each exists)."""
+    """Every parameter of the distribution within `limit` (limits.py says why each exists)."""
     def check(d: Dist) -> Dist:
         params = [getattr(d, p) for p in _UNIT_PARAMS if getattr(d, p) is not None] + list(d.values or [])
         worst = max(params, default=0.0)

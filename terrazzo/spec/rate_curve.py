@@ -1,5 +1,5 @@
 """A workload's arrival rate over hours: piecewise constant per interval (a day of hourly rates, say),
-or read off an hours-long trace (the workload's `arrival.trace`), for day plans (plan/day_plan.py)."""
+or read off an hours-long trace (the workload's `arrival.trace`), for day plans (verify/day_plan.py)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from terrazzo.limits import MAX_DURATION_S
 from terrazzo.spec.distributions import PerSecond, TokensDist, quantity
-from terrazzo.spec.limits import MAX_DURATION_S
 from terrazzo.spec.rate_curve import RateCurve
 
 

@@ -63,7 +63,7 @@ def make_engine_pool(pool: PoolSpec, checkpoint: str, config: RunConfig, backend
         return _pool(pool, spec, hosts, config)
     check_checkpoint(checkpoint)
     python = require_vllm_python(config.vllm.python)
-    log_dir = config.path(config.vllm.log_dir) or config.path(config.state_dir) / "engines"  # type: ignore[operator]
+    log_dir = config.path(config.vllm.log_dir) or config.path(config.state_dir) / "engines"
     for i in range(len(attached), pool.workers):
         name = f"{pool.name}/vllm{i}"
         log = Path(log_dir) / f"{pool.name}-{i}.log"
@@ -136,7 +136,7 @@ def kv_connector(role: str, config: RunConfig) -> dict:
     """vLLM's shared-storage KV connector (ExampleConnector): the prefill server writes each prompt's KV
     blocks under the store, the decode server loads those of the same prompt instead of computing them.
     The store must be one folder both see (one machine, or a shared filesystem)."""
-    store = config.path(config.vllm.kv_store_dir) or config.path(config.state_dir) / "kv-store"  # type: ignore[operator]
+    store = config.path(config.vllm.kv_store_dir) or config.path(config.state_dir) / "kv-store"
     Path(store).mkdir(parents=True, exist_ok=True)
     return {"kv_connector": "ExampleConnector", "kv_role": role,
             "kv_connector_extra_config": {"shared_storage_path": str(store)}}

@@ -37,6 +37,9 @@ from terrazzo.runtime.failures import ExecutionError
 
 OnDelta = Callable[[str, int | None], None]  # (text delta, token id when the server sent exactly one)
 
+# What a call to an upstream can fail with: the library's errors, transport errors, and answers the checks refuse.
+UPSTREAM_FAILURES: tuple[type[Exception], ...] = (openai.APIError, httpx.HTTPError, *INVALID_ANSWER)
+
 
 class UpstreamError(ExecutionError):
     """The endpoint failed. `tokens_seen`: tokens already delivered to the caller (0: nothing was, so the
@@ -176,7 +179,7 @@ class OpenAICompatClient:
                         for chunk in chunks:
                             reply.add(chunk, on_delta, t0)
                 return reply.generation(t0)
-            except (openai.APIError, httpx.HTTPError, *INVALID_ANSWER) as exc:
+            except UPSTREAM_FAILURES as exc:
                 err = self._error(exc, reply.tokens)
                 if not err.safe_to_resend or attempt >= self._resends(resends):
                     raise err from None
@@ -206,7 +209,7 @@ class OpenAICompatClient:
                         async for chunk in chunks:
                             reply.add(chunk, on_delta, t0)
                 return reply.generation(t0)
-            except (openai.APIError, httpx.HTTPError, *INVALID_ANSWER) as exc:
+            except UPSTREAM_FAILURES as exc:
                 err = self._error(exc, reply.tokens)
                 if not err.safe_to_resend or attempt >= self._resends(resends):
                     raise err from None

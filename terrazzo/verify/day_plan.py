@@ -36,6 +36,7 @@ from terrazzo.errors import PlanInfeasible, SpecError
 from terrazzo.plan.fleet_model import TOLERANCE, Assignment, Share, size_pools
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.keep_or_buy import fleet_decision
+from terrazzo.plan.plan_tables import plan_table
 from terrazzo.plan.planner import Plan, plan_graph
 from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent
@@ -376,7 +377,7 @@ def day_plan_command(agent: Agent, workload: Workload, sla: Sla, cluster: Cluste
     if as_json:
         print(json.dumps(doc, indent=2))
     else:
-        console.print(plan.peak.table())
+        console.print(plan_table(plan.peak))
         console.print(day_table(plan))
         for path in (output, figure):
             if path:
