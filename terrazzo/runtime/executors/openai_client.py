@@ -28,7 +28,7 @@ import openai
 from terrazzo.runtime.executors.llm_engine import Generation
 from terrazzo.runtime.failures import ExecutionError
 
-OnDelta = Callable[[str, int | None], None]  # (text delta, token id when the server sent exactly one)
+OnDelta = Callable[[str, list[int]], None]  # (text delta, its token ids: [] when the server sends none)
 
 
 class UpstreamError(ExecutionError):
@@ -84,7 +84,7 @@ class _Reply:
             self.ids += ids
             self.chunks += 1
             if on_delta is not None:
-                on_delta(text, ids[0] if len(ids) == 1 else None)
+                on_delta(text, ids)
 
     @property
     def tokens(self) -> int:
