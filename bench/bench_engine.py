@@ -182,7 +182,8 @@ def table(rows: dict[str, dict[int, Level]], levels: list[int]) -> list[str]:
                 cost = f"{extra / ((d.server_cpu_s + d.client_cpu_s) / d.tokens):+.1%}"
             srv = f"{per(lv.server_cpu_s):.2f}" if name != "builtin" else "—"
             out.append(f"| {c} | {name} | {lv.tok_s:,.0f} | {lv.tok_s / d.tok_s:.2f}× | "
-                       f"{pct(lv.ttft_s, .5) * 1e3:.0f} / {pct(lv.ttft_s, .99) * 1e3:.0f} | {pct(lv.tbt_s, .5) * 1e3:.1f} / "
+                       f"{pct(lv.ttft_s, .5) * 1e3:.0f} / {pct(lv.ttft_s, .99) * 1e3:.0f} | "
+                       f"{pct(lv.tbt_s, .5) * 1e3:.1f} / "
                        f"{pct(lv.tbt_s, .99) * 1e3:.1f} | {per(lv.client_cpu_s):.2f} | {srv} | {cost}"
                        + (f" ({lv.errors} errors)" if lv.errors else "") + " |")
     return out
