@@ -180,8 +180,9 @@ class WorkerState:
             if self._emit is not None:
                 emit, op, n = self._emit, self._op, itertools.count()
 
-                def on_delta(text: str, tid: int | None) -> None:
-                    emit({"type": "token", "op": op, "index": next(n), "token_id": tid, "text": text})
+                def on_delta(text: str, ids: list[int]) -> None:
+                    for j, tid in enumerate(ids or [None]):  # one event per token; the chunk's text on its first
+                        emit({"type": "token", "op": op, "index": next(n), "token_id": tid, "text": "" if j else text})
             gen = client.complete(p["prompt"], model=p["served_name"], max_tokens=p["max_new_tokens"],
                                   on_delta=on_delta)
             return gen, len(gen.token_ids), {"endpoint": p["endpoint"], "finish_reason": gen.finish_reason,

@@ -45,8 +45,10 @@ async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: d
     if req.on_event is not None:
         index = itertools.count()
 
-        def on_delta(text: str, token_id: int | None) -> None:
-            events.emit(req, {"type": "token", "op": op, "index": next(index), "token_id": token_id, "text": text})
+        def on_delta(text: str, ids: list[int]) -> None:  # one event per token; the chunk's text on its first
+            for j, token_id in enumerate(ids or [None]):
+                events.emit(req, {"type": "token", "op": op, "index": next(index), "token_id": token_id,
+                                  "text": "" if j else text})
 
     t0 = time.perf_counter()
     try:

@@ -35,7 +35,7 @@ from terrazzo.runtime.executors.upstream_checks import (
 )
 from terrazzo.runtime.failures import ExecutionError
 
-OnDelta = Callable[[str, int | None], None]  # (text delta, token id when the server sent exactly one)
+OnDelta = Callable[[str, list[int]], None]  # (text delta, its token ids: [] when the server sends none)
 
 # What a call to an upstream can fail with: the library's errors, transport errors, and answers the checks refuse.
 UPSTREAM_FAILURES: tuple[type[Exception], ...] = (openai.APIError, httpx.HTTPError, *INVALID_ANSWER)
@@ -100,7 +100,7 @@ class _Reply:
             self.ids += ids
             self.chunks += 1
             if on_delta is not None:
-                on_delta(text, ids[0] if len(ids) == 1 else None)
+                on_delta(text, ids)
 
     @property
     def tokens(self) -> int:
