@@ -276,8 +276,9 @@ def test_tenants_need_distinct_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- 12. Retry-After from the measured drain rate -----------------------------------------------------------
 def test_retry_after_follows_the_drain_rate() -> None:
-    now = [100.0]  # the server idled 100 s before the burst
+    now = [0.0]
     adm = Admission("a", max_in_flight=64, queue_limit=8, window_s=30, predicted_e2e_s=2.0, clock=lambda: now[0])
+    now[0] = 100.0  # the server idled 100 s before the burst (an idle window must not dilute the drain rate)
     wide = {"p": {"queued": 0, "workers": 64}}
     for _ in range(64):
         adm.admit(wide, {"p"})
