@@ -226,7 +226,9 @@ def plan_cmd(
     _profile_notes(cat)
     agent_spec = load_agent(agent, cat)
     result = make_plan(agent_spec, load_workload(workload, agent_spec), load_sla(sla, agent_spec), cluster_spec, cat,
-                       explain=explain, verify=verify)
+                       explain=explain, verify=verify, workload_path=workload)
+    for note in result.notes:
+        Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     inputs.update({f"profile[{i}]": p for i, p in enumerate(profile or [])})
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
@@ -246,6 +248,7 @@ def plan_cmd(
         if check is not None:
             doc["simulation_check"] = check.to_json()
         print(json.dumps(doc, indent=2))
+        _exit_if_unverified(result)
         return
     console.print(result.table())
     console.print(result.baseline_table())
@@ -260,6 +263,18 @@ def plan_cmd(
         console.print(table)
     if output:
         console.print(f"wrote {output}")
+    _exit_if_unverified(result)
+
+
+def _exit_if_unverified(result) -> None:  # type: ignore[no-untyped-def]
+    """Exit 1 when the final plan fails its own simulation (the plan file is still written, to inspect)."""
+    if result.sim_verified is False:
+        last = result.verification[-1]
+        why = "; ".join(last.get("breaks", [])[:3]) or "the SLA's percentile is missed"
+        Console(stderr=True).print(f"[bold red]error:[/] no plan found passes its own simulation at "
+                                   f"{result.rate_per_s:g} req/s after {len(result.verification)} rounds: {why}",
+                                   highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("check")
