@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from terrazzo.cli_output import note as remark
 from terrazzo.errors import TerrazzoError
 from terrazzo.importers.import_command import import_app
 from terrazzo.spec.cluster import Cluster
+
+if TYPE_CHECKING:
+    from terrazzo.plan.planner import Plan
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help=f"{__doc__}\n\n{EXIT_CODES_HELP}")
@@ -292,7 +295,10 @@ def plan_cmd(
         code = day_plan_command(agent_spec, workload_spec, sla_spec, cluster_spec, cat, workload, output, as_json,
                                 console, figure)
         raise typer.Exit(code)
-    result = make_plan(agent_spec, workload_spec, sla_spec, cluster_spec, cat, explain=explain, verify=verify)
+    result = make_plan(agent_spec, workload_spec, sla_spec, cluster_spec, cat, explain=explain, verify=verify,
+                       workload_path=workload)
+    for note in result.notes:
+        Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
     inputs.update({f"profile[{i}]": p for i, p in enumerate(profile or [])})
     result = replace(result, inputs={k: str(v) for k, v in inputs.items()})
@@ -317,7 +323,8 @@ def plan_cmd(
         if check is not None:
             doc["simulation_check"] = check.to_json()
         print(json.dumps(doc, indent=2))
-        return verdict(result.sim_verified)
+        _exit_if_unverified(result)
+        return
     from terrazzo.plan.plan_tables import ops_table, plan_table
 
     console.print(plan_table(result))
@@ -337,7 +344,18 @@ def plan_cmd(
         console.print(table)
     if output:
         console.print(f"wrote {output}")
-    verdict(result.sim_verified)  # exit 1 when the plan's simulation still misses the SLA
+    _exit_if_unverified(result)
+
+
+def _exit_if_unverified(result: Plan) -> None:
+    """Exit 1 when the final plan fails its own simulation (the plan file is still written, to inspect)."""
+    if result.sim_verified is False:
+        last = result.verification[-1]
+        why = "; ".join(last.get("breaks", [])[:3]) or "the SLA's percentile is missed"
+        Console(stderr=True).print(f"[bold red]error:[/] no plan found passes its own simulation at "
+                                   f"{result.rate_per_s:g} req/s after {len(result.verification)} rounds: {why}",
+                                   highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("compare")

@@ -192,9 +192,26 @@ def _columns(graph: PlanningGraph, o: PlanOp, allow: Allow | None) -> list[int]:
     op: latency, fleet $/h and devices at its own replica count (exact: the column's whole effect); a
     shared pool: latency and load (same pool, same price). Split ops keep the demand-free front that
     `planning_graph.prune` left."""
+    key = (o.candidates, o.visits, o.first_token_limit_s, o.work_tail_ratio, o.work_scv, o.arrival_scv, o.hold_scv,
+           o.kind, graph.rate_per_s, graph.utilisation_cap, graph.percentile, graph.cluster_devices, graph.splits)
+    if allow is not None:
+        return _front(graph, o, allow)
+    front = _FRONTS.get(key)
+    if front is None:
+        front = _FRONTS[key] = _front(graph, o, None)
+        if len(_FRONTS) > 4096:
+            _FRONTS.clear()
+    return front
+
+
+_FRONTS: dict[tuple, list[int]] = {}  # an op's front depends on its own fields and the demand: shared by twins
+
+
+def _front(graph: PlanningGraph, o: PlanOp, allow: Allow | None) -> list[int]:
     ok = [k for k, c in enumerate(o.candidates)
-          if c.feasible and c.device in graph.cluster_devices and (allow is None or allow(o.name, c))
-          and first_token_attainable(graph, o.name, c)]
+          if c.feasible and c.device in graph.cluster_devices and first_token_attainable(graph, o.name, c)
+          and (math.isfinite(load_of(graph, o.name, c, 1.0)) or is_dedicated(o.kind))
+          and (allow is None or allow(o.name, c))]
     if is_dedicated(o.kind):
         if graph.splits:
             return ok

@@ -312,7 +312,7 @@ def _output_tokens_per_s(graph: PlanningGraph, a: Assignment) -> float:
 
 
 def _is_llm(op: str, graph: PlanningGraph) -> bool:
-    return graph.op(op).kind.startswith("llm.")
+    return graph.op(op).kind.startswith(("llm.", "moe."))
 
 
 def baselines(graph: PlanningGraph, main: Solution | None = None) -> list[Baseline]:
@@ -368,28 +368,32 @@ class _Decomposed:
                         {op: s for op, s in a.placements.items() if not _is_llm(op, graph)})
         self.ok = a is not None
 
+        self._cols: dict[str, list[tuple[float, float, int]]] = {}
+
+    def _priced(self, op: str) -> list[tuple[float, float, int]]:
+        """(fleet $/h, latency, candidate) of each usable candidate of a dedicated op, cheapest first."""
+        if op not in self._cols:
+            g, o = self.graph, self.graph.op(op)
+            self._cols[op] = sorted((c.usd_h * min_replicas(g, op, c), c.latency_s, k)
+                                    for k, c in enumerate(o.candidates)
+                                    if c.feasible and c.device in g.cluster_devices
+                                    and first_token_attainable(g, op, c))
+        return self._cols[op]
+
     def solve(self, allow: Allow, variants: dict[str, str]) -> Assignment | None:
         if not self.ok:
             return None
         g = self.graph
         chosen = dict(self.non_llm)
-        for group in g.groups:
-            for op in group.variants.get(variants.get(group.node, ""), ()):
-                o = g.op(op)
-                cols = [(c.usd_h * min_replicas(g, op, c), c.latency_s, k) for k, c in enumerate(o.candidates)
-                        if c.feasible and c.device in g.cluster_devices and allow(op, c)
-                        and first_token_attainable(g, op, c)]
-                if not cols:
-                    return None
-                chosen[op] = (Share(min(cols)[2], 1.0),)
-        for o in g.ops:  # LLM ops outside any variant group
-            if _is_llm(o.name, g) and o.name not in chosen and not any(o.name in ops for gr in g.groups
-                                                                           for ops in gr.variants.values()):
-                cols = [(c.usd_h * min_replicas(g, o.name, c), c.latency_s, k) for k, c in enumerate(o.candidates)
-                        if c.feasible and c.device in g.cluster_devices and allow(o.name, c)]
-                if not cols:
-                    return None
-                chosen[o.name] = (Share(min(cols)[2], 1.0),)
+        grouped = {o for gr in g.groups for ops in gr.variants.values() for o in ops}
+        wanted = [op for group in g.groups for op in group.variants.get(variants.get(group.node, ""), ())]
+        wanted += [o.name for o in g.ops if o.name not in grouped and o.name not in chosen and _is_llm(o.name, g)]
+        for op in wanted:
+            o = g.op(op)
+            pick = next((k for _, _, k in self._priced(op) if allow(op, o.candidates[k])), None)
+            if pick is None:
+                return None
+            chosen[op] = (Share(pick, 1.0),)
         return Assignment(chosen)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, TypeVar
 
 from terrazzo.cost.energy import PowerCurve
@@ -185,7 +186,8 @@ def is_dedicated(kind: str) -> bool:
     return kind.startswith(("llm.", "moe."))
 
 
-def prune(cands: list[OpCandidate], kind: str = "", first_token: bool = False) -> tuple[OpCandidate, ...]:
+def prune(cands: list[OpCandidate] | tuple[OpCandidate, ...], kind: str = "", first_token: bool = False
+          ) -> tuple[OpCandidate, ...]:
     """Drop feasible candidates that another beats on every quantity the MILP's constraints read, for
     any demand: latency, $/h, devices and rate per replica, and for a first-token op its queue (more
     slots held for less time) and its first-token time. Both candidates must sit in the same pool
@@ -193,7 +195,12 @@ def prune(cands: list[OpCandidate], kind: str = "", first_token: bool = False) -
     one), so the swap leaves every other pool's load, the inventory and every transfer unchanged and
     never needs more replicas: the optimum is unchanged at every rate and share. Infeasible ones stay,
     for explanations."""
-    dedicated = is_dedicated(kind)
+    return _prune(tuple(cands), is_dedicated(kind), first_token)
+
+
+@lru_cache(maxsize=4096)
+def _prune(cands: tuple[OpCandidate, ...], dedicated: bool, first_token: bool) -> tuple[OpCandidate, ...]:
+    """`prune` on one candidate list (identical ops of a large agent share the answer)."""
 
     def group(c: OpCandidate) -> str:
         return f"{c.device}/{c.engine}/{c.engine_version}" + ("" if dedicated else f"/{c.tp}/{c.pp}")

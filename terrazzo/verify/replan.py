@@ -17,6 +17,7 @@ Trace workloads are planned at the trace's measured rate and burstiness (squared
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -163,14 +164,17 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
                            "breaks": [], "targets": t.lines(deadline_s), "actions": [f"infeasible: {exc}"]})
             return None
         key = _fleet_key(plan)
+        t0 = time.perf_counter()
         if key not in seen:  # the same pools simulate the same: one simulation per distinct plan
             seen[key] = (plan, simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed, trace))
+        sim_s = time.perf_counter() - t0
         fb = seen[key][1]
         rounds.append({"round": len(rounds) + 1, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
                        "percentile": graph.percentile, "e2e_at_sla_s": fb.e2e_at_sla_s,
                        "ttft_at_sla_s": {n: at for n, (at, _) in fb.ttft_at_sla_s.items()},
                        "tbt_at_sla_s": {n: at for n, (at, _) in fb.tbt_at_sla_s.items()},
-                       "breaks": list(fb.breaks), "targets": t.lines(deadline_s), "actions": []})
+                       "breaks": list(fb.breaks), "targets": t.lines(deadline_s), "actions": [],
+                       "sim_s": round(sim_s, 3)})
         return plan, fb
 
     failing = Targets()
