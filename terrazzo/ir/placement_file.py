@@ -7,7 +7,7 @@
 Keys are op ids (`terrazzo compile --emit estimated` lists them) or coarser names the planner uses: a node
 id places every op made from that node, `<node>.aggregated` puts an LLM call's phases on the same replicas.
 tp, pp, batch and replicas default to 1 and pool to the device name; ops in one pool share its devices, so
-they must name the same device. A planner result (`terrazzo.plan/v1`) is read through its `placement` field.
+they must name the same device. A planner result (`terrazzo.plan/v2`) is read through its `placement` field.
 """
 
 from __future__ import annotations
