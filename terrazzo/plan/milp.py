@@ -305,20 +305,20 @@ def _latency(graph: PlanningGraph, m: Model, ops: dict[str, _Op]) -> None:
             continue
         t = m.var()
         for d in devices:
-            lat = graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d]
+            link = graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d]
             w_src, w_dst = uses[e.src].get(d, {}), uses[e.dst].get(d, {})
             if e.kind == "kv":  # prefill and decode are separate pools: the KV always moves
-                m.row(_sum({t: 1.0}, _scale(w_src, -lat)), lo=0.0)
-                m.row(_sum({t: 1.0}, _scale(w_dst, -lat)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -link)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -link)), lo=0.0)
             else:
-                m.row(_sum({t: 1.0}, _scale(w_src, -lat), _scale(whole[e.dst].get(d, {}), lat)), lo=0.0)
-                m.row(_sum({t: 1.0}, _scale(w_dst, -lat), _scale(whole[e.src].get(d, {}), lat)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -link), _scale(whole[e.dst].get(d, {}), link)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -link), _scale(whole[e.src].get(d, {}), link)), lo=0.0)
         m.row(_sum(base, {t: -visits}), lo=0.0)
     slack = m.var(0.0 if math.isinf(graph.penalty_usd_h_per_s) else graph.penalty_usd_h_per_s,
                   0.0, 0.0 if math.isinf(graph.penalty_usd_h_per_s) else INF)
-    for o in graph.sinks():
-        if o in finish:
-            m.row({finish[o]: 1.0, slack: -1.0}, hi=graph.deadline_s)
+    for sink in graph.sinks():
+        if sink in finish:
+            m.row({finish[sink]: 1.0, slack: -1.0}, hi=graph.deadline_s)
 
 
 def _warm(graph: PlanningGraph, ops: dict[str, _Op], a: Assignment) -> dict[int, float] | None:
