@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def checks(rows: list[dict[str, object]]) -> list[str]:
     bad = []
     for name in AGENTS:
         mine = [r for r in rows if r["agent"] == name]
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in itertools.pairwise(mine):
             if float(b["tco_usd_h"]) < float(a["tco_usd_h"]) - 1e-9:  # type: ignore[arg-type]
                 bad.append(f"{name}: TCO falls from ${a['tco_usd_h']}/h at {a['rate_per_s']} req/s to "
                            f"${b['tco_usd_h']}/h at {b['rate_per_s']} req/s")

@@ -232,7 +232,7 @@ def test_plan_view_and_metrics(server: ServerThread) -> None:
             if rag["controller"]["decisions"]:
                 break
             time.sleep(0.1)
-        assert rag["plan"]["schema"] == "terrazzo.plan/v1" and rag["plan"]["by"] == "file"
+        assert rag["plan"]["schema"] == "terrazzo.plan/v2" and rag["plan"]["by"] == "file"
         ctl = rag["controller"]
         assert ctl["mode"] == "advisory" and ctl["replan"] == "available"
         dec = ctl["decisions"][-1]

@@ -7,7 +7,7 @@
 Keys are op ids (`terrazzo compile --emit estimated` lists them) or coarser names the planner uses: a node
 id places every op made from that node, `<node>.aggregated` puts an LLM call's phases on the same replicas.
 tp, pp, batch and replicas default to 1 and pool to the device name; ops in one pool share its devices, so
-they must name the same device. A planner result (`terrazzo.plan/v1`) is read through its `placement` field.
+they must name the same device. A planner result (`terrazzo.plan/v2`) is read through its `placement` field.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from xdsl.dialects.builtin import ModuleOp
 from terrazzo.errors import IRError
 from terrazzo.ir.dialects.node_op import NodeOp
 from terrazzo.plan_file import PLACEMENT_SCHEMA as SCHEMA
-from terrazzo.plan_file import PLAN_SCHEMA
+from terrazzo.plan_file import PLAN_SCHEMA, PLAN_SCHEMA_V1
 
 
 class Placement(BaseModel):
@@ -59,8 +59,8 @@ def load_placements(path: str | Path) -> PlacementFile:
         raise IRError(f"cannot read placement file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise IRError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
-    if isinstance(data, dict) and data.get("schema") == PLAN_SCHEMA:
-        data = data.get("placement")
+    if isinstance(data, dict) and data.get("schema") in (PLAN_SCHEMA, PLAN_SCHEMA_V1):
+        data = data.get("placement")  # only its placement object is read, whose own schema is unchanged
         if not isinstance(data, dict):
             raise IRError(f"{path}: a {PLAN_SCHEMA} file needs a 'placement' object ({SCHEMA}); re-run terrazzo plan")
     if isinstance(data, dict) and data.get("schema") != SCHEMA:

@@ -332,14 +332,14 @@ def _latency(graph: PlanningGraph, m: Model, ops: dict[str, _Op]) -> None:
             continue
         t = m.var()
         for d in devices:
-            move_s = graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d]
+            link = graph.link_latency_s + e.data_bytes / graph.link_bytes_s[d]
             w_src, w_dst = uses[e.src].get(d, {}), uses[e.dst].get(d, {})
             if e.kind == "kv":  # prefill and decode are separate pools: the KV always moves
-                m.row(_sum({t: 1.0}, _scale(w_src, -move_s)), lo=0.0)
-                m.row(_sum({t: 1.0}, _scale(w_dst, -move_s)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -link)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -link)), lo=0.0)
             else:
-                m.row(_sum({t: 1.0}, _scale(w_src, -move_s), _scale(whole[e.dst].get(d, {}), move_s)), lo=0.0)
-                m.row(_sum({t: 1.0}, _scale(w_dst, -move_s), _scale(whole[e.src].get(d, {}), move_s)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_src, -link), _scale(whole[e.dst].get(d, {}), link)), lo=0.0)
+                m.row(_sum({t: 1.0}, _scale(w_dst, -link), _scale(whole[e.src].get(d, {}), link)), lo=0.0)
         m.row(_sum(base, {t: -visits}), lo=0.0)
     slack = m.var(0.0 if math.isinf(graph.penalty_usd_h_per_s) else graph.penalty_usd_h_per_s,
                   0.0, 0.0 if math.isinf(graph.penalty_usd_h_per_s) else INF)

@@ -200,7 +200,7 @@ def planner_inputs(agent_path: Path, plan_doc: dict[str, Any] | None, plan_path:
                 return None, f"the plan's {key} input '{recorded[key]}' is not found (set controller.{key})"
             found[key] = path
         else:
-            return None, (f"no {key} to plan with: the plan file records no planner inputs (use a terrazzo.plan/v1 "
+            return None, (f"no {key} to plan with: the plan file records no planner inputs (use a terrazzo.plan/v2 "
                           f"file written by terrazzo plan -o, or set controller.{key} in the serve config)")
     profiles = []
     for key in sorted(k for k in recorded if k.startswith("profile[")):

@@ -1,0 +1,73 @@
+"""The verification loop: trace workloads are planned at their measured rate and burstiness, a TBT miss
+tightens the decode candidates, targets bisect between failing and passing, and `terrazzo plan` exits 1
+when no plan passes its own simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from terrazzo.plan.from_ir import build
+from terrazzo.sim.traces import load_trace
+from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla
+from terrazzo.spec.workload import Workload
+from terrazzo.verify.feedback import Feedback
+from terrazzo.verify.replan import Targets, apply_targets, measured_arrival, tighten
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE = ROOT / "examples/traces/azure-sample.csv"
+
+
+def _voice():
+    cluster, cat = load_cluster(ROOT / "examples/clusters/hetero.yaml")
+    agent = load_agent(ROOT / "examples/agents/voice-agent.yaml", cat)
+    return agent, cluster, cat, load_sla(ROOT / "examples/slas/interactive.yaml", agent)
+
+
+def test_a_trace_workload_is_planned_at_its_measured_rate_and_burstiness():
+    agent, cluster, cat, sla = _voice()
+    w = Workload.model_validate({"arrival": {"process": "trace", "trace": str(TRACE)}})
+    arrival = measured_arrival(w)
+    trace = load_trace(TRACE)
+    gaps = np.diff(np.sort(trace.arrival_s))
+    assert arrival.rate_per_s == pytest.approx(trace.rate_per_s) and arrival.rate_per_s > 1
+    assert arrival.scv == pytest.approx(gaps.var() / gaps.mean() ** 2)
+    assert "measured rate" in arrival.notes[0]
+    graph = build(agent, w, sla, cluster, cat, arrival)
+    assert graph.rate_per_s == pytest.approx(trace.rate_per_s)
+    assert {o.arrival_scv for o in graph.ops if o.first_token_limit_s is not None} == {arrival.scv}
+
+
+def test_a_trace_without_a_measurable_rate_is_planned_at_zero_with_a_warning(tmp_path):
+    one = tmp_path / "one.csv"
+    one.write_text(TRACE.read_text().splitlines()[0] + "\n" + TRACE.read_text().splitlines()[1] + "\n")
+    w = Workload.model_validate({"arrival": {"process": "trace", "trace": str(one)}})
+    arrival = measured_arrival(w)
+    assert arrival.rate_per_s == 0 and "no measurable rate" in arrival.notes[0]
+
+
+def test_a_tbt_miss_keeps_only_faster_decode_candidates():
+    agent, cluster, cat, sla = _voice()
+    w = Workload.model_validate({"arrival": {"rate_per_s": 5}})
+    graph = build(agent, w, sla, cluster, cat)
+    fb = Feedback(False, 10.0, 30.0, {}, {}, ("think TBT p99 30 ms > 20 ms",), {"think": (0.03, 0.02)})
+    targets, actions = tighten(Targets(), fb, graph, None)  # type: ignore[arg-type]
+    assert targets is not None and targets.tbt["think"] == pytest.approx(0.95 / 1.5)
+    assert any("TBT 1.50× over" in a for a in actions)
+    tight = apply_targets(graph, sla, targets)
+    cap = 0.02 * targets.tbt["think"]
+    for o in tight.ops:
+        for c in o.candidates:
+            if c.tbt_s is not None and c.feasible:
+                assert c.tbt_s <= cap * (1 + 1e-6)
+    assert sum(c.feasible for o in tight.ops for c in o.candidates) < sum(c.feasible for o in graph.ops
+                                                                          for c in o.candidates)
+
+
+def test_targets_bisect_between_a_failing_and_a_passing_point():
+    fail, ok = Targets(ttft={"a": 1.0}, e2e=1.0), Targets(ttft={"a": 0.5}, e2e=0.6)
+    mid = ok.between(fail, 0.5)
+    assert mid.ttft["a"] == pytest.approx(0.75) and mid.e2e == pytest.approx(0.8)
+    assert ok.distance(fail) == pytest.approx(0.5)
