@@ -97,6 +97,11 @@ class Upstream:
             env = dict(os.environ)
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT / "tests", stdout=self.log.open("a"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        # a reaper, bounded by this process's life: should it die without cleaning up (Ray aborts the
+        # process when its GCS goes away), the server's whole process group goes with it
+        subprocess.Popen(["bash", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+                          f"kill -9 -{self.proc.pid} 2>/dev/null"], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             try:
@@ -376,19 +381,23 @@ def main() -> int:
         else:
             from terrazzo.models.tiny import make_tiny_checkpoint
 
-            vllm_model = Path(make_tiny_checkpoint(tmp / "tiny"))
+            # head size 64 / 2 = 32: vLLM's CPU attention takes multiples of 32 only
+            vllm_model = Path(make_tiny_checkpoint(tmp / "tiny", heads=2, kv_heads=1))
     upstream = Upstream(free_port(), vllm_model, tmp / "upstream.log")
     results = []
     try:
         upstream.start()
         for backend in args.backends:
             results.append(run_backend(backend, args, tmp, upstream))
+            r = results[-1]
+            print(f"{backend}: {vars(r['tally'])} duplicated={r['dup']} kills={r['kills']}", flush=True)
             if upstream.proc is None or upstream.proc.poll() is not None:
                 upstream.start()
     finally:
         upstream.stop()
     server = "vLLM (tiny checkpoint)" if vllm_model else "tests/bad_upstream.py"
-    lines = [f"{SECTION}\n", f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, loopback; "
+    section = SECTION + (" — vLLM as the model server" if vllm_model else "")
+    lines = [f"{section}\n", f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, loopback; "
              f"model server: {server}; {args.requests} logical requests per backend from {args.concurrency} "
              "clients, 25 % of invokes resent by id; a busy worker killed every "
              f"{args.kill_every_s:g} s, the model server SIGKILLed once and restarted 8 s later.\n",
@@ -415,7 +424,7 @@ def main() -> int:
     if args.write:
         from bench_abuse import write_section
 
-        write_section(out, SECTION)
+        write_section(out, section)  # one section per model server: the fake endpoint, and vLLM
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failed else 0
 
