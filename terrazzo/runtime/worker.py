@@ -103,7 +103,8 @@ class WorkerState:
         if emit is not None:
             final = eng.tokenizer.decode(out, skip_special_tokens=True)
             if final != shown and final.startswith(shown):  # flush what was held back
-                emit({"type": "token", "op": op, "index": len(out), "token_id": None, "text": final[len(shown):]})
+                emit({"type": "token", "op": op, "index": len(out), "token_id": None, "text": final[len(shown):],
+                      "flush": True})
         return out
 
     # --- executors: payload -> (value, tokens, info) -------------------------------------------------

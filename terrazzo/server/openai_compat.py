@@ -110,7 +110,8 @@ async def chat_completion(services: dict[str, AgentService], body: ChatRequest, 
                 if ev is None:
                     yield ": keep-alive\n\n"
                     continue
-                if ev.get("token_id") is not None or ev.get("text"):  # an endpoint's chunk may carry no id
+                counts = ev.get("token_id") is not None or (ev.get("text") and not ev.get("flush"))
+                if counts:  # a token (an endpoint's chunk may carry no id); not the held-back text's flush
                     if n >= cap:
                         truncated = True
                         task.cancel()  # enough tokens: stop the run (its admission slot frees as it ends)
