@@ -12,6 +12,7 @@ from typing import Any
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.errors import SimError, TerrazzoError
+from terrazzo.plan.recheck import resolve_input
 from terrazzo.plan_file import PoolEntry, op_shares, plan_pools, read_plan_json
 from terrazzo.sim.schedulers import KV_POLICIES, POLICIES, Scheduler, engine_scheduler
 from terrazzo.spec.agent import Agent, LlmNode
@@ -191,19 +192,6 @@ def model_from_specs(plan: dict[str, Any], agent: Agent, workload: Workload, sla
                     fleet_usd_h(pools, cluster, catalog), source, by_node, pools=pools, placements=placements)
 
 
-def _resolve(name: str, base: Path | None) -> Path:
-    """A plan input path: as written (relative to the working directory), else next to the plan or
-    in one of its parent folders (plans are written from the repository root)."""
-    p = Path(name)
-    if p.is_file() or p.is_absolute():
-        return p
-    if base is not None:
-        for folder in (base, *base.parents):
-            if (folder / p).is_file():
-                return folder / p
-    return p
-
-
 def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str = "") -> SimModel:
     """Load the specs a plan JSON names in `inputs` and build the model."""
     from terrazzo.spec.profiled_devices import with_profiled_devices
@@ -214,12 +202,12 @@ def model_from_plan(plan: dict[str, Any], base: Path | None = None, source: str 
     if missing:
         raise SimError(f"the plan does not record its inputs ({', '.join(missing)} missing); re-plan with "
                        f"`terrazzo plan ... -o plan.json`, which records them")
-    paths = {k: _resolve(inputs[k], base) for k in INPUTS}
+    paths = {k: resolve_input(inputs[k], base) for k in INPUTS}
     for k, p in paths.items():
         if not p.is_file():
             raise SimError(f"the plan's {k} spec '{inputs[k]}' was not found (looked relative to the working "
                            f"directory and to the plan's folder); run from the folder the plan was made in")
-    profiles = [_resolve(v, base) for k, v in sorted(inputs.items()) if k.startswith("profile[")]
+    profiles = [resolve_input(v, base) for k, v in sorted(inputs.items()) if k.startswith("profile[")]
     try:
         cluster, catalog = load_cluster(paths["cluster"], profiles)
         cluster = with_profiled_devices(cluster, catalog)[0]  # as `terrazzo plan --profile` planned it
