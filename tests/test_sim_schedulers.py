@@ -85,8 +85,12 @@ def test_chunked_prefill_does_not_stall_running_decodes(cost):
     assert chunks == [511, 511, 511, 467]
     assert all(n + t <= 512 for n, t in rec.iterations)
     # a produced a token in every iteration while b prefilled: its decode never waited for a whole prompt
-    assert b.t_first - b.t_admit == pytest.approx(sum(
-        cost.mixed_step_s(1, 0, t, 0) for t in chunks), rel=0.05)
+    # (each chunk priced with its attention over the prompt so far, as the scheduler prices it)
+    done, expected_s = 0, 0.0
+    for t in chunks:
+        expected_s += cost.mixed_step_s(1, 256, t, t * t + 2 * t * done)
+        done += t
+    assert b.t_first - b.t_admit == pytest.approx(expected_s, rel=0.05)
 
 
 def test_prefill_first_stalls_decodes_for_a_whole_prompt(cost):
