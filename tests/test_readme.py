@@ -84,7 +84,9 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def env(copy: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR", "HF_HOME")}
-    return {**keep, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1",
+    engine = ROOT / ".venv-vllm" / "bin" / "python"  # `make engine` built it beside .venv, not in the copy
+    found = {"TERRAZZO_VLLM_PYTHON": str(engine)} if engine.exists() else {}
+    return {**keep, **found, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1"}
 
 
