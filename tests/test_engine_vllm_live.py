@@ -17,16 +17,16 @@ from terrazzo.runtime.pool_layout import load_plan
 from terrazzo.spec.spec_loader import agent_from_text, load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
-RAG_POOL = "gaudi3-tp1-pp2"  # where examples/runtime/rag-support.plan.json places answer.aggregated
 
 
 def test_rag_agent_tokens_come_from_vllm(vllm_server: LiveServer, tmp_path: Path) -> None:
     """Three RAG requests; vLLM's own counters grow by exactly the tokens and calls the runtime reports."""
+    plan = load_plan(ROOT / "examples/runtime/rag-support.plan.json")
+    rag_pool = plan.ops["answer.aggregated"].pool  # the pool the plan gives the LLM call
     config = load_config(ROOT / "examples/runtime/rag-vllm.yaml", state_dir=str(tmp_path),
                          models={"llama-3-8b": {"checkpoint": str(vllm_server.checkpoint)}},
-                         vllm={"attach": {RAG_POOL: [vllm_server.url]}, "max_model_len": 1024})
+                         vllm={"attach": {rag_pool: [vllm_server.url]}, "max_model_len": 1024})
     agent = load_agent(ROOT / "examples/agents/rag-support.yaml")
-    plan = load_plan(ROOT / "examples/runtime/rag-support.plan.json")
     before = {m: vllm_server.metric(m) for m in ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
                                                  "vllm:request_success_total")}
     events: list[dict[str, Any]] = []
@@ -51,7 +51,7 @@ def test_rag_agent_tokens_come_from_vllm(vllm_server: LiveServer, tmp_path: Path
     first = [s for s in results[0].samples if s.op == "answer.aggregated"]
     assert [e["index"] for e in tokens] == list(range(len(tokens))) == list(range(sum(s.tokens for s in first)))
     assert [e["token_id"] for e in tokens] == [t for s in first for t in results[0].output["llm_tokens"]][:len(tokens)]
-    assert stats[RAG_POOL]["engine"] == "vllm-0.32.0" and stats[RAG_POOL]["completed"] == len(llm)
+    assert stats[rag_pool]["engine"] == "vllm-0.32.0" and stats[rag_pool]["completed"] == len(llm)
     assert any("RANDOM WEIGHTS" in n for n in notes)
 
 
