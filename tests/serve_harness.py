@@ -3,10 +3,12 @@ app, uvicorn server and graceful drain as the CLI, with several agents if wanted
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -69,3 +71,19 @@ class ServerThread:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """Parse Server-Sent Events: (event name, JSON data) per message."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())

@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from serve_harness import ServerThread  # noqa: E402
+from serve_harness import ServerThread, sse_events  # noqa: E402
 
 from terrazzo.runtime.run_command import make_tiny  # noqa: E402
 from terrazzo.server.controller import PlannerInputs, Replanner  # noqa: E402
@@ -71,21 +71,6 @@ def _client(server: ServerThread, **kw: object) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=60, **kw)
 
 
-def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    """Parse Server-Sent Events: (event name, JSON data) per message."""
-    event, data = "message", []
-    for line in lines:
-        if line.startswith(":"):
-            continue
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-
 
 def _open_stream(stack: ExitStack, c: httpx.Client, agent: str, text: str) -> Iterator[tuple[str, dict]]:
     """Start a streamed request and read until its op is submitted to the pool (so it holds its place).
@@ -94,7 +79,7 @@ def _open_stream(stack: ExitStack, c: httpx.Client, agent: str, text: str) -> It
     resp = stack.enter_context(c.stream("POST", f"/v1/agents/{agent}/invoke", headers=AUTH,
                                         json={"input": text, "stream": True}))
     assert resp.status_code == 200
-    events = _events(resp.iter_lines())
+    events = sse_events(resp.iter_lines())
     for name, _ in events:
         if name == "op_start":
             return events
@@ -158,7 +143,7 @@ def test_sse_streams_ops_and_tokens_in_order(server: ServerThread, how: str) -> 
     headers = {**AUTH, **({"Accept": "text/event-stream"} if how == "accept" else {})}
     with _client(server) as c, c.stream("POST", "/v1/agents/rag-support/invoke", json=payload, headers=headers) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = list(_events(r.iter_lines()))
+        events = list(sse_events(r.iter_lines()))
     names = [n for n, _ in events]
     assert names[0] == "request" and names[-1] == "result"
     rid = events[0][1]["request_id"]

@@ -5,7 +5,6 @@ streams past the shutdown grace, bounded metric labels, half-open sockets, token
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -18,7 +17,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 from drills import ledger  # noqa: E402
-from serve_harness import ServerThread  # noqa: E402
+from serve_harness import ServerThread, sse_events  # noqa: E402
 
 from terrazzo.runtime.executors.memory import MemoryStore  # noqa: E402
 from terrazzo.runtime.run_command import run_command  # noqa: E402
@@ -33,20 +32,6 @@ DATA = ROOT / "tests" / "data" / "serve"
 ACME, GLOBEX = "acme-token-0123456789abcdef", "globex-token-0123456789abcdef"
 A, B = {"Authorization": f"Bearer {ACME}"}, {"Authorization": f"Bearer {GLOBEX}"}
 
-
-def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    event, data = "message", []
-    for line in lines:
-        if line.startswith(":"):
-            continue
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +100,7 @@ def test_resend_after_the_client_left_does_not_act_again(server: ServerThread) -
     with httpx.Client(base_url=server.url, timeout=60) as c:
         with c.stream("POST", "/v1/agents/charge/invoke", headers=A,
                       json={"input": query, "request_id": "pay-2", "stream": True}) as r:
-            for name, _ in _events(r.iter_lines()):
+            for name, _ in sse_events(r.iter_lines()):
                 if name == "op_start":
                     break  # the client leaves while the tool runs
         for _ in range(100):  # bounded: the tool acted once
@@ -194,7 +179,7 @@ def test_ray_backend_with_memory_answers_json_and_streams(state: Path) -> None:
             assert _invoke(c, "memo", {}, input=f"json {i}", session="r").status_code == 200
             with c.stream("POST", "/v1/agents/memo/invoke", json={"input": f"sse {i}", "session": "r",
                                                                   "stream": True}) as r:
-                names = [name for name, _ in _events(r.iter_lines())]
+                names = [name for name, _ in sse_events(r.iter_lines())]
             assert names[-1] == "result", names
         last = _invoke(c, "memo", {}, input="end", session="r").json()
         assert "json 2" in last["text"] and "sse 2" in last["text"]
@@ -216,7 +201,7 @@ def test_shutdown_past_grace_answers_every_request(state: Path) -> None:
         t.start()
         with httpx.Client(base_url=srv.url, timeout=60, headers=A) as c, \
                 c.stream("POST", "/v1/agents/slow/invoke", json={"input": "sleep:8 sse", "stream": True}) as r:
-            events = _events(r.iter_lines())
+            events = sse_events(r.iter_lines())
             assert next(events)[0] == "request"
             for _ in range(200):  # bounded: both requests in flight
                 if svc.admission.in_flight == 2:
