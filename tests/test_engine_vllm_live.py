@@ -23,7 +23,8 @@ def test_rag_agent_tokens_come_from_vllm(vllm_server: LiveServer, tmp_path: Path
     """Three RAG requests; vLLM's own counters grow by exactly the tokens and calls the runtime reports."""
     plan = load_plan(ROOT / "examples/runtime/rag-support.plan.json")
     rag_pool = plan.ops["answer.aggregated"].pool  # the pool the plan gives the LLM call
-    config = load_config(ROOT / "examples/runtime/rag-vllm.yaml", state_dir=str(tmp_path),
+    # the plan sizes that pool at two replicas: one worker per pool keeps every call on the attached server
+    config = load_config(ROOT / "examples/runtime/rag-vllm.yaml", state_dir=str(tmp_path), max_workers_per_pool=1,
                          models={"llama-3-8b": {"checkpoint": str(vllm_server.checkpoint)}},
                          vllm={"attach": {rag_pool: [vllm_server.url]}, "max_model_len": 1024})
     agent = load_agent(ROOT / "examples/agents/rag-support.yaml")

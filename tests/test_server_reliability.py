@@ -171,7 +171,14 @@ def test_memory_store_serves_every_thread(tmp_path: Path) -> None:
 
 
 def test_ray_backend_with_memory_answers_json_and_streams(state: Path) -> None:
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
+    try:
+        _ray_backend_with_memory(state)
+    finally:  # the service started a local Ray inside this process: left up, its raylet outlives the test
+        ray.shutdown()
+
+
+def _ray_backend_with_memory(state: Path) -> None:
     settings = ServeSettings(controller={"enabled": False})
     svc = AgentService(DATA / "memo.yaml", None, None, "ray", settings, state_dir=str(state / "ray"), warmup=False)
     with ServerThread([svc], settings, ACME) as srv, httpx.Client(base_url=srv.url, timeout=60, headers=A) as c:
