@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from terrazzo.kv.routing import PoolShare, ReplicaLoad, Router
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.engines.launch import check_checkpoint, server_spec
 from terrazzo.runtime.engines.vllm_server import VllmServerSpec, kv_cache_gib
 from terrazzo.runtime.failures import ExecutionError
 from terrazzo.runtime.pool_layout import PoolSpec, load_plan
-from terrazzo.runtime.routing import PoolShare, ReplicaLoad, Router
 
 
 @given(st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(1, 300))

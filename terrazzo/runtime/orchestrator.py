@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from terrazzo.kv.routing import PoolShare, Router
 from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
 from terrazzo.runtime.config import RunConfig
@@ -40,7 +41,6 @@ from terrazzo.runtime.pool_layout import PoolSpec, RuntimePlan
 from terrazzo.runtime.program import NodeProgram, steps
 from terrazzo.runtime.program_setup import ProgramSetup
 from terrazzo.runtime.results import OpSample, RequestResult, RequestState
-from terrazzo.runtime.routing import PoolShare, Router
 from terrazzo.runtime.segments import Segment, Segments
 from terrazzo.runtime.telemetry import Telemetry
 from terrazzo.runtime.worker import OpCall, OpResult

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from terrazzo.catalog.engines import Engine, EngineVersion
+from terrazzo.kv.routing import ReplicaLoad, Router
 from terrazzo.runtime.engines.vllm_server import VllmProcess, VllmServerSpec
 from terrazzo.runtime.executors.llm_engine import Generation
 from terrazzo.runtime.executors.openai_client import OnDelta, OpenAICompatClient, UpstreamError
 from terrazzo.runtime.failures import ExecutionError, Overloaded, WorkerLost
-from terrazzo.runtime.routing import ReplicaLoad, Router
 
 LOCK_ENV = "TERRAZZO_VLLM_LOCK"
 Progress = Callable[[str, float, str], None]  # (replica name, seconds since launch, last log line)
