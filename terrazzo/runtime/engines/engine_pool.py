@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,12 +26,11 @@ from typing import Any, Protocol
 
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.kv.routing import ReplicaLoad, Router
-from terrazzo.runtime.engines.vllm_server import VllmProcess, VllmServerSpec
+from terrazzo.runtime.engines.vllm_server import EngineLock, VllmProcess, VllmServerSpec
 from terrazzo.runtime.executors.llm_engine import Generation
 from terrazzo.runtime.executors.openai_client import OnDelta, OpenAICompatClient, UpstreamError
 from terrazzo.runtime.failures import ExecutionError, Overloaded, WorkerLost
 
-LOCK_ENV = "TERRAZZO_VLLM_LOCK"
 Progress = Callable[[str, float, str], None]  # (replica name, seconds since launch, last log line)
 
 
@@ -56,18 +53,16 @@ class ReplicaHost(Protocol):
 
 
 class LocalHost:
-    """A server process on this machine. With $TERRAZZO_VLLM_LOCK set, it holds an exclusive flock on that
-    file while its server runs (machines shared by several users: one engine's servers at a time)."""
+    """A server process on this machine; while it runs it holds this process's share of the EngineLock."""
 
     def __init__(self, name: str, spec: VllmServerSpec, python: Path, log_path: Path) -> None:
         self.name, self.spec, self.python, self.log_path = name, spec, python, log_path
         self.server: VllmProcess | None = None
-        self._lock: Any = None
+        self._locked = False
 
     async def start(self, timeout_s: float, on_progress: Progress | None) -> tuple[str, str, float]:
-        if os.environ.get(LOCK_ENV) and self._lock is None:
-            self._lock = open(os.environ[LOCK_ENV], "a+")  # noqa: SIM115 - held until stop()
-            await asyncio.to_thread(fcntl.flock, self._lock, fcntl.LOCK_EX)
+        if not self._locked:
+            self._locked = await asyncio.to_thread(EngineLock.acquire)
         server = self.server = VllmProcess(self.spec, self.python, self.log_path).launch()
         report = (lambda s, line: on_progress(self.name, s, line)) if on_progress else None
         try:
@@ -83,9 +78,9 @@ class LocalHost:
     async def stop(self, grace_s: float) -> None:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop, grace_s)
-        if self._lock is not None:
-            self._lock.close()  # releases the flock
-            self._lock = None
+        if self._locked:
+            EngineLock.release()
+            self._locked = False
 
     async def kill(self) -> None:
         if self.server is not None:

