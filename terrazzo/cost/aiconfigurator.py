@@ -39,7 +39,7 @@ class Table:
 def _tables(directory: Path = TABLE_DIR) -> dict[str, list[Table]]:
     out: dict[str, list[Table]] = {}
     for path in sorted(directory.glob("*.yaml")) if directory.exists() else []:
-        d = yaml.safe_load(path.read_text())
+        d = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 5x faster
         out.setdefault(d["system"], []).append(Table(d["source"], Engine(d["backend"]), d["version"], d["tables"]))
     return out
 
