@@ -13,6 +13,7 @@ become every estimate's uncertainty. This module only reads that file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -86,14 +87,19 @@ class ServingParams:
         return self.time_ratio.get(phase, NO_SPREAD)
 
 
+_SCALAR_OPS: tuple[Any, Any, Any] = (math.log2, max, lambda cond, a, b: a if cond else b)
+
+
 def step_terms(w: Any, peaks: Any, p: Any) -> tuple[Any, Any, Any, Any]:
     """(compute_s, memory_s, comm_s, static_s) of a step; every argument may hold numpy arrays of equal
-    length (fitting evaluates all points at once), or plain floats (one estimate)."""
-    scale = 1.0 + p.tp_loss * np.log2(np.maximum(w.tp, 1))
+    length (fitting evaluates all points at once), or plain floats (one estimate: the planner asks for
+    ~10^5 of them at 1,000 ops, where numpy's per-call overhead on scalars would dominate)."""
+    log2, maximum, where = (np.log2, np.maximum, np.where) if isinstance(w.tp, np.ndarray) else _SCALAR_OPS
+    scale = 1.0 + p.tp_loss * log2(maximum(w.tp, 1))
     compute = (w.gemm_flops / (peaks.flops * p.compute) + w.attention_flops / (peaks.flops_16 * p.attention)) * scale
     memory = (w.weight_bytes / (peaks.mem_bw * p.weights) + w.kv_bytes / (peaks.mem_bw * p.kv)) * scale
-    ring = np.where(w.tp > 1, 2.0 * (w.tp - 1) / np.maximum(w.tp, 1), 0.0)
-    alpha = np.where(w.tp > 1, p.allreduce_alpha_s, 0.0)
+    ring = where(w.tp > 1, 2.0 * (w.tp - 1) / maximum(w.tp, 1), 0.0)
+    alpha = where(w.tp > 1, p.allreduce_alpha_s, 0.0)
     per_allreduce = alpha + ring * w.allreduce_bytes / (peaks.link_bw * p.network)
     static = p.step_overhead_s + p.sequence_overhead_s * w.sequences
     return compute, memory, w.allreduces * per_allreduce, static
