@@ -9,6 +9,7 @@ wastes little, so no fragmentation allowance beyond the usable fraction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from terrazzo.catalog.catalog_schema import DTYPE_BYTES, Device, Efficiency, ModelSpec
 from terrazzo.catalog.engines import EngineVersion
@@ -73,7 +74,7 @@ class Deployment:
     def bytes_per_weight(self) -> float:
         return DTYPE_BYTES[self.dtype]
 
-    @property
+    @cached_property
     def peak_flops(self) -> float:
         return (self.device.tflops(self.compute_dtype) or 0.0) * 1e12
 
@@ -81,16 +82,16 @@ class Deployment:
     def mem_bw_bytes_s(self) -> float:
         return self.device.memory_bw_gbyte_s.value * 1e9
 
-    @property
+    @cached_property  # priced ~10^5 times per plan; the dataclass is frozen, so this never goes stale
     def peaks(self) -> Peaks:
         return Peaks(self.peak_flops, (self.device.tflops("bf16") or self.device.tflops("fp16") or 0.0) * 1e12
                      or self.peak_flops, self.mem_bw_bytes_s, self.tp_link.bw_bytes_s)
 
-    @property
+    @cached_property
     def tp_link(self) -> Link:
         return group_link(self.device, self.fabric, self.tp)
 
-    @property
+    @cached_property
     def pp_link(self) -> Link:
         return group_link(self.device, self.fabric, self.devices)
 
