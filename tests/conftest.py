@@ -41,7 +41,8 @@ def vllm_tiny_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vllm")
     checkpoint = Path(make_tiny_checkpoint(root / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
-    settings = VllmSettings(max_num_seqs=16, max_num_batched_tokens=1024, block_size=128, kv_cache_gib=1.0)
+    settings = VllmSettings(max_num_seqs=16, max_num_batched_tokens=1024, block_size=128, kv_cache_gib=1.0,
+                            extra=["-O0"])  # eager: no torch.compile at start-up (minutes on two cores)
     EngineLock.acquire(os.environ.get("TERRAZZO_VLLM_LOCK", "/tmp/vllm.lock"))  # one engineer's engines at a time
     try:
         with VllmServer(checkpoint, settings, root / "vllm.log") as server:
