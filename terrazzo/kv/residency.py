@@ -16,7 +16,8 @@ per key; the simulator one key per segment (a system prompt, a conversation up t
   first (its tail), so a chain shrinks from its end and never leaves an unreachable tail behind (the
   order vLLM's prefix cache frees blocks in). An entry evicted from one tier moves to the next enabled
   one (device → host → disk), where it may evict in turn; from the last it is dropped. `demote` moves
-  entries down on purpose (a plan's `host`/`disk` policy offloads a prefix during a tool call).
+  entries down on purpose (a plan's `host`/`disk` policy offloads a prefix during a tool call); `resize`
+  changes a tier's capacity (on a replica the device tier is what the running batch leaves free).
 - `prefix_affinity(replicas, chain_of)`: the `kv.routing.Affinity` built on residency: the replica
   holding the longest head of the call's chain.
 """
@@ -221,6 +222,16 @@ class Residency:
                 del self.entries[key]
                 self.counters.dropped_blocks += e.blocks
         return moved
+
+    def resize(self, tier: int, capacity_blocks: int, now: float) -> None:
+        """Set a tier's capacity (the device's shrinks while the running batch holds blocks), evicting its
+        least recently used unpinned entries down to it; pinned entries stay even past it."""
+        self.capacity[tier] = max(0, capacity_blocks)
+        while self.used[tier] > self.capacity[tier]:
+            victim = self._victim(tier)
+            if victim is None:
+                return
+            self._evict(victim, now)
 
     def drop(self, key: Hashable) -> bool:
         """Forget `key` (a session that ended, a TTL that ran out); a pinned entry stays."""

@@ -142,7 +142,7 @@ class Request:
         self.done_s = -1.0
         self.session = session if session is not None else ("request", rid)
         self.history: list[tuple[int, int]] = history if history is not None else []
-        self.pins: list[tuple[Any, int, list[Any]]] = []
+        self.pins: list[tuple[Any, int, list[Any], bool]] = []  # (pool KV, lane, keys, whole prefix)
 
 
 class Run:

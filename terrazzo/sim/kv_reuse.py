@@ -15,8 +15,11 @@ The plan's per-op `kv` policy (plan file v2, `ops[].kv.policy`) decides what is 
   Pins are capped at `MAX_PINNED_SHARE` of the replica's KV (past it, the prefix is kept unpinned, LRU).
 - `host` / `disk`: after the call its conversation moves down to that tier (the shared prompts stay on
   the device); the next call reads it back, paying bytes ÷ bandwidth + latency before its prefill.
-Device residency beyond the pins is LRU: a prefix evicted from the device is dropped (retain) or moved
-down (host, disk), so sessions across their think time hit only while the replica's KV has room.
+Device residency beyond the pins is LRU within the blocks the running batch leaves free (a paged lane's
+residency shrinks as its batch grows, as an engine's prefix cache lives in its free blocks; the batch's
+own prefixes are counted in both, so this errs towards eviction): a prefix evicted from the device is
+dropped (retain) or moved down (host, disk), so sessions across their think time hit only while the
+replica's KV has room. A call looks its prefix up when it is routed, not when it is admitted.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ class PoolKv:
         self.calls_per_lane[lane] += 1
         if not reuse or not chain:
             return Lookup(lane, 0, 0.0, None)
+        self._fit(lane, now)
         m = self.residency[lane].lookup(chain, now)
         cached = min(m.hit_blocks * self.block_size, prefix_tokens, max(isl - 1, 0))  # the last token is computed
         moved = (m.blocks[HOST], m.blocks[DISK])
@@ -157,11 +161,12 @@ class PoolKv:
         """After a call on `lane`: keep its context as `policy` says; returns the keys pinned (release them
         with `release` before the request's next call, or when it ends)."""
         res = self.residency[lane]
+        self._fit(lane, now)
         kept = res.insert(chain, now)
         keys = [k for k, _ in chain[:kept]]
         if policy in ("host", "disk"):
             tier = HOST if policy == "host" else DISK
-            res.demote([k for k in keys if k[0] == "conv"], tier, now)
+            res.demote([k for k in keys if isinstance(k, tuple) and k[0] == "conv"], tier, now)
             return []
         if not pin:
             return []
@@ -176,6 +181,15 @@ class PoolKv:
         if keys:
             self.residency[lane].unpin(keys)
             self._set_batch_kv(lane)
+
+    def _fit(self, lane: int, now: float) -> None:
+        """The device tier holds what the lane's running batch leaves of its KV blocks (paged lanes): an
+        engine's prefix cache lives in its free blocks and loses them as the batch grows."""
+        blocks = getattr(self.lanes[lane], "blocks", None)
+        if blocks is not None and getattr(self.lanes[lane], "paged", False):
+            res = self.residency[lane]
+            in_use = blocks.fixed + blocks.decode_blocks(self.lanes[lane].steps)
+            res.resize(DEVICE, self.device_blocks - in_use, now)
 
     def _set_batch_kv(self, lane: int) -> None:
         """Blocks pinned between calls are not the running batch's (schedulers.BlockManager.pinned)."""

@@ -203,7 +203,8 @@ class LlmStage(Stage):
         self.ttft_limit = ttft_limit_s if ttft_limit_s is not None else math.inf
         self.tbt_limit = tbt_limit_s if tbt_limit_s is not None else math.inf
         self.ttft_limit_s, self.tbt_limit_s = ttft_limit_s, tbt_limit_s
-        self.calls = {k: array("d") for k in ("arrival_s", "request", "ttft_s", "tbt_s", "isl", "osl", "cached")}
+        self.calls = {k: array("d") for k in ("arrival_s", "request", "ttft_s", "tbt_s", "isl", "osl", "cached",
+                                              "pinned", "prefix")}
         self.spec = spec
         self.shared = [Shared(p.name or "", max(0, round(p.tokens.expected if p.tokens else 0)))
                        for p in spec.prefix if p.source in SHARED_SOURCES]
@@ -228,17 +229,19 @@ class LlmStage(Stage):
             tok.pred_s += op.planned.latency_s * new_in / self.isl_mean
             seq = Seq(isl, osl, self._callback(op, self._prefilled), tok, env.now)
         pkv = self.sim.pool_kv(op, self) if self.kv_policy != "recompute" else None
-        seq.note = (pkv, -1, new_in, len(history), 0)
+        seq.note = (pkv, -1, new_in, len(history), 0, False)
         if pkv is None:
             op.pool.submit(seq)
             return
-        for held in [h for h in req.pins if h[0] is pkv]:  # the request's next call here: the pin's job is done
-            req.pins.remove(held)
-            pkv.release(held[1], held[2])
         chain, _ = call_chain(self.shared, req.session, history if self.conversation else (), pkv.block_size)
         look = pkv.route(chain, isl - new_in, isl, env.now, True)
+        held = [h for h in req.pins if h[0] is pkv]
+        for h in held:  # the request's next call here has read its prefix: the pin's job is done
+            req.pins.remove(h)
+            pkv.release(h[1], h[2])
+        pinned_here = any(h[1] == look.lane and h[3] for h in held)  # its whole prefix was pinned there
         seq.done = look.cached_tokens
-        seq.note = (pkv, look.lane, new_in, len(history), look.cached_tokens)
+        seq.note = (pkv, look.lane, new_in, len(history), look.cached_tokens, pinned_here)
         if look.transfer_s > 0:  # read back from host or disk before the prefill
             env.schedule(look.transfer_s, self._submit_at, (op, seq, look.lane))
         else:
@@ -251,7 +254,7 @@ class LlmStage(Stage):
 
     def _keep(self, seq: Seq, tok: Token, generated: int) -> None:
         """The call is done on its lane: keep its context there as the op's KV policy says."""
-        pkv, lane, new_in, n_hist, _ = seq.note
+        pkv, lane, new_in, n_hist, _, _ = seq.note
         req = tok.run.req  # type: ignore[union-attr]
         if pkv is None or lane < 0:
             return
@@ -260,7 +263,7 @@ class LlmStage(Stage):
                               (new_in, generated) if self.conversation else None)
         pinned = pkv.keep(lane, chain, self.sim.env.now, self.kv_policy, pin=self.kv_policy == "retain")
         if pinned:
-            req.pins.append((pkv, lane, pinned))
+            req.pins.append((pkv, lane, pinned, len(pinned) == len(chain)))
 
     def _callback(self, op: Op, fn: Any) -> Any:
         """`fn(seq, lane, op)` as the pool's `fn(seq, lane)`, made once per pool and step."""
@@ -310,6 +313,8 @@ class LlmStage(Stage):
         c["osl"].append(seq.osl)
         note = seq.note
         c["cached"].append(float(note[4]))
+        c["pinned"].append(1.0 if note[5] else 0.0)
+        c["prefix"].append(float(seq.isl - note[2]))
         req.history.append((note[2], seq.osl))  # the conversation grows by this call's new input and output
 
 
@@ -467,7 +472,7 @@ class Simulation:
             stage.start(tok)
 
     def _done(self, req: Request, pred_s: float) -> None:
-        for pkv, lane, keys in req.pins:  # the request's loop is over: its prefix is no longer pinned
+        for pkv, lane, keys, _ in req.pins:  # the request's loop is over: its prefix is no longer pinned
             pkv.release(lane, keys)
         req.pins.clear()
         left = self._turns_left.pop(req.session, 0)

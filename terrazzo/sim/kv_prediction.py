@@ -1,0 +1,205 @@
+"""What the simulator predicts for KV reuse, as functions a benchmark calls (bench/bench_kv.py):
+
+- `predicted_loop(profile, shape)`: TTFT per iteration of an agent's tool loop (a shared system prompt, a
+  conversation growing by each call's new input and output) on one vLLM replica priced by a `terrazzo
+  profile --engine vllm` file, with reuse (the pool keeps each call's KV, `kv_reuse.PoolKv`) and without;
+  the ratio of iterations 2.. is what the live server is measured against (bench/bench_kv_sim_live.py).
+- `routing_under_skew(...)`: 8 replicas, sessions drawn from a Zipf law, each with its own 2k-token
+  context; cache-aware routing (kv.routing.Router with the residency affinity) against least loaded
+  (the cache kept, routing blind to it): p99 TTFT, hit rate, calls per replica.
+
+Both drive the simulator's own pool (`pools.LlmPool`, its engine's scheduler) and KV layer; nothing here
+is a separate model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from terrazzo.catalog.catalog_loader import Catalog, load_catalog
+from terrazzo.catalog.engines import Engine, EngineVersion
+from terrazzo.cost.candidates import deployment
+from terrazzo.cost.llm import kv_bytes_per_token
+from terrazzo.sim.engine import Environment
+from terrazzo.sim.kv_reuse import PoolKv, Shared, call_chain
+from terrazzo.sim.pools import LlmPool, Seq
+from terrazzo.sim.schedulers import Scheduler, engine_scheduler
+from terrazzo.sim.service_times import LlmCost
+
+
+@dataclass(frozen=True)
+class LoopShape:
+    shared_tokens: int = 2048   # system prompt
+    new_tokens: int = 256       # new input per call (the question, then each tool result)
+    output_tokens: int = 32     # generated per call
+    iterations: int = 3
+
+
+@dataclass(frozen=True)
+class LoopPrediction:
+    reuse_ttft_s: list[float]
+    cold_ttft_s: list[float]
+
+    @property
+    def ratio(self) -> float:
+        """Mean TTFT without reuse ÷ with reuse, over the iterations after the first."""
+        return float(np.mean(self.cold_ttft_s[1:]) / np.mean(self.reuse_ttft_s[1:]))
+
+
+@dataclass
+class ProfiledPool:
+    cost: LlmCost
+    sched: Scheduler
+    kv_tokens: float
+    kv_bytes_per_token: float
+    frontend_s: float
+
+
+def profiled_pool(profile: Path) -> ProfiledPool:
+    """The pool a vLLM profile describes: its cost on the profiled device, its engine's scheduler settings."""
+    from terrazzo.profile.profile_file import load_profile
+
+    prof = load_profile(profile)
+    if prof.llm is None or prof.engine_settings is None or not prof.engine.startswith("vllm"):
+        raise ValueError(f"{profile}: not a vLLM profile; write one with `terrazzo profile --engine vllm -o FILE`")
+    cat = load_catalog([], [profile])
+    st = prof.engine_settings
+    seqs = int(st["max_num_seqs"])
+    dep = deployment(cat, prof.llm.name, prof.device.name, prof.llm.dtype, 1, 1)
+    sched = engine_scheduler(EngineVersion(Engine.VLLM, prof.engine.removeprefix("vllm-")), seqs,
+                             max_batched_tokens=int(st["max_batched_tokens"]), block_size=int(st["block_size"]),
+                             kv_blocks=int(st["kv_blocks"]))
+    cost = LlmCost(dep)
+    return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, prof.llm.name, prof.llm.dtype),
+                        float(st.get("frontend_ms", 0.0)) / 1e3)
+
+
+def catalog_pool(cat: Catalog, model: str, device: str, dtype: str = "bf16", max_num_seqs: int = 64) -> ProfiledPool:
+    """A vLLM replica of `model` on a catalog device (no front end): for a prediction without a profile."""
+    engine = EngineVersion(Engine.VLLM, "0.32.0")
+    sched = engine_scheduler(engine, max_num_seqs)
+    cost = LlmCost(deployment(cat, model, device, dtype, 1, 1, engine=engine))
+    return ProfiledPool(cost, sched, cost.kv_capacity_tokens(max_num_seqs), _kv_bytes(cat, model, dtype), 0.0)
+
+
+def _kv_bytes(cat: Catalog, model: str, dtype: str) -> float:
+    return kv_bytes_per_token(cat.model(model), dtype)
+
+
+def predicted_loop(pool: Path | ProfiledPool, shape: LoopShape = LoopShape(), tool_s: float = 0.2) -> LoopPrediction:
+    """TTFT per iteration of one loop at a time on the replica (a vLLM profile's, or `catalog_pool`), with
+    and without reuse (each request its own system prompt, as the live run sends them), the front end's
+    latency included."""
+    pp = profiled_pool(pool) if isinstance(pool, Path) else pool
+    return LoopPrediction(_loop(pp, shape, True, tool_s), _loop(pp, shape, False, tool_s))
+
+
+def _loop(pp: ProfiledPool, shape: LoopShape, reuse: bool, tool_s: float) -> list[float]:
+    env = Environment()
+    pool = LlmPool(env, "pool", "aggregated", pp.cost, 1, 1, pp.sched.max_num_seqs, pp.sched.max_batched_tokens,
+                   pp.kv_tokens, pp.sched)
+    bs = pp.sched.block_size
+    pkv = PoolKv(pool.lanes, bs, pool.lanes[0].blocks.capacity, pp.kv_bytes_per_token)
+    shared = [Shared("system", shape.shared_tokens)]
+    history: list[tuple[int, int]] = []
+    ttfts: list[float] = []
+
+    def call(_: object) -> None:
+        chain, prefix = call_chain(shared, "loop", history, bs)
+        isl = prefix + shape.new_tokens
+        seq = Seq(isl, shape.output_tokens, done, None, env.now)
+        look = pkv.route(chain, prefix, isl, env.now, reuse)
+        seq.done = look.cached_tokens
+        pool.submit(seq, look.lane)
+
+    def done(seq: Seq, lane: int) -> None:
+        ttfts.append(seq.t_first - seq.t_call + pp.frontend_s)
+        if reuse:
+            chain, _ = call_chain(shared, "loop", history, bs, (shape.new_tokens, shape.output_tokens))
+            pkv.keep(lane, chain, env.now, "retain", pin=False)  # one loop at a time: nothing evicts it
+        history.append((shape.new_tokens, shape.output_tokens))
+        if len(ttfts) < shape.iterations:
+            env.schedule(tool_s, call, None)
+
+    env.at(0.0, call, None)
+    env.run()
+    return ttfts
+
+
+# routing under skew ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkewRun:
+    cache_aware: bool
+    p50_ttft_s: float
+    p99_ttft_s: float
+    hit_rate: float
+    calls_per_replica: list[int]
+
+    @property
+    def max_over_mean_load(self) -> float:
+        return max(self.calls_per_replica) / float(np.mean(self.calls_per_replica))
+
+
+@dataclass(frozen=True)
+class SkewSetup:
+    replicas: int = 8
+    sessions: int = 1000
+    zipf_s: float = 1.0           # P(session i) ∝ 1 / i^s
+    context_tokens: int = 2048    # each session's own context, in front of every request of it
+    new_tokens: int = 256
+    output_tokens: int = 128
+    rate_per_s: float = 60.0
+    duration_s: float = 120.0
+    model: str = "llama-3-8b"
+    dtype: str = "bf16"
+    device: str = "h100-sxm"
+    max_num_seqs: int = 64
+    kv_blocks: int = 8192         # per replica, 16-token blocks (131k tokens: ~60 session contexts)
+    seed: int = 0
+
+
+def routing_under_skew(setup: SkewSetup, cache_aware: bool, catalog: Catalog | None = None) -> SkewRun:
+    """Poisson requests at `rate_per_s`, each of a session drawn from Zipf(s) over `sessions`; a request's
+    prompt is its session's context + its new tokens. The pool keeps KV (LRU in each replica's blocks) either
+    way; `cache_aware` decides whether the router looks at it."""
+    cat = catalog or load_catalog()
+    engine = EngineVersion(Engine.VLLM, "0.32.0")
+    sched = engine_scheduler(engine, setup.max_num_seqs, kv_blocks=setup.kv_blocks)
+    cost = LlmCost(deployment(cat, setup.model, setup.device, setup.dtype, 1, 1, engine=engine))
+    env = Environment()
+    pool = LlmPool(env, "skew", "aggregated", cost, setup.replicas, 1, setup.max_num_seqs, sched.max_batched_tokens,
+                   setup.kv_blocks * sched.block_size, sched)
+    bs = sched.block_size
+    pkv = PoolKv(pool.lanes, bs, setup.kv_blocks, _kv_bytes(cat, setup.model, setup.dtype), cache_aware=cache_aware)
+    rng = np.random.default_rng(setup.seed)
+    weights = 1.0 / np.arange(1, setup.sessions + 1) ** setup.zipf_s
+    n = rng.poisson(setup.rate_per_s * setup.duration_s)
+    arrivals = np.sort(rng.uniform(0.0, setup.duration_s, n))
+    who = rng.choice(setup.sessions, size=n, p=weights / weights.sum())
+    ttft = np.full(n, np.nan)
+
+    def arrive(i: int) -> None:
+        shared = [Shared(f"session-{who[i]}", setup.context_tokens)]
+        chain, prefix = call_chain(shared, who[i], (), bs)
+        isl = prefix + setup.new_tokens
+        seq = Seq(isl, setup.output_tokens, finished, (i, chain), env.now)
+        look = pkv.route(chain, prefix, isl, env.now, True)
+        seq.done = look.cached_tokens
+        pool.submit(seq, look.lane)
+
+    def finished(seq: Seq, lane: int) -> None:
+        i, chain = seq.arg
+        ttft[i] = seq.t_first - seq.t_call
+        pkv.keep(lane, chain, env.now, "retain", pin=False)
+
+    for i, t in enumerate(arrivals):
+        env.at(float(t), arrive, i)
+    env.run()
+    measured = ttft[arrivals >= 0.1 * setup.duration_s]  # past the cold start
+    return SkewRun(cache_aware, float(np.percentile(measured, 50)), float(np.percentile(measured, 99)),
+                   pkv.stats()["hit_rate"], list(pkv.calls_per_lane))
