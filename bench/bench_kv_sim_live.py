@@ -15,7 +15,7 @@ same TTFT ratio from a profile of the same server.
    (/metrics) say how many prompt tokens were served from cache.
 3. Printed and written to OUT/kv-live.json: TTFT per iteration with and without reuse, the measured ratio
    (no reuse ÷ reuse, mean over iterations 2 and 3), the simulator's ratio for the same token counts
-   (terrazzo.sim.kv_prediction.predicted_loop), and predicted ÷ measured.
+   (terrazzo.sim.kv_predict.predicted_loop), and predicted ÷ measured.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from terrazzo.models.tiny import make_tiny_checkpoint
 from terrazzo.profile.profile_command import Options, profile_command
 from terrazzo.profile.vllm_load import PromptMaker
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
-from terrazzo.sim.kv_prediction import LoopShape, predicted_loop
+from terrazzo.sim.kv_predict import LoopShape, predicted_loop
 
 MAX_LEN = 4096
 

@@ -139,3 +139,15 @@ def test_prefix_affinity_picks_the_longest_resident_head() -> None:
     assert router.pick_replica([ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 3)], key="k") == 0  # overloaded
     assert router.pick_replica(loads, key=None) == 0
     assert prefix_affinity(reps, lambda _k: chain("x", 5))("k", loads) is None
+
+
+def test_resize_evicts_down_to_the_new_capacity_but_keeps_pins() -> None:
+    r = device(30)
+    r.insert(chain("a", 10), now=0.0)
+    r.insert(chain("b", 10), now=1.0)
+    r.pin(["a0"])
+    r.resize(0, 5, now=2.0)  # the running batch took the rest
+    assert r.resident("a0") == "device" and r.resident("b0") is None and r.used[0] == 10
+    r.unpin(["a0"])
+    r.resize(0, 5, now=3.0)
+    assert r.used[0] == 0

@@ -12,7 +12,7 @@ import pytest
 
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.errors import SimError
-from terrazzo.sim.kv_prediction import LoopShape, SkewSetup, catalog_pool, predicted_loop, routing_under_skew
+from terrazzo.sim.kv_predict import LoopShape, SkewSetup, catalog_pool, predicted_loop, routing_under_skew
 from terrazzo.sim.results import report_from
 from terrazzo.sim.sim_inputs import model_from_specs
 from terrazzo.sim.simulation import SimConfig, Simulation
@@ -180,3 +180,17 @@ def test_predicted_loop_ratio_on_a_catalog_gpu():
     assert pred.cold_ttft_s[0] == pytest.approx(pred.reuse_ttft_s[0], rel=0.05)  # the first call is cold in both
     assert pred.cold_ttft_s[2] > pred.cold_ttft_s[1]  # the full input grows
     assert pred.ratio > 2.0
+
+
+def test_ttft_ratio_on_the_recorded_vllm_profile():
+    """bench_kv's hook prices the live workload by the profile bench_kv_sim_live.py recorded (no vLLM here);
+    the comparison with the live figures is the benchmark's, not this test's."""
+    from terrazzo.sim.kv_predict import RECORDED_PROFILE, ttft_ratio
+
+    out = ttft_ratio({"tool loop": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2592, 2880], "ratio": 3.0}})
+    row = out["tool loop"]
+    assert out["profile"] == str(RECORDED_PROFILE)
+    assert row["predicted_ttft_off_s"][2] > row["predicted_ttft_off_s"][1] > row["predicted_ttft_on_s"][1]
+    assert row["predicted_ratio"] > 2.0 and row["predicted_over_measured"] == pytest.approx(row["predicted_ratio"] / 3)
+    with pytest.raises(ValueError, match="re-send"):
+        ttft_ratio({"x": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2310]}})

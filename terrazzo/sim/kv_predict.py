@@ -4,6 +4,7 @@
   conversation growing by each call's new input and output) on one vLLM replica priced by a `terrazzo
   profile --engine vllm` file, with reuse (the pool keeps each call's KV, `kv_reuse.PoolKv`) and without;
   the ratio of iterations 2.. is what the live server is measured against (bench/bench_kv_sim_live.py).
+- `ttft_ratio(live)`: the same for the prompt sizes a live run sent (bench/bench_kv.py's hook).
 - `routing_under_skew(...)`: 8 replicas, sessions drawn from a Zipf law, each with its own 2k-token
   context; cache-aware routing (kv.routing.Router with the residency affinity) against least loaded
   (the cache kept, routing blind to it): p99 TTFT, hit rate, calls per replica.
@@ -14,8 +15,10 @@ is a separate model.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,40 +96,84 @@ def predicted_loop(pool: Path | ProfiledPool, shape: LoopShape = LoopShape(), to
     """TTFT per iteration of one loop at a time on the replica (a vLLM profile's, or `catalog_pool`), with
     and without reuse (each request its own system prompt, as the live run sends them), the front end's
     latency included."""
+    prompts = [shape.shared_tokens + k * (shape.new_tokens + shape.output_tokens) + shape.new_tokens
+               for k in range(shape.iterations)]
+    return predicted_prompts(pool, shape.shared_tokens, prompts, shape.output_tokens, tool_s)
+
+
+def predicted_prompts(pool: Path | ProfiledPool, shared_tokens: int, prompt_tokens: list[int], output_tokens: int,
+                      tool_s: float = 0.2) -> LoopPrediction:
+    """The same for calls of given prompt sizes: call k re-sends call k-1's prompt and its output, then new
+    tokens (prompt_tokens[k] - prompt_tokens[k-1] - output_tokens of them); call 0 has `shared_tokens` in front."""
     pp = profiled_pool(pool) if isinstance(pool, Path) else pool
-    return LoopPrediction(_loop(pp, shape, True, tool_s), _loop(pp, shape, False, tool_s))
+    news = [prompt_tokens[0] - shared_tokens] + [b - a - output_tokens for a, b in itertools.pairwise(prompt_tokens)]
+    if min(news) < 1:
+        raise ValueError(f"prompts {prompt_tokens} do not each re-send the previous one and its {output_tokens} "
+                         f"output tokens behind a {shared_tokens}-token prefix")
+    return LoopPrediction(_loop(pp, shared_tokens, news, output_tokens, True, tool_s),
+                          _loop(pp, shared_tokens, news, output_tokens, False, tool_s))
 
 
-def _loop(pp: ProfiledPool, shape: LoopShape, reuse: bool, tool_s: float) -> list[float]:
+def _loop(pp: ProfiledPool, shared_tokens: int, news: list[int], output_tokens: int, reuse: bool,
+          tool_s: float) -> list[float]:
     env = Environment()
     pool = LlmPool(env, "pool", "aggregated", pp.cost, 1, 1, pp.sched.max_num_seqs, pp.sched.max_batched_tokens,
                    pp.kv_tokens, pp.sched)
     bs = pp.sched.block_size
     pkv = PoolKv(pool.lanes, bs, pool.lanes[0].blocks.capacity, pp.kv_bytes_per_token)
-    shared = [Shared("system", shape.shared_tokens)]
+    shared = [Shared("system", shared_tokens)]
     history: list[tuple[int, int]] = []
     ttfts: list[float] = []
 
     def call(_: object) -> None:
         chain, prefix = call_chain(shared, "loop", history, bs)
-        isl = prefix + shape.new_tokens
-        seq = Seq(isl, shape.output_tokens, done, None, env.now)
+        isl = prefix + news[len(ttfts)]
+        seq = Seq(isl, output_tokens, done, None, env.now)
         look = pkv.route(chain, prefix, isl, env.now, reuse)
         seq.done = look.cached_tokens
         pool.submit(seq, look.lane)
 
     def done(seq: Seq, lane: int) -> None:
+        new = news[len(ttfts)]
         ttfts.append(seq.t_first - seq.t_call + pp.frontend_s)
         if reuse:
-            chain, _ = call_chain(shared, "loop", history, bs, (shape.new_tokens, shape.output_tokens))
+            chain, _ = call_chain(shared, "loop", history, bs, (new, output_tokens))
             pkv.keep(lane, chain, env.now, "retain", pin=False)  # one loop at a time: nothing evicts it
-        history.append((shape.new_tokens, shape.output_tokens))
-        if len(ttfts) < shape.iterations:
+        history.append((new, output_tokens))
+        if len(ttfts) < len(news):
             env.schedule(tool_s, call, None)
 
     env.at(0.0, call, None)
     env.run()
     return ttfts
+
+
+RECORDED_PROFILE = Path(__file__).resolve().parents[2] / "bench/data/kv_sim_live/vllm-profile.yaml"
+
+
+def ttft_ratio(live: dict[str, Any] | None = None, profile: Path = RECORDED_PROFILE,
+               output_tokens: int = 32) -> dict[str, Any]:
+    """bench/bench_kv.py's hook: per live workload ({name: {prefix_tokens, prompt_tokens, ratio, ...}}), the
+    simulated TTFT per iteration with and without reuse and the ratio over iterations ≥ 2, against the
+    measured one. Priced by a vLLM profile of the tiny checkpoint on this machine kind (default: the one
+    bench/bench_kv_sim_live.py recorded). Without `live`: the 3-iteration loop of `LoopShape()`."""
+    if not profile.is_file():
+        return {"error": f"no vLLM profile at {profile}: run bench/bench_kv_sim_live.py (it records one)"}
+    pp = profiled_pool(profile)
+    work = live or {"tool loop": {"prefix_tokens": LoopShape().shared_tokens, "prompt_tokens": [
+        LoopShape().shared_tokens + k * (LoopShape().new_tokens + output_tokens) + LoopShape().new_tokens
+        for k in range(3)]}}
+    out: dict[str, Any] = {"profile": str(profile)}
+    for name, w in work.items():
+        osl = int(w.get("output_tokens", output_tokens))
+        pred = predicted_prompts(pp, int(w["prefix_tokens"]), [int(x) for x in w["prompt_tokens"]], osl)
+        row: dict[str, Any] = {"predicted_ratio": pred.ratio, "predicted_ttft_on_s": pred.reuse_ttft_s,
+                               "predicted_ttft_off_s": pred.cold_ttft_s}
+        if w.get("ratio"):
+            row["measured_ratio"] = float(w["ratio"])
+            row["predicted_over_measured"] = pred.ratio / float(w["ratio"])
+        out[name] = row
+    return out
 
 
 # routing under skew ------------------------------------------------------------------------------
