@@ -62,21 +62,26 @@ class ProfiledPool:
 
 
 def profiled_pool(profile: Path) -> ProfiledPool:
-    """The pool a vLLM profile describes: its cost on the profiled device, its engine's scheduler settings."""
-    from terrazzo.profile.profile_file import load_profile
+    """The pool a vLLM profile describes: its cost on the profiled device (the catalog layers the profile),
+    its engine's scheduler settings and front-end latency (read from the file's `engine_settings`)."""
+    import yaml
 
-    prof = load_profile(profile)
-    if prof.llm is None or prof.engine_settings is None or not prof.engine.startswith("vllm"):
-        raise ValueError(f"{profile}: not a vLLM profile; write one with `terrazzo profile --engine vllm -o FILE`")
+    doc = yaml.safe_load(profile.read_text())
+    try:
+        llm, st, device, engine = doc["llm"], doc["engine_settings"], doc["device"]["name"], str(doc["engine"])
+        name, dtype, seqs = str(llm["name"]), str(llm["dtype"]), int(st["max_num_seqs"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{profile}: not a vLLM profile (llm, device, engine, engine_settings); write one with "
+                         f"`terrazzo profile --engine vllm -o FILE`") from None
+    if not engine.startswith("vllm"):
+        raise ValueError(f"{profile}: a profile of engine {engine!r}, not vLLM")
     cat = load_catalog([], [profile])
-    st = prof.engine_settings
-    seqs = int(st["max_num_seqs"])
-    dep = deployment(cat, prof.llm.name, prof.device.name, prof.llm.dtype, 1, 1)
-    sched = engine_scheduler(EngineVersion(Engine.VLLM, prof.engine.removeprefix("vllm-")), seqs,
+    dep = deployment(cat, name, device, dtype, 1, 1)
+    sched = engine_scheduler(EngineVersion(Engine.VLLM, engine.removeprefix("vllm-")), seqs,
                              max_batched_tokens=int(st["max_batched_tokens"]), block_size=int(st["block_size"]),
                              kv_blocks=int(st["kv_blocks"]))
     cost = LlmCost(dep)
-    return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, prof.llm.name, prof.llm.dtype),
+    return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, name, dtype),
                         float(st.get("frontend_ms", 0.0)) / 1e3)
 
 
