@@ -1,0 +1,160 @@
+"""The runtime's KV cache manager without an engine: prefix keys scoped to (tenant, session), cache-aware
+replica choice with the Router's slack, sessions with TTL and budget, and their /metrics series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from terrazzo.errors import SpecError
+from terrazzo.kv.affinity import CacheAffinity
+from terrazzo.kv.prefix_keys import prefix_key
+from terrazzo.kv.routing import ReplicaLoad
+from terrazzo.runtime.config import KvSettings, load_config
+from terrazzo.runtime.failures import ExecutionError
+from terrazzo.runtime.kv_cache import KvManager, PoolKv, kv_bytes_per_token
+
+SYSTEM = list(range(1000, 1000 + 640))            # a shared 640-token system prompt
+TURN = list(range(5000, 5000 + 130))
+
+
+def loads(*in_flight: int) -> list[ReplicaLoad]:
+    return [ReplicaLoad(i, n) for i, n in enumerate(in_flight)]
+
+
+def test_keys_never_match_across_tenants_or_sessions() -> None:
+    a = prefix_key("acme", "s1", SYSTEM)
+    assert len(a.blocks) == 640 // 64 and a == prefix_key("acme", "s1", SYSTEM)  # deterministic
+    others = [prefix_key("globex", "s1", SYSTEM), prefix_key("acme", "s2", SYSTEM)]
+    for b in others:
+        assert not set(a.chain()) & set(b.chain())
+        assert a.cache_salt(b"k" * 32) != b.cache_salt(b"k" * 32)
+    # (tenant, scope) pairs cannot collide by concatenation
+    assert prefix_key("ac", "mes1", SYSTEM).root != prefix_key("acme", "s1", SYSTEM).root != \
+        prefix_key("acm", "es1", SYSTEM).root
+    # the same scope: a longer input extends the chain; a changed block changes every key after it
+    longer = prefix_key("acme", "s1", SYSTEM + TURN)
+    assert longer.blocks[:len(a.blocks)] == a.blocks and len(longer.blocks) > len(a.blocks)
+    edited = prefix_key("acme", "s1", [0, *SYSTEM[1:]])
+    assert not set(edited.blocks) & set(a.blocks)
+    # text without a tokenizer: byte blocks, the same rules
+    t1, t2 = prefix_key("acme", "s1", "x" * 1000), prefix_key("globex", "s1", "x" * 1000)
+    assert len(t1.blocks) == 1000 // 256 and not set(t1.chain()) & set(t2.chain())
+    with pytest.raises(ValueError):
+        prefix_key("", "s1", SYSTEM)
+
+
+def test_another_tenant_is_never_routed_by_a_prefix_it_does_not_own() -> None:
+    """Tenant A's prefix sits on replica 0, which carries more calls than replica 1 (within the slack).
+    A's next call goes to 0 for its KV; tenant B (and A's other session), with the very same tokens, go to
+    the least loaded replica: nothing of A's is theirs to find."""
+    kv = PoolKv("llm", 2, "/nonexistent", 1, KvSettings(), b"s" * 32)
+    kv.bytes_per_block = 1024
+    a1 = prefix_key("acme", "s1", SYSTEM)
+    kv.placed(a1, loads(0, 0), 0, now=0.0)
+    busy = loads(3, 1)
+    a2 = prefix_key("acme", "s1", SYSTEM + TURN)
+    assert kv.router.pick_replica(busy, a2.encode()) == 0
+    for other in (prefix_key("globex", "s1", SYSTEM + TURN), prefix_key("acme", "s2", SYSTEM + TURN)):
+        assert kv.affinity(other.encode(), busy) is None
+        assert kv.router.pick_replica(busy, other.encode()) == 1
+        placed = kv.placed(other, busy, 1, now=1.0)
+        assert placed.match.hit_blocks == 0          # booked as a miss: nothing of A's was found
+    assert kv.request_extra(a1) != kv.request_extra(prefix_key("globex", "s1", SYSTEM))
+
+
+def test_affinity_yields_to_load_beyond_the_slack() -> None:
+    kv = PoolKv("llm", 3, "/nonexistent", 1, KvSettings(affinity_slack=2), b"s" * 32)
+    kv.bytes_per_block = 1024
+    key = prefix_key("acme", "s1", SYSTEM)
+    kv.placed(key, loads(0, 0, 0), 2, now=0.0)
+    assert kv.router.pick_replica(loads(1, 1, 3), key.encode()) == 2      # 2 more than the least: kept
+    assert kv.router.pick_replica(loads(1, 1, 4), key.encode()) == 0      # 3 more: least loaded
+    kv.placed(key, loads(1, 1, 4), 0, now=1.0)
+    assert kv.counts.to_affinity == 0 and kv.counts.affinity_overruled == 1
+    # the prefix now lives on both 2 and 0: the deeper match wins, ties go to the less loaded
+    assert kv.affinity(key.encode(), loads(0, 0, 1)) == 0
+    off = PoolKv("llm", 3, "/nonexistent", 1, KvSettings(affinity=False), b"s" * 32)
+    off.placed(key, loads(0, 0, 0), 2, now=0.0)
+    assert off.router.pick_replica(loads(1, 1, 1), key.encode()) == 0     # least loaded only
+
+
+def test_longest_prefix_wins_and_lru_bounds_each_replica() -> None:
+    aff = CacheAffinity(2, capacity_blocks=12)
+    short, long_ = prefix_key("t", "s", SYSTEM[:128]), prefix_key("t", "s", SYSTEM)
+    aff.place(short, 0, now=0.0)
+    aff.place(long_, 1, now=1.0)
+    assert aff(long_.encode(), loads(0, 0)) == 1 and aff.depth(long_.chain(), 0) == 3
+    for i in range(5):  # other scopes fill replica 1 past its 12 blocks: the oldest chain goes first
+        aff.place(prefix_key("t", f"other{i}", SYSTEM[:192]), 1, now=2.0 + i)
+    assert aff.replicas[1].used[0] <= 12
+    assert aff.depth(long_.chain(), 1) < len(long_.chain())
+
+
+def test_sessions_expire_after_their_ttl_and_hold_at_most_their_budget() -> None:
+    per_block = 2048
+    kv = PoolKv("llm", 2, "/nonexistent", 1, KvSettings(session_ttl_s=30, session_budget_mib=6 * per_block / 2**20),
+                b"s" * 32)
+    kv.bytes_per_block = per_block
+    turn1 = prefix_key("acme", "chat", SYSTEM[:256])
+    kv.placed(turn1, loads(0, 0), 1, now=0.0)
+    s = kv.sessions.live[("acme", "chat")]
+    assert s.held_bytes == 4 * per_block and s.replica == 1
+    turn2 = prefix_key("acme", "chat", SYSTEM)                     # 10 blocks; the budget is 6
+    placed = kv.placed(turn2, loads(0, 0), 1, now=10.0)
+    assert placed.match.hit_blocks == 4 and placed.inserted_blocks == 6
+    assert s.held_bytes == 6 * per_block
+    assert kv.sessions.counters.over_budget_calls == 1 and kv.sessions.counters.evicted_bytes == 4 * per_block
+    assert kv.affinity(turn2.encode(), loads(5, 0)) == 1           # still live at t = 35 s (idle 25 s)
+    kv.expire(35.0)
+    assert kv.sessions.count("session") == 1
+    kv.expire(41.0)                                                # idle 31 s > 30 s: let go
+    assert kv.sessions.count() == 0 and kv.sessions.counters.expired == 1
+    assert kv.affinity(turn2.encode(), loads(5, 0)) is None        # nothing routes to it any more
+    assert kv.stats()["evicted_bytes"] == 10 * per_block
+    once = prefix_key("acme", "once:abc", SYSTEM[:64])
+    kv.placed(once, loads(0, 0), 0, now=50.0)
+    assert kv.sessions.count("request") == 1 and kv.sessions.count("session") == 0
+
+
+def test_metrics_show_sessions_bytes_hits_and_evictions() -> None:
+    manager = KvManager(KvSettings(session_ttl_s=5))
+    kv = manager.pool("chat", 2, "/nonexistent", 1)
+    kv.bytes_per_block = 4096
+    reg = CollectorRegistry()
+    reg.register(manager)
+    kv.placed(prefix_key("acme", "chat", SYSTEM[:128]), loads(0, 0), 0, now=0.0)
+    kv.placed(prefix_key("acme", "chat", SYSTEM[:192]), loads(0, 0), 0, now=1.0)
+    text = generate_latest(reg).decode()
+    assert 'tz_kv_sessions_live{kind="session",pool="chat"} 1.0' in text
+    assert f'tz_kv_session_bytes{{kind="session",pool="chat"}} {3 * 4096}.0' in text
+    assert 'tz_kv_prefix_blocks_total{pool="chat",result="hit"} 2.0' in text
+    assert 'tz_kv_prefix_blocks_total{pool="chat",result="miss"} 3.0' in text
+    assert 'tz_kv_calls_total{pool="chat",route="affinity"} 1.0' in text
+    kv.expire(10.0)
+    text = generate_latest(reg).decode()
+    assert 'tz_kv_sessions_expired_total{pool="chat"} 1.0' in text
+    assert f'tz_kv_evicted_bytes_total{{pool="chat"}} {3 * 4096}.0' in text
+
+
+def test_kv_bytes_per_token_reads_the_checkpoint(tmp_path: Path) -> None:
+    from terrazzo.models.tiny import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny")   # 2 layers, 1 KV head of 32, float32
+    assert kv_bytes_per_token(ckpt) == 2 * 2 * 1 * 32 * 4
+    kv = PoolKv("llm", 1, ckpt, 1, KvSettings(), b"s" * 32)
+    key = kv.key("acme", "s", "hello there, " * 200)
+    assert len(key.blocks) >= 2 and kv.bytes_per_block == 512 * 64    # token blocks from its tokenizer
+    assert kv.affinity.capacity_blocks == (1 << 30) // (512 * 64)
+
+
+@pytest.mark.parametrize("field,value", [("session_ttl_s", 0), ("session_budget_mib", -1), ("affinity_slack", -2),
+                                         ("block_tokens", 0), ("sesion_ttl_s", 60)])
+def test_bad_kv_settings_name_the_field(tmp_path: Path, field: str, value: float) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\nkv:\n  {field}: {value}\n")
+    with pytest.raises((SpecError, ExecutionError)) as err:
+        load_config(cfg)
+    assert field in str(err.value) and "run.yaml" in str(err.value)
