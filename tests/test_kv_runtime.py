@@ -158,3 +158,23 @@ def test_bad_kv_settings_name_the_field(tmp_path: Path, field: str, value: float
     with pytest.raises((SpecError, ExecutionError)) as err:
         load_config(cfg)
     assert field in str(err.value) and "run.yaml" in str(err.value)
+
+
+def test_builtin_engine_keeps_a_scopes_kv_for_its_next_call(tmp_path: Path) -> None:
+    """The loop's next iteration prefills only its new tokens, with the same output as a cold prefill;
+    another scope finds nothing of it."""
+    from terrazzo.models.tiny import make_tiny_checkpoint
+    from terrazzo.runtime.executors.llm_engine import LlmEngine
+
+    eng = LlmEngine(make_tiny_checkpoint(tmp_path / "tiny"), threads=1)
+    first = eng.encode("the order ships from the north warehouse " * 6)
+    cold = eng.generate(first, 6, scope="A")
+    assert eng.kept_bytes > 0
+    second = first + [int(t) for t in cold.token_ids] + eng.encode("tool result: shipped")[1:]
+    warm_kv = eng.prefill(second, 6, scope="A")
+    assert warm_kv.meta["cached_tokens"] == len(first)
+    assert eng.decode(warm_kv).token_ids == tuple(eng.reference_generate(second, 6))
+    assert eng.prefill(second, 6, scope="B").meta["cached_tokens"] == 0
+    tight = LlmEngine(make_tiny_checkpoint(tmp_path / "tiny"), threads=1, keep_kv_bytes=1)
+    tight.generate(first, 2, scope="A")
+    assert tight.kept_bytes == 0 and tight.prefill(first, 2, scope="A").meta["cached_tokens"] == 0

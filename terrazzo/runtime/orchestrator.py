@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from terrazzo.kv.prefix_keys import scope_key
 from terrazzo.kv.routing import PoolShare, Router
 from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
@@ -301,6 +302,7 @@ class Runtime:
                 own = f"once:{uuid.uuid4().hex}"  # no session: a history of its own
                 msg = new_message(text, session or own)
                 req.scope = session or own
+                msg["kv_scope"] = scope_key(tenant, req.scope)  # the built-in engine keeps KV per scope
                 if max_new_tokens:  # the caller's cap (an OpenAI client's max_tokens), under the run config's
                     msg["max_new_tokens"] = max_new_tokens
                 out = await self._run_graph(req, self.agent.graph, "", msg)
