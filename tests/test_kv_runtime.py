@@ -178,3 +178,79 @@ def test_builtin_engine_keeps_a_scopes_kv_for_its_next_call(tmp_path: Path) -> N
     tight = LlmEngine(make_tiny_checkpoint(tmp_path / "tiny"), threads=1, keep_kv_bytes=1)
     tight.generate(first, 2, scope="A")
     assert tight.kept_bytes == 0 and tight.prefill(first, 2, scope="A").meta["cached_tokens"] == 0
+
+
+class _Worker:
+    """A worker handle that runs nothing: it records the calls it got and takes `hold_s` for each."""
+
+    reports_progress = False
+
+    def __init__(self, name: str, log: list[tuple[str, str]], hold_s: float) -> None:
+        self.name, self.log, self.hold_s = name, log, hold_s
+
+    async def run(self, call, on_event=None):
+        import asyncio
+
+        from terrazzo.runtime.worker import OpResult
+
+        self.log.append((call.op, self.name))
+        await asyncio.sleep(self.hold_s)
+        return OpResult(None, self.hold_s, self.name, 0)
+
+    def kill(self) -> None: ...
+
+    def alive(self) -> bool:
+        return True
+
+    def progress(self):
+        return None
+
+    @property
+    def pid(self):
+        return None
+
+
+def test_worker_pools_send_a_scopes_next_call_to_the_worker_holding_its_kv() -> None:
+    """Three agent loops on two workers, a tool call between iterations: with their KV scope each loop
+    keeps to one worker (where the built-in engine kept its KV), two loops at most per worker, so no
+    home is ever over the slack; without the scope the same loops hop between workers."""
+    import asyncio
+
+    from terrazzo.runtime.backends.pool_backend import PoolBackend
+    from terrazzo.runtime.config import RunConfig
+    from terrazzo.runtime.pool_layout import PoolSpec
+    from terrazzo.runtime.worker import OpCall
+
+    def run(affine: bool) -> tuple[dict[str, set[str]], int]:
+        log: list[tuple[str, str]] = []
+
+        class Fake(PoolBackend):
+            async def spawn(self, spec, index):
+                return _Worker(f"w{index}", log, 0.02)
+
+        spec = PoolSpec(name="llm", device="cpu", workers=2, ops=("think",))
+
+        async def go() -> int:
+            be = Fake(RunConfig(kv=KvSettings(affinity_slack=1)), {"llm": spec})
+            await be.start()
+
+            async def loop(name: str, tool_s: float) -> None:
+                for k in range(6):
+                    await be.submit("llm", OpCall("r", f"{name}{k}", "llm.aggregated", {}), 5.0,
+                                    home=name if affine else None)
+                    await asyncio.sleep(tool_s)  # the tool call between iterations
+
+            try:
+                await asyncio.gather(loop("A", 0.013), loop("B", 0.031), loop("C", 0.007))
+                return be.pools["llm"].handoffs
+            finally:
+                await be.stop()
+
+        handoffs = asyncio.run(go())
+        where = dict(log)
+        return {n: {where[f"{n}{k}"] for k in range(6)} for n in "ABC"}, handoffs
+
+    kept, handoffs = run(True)
+    assert all(len(w) == 1 for w in kept.values()) and handoffs >= 1
+    hopped, _ = run(False)
+    assert any(len(w) > 1 for w in hopped.values())

@@ -172,10 +172,11 @@ class Runtime:
             if engine is not None:
                 res = await engine_call(engine, req, op, payload, self.config.timeout_for(op), self.events, kind)
             else:
+                home = payload.get("kv_scope") if kind.startswith("llm.") and isinstance(payload, dict) else None
                 res = await self.backend.submit(pool, OpCall(req.id, op, kind, payload, stream=streaming),
                                                 self.config.timeout_for(op),
                                                 self.events.worker_events(req, pool, device) if streaming else None,
-                                                retryable=retryable)
+                                                retryable=retryable, home=home)
         except ExecutionError as exc:
             self.events.failed(req, op, pool, device, start_ns, time.perf_counter() - t0, str(exc))
             raise
@@ -197,9 +198,10 @@ class Runtime:
                       stream=streaming)
         start_ns, t0 = time.time_ns(), time.perf_counter()
         try:
+            llm = any(self.setup.programs[p].node.kind == "llm" for p in seg.paths if p in self.setup.programs)
             res = await self.backend.submit(seg.pool, call, sum(seg.steps.timeouts_s),
                                             self.events.worker_events(req, seg.pool, seg.device) if streaming else None,
-                                            steps=seg.steps)
+                                            steps=seg.steps, home=msg.get("kv_scope") if llm else None)
         except SegmentFailed as failed:  # an op inside failed: the ops before it still get their samples
             t_ns = self.events.record_fused(req, seg.pool, seg.device, call.op, failed.done, start_ns,
                                             time.perf_counter() - t0, None)
