@@ -119,25 +119,18 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         financing=financing_terms(catalog.tco_profile(cluster.tco_profile)), notes=arrival.notes,
         split=cluster.split,
     )
-    return _with_kv(graph, agent, workload, sla, catalog, cluster, [disaggregated, aggregated], kv_reuse)
+    return _with_kv(graph, agent, workload, sla, catalog, cluster, kv_reuse)
 
 
 def _with_kv(graph: PlanningGraph, agent: Agent, workload: Workload, sla: Sla, catalog: Catalog, cluster: Cluster,
-             modules: list[ModuleOp | None], reuse: bool) -> PlanningGraph:
+             reuse: bool) -> PlanningGraph:
     """KV reuse: the first-token ops of calls that name a prefix, priced per policy (plan/kv_sites.py)."""
-    if not any(getattr(n, "prefix", None) for _, n in agent.graph.leaves()):
+    if not any(isinstance(n, LlmNode) and n.prefix for _, n in agent.graph.leaves()):
         return graph  # no call names a prefix: today's graph, untouched
     from terrazzo.plan.kv_reuse import cost_model_pricer, with_kv_options
     from terrazzo.plan.kv_sites import kv_sites
 
-    priced: dict[str, float] = {}
-    for i, module in enumerate(modules):
-        for op in module.walk() if module is not None else ():
-            tokens = op.properties.get("input_tokens") if isinstance(op, PLACEABLE) else None
-            if isinstance(tokens, DistAttr):
-                name = f"{op.node_id}.aggregated" if i == 1 and isinstance(op, LlmCallOp) else op.node_id
-                priced.setdefault(name, tokens.mean_value)
-    sites = kv_sites(agent, workload, sla, graph, priced)
+    sites = kv_sites(agent, workload, sla, graph)
     return with_kv_options(graph, sites, cost_model_pricer(catalog, cluster.fabric), reuse=reuse)
 
 

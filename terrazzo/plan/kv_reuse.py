@@ -53,18 +53,17 @@ DISK_TIER = Tier(7.0e9, 100e-6, 3.84e12,
 @dataclass(frozen=True)
 class KvSite:
     """A first-token op whose calls can reuse a prefix: `prefix_tokens` reused per hit (mean),
-    `new_tokens` computed in any case, `priced_tokens` what the IR priced the op's prefill on,
-    `hold_s` how long a prefix waits for its next call, `hit_rate` the share of calls with a prefix,
-    `edge` the reusing edge in words."""
+    `new_tokens` computed in any case, `hold_s` how long a prefix waits for its next call, `hit_rate`
+    the share of calls with a prefix, `edge` the reusing edge in words, `tbt_limit_s` the call's."""
 
     op: str
     node: str
     prefix_tokens: float
     new_tokens: float
-    priced_tokens: float
     hold_s: float
     hit_rate: float
     edge: str
+    tbt_limit_s: float | None = None
 
     @property
     def full_tokens(self) -> float:
@@ -102,16 +101,23 @@ class KvChoice:
 
 @dataclass(frozen=True)
 class Priced:
-    """What the cost model says of one candidate's prefill batch: full, IR-priced and hit time (s), one
-    prefix's KV bytes on the replica, and HBM room left beside the batch (bytes per replica)."""
+    """The cost model's times for one candidate, at the full input: a prefill (the candidate's batch of
+    prompts; an aggregated replica's lone prompt) with a prefix recomputed (`full_s`) or reused
+    (`hit_s`), one without a prefix (`miss_s`); for an aggregated replica also its decode step at the
+    full context (`step_s`) and one request's share of the batched prefills that stretch it (`share_*`).
+    `prefix_bytes`: one prefix's KV on the replica; `room_bytes`: HBM left beside the running batch."""
 
     full_s: float
-    priced_s: float
     hit_s: float
+    miss_s: float
     prefix_bytes: float
     room_bytes: float
     devices: int
     batch: int = 1  # prompts per prefill batch: each brings its own prefix back from a tier
+    step_s: float | None = None
+    share_full_s: float = 0.0
+    share_hit_s: float = 0.0
+    share_miss_s: float = 0.0
 
 
 Pricer = Callable[[PlanOp, OpCandidate, KvSite], "Priced | None"]
@@ -137,17 +143,38 @@ def with_kv_options(graph: PlanningGraph, sites: Mapping[str, KvSite], price: Pr
             if p is None:
                 out.append(c)
                 continue
-            base = _shifted(c, p.full_s - p.priced_s)
-            out.append(replace(base, kv=_choice("recompute", site, p)))
+            out.append(_repriced(o, c, p, site, _choice("recompute", site, p)))
             if reuse and site.hit_rate > 0 and site.prefix_tokens > 0:
                 host, disk = tiers(c.device)
                 for policy, tier in (("retain", None), ("host", host), ("disk", disk)):
                     ch = _choice(policy, site, p, tier)
-                    delta = site.hit_rate * (p.hit_s + ch.transfer_s - p.full_s)
                     if ch.room_bytes > 0:
-                        extra.append(replace(_shifted(c, p.full_s - p.priced_s + delta), kv=ch))
+                        extra.append(_repriced(o, c, p, site, ch))
         ops.append(replace(o, candidates=tuple(out + extra)))
     return replace(graph, ops=tuple(ops))
+
+
+def _repriced(o: PlanOp, c: OpCandidate, p: Priced, site: KvSite, ch: KvChoice) -> OpCandidate:
+    """`c` priced under policy `ch`: its prefill the mix of hits and misses (a hit also waits for its
+    prefix's transfer back), and for an aggregated replica the decode steps its batch-mates' prefills
+    stretch; rate = slots / span as everywhere (planning_graph.llm_capacity)."""
+    h = site.hit_rate
+    reused = ch.policy != "recompute"
+    prefill_s = (1 - h) * p.miss_s + h * ((p.hit_s + ch.transfer_s) if reused else p.full_s)
+    if o.kind != "llm.aggregated" or p.step_s is None:
+        span, first, tbt = prefill_s, prefill_s, c.tbt_s
+    else:
+        share = (1 - h) * p.share_miss_s + h * (p.share_hit_s if reused else p.share_full_s)
+        osl = max(o.output_tokens, 1.0)
+        tbt = p.step_s + share * c.batch / osl
+        span, first = prefill_s + osl * tbt, prefill_s + tbt
+    feasible, reason = c.feasible, c.reason
+    if site.tbt_limit_s is not None and tbt is not None and tbt > site.tbt_limit_s * (1 + 1e-9):
+        feasible, reason = False, (f"TBT {tbt * 1e3:.1f} ms at the full {site.full_tokens:,.0f}-token context "
+                                   f"({ch.policy}) > {site.tbt_limit_s * 1e3:.4g} ms limit")
+    rate = c.slots / span if span > 0 else 0.0
+    return replace(c, latency_s=span, hold_s=span, first_token_s=first if c.first_token_s is not None else None,
+                   tbt_s=tbt, rate_per_s=rate, feasible=feasible, reason=reason, kv=ch)
 
 
 def _choice(policy: str, site: KvSite, p: Priced, tier: Tier | None = None) -> KvChoice:
@@ -164,19 +191,6 @@ def _choice(policy: str, site: KvSite, p: Priced, tier: Tier | None = None) -> K
     transfer = tier.latency_s + p.batch * p.prefix_bytes / (tier.bw_bytes_s * max(p.devices, 1))
     return KvChoice(policy, transfer_s=transfer, saved_s=saved, byte_s_per_visit=parked,
                     room_bytes=tier.capacity_bytes_per_device * p.devices, **common)  # type: ignore[arg-type]
-
-
-def _shifted(c: OpCandidate, delta_s: float) -> OpCandidate:
-    """`c` with its prefill `delta_s` longer (shorter when negative): latency, first token, slot hold
-    and so rate move together; a decode step (TBT) does not."""
-    if delta_s == 0:
-        return c
-    latency = max(c.latency_s + delta_s, 1e-9)
-    hold = None if c.hold_s is None else max(c.hold_s + delta_s, 1e-9)
-    first = None if c.first_token_s is None else max(c.first_token_s + delta_s, 1e-9)
-    slot = latency if hold is None else hold
-    rate = c.rate_per_s * c.slot_s / slot if c.rate_per_s > 0 and math.isfinite(c.rate_per_s) else c.rate_per_s
-    return replace(c, latency_s=latency, hold_s=hold, first_token_s=first, rate_per_s=rate)
 
 
 def kv_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: float = 1.0) -> int:
@@ -208,40 +222,60 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     """Prices a site's candidates with terrazzo.cost: the same deployment the IR priced."""
     from terrazzo.cost.candidates import deployment
     from terrazzo.cost.llm import (
+        PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
         attention_flops,
+        decode_step,
         kv_bytes_per_token,
+        mean_decode_context,
         memory_use,
         prefill,
     )
     from terrazzo.errors import CostError
 
+    deps: dict[tuple, Any] = {}
     cache: dict[tuple, Priced | None] = {}
+
+    def hit_and_full(dep: Any, full: int, new: float, prefix: float, b: int) -> tuple[float, float]:
+        m = dep.model
+        est = prefill(dep, max(full, 1), b)
+        flops_full = 2 * m.active_params * full * b + attention_flops(m, full * b, full / 2)
+        flops_hit = 2 * m.active_params * new * b + attention_flops(m, new * b, prefix + new / 2)
+        return est.latency_s, hit_prefill_s(est.latency_s, est.static_s, flops_full, flops_hit)
 
     def price(o: PlanOp, c: OpCandidate, site: KvSite) -> Priced | None:
         if not o.model or not o.dtype:
             return None
-        key = (o.model, o.dtype, c.device, c.tp, c.pp, c.batch, o.kind, site.full_tokens, site.prefix_tokens,
-               site.priced_tokens, o.output_tokens)
+        key = (o.model, o.dtype, c.device, c.tp, c.pp, c.batch, o.kind, site, o.output_tokens)
         if key in cache:
             return cache[key]
-        try:
-            dep = deployment(catalog, o.model, c.device, o.dtype, c.tp, c.pp, fabric)
-        except CostError:
+        dkey = (o.model, o.dtype, c.device, c.tp, c.pp)
+        if dkey not in deps:
+            try:
+                deps[dkey] = deployment(catalog, o.model, c.device, o.dtype, c.tp, c.pp, fabric)
+            except CostError:
+                deps[dkey] = None
+        dep = deps[dkey]
+        if dep is None:
             cache[key] = None
             return None
-        m, b = dep.model, (c.batch if o.kind == "llm.prefill" else 1)
-        full, new, prefix = int(round(site.full_tokens)), site.new_tokens, site.prefix_tokens
-        est = prefill(dep, max(full, 1), b)
-        priced = prefill(dep, max(int(round(site.priced_tokens)), 1), b).latency_s
-        flops_full = 2 * m.active_params * full * b + attention_flops(m, full * b, full / 2)
-        flops_hit = 2 * m.active_params * new * b + attention_flops(m, new * b, prefix + new / 2)
-        hit = hit_prefill_s(est.latency_s, est.static_s, flops_full, flops_hit)
-        context = full + (o.output_tokens if o.kind == "llm.aggregated" else 0.0)
+        m, agg = dep.model, o.kind == "llm.aggregated"
+        b = 1 if agg else c.batch
+        full, new, prefix = round(site.full_tokens), site.new_tokens, site.prefix_tokens
+        full_s, hit_s = hit_and_full(dep, full, new, prefix, b)
+        miss_s = prefill(dep, max(round(new), 1), b).latency_s if site.hit_rate < 1 else 0.0
+        context = full + (o.output_tokens if agg else 0.0)
         used = memory_use(dep, c.batch, context, prefill_tokens=full * b).total
         room = (dep.device.memory_gb.value * 1e9 * USABLE_MEMORY_FRACTION - used) * dep.devices
         kv = prefix * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype)
-        cache[key] = Priced(est.latency_s, priced, hit, kv, room, dep.devices, b)
+        extra: dict[str, float] = {}
+        if agg:  # the engine packs prompts up to its token budget: one request's share of a packed prefill
+            together = max(1, min(c.batch, PREFILL_TOKEN_BUDGET // max(full, 1)))
+            sf, sh = hit_and_full(dep, full, new, prefix, together)
+            sm = (prefill(dep, max(round(new), 1), together).latency_s if site.hit_rate < 1 else 0.0)
+            extra = dict(step_s=decode_step(dep, c.batch, mean_decode_context(full, o.output_tokens)).latency_s,
+                         share_full_s=sf / together, share_hit_s=sh / together, share_miss_s=sm / together)
+        cache[key] = Priced(full_s, hit_s, miss_s, kv, room, dep.devices, b, **extra)  # type: ignore[arg-type]
         return cache[key]
 
     return price

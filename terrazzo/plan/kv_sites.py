@@ -16,6 +16,7 @@ from typing import Any
 from terrazzo.plan.kv_reuse import KvSite
 from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent, AgentGraph, LlmNode, LoopNode, SubagentNode, ToolNode
+from terrazzo.spec.prefix import has_conversation, mean_prefix_sizes
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
@@ -23,47 +24,39 @@ FIRST_TOKEN_KINDS = ("llm.prefill", "llm.aggregated")
 DEFAULT_TBT_S = 0.02  # decode pace for the hold time when the SLA sets no TBT limit
 
 
-def kv_sites(agent: Agent, workload: Workload, sla: Sla, graph: PlanningGraph,
-             priced_tokens: dict[str, float]) -> dict[str, KvSite]:
+def kv_sites(agent: Agent, workload: Workload, sla: Sla, graph: PlanningGraph) -> dict[str, KvSite]:
     """op name → its site, for every first-token op of an LLM node that names a prefix."""
     nodes = {path: (n, g) for g, prefix in _graphs(agent.graph, "") for path, n in
              ((f"{prefix}{n.id}", n) for n in g.nodes)}
+    sizes = mean_prefix_sizes(agent.graph, workload)  # spec/prefix.py: mean shared + conversation per visit
     turns, think_s = _sessions(workload)
-    per_turn = sum(o.visits * (_mean(n.input_tokens) + _mean(n.output_tokens))
-                   for o in graph.ops if o.kind in FIRST_TOKEN_KINDS
-                   for n, _ in [nodes.get(o.node, (None, None))] if isinstance(n, LlmNode))
     out = {}
     for o in graph.ops:
         found = nodes.get(o.node)
         if o.kind not in FIRST_TOKEN_KINDS or found is None or not isinstance(found[0], LlmNode):
             continue
         node, g = found
-        sources = list(getattr(node, "prefix", None) or [])
-        if not sources:
+        size = sizes.get(o.node)
+        if not node.prefix or size is None or size.total <= 0:
             continue
         new, answer = _mean(node.input_tokens), _mean(node.output_tokens)
-        shared = sum(_mean(getattr(s, "tokens", None)) for s in sources if _source(s) != "conversation")
-        talk = any(_source(s) == "conversation" for s in sources)
+        talk = has_conversation(node)
         v = max(o.visits, 1.0)
-        in_request = (v - 1) / 2 * (new + answer) if talk else 0.0  # mean over the request's calls
-        across = (turns - 1) / 2 * per_turn if talk else 0.0  # mean over the session's turns
-        reused = shared + in_request + across
-        hits = 1.0 if shared > 0 else (1 - 1 / (v * turns) if talk else 0.0)
-        if reused <= 0 or hits <= 0:
-            continue
+        # a call hits when something sits in front of it: always behind a shared prompt, else all but a
+        # session's very first call
+        hits = 1.0 if size.shared > 0 else 1 - 1 / (v * turns)
         tbt = sla.limits_for(o.node).tbt_s or DEFAULT_TBT_S
         decode_s = answer * tbt
-        loop_gaps, turn_gaps = (v - 1), (turns - 1) / turns  # per turn
-        hold_loop = decode_s + _loop_tool_s(g, node.id)
-        hold_turn = decode_s + think_s
+        loop_gaps, turn_gaps = v - 1, (turns - 1) / turns  # per request
         gaps = loop_gaps + turn_gaps
-        hold = (loop_gaps * hold_loop + turn_gaps * hold_turn) / gaps if talk and gaps > 0 else 0.0
+        hold = ((loop_gaps * (decode_s + _loop_tool_s(g, node.id)) + turn_gaps * (decode_s + think_s)) / gaps
+                if talk and gaps > 0 else 0.0)
         edge = ", ".join(filter(None, [
             "loop iteration → next" if talk and loop_gaps > 0 else "",
             "turn → next turn" if talk and turns > 1 else "",
-            *(f"shared {_source(s).replace('_', ' ')} '{getattr(s, 'name', '')}'" for s in sources
-              if _source(s) != "conversation")])) or "conversation"
-        out[o.name] = KvSite(o.name, o.node, reused / hits, new, priced_tokens.get(o.name, new), hold, hits, edge)
+            *(f"shared {p.source.replace('_', ' ')} '{p.name}'" for p in node.prefix if p.source != "conversation")
+        ])) or "conversation"
+        out[o.name] = KvSite(o.name, o.node, size.total / hits, new, hold, hits, edge, sla.limits_for(o.node).tbt_s)
     return out
 
 
@@ -73,10 +66,6 @@ def _graphs(g: AgentGraph, prefix: str) -> list[tuple[AgentGraph, str]]:
         if isinstance(n, SubagentNode) and n.graph is not None:
             out += _graphs(n.graph, f"{prefix}{n.id}/")
     return out
-
-
-def _source(s: Any) -> str:
-    return str(getattr(s, "source", s.get("source") if isinstance(s, dict) else ""))
 
 
 def _mean(d: Any) -> float:
@@ -90,10 +79,10 @@ def _mean(d: Any) -> float:
 
 def _sessions(workload: Workload) -> tuple[float, float]:
     """(mean turns per session, mean think time s); (1, 0) without sessions."""
-    s = getattr(workload, "sessions", None)
+    s = workload.sessions
     if s is None:
         return 1.0, 0.0
-    return max(_mean(getattr(s, "turns", None)) or 1.0, 1.0), _mean(getattr(s, "think_time_s", None))
+    return max(s.turn_moments()[0], 1.0), s.think_time_s.expected
 
 
 def _loop_tool_s(g: AgentGraph, node: str) -> float:
