@@ -146,7 +146,9 @@ def with_kv_options(graph: PlanningGraph, sites: Mapping[str, KvSite], price: Pr
             out.append(_repriced(o, c, p, site, _choice("recompute", site, p)))
             if reuse and site.hit_rate > 0 and site.prefix_tokens > 0:
                 host, disk = tiers(c.device)
-                for policy, tier in (("retain", None), ("host", host), ("disk", disk)):
+                # a prefix that never waits (a shared prompt only) parks nothing: retain beats both tiers
+                offload = (("host", host), ("disk", disk)) if site.hold_s > 0 else ()
+                for policy, tier in (("retain", None), *offload):
                     ch = _choice(policy, site, p, tier)
                     if ch.room_bytes > 0:
                         extra.append(_repriced(o, c, p, site, ch))
@@ -246,7 +248,8 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     def price(o: PlanOp, c: OpCandidate, site: KvSite) -> Priced | None:
         if not o.model or not o.dtype:
             return None
-        key = (o.model, o.dtype, c.device, c.tp, c.pp, c.batch, o.kind, site, o.output_tokens)
+        key = (o.model, o.dtype, c.device, c.tp, c.pp, c.batch, o.kind, site.prefix_tokens, site.new_tokens,
+               site.hit_rate, o.output_tokens)  # twins of a large agent share the price
         if key in cache:
             return cache[key]
         dkey = (o.model, o.dtype, c.device, c.tp, c.pp)
