@@ -278,7 +278,7 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
             sm = (prefill(dep, max(round(new), 1), together).latency_s if site.hit_rate < 1 else 0.0)
             extra = dict(step_s=decode_step(dep, c.batch, mean_decode_context(full, o.output_tokens)).latency_s,
                          share_full_s=sf / together, share_hit_s=sh / together, share_miss_s=sm / together)
-        cache[key] = Priced(full_s, hit_s, miss_s, kv, room, dep.devices, b, **extra)  # type: ignore[arg-type]
+        cache[key] = Priced(full_s, hit_s, miss_s, kv, room, dep.devices, b, **extra)
         return cache[key]
 
     return price
@@ -307,5 +307,5 @@ def kv_entries(graph: PlanningGraph, a: Any, usd_h: float) -> dict[str, dict[str
                    if c.feasible and c.device in graph.cluster_devices and policy_of(c) == "recompute"]
             ok = [v.usd_h for v in alt if v.ok]
             saving = min(ok) - usd_h if ok else None
-        out[name] = ch.entry(saving)  # type: ignore[arg-type]
+        out[name] = ch.entry(saving)
     return out

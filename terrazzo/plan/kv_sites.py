@@ -33,9 +33,11 @@ def kv_sites(agent: Agent, workload: Workload, sla: Sla, graph: PlanningGraph) -
     out = {}
     for o in graph.ops:
         found = nodes.get(o.node)
-        if o.kind not in FIRST_TOKEN_KINDS or found is None or not isinstance(found[0], LlmNode):
+        if o.kind not in FIRST_TOKEN_KINDS or found is None:
             continue
         node, g = found
+        if not isinstance(node, LlmNode):
+            continue
         size = sizes.get(o.node)
         if not node.prefix or size is None or size.total <= 0:
             continue

@@ -100,7 +100,7 @@ def _kv_notes(doc: dict[str, Any], kv: dict[str, dict[str, Any]]) -> list[str]:
             continue
         for k in ("prefix_tokens", "new_tokens", "hold_s", "hit_rate", "saving_usd_h"):
             a, b = theirs.get(k), mine.get(k)
-            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-6 * max(1.0, abs(b))):
+            if (a is None) != (b is None) or (a is not None and b is not None and abs(a - b) > 1e-6 * max(1.0, abs(b))):
                 out.append(f"{op['name']}: the file states kv.{k} = {a}; re-priced from its inputs it is {b}, "
                            "which is used")
     return out
