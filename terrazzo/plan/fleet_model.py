@@ -188,8 +188,6 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     o = graph.op(op)
     n = throughput_replicas(load_of(graph, op, c, share), graph.utilisation_cap)
     if c.kv is not None:  # KV reuse: room for the prefixes the pool parks (plan/kv_reuse.py)
-        from terrazzo.plan.kv_reuse import kv_replicas
-
         n = max(n, kv_replicas(graph, op, c, share))
     lam = demand_per_s(graph, op) * share
     if (not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s) or not c.feasible
@@ -198,6 +196,20 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     need = servers_for(lam, c.slot_s, first_token_service_s(o, c), o.arrival_scv, _hold_scv(o), graph.percentile,
                        o.first_token_limit_s * (1 + TOLERANCE), n, c.slots)  # type: ignore[operator]
     return n if need is None else need
+
+
+def kv_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: float = 1.0) -> int:
+    """Replicas a pool needs to park its prefixes (KV reuse): λ · byte-seconds per visit over each
+    replica's room (0 when the candidate parks nothing)."""
+    ch = c.kv
+    if ch is None or ch.policy == "recompute" or ch.byte_s_per_visit <= 0:
+        return 0
+    if not math.isfinite(ch.room_bytes):
+        return 1
+    if ch.room_bytes <= 0:
+        return 1_000_000_000
+    resident = demand_per_s(graph, op) * share * ch.byte_s_per_visit
+    return max(1, math.ceil(resident / ch.room_bytes - TOLERANCE))
 
 
 def min_replicas(graph: PlanningGraph, op: str, c: OpCandidate) -> int:

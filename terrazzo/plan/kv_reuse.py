@@ -19,15 +19,17 @@ static step overhead. The planned hit rate is the share of calls that have a pre
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from terrazzo.plan.check import Share, check
+from terrazzo.plan.fleet_model import kv_replicas
+from terrazzo.plan.kv_choice import POLICIES, KvChoice
 from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp
 
-POLICIES = ("recompute", "retain", "host", "disk")
-TIER_OF = {"recompute": "-", "retain": "HBM", "host": "host DRAM", "disk": "NVMe"}
+__all__ = ["POLICIES", "KvChoice", "KvSite", "Tier", "kv_entries", "kv_replicas", "policy_of", "with_kv_options"]
+
 
 
 @dataclass(frozen=True)
@@ -68,35 +70,6 @@ class KvSite:
     @property
     def full_tokens(self) -> float:
         return self.prefix_tokens + self.new_tokens
-
-
-@dataclass(frozen=True)
-class KvChoice:
-    """One policy on one candidate: what it adds to a call (`transfer_s`, on a hit), the prefill time a
-    hit saves against recompute (`saved_s`, per batch), the byte-seconds of prefix one visit parks
-    (`byte_s_per_visit`) and the room one replica has for them (`room_bytes`; inf: unbounded)."""
-
-    policy: str
-    prefix_tokens: float
-    new_tokens: float
-    hold_s: float
-    hit_rate: float
-    edge: str
-    transfer_s: float = 0.0
-    saved_s: float = 0.0
-    byte_s_per_visit: float = 0.0
-    room_bytes: float = math.inf
-    kv_bytes: float = 0.0  # of one prefix, whole replica
-
-    @property
-    def tier(self) -> str:
-        return TIER_OF[self.policy]
-
-    def entry(self, saving_usd_h: float | None) -> dict[str, Any]:
-        """The plan file's per-op `kv` entry (plan_file.KV_POLICIES)."""
-        return {"policy": self.policy, "prefix_tokens": self.prefix_tokens, "new_tokens": self.new_tokens,
-                "hold_s": self.hold_s, "hit_rate": self.hit_rate, "saving_usd_h": saving_usd_h,
-                "tier": self.tier, "transfer_s": self.transfer_s, "edge": self.edge}
 
 
 @dataclass(frozen=True)
@@ -195,17 +168,6 @@ def _choice(policy: str, site: KvSite, p: Priced, tier: Tier | None = None) -> K
                     room_bytes=tier.capacity_bytes_per_device * p.devices, **common)  # type: ignore[arg-type]
 
 
-def kv_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: float = 1.0) -> int:
-    """Replicas a pool needs to park its prefixes: λ · byte-seconds per visit over each replica's room."""
-    ch = c.kv
-    if ch is None or ch.policy == "recompute" or ch.byte_s_per_visit <= 0:
-        return 0
-    resident = graph.rate_per_s * graph.op(op).visits * share * ch.byte_s_per_visit
-    if not math.isfinite(ch.room_bytes):
-        return 1
-    return max(1, math.ceil(resident / ch.room_bytes - 1e-9)) if ch.room_bytes > 0 else 1_000_000_000
-
-
 def policy_of(c: OpCandidate) -> str:
     return c.kv.policy if c.kv is not None else "recompute"
 
@@ -291,8 +253,6 @@ def kv_entries(graph: PlanningGraph, a: Any, usd_h: float) -> dict[str, dict[str
     """op → the plan file's `kv` entry for every placed op whose candidate carries a reuse choice, with
     its $/h saving against recompute: the cheapest plan that recomputes this op's prefix, every other
     op where it is, less `usd_h` (None when no recompute candidate passes the check)."""
-    from terrazzo.plan.check import Share, check
-
     out: dict[str, dict[str, Any]] = {}
     for name, shares in a.placements.items():
         o = graph.op(name)

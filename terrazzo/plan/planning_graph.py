@@ -13,13 +13,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from terrazzo.cost.energy import PowerCurve
 from terrazzo.cost.tco import HourlyCost
-
-if TYPE_CHECKING:
-    from terrazzo.plan.kv_reuse import KvChoice
+from terrazzo.plan.kv_choice import KvChoice
 
 REFERENCE_DEVICE = "h100-sxm"  # the paper's baseline, always priced so H100::H100 can be reported
 T = TypeVar("T")
