@@ -127,11 +127,11 @@ def _with_kv(graph: PlanningGraph, agent: Agent, workload: Workload, sla: Sla, c
     """KV reuse: the first-token ops of calls that name a prefix, priced per policy (plan/kv_sites.py)."""
     if not any(isinstance(n, LlmNode) and n.prefix for _, n in agent.graph.leaves()):
         return graph  # no call names a prefix: today's graph, untouched
-    from terrazzo.plan.kv_reuse import cost_model_pricer, with_kv_options
+    from terrazzo.plan.kv_reuse import catalog_tiers, cost_model_pricer, with_kv_options
     from terrazzo.plan.kv_sites import kv_sites
 
     sites = kv_sites(agent, workload, sla, graph)
-    return with_kv_options(graph, sites, cost_model_pricer(catalog, cluster.fabric), reuse=reuse)
+    return with_kv_options(graph, sites, cost_model_pricer(catalog, cluster.fabric), catalog_tiers(catalog), reuse)
 
 
 @dataclass(frozen=True)

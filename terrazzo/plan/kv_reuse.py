@@ -12,9 +12,9 @@ aggregated), so the MILP's choice among candidates is the choice per edge and st
 - host / disk: the prefix waits in host DRAM or on NVMe (their capacity per device bounds the pool the
   same way) and the next call pays the transfer back on its first token (bytes / link + latency).
 
-A hit's prefill is priced on its new tokens attending over the whole context: the full prefill's
-non-static time scaled by FLOPs(new | prefix) / FLOPs(full) (prefill is compute-bound), plus the
-static step overhead. The planned hit rate is the share of calls that have a prefix to reuse.
+A hit's prefill is cost/kv_reuse.reuse_prefill (GEMMs on the new tokens, attention over the whole
+context); a tier's read-back is cost/kv_tiers.py's link. The planned hit rate is the share of calls that
+have a prefix to reuse.
 """
 
 from __future__ import annotations
@@ -42,14 +42,26 @@ class Tier:
     source: str
 
 
-# Fallback tier figures (used when the cost model has none for a device), one sourced figure each.
-HOST_TIER = Tier(63.0e9, 10e-6, 256e9,
-                 "derived: PCIe Gen5 x16 = 32 GT/s x 16 lanes x 128/130 / 8 = 63 GB/s per direction; host DRAM "
-                 "2 TB per 8 GPUs (NVIDIA DGX H100 datasheet, https://www.nvidia.com/en-us/data-center/dgx-h100/)")
-DISK_TIER = Tier(7.0e9, 100e-6, 3.84e12,
-                 "NVMe Gen4 sequential read ~7 GB/s (Samsung PM9A3 U.2 datasheet 6.9 GB/s, "
-                 "https://semiconductor.samsung.com/ssd/datacenter-ssd/pm9a3/); 8x 3.84 TB per 8 GPUs "
-                 "(NVIDIA DGX H100 datasheet); ~100 us read latency: judgement")
+# What each device's replica can park off its HBM (bytes per device); read-back links: cost/kv_tiers.py.
+HOST_DRAM_BYTES_PER_DEVICE = (256e9, "derived: 2 TB of host DRAM per 8 GPUs (NVIDIA DGX H100 datasheet, "
+                                     "https://www.nvidia.com/en-us/data-center/dgx-h100/) = 256 GB per device")
+NVME_BYTES_PER_DEVICE = (3.84e12, "derived: 8x 3.84 TB U.2 NVMe per 8 GPUs (NVIDIA DGX H100 datasheet, "
+                                  "https://www.nvidia.com/en-us/data-center/dgx-h100/) = 3.84 TB per device")
+
+
+def catalog_tiers(catalog: Any) -> Callable[[str], tuple[Tier, Tier]]:
+    """Host and disk tiers of a device: cost/kv_tiers.py's read-back links, the capacities above."""
+    from terrazzo.cost.kv_tiers import tier_link
+
+    def tiers(device: str) -> tuple[Tier, Tier]:
+        dev = catalog.device(device)
+        host, disk = tier_link(dev, "host"), tier_link(dev, "disk")
+        return (Tier(host.bw_bytes_s, host.latency_s, HOST_DRAM_BYTES_PER_DEVICE[0],
+                     f"{host.source}; capacity {HOST_DRAM_BYTES_PER_DEVICE[1]}"),
+                Tier(disk.bw_bytes_s, disk.latency_s, NVME_BYTES_PER_DEVICE[0],
+                     f"{disk.source}; capacity {NVME_BYTES_PER_DEVICE[1]}"))
+
+    return tiers
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,7 @@ Pricer = Callable[[PlanOp, OpCandidate, KvSite], "Priced | None"]
 
 
 def with_kv_options(graph: PlanningGraph, sites: Mapping[str, KvSite], price: Pricer,
-                    tiers: Callable[[str], tuple[Tier, Tier]] = lambda d: (HOST_TIER, DISK_TIER),
-                    reuse: bool = True) -> PlanningGraph:
+                    tiers: Callable[[str], tuple[Tier, Tier]], reuse: bool = True) -> PlanningGraph:
     """The graph with every site op's candidates re-priced at the full input (recompute) and, with
     `reuse`, each also as retain / host / disk. A candidate the pricer cannot price keeps its IR price."""
     if not sites:
@@ -175,20 +186,13 @@ def policy_of(c: OpCandidate) -> str:
 # --------------------------------------------------------------------------------- the cost model's prices
 
 
-def hit_prefill_s(full_s: float, static_s: float, flops_full: float, flops_hit: float) -> float:
-    """A hit's prefill: the full prefill's non-static time scaled by the FLOPs it still does."""
-    if flops_full <= 0:
-        return full_s
-    return static_s + max(full_s - static_s, 0.0) * flops_hit / flops_full
-
-
 def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     """Prices a site's candidates with terrazzo.cost: the same deployment the IR priced."""
     from terrazzo.cost.candidates import deployment
+    from terrazzo.cost.kv_reuse import reuse_prefill
     from terrazzo.cost.llm import (
         PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
-        attention_flops,
         decode_step,
         kv_bytes_per_token,
         mean_decode_context,
@@ -201,11 +205,9 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     cache: dict[tuple, Priced | None] = {}
 
     def hit_and_full(dep: Any, full: int, new: float, prefix: float, b: int) -> tuple[float, float]:
-        m = dep.model
-        est = prefill(dep, max(full, 1), b)
-        flops_full = 2 * m.active_params * full * b + attention_flops(m, full * b, full / 2)
-        flops_hit = 2 * m.active_params * new * b + attention_flops(m, new * b, prefix + new / 2)
-        return est.latency_s, hit_prefill_s(est.latency_s, est.static_s, flops_full, flops_hit)
+        """(cold prefill of the full input, prefill of the new tokens behind the resident prefix)."""
+        n = max(round(new), 1)
+        return prefill(dep, max(full, 1), b).latency_s, reuse_prefill(dep, n, max(full - n, 0), b).latency_s
 
     def price(o: PlanOp, c: OpCandidate, site: KvSite) -> Priced | None:
         if not o.model or not o.dtype:

@@ -158,7 +158,12 @@ def assignment_of(graph: PlanningGraph, pools: list[PoolEntry], where: str, erro
                 raise PlanRejected(f"{where}: pools[{i}].ops[{j}].op: '{m.op}' is not an op of the agent the plan "
                                    f"records; re-plan it")
             o = graph.op(m.op)
-            k = _candidate(graph, m.op, p, (kv_policies or {}).get(m.op, "recompute"))
+            policy = (kv_policies or {}).get(m.op, "recompute")
+            named = p.name.rsplit("-kv-", 1)[1] if "-kv-" in p.name else "recompute"
+            if is_dedicated(o.kind) and named != policy:  # the pool's own name says how it keeps prefixes
+                raise PlanRejected(f"{where}: pools[{i}] ({p.name}) keeps prefixes by '{named}' but op '{m.op}' "
+                                   f"records kv.policy '{policy}'; re-plan with `terrazzo plan ... -o`")
+            k = _candidate(graph, m.op, p, policy)
             if k is None:
                 have = sorted({c.label for c in o.candidates if c.device == p.device})[:6]
                 raise PlanRejected(f"{where}: pools[{i}] ({p.name}): the cost model has no candidate "
