@@ -517,12 +517,17 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same result")] = 0,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="folder for report.json, CSVs and PNGs")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    kv_policy: Annotated[str | None, typer.Option(help="KV policy for every LLM op instead of the plan's: recompute, "
+                                                  "retain, host or disk")] = None,
+    cache_aware: Annotated[bool, typer.Option(help="route LLM calls to the replica holding their prefix "
+                                              "(--no-cache-aware: least loaded)")] = True,
 ) -> None:
     """Discrete-event simulation of a plan: latency against the SLA, where it breaks, utilisation, cost."""
     from terrazzo.sim.simulate_command import simulate_command
 
     report = simulate_command(str(plan_file), rate, duration, str(trace) if trace else None, seed,
-                              str(out) if out else None, progress=not as_json)
+                              str(out) if out else None, progress=not as_json, kv_policy=kv_policy,
+                              cache_aware=cache_aware)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return verdict(report.meets_sla)
