@@ -112,3 +112,42 @@ def test_a_pinned_loop_prefix_is_never_evicted(ops: list, cap: int, host: int, d
     assert r.lookup(loop[:kept], now=1e9).blocks[0] == sum(b for _, b in loop[:kept])
     r.unpin(pinned)
     assert r.pinned_blocks == 0
+
+
+def test_demote_offloads_unpinned_entries() -> None:
+    r = device(20, host=20)
+    r.insert(chain("a", 5, 5), now=0.0)
+    r.pin(["a0"])
+    assert r.demote(["a0", "a1"], 1, now=1.0) == 5  # a0 is pinned: it stays
+    assert (r.resident("a0"), r.resident("a1")) == ("device", "host")
+    assert r.lookup(chain("a", 5, 5), now=2.0).blocks == (5, 5, 0)
+    with pytest.raises(ValueError, match="demote"):
+        r.demote(["a0"], 0, now=3.0)
+
+
+def test_prefix_affinity_picks_the_longest_resident_head() -> None:
+    from terrazzo.kv.residency import prefix_affinity
+    from terrazzo.kv.routing import ReplicaLoad, Router
+
+    reps = [device(100) for _ in range(3)]
+    reps[1].insert(chain("s", 10), now=0.0)
+    reps[2].insert(chain("s", 10, 4), now=0.0)
+    want = chain("s", 10, 4, 3)
+    router = Router(prefix_affinity(reps, lambda _k: want), affinity_slack=2)
+    loads = [ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 2)]
+    assert router.pick_replica(loads, key="k") == 2
+    assert router.pick_replica([ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 3)], key="k") == 0  # overloaded
+    assert router.pick_replica(loads, key=None) == 0
+    assert prefix_affinity(reps, lambda _k: chain("x", 5))("k", loads) is None
+
+
+def test_resize_evicts_down_to_the_new_capacity_but_keeps_pins() -> None:
+    r = device(30)
+    r.insert(chain("a", 10), now=0.0)
+    r.insert(chain("b", 10), now=1.0)
+    r.pin(["a0"])
+    r.resize(0, 5, now=2.0)  # the running batch took the rest
+    assert r.resident("a0") == "device" and r.resident("b0") is None and r.used[0] == 10
+    r.unpin(["a0"])
+    r.resize(0, 5, now=3.0)
+    assert r.used[0] == 0

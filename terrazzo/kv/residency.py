@@ -15,14 +15,20 @@ per key; the simulator one key per segment (a system prompt, a conversation up t
 - Eviction: least recently used first; among entries used at the same moment, the deepest of a chain
   first (its tail), so a chain shrinks from its end and never leaves an unreachable tail behind (the
   order vLLM's prefix cache frees blocks in). An entry evicted from one tier moves to the next enabled
-  one (device → host → disk), where it may evict in turn; from the last it is dropped.
+  one (device → host → disk), where it may evict in turn; from the last it is dropped. `demote` moves
+  entries down on purpose (a plan's `host`/`disk` policy offloads a prefix during a tool call); `resize`
+  changes a tier's capacity (on a replica the device tier is what the running batch leaves free).
+- `prefix_affinity(replicas, chain_of)`: the `kv.routing.Affinity` built on residency: the replica
+  holding the longest head of the call's chain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
+
+from terrazzo.kv.routing import Affinity, ReplicaLoad
 
 TIERS = ("device", "host", "disk")
 DEVICE, HOST, DISK = 0, 1, 2
@@ -198,6 +204,35 @@ class Residency:
             if e is not None and e.pins:
                 self._release(e)
 
+    def demote(self, keys: Iterable[Hashable], tier: int, now: float) -> int:
+        """Offload the unpinned device entries among `keys` to `tier` (HOST or DISK), as a plan's `host` or
+        `disk` KV policy does during a tool call; returns the blocks moved (an entry that does not fit
+        there is dropped)."""
+        if not DEVICE < tier < len(TIERS):
+            raise ValueError(f"demote to host ({HOST}) or disk ({DISK}), not tier {tier}")
+        moved = 0
+        for key in keys:
+            e = self.entries.get(key)
+            if e is None or e.tier != DEVICE or e.pins:
+                continue
+            self._remove(e)
+            if self.capacity[tier] > 0 and self._place(e, tier, now):
+                moved += e.blocks
+            else:
+                del self.entries[key]
+                self.counters.dropped_blocks += e.blocks
+        return moved
+
+    def resize(self, tier: int, capacity_blocks: int, now: float) -> None:
+        """Set a tier's capacity (the device's shrinks while the running batch holds blocks), evicting its
+        least recently used unpinned entries down to it; pinned entries stay even past it."""
+        self.capacity[tier] = max(0, capacity_blocks)
+        while self.used[tier] > self.capacity[tier]:
+            victim = self._victim(tier)
+            if victim is None:
+                return
+            self._evict(victim, now)
+
     def drop(self, key: Hashable) -> bool:
         """Forget `key` (a session that ended, a TTL that ran out); a pinned entry stays."""
         e = self.entries.get(key)
@@ -270,3 +305,21 @@ class Residency:
                 break
         del self.entries[e.key]
         self.counters.dropped_blocks += e.blocks
+
+
+def prefix_affinity(replicas: Sequence[Residency], chain_of: Callable[[str], Sequence[Segment]],
+                    min_blocks: int = 1) -> Affinity:
+    """A `kv.routing.Affinity`: the replica (index into `replicas`) holding the most blocks at the head of
+    the call's chain (`chain_of(key)`), in any tier; ties go to the less loaded, then the lower index.
+    None when no replica holds `min_blocks`: the router then takes the least loaded."""
+
+    def pick(key: str, loads: Sequence[ReplicaLoad]) -> int | None:
+        chain = chain_of(key)
+        best: tuple[int, int, int] | None = None
+        for r in loads:
+            depth = replicas[r.replica].match_depth(chain)
+            if depth >= min_blocks and (best is None or (-depth, r.in_flight, r.replica) < best):
+                best = (-depth, r.in_flight, r.replica)
+        return best[2] if best is not None else None
+
+    return pick

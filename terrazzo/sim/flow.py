@@ -130,12 +130,19 @@ def _reach_back(dag: dict[str, list[str]], end: str) -> set[str]:
 
 
 class Request:
-    __slots__ = ("done_s", "id", "llm_ok", "t_arrival", "tokens")
+    """One request; `session` (its id) and `history` (new input, output of its earlier LLM calls and its
+    session's, oldest first) size its conversation prefix; `pins`: KV it holds pinned between calls."""
 
-    def __init__(self, rid: int, t_arrival: float, tokens: tuple[int, int] | None) -> None:
+    __slots__ = ("done_s", "history", "id", "llm_ok", "pins", "session", "t_arrival", "tokens")
+
+    def __init__(self, rid: int, t_arrival: float, tokens: tuple[int, int] | None, session: Any = None,
+                 history: list[tuple[int, int]] | None = None) -> None:
         self.id, self.t_arrival, self.tokens = rid, t_arrival, tokens
         self.llm_ok = True  # every LLM call met its TTFT and TBT limits
         self.done_s = -1.0
+        self.session = session if session is not None else ("request", rid)
+        self.history: list[tuple[int, int]] = history if history is not None else []
+        self.pins: list[tuple[Any, int, list[Any], bool]] = []  # (pool KV, lane, keys, whole prefix)
 
 
 class Run:

@@ -115,7 +115,7 @@ class Seq:
     generated), `done` of them are computed; `out` tokens are generated. A decode pool receives the
     sequence with its KV (done = need) and its first token (out = 1)."""
 
-    __slots__ = ("arg", "blocks", "ctx0", "done", "end_step", "fn", "gen", "isl", "kv", "need", "osl", "out",
+    __slots__ = ("arg", "blocks", "ctx0", "done", "end_step", "fn", "gen", "isl", "kv", "need", "note", "osl", "out",
                  "preemptions", "state", "t_admit", "t_call", "t_done", "t_first", "t_submit")
 
     def __init__(self, isl: int, osl: int, fn: Done, arg: Any, now: float) -> None:
@@ -130,6 +130,7 @@ class Seq:
         self.gen = 0  # bumped on preemption: stale heap and admission entries are skipped
         self.state = 0  # 0 waiting, 1 prefilling, 2 decoding, -1 finished
         self.preemptions = 0
+        self.note: Any = None  # the caller's (the KV layer's record of where the call's prefix went)
 
 
 class _PrefillLane:
@@ -170,14 +171,16 @@ class LlmPool:
 
     # routing ----------------------------------------------------------------------------------
 
-    def submit(self, seq: Seq) -> None:
-        """Route to the least-loaded lane (queued prompt tokens for prefill, sequences otherwise)."""
-        r = int(self.load.argmin())
+    def submit(self, seq: Seq, lane_index: int | None = None) -> None:
+        """Route to `lane_index` (the KV-aware router's pick, `kv_reuse.PoolKv`), else to the least-loaded
+        lane (queued prompt tokens for prefill, sequences otherwise). A sequence whose prefix was found
+        in KV arrives with `done` > 0: only `need - done` tokens are prefilled."""
+        r = int(self.load.argmin()) if lane_index is None else lane_index
         lane = self.lanes[r]
         seq.t_submit = self.env.now
         if self.mode == "prefill":
             lane.waiting.append(seq)
-            self.load[r] += seq.isl
+            self.load[r] += seq.isl - seq.done
             if lane.t0 < 0:
                 self._prefill_start(r)
             return
@@ -198,12 +201,13 @@ class LlmPool:
         batch: list[Seq] = []
         tokens = sq = 0
         while lane.waiting and len(batch) < self.max_batch and (
-                not batch or tokens + lane.waiting[0].isl <= self.token_budget):
+                not batch or tokens + lane.waiting[0].isl - lane.waiting[0].done <= self.token_budget):
             s = lane.waiting.popleft()
             s.t_admit = now
             batch.append(s)
-            tokens += s.isl
-            sq += s.isl * s.isl
+            c = s.isl - s.done  # the new tokens; their attention also reads the cached `done`
+            tokens += c
+            sq += c * c + 2 * c * s.done
         dt = self.cost.prefill_s(tokens, sq)
         lane.t0, lane.dt, lane.prefilling = now, dt, batch
         self.env.schedule(dt, self._prefill_end, r)
@@ -216,7 +220,7 @@ class LlmPool:
         lane.t0 = -1.0
         for s in batch:
             s.t_first = s.t_done = now
-            self.load[r] -= s.isl
+            self.load[r] -= s.isl - s.done
             self.visits.add(s.t_submit, s.t_admit - s.t_submit, now - s.t_admit)
         if lane.waiting:
             self._prefill_start(r)

@@ -113,6 +113,22 @@ class LinkStats:
     utilisation_max: float
 
 
+@dataclass(frozen=True)
+class KvStats:
+    """KV reuse on one LLM pool over the whole run (warm-up included): share of looked-up prefix tokens
+    found resident, by tier, and the planner's expectation where the plan records one."""
+
+    pool: str
+    policy: str
+    hit_rate: float
+    planned_hit_rate: float | None
+    lookups: int
+    hit_tokens: dict[str, int]
+    missed_tokens: int
+    evicted_tokens: int
+    calls_per_replica: list[int]
+
+
 @dataclass
 class Records:
     """Raw per-request and per-LLM-call arrays (measured window only), for files and figures."""
@@ -155,6 +171,7 @@ class SimReport:
     records: Records = field(repr=False)
     figures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kv: list[KvStats] = field(default_factory=list)
 
     @property
     def sim_requests_per_wall_s(self) -> float:
@@ -192,6 +209,11 @@ class SimReport:
         for link in self.links:
             t.add_row(f"link · {link.name}", "", "", "", "", f"util {link.utilisation_mean:.0%} "
                       f"(max {link.utilisation_max:.0%})", "")
+        for k in self.kv:
+            planned = f" (planned {k.planned_hit_rate:.0%})" if k.planned_hit_rate is not None else ""
+            lower = sum(v for tier, v in k.hit_tokens.items() if tier != "device")
+            below = f" · {lower / max(sum(k.hit_tokens.values()), 1):.0%} of hits from host/disk" if lower else ""
+            t.add_row(f"KV · {k.pool} ({k.policy})", "", "", "", "", f"hit {k.hit_rate:.0%}{planned}{below}", "")
         verdict = "[green]meets its SLA[/]" if self.meets_sla else "[red]misses its SLA[/]"
         unfinished = f" ({self.unfinished} unfinished)" if self.unfinished else ""
         t.caption = (f"{self.requests} requests measured{unfinished} · attainment {self.attainment:.2%} · {verdict}"
@@ -305,9 +327,22 @@ def report_from(sim: Simulation) -> SimReport:
         Records(req, calls), notes=list(sim.notes))
     if c.arrival == "trace" and c.rate_per_s is None:
         report.rate_per_s = measured / window_s if window_s else math.nan
+    report.kv = _kv(sim)
     report.breaks = _breaks(report)
     report.meets_sla = not report.breaks
     return report
+
+
+def _kv(sim: Simulation) -> list[KvStats]:
+    out = []
+    for name, pkv in sim.kv_pools.items():
+        ops = [p for places in sim.model.placements.values() for p in places if p.pool == name]
+        policies = sorted({sim.config.kv_policy or p.kv.policy for p in ops} - {"recompute"}) or ["recompute"]
+        planned = [p.kv.hit_rate for p in ops if p.kv.hit_rate is not None]
+        st = pkv.stats()
+        out.append(KvStats(name, "/".join(policies), st["hit_rate"], planned[0] if planned else None, st["lookups"],
+                           st["hit_tokens"], st["missed_tokens"], st["evicted_tokens"], st["calls_per_replica"]))
+    return out
 
 
 def _links(sim: Simulation, window_s: float) -> list[LinkStats]:

@@ -105,14 +105,16 @@ class BlockManager:
     Two kinds of holder: a sequence being prefilled holds `seq.blocks` explicitly (`allocate`/`free`);
     the decoding batch holds, at lane step s, Σ ceil((ctx0 + s) / block_size) over its sequences (the
     blocks their next step writes into), kept implicitly (`join`/`leave`) so that a span of steps is
-    checked without touching every sequence. `preempt` picks the victim: the latest admitted. The KV-cache
-    layer (residency, pinning, tiers) hooks in here.
+    checked without touching every sequence. `preempt` picks the victim: the latest admitted. Prefixes
+    that the KV-cache layer pins between an agent's calls (`sim/kv_reuse.py`) are taken from `total`
+    (`pin`); `capacity` is the lane's whole KV.
     """
 
-    __slots__ = ("base_sum", "block_size", "fixed", "n", "residues", "total")
+    __slots__ = ("base_sum", "block_size", "capacity", "fixed", "n", "residues", "total")
 
     def __init__(self, total: int, block_size: int) -> None:
         self.total, self.block_size = total, block_size
+        self.capacity = total
         self.fixed = 0  # blocks held by sequences being prefilled
         self.n = 0  # decoding sequences
         self.base_sum = 0  # Σ ctx0 over them
@@ -120,6 +122,10 @@ class BlockManager:
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
+
+    def pin(self, blocks: int) -> None:
+        """`blocks` of the lane's KV are held by pinned prefixes (a running batch over the rest is preempted)."""
+        self.total = self.capacity - blocks
 
     # explicit holders (prefill) -----------------------------------------------------------------
 
@@ -252,10 +258,10 @@ class Lane:
 
     def check_fits(self, seq: Any) -> None:
         """A sequence whose whole context cannot fit the lane's KV can never finish: say so up front."""
-        if self.paged and self.blocks.blocks_for(seq.isl + seq.osl) > self.blocks.total:
+        if self.paged and self.blocks.blocks_for(seq.isl + seq.osl) > self.blocks.capacity:
             raise ValueError(f"a sequence of {seq.isl} + {seq.osl} tokens needs "
                              f"{self.blocks.blocks_for(seq.isl + seq.osl)} KV blocks of {self.sched.block_size} "
-                             f"tokens; the lane has {self.blocks.total}")
+                             f"tokens; the lane has {self.blocks.capacity}")
 
     def _room(self, seq: Any, tokens: int, running: int) -> bool:
         """Reserve KV for admitting `seq` with its first `tokens` tokens (paged) or its whole context."""

@@ -14,6 +14,8 @@ from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.plan.recheck import resolve_input
 from terrazzo.plan_file import PoolEntry, op_shares, plan_pools, read_plan_json
+from terrazzo.sim.kv_reuse import KV_POLICIES as KV_REUSE_POLICIES
+from terrazzo.sim.kv_reuse import KvOpPolicy
 from terrazzo.sim.schedulers import KV_POLICIES, POLICIES, Scheduler, engine_scheduler
 from terrazzo.spec.agent import Agent, LlmNode
 from terrazzo.spec.cluster import Cluster
@@ -43,6 +45,7 @@ class PlannedOp:
     pool: str = ""
     share: float = 1.0
     scheduler: Scheduler = field(default_factory=Scheduler)
+    kv: KvOpPolicy = field(default_factory=KvOpPolicy)  # plan v2 `ops[].kv`; absent: recompute
 
     @property
     def label(self) -> str:
@@ -90,7 +93,7 @@ def _ops(plan: dict[str, Any], pools: dict[str, PoolEntry]) -> dict[str, list[Pl
                                    p.replicas, float(o["visits"]), lat.get(p.name, float(o["latency_s"])),
                                    p.usd_h, p.name, share,
                                    scheduler_of(o, {"engine": p.engine, "engine_version": p.engine_version, **p.extra},
-                                                batch.get(p.name, p.batch)))
+                                                batch.get(p.name, p.batch)), kv_policy_of(o))
                          for p, share in sorted(mine, key=lambda x: -x[1])]
     except (KeyError, TypeError, ValueError) as exc:
         raise SimError(f"plan ops are malformed ({exc!r}); write the plan with `terrazzo plan ... -o plan.json`"
@@ -99,6 +102,24 @@ def _ops(plan: dict[str, Any], pools: dict[str, PoolEntry]) -> dict[str, list[Pl
     if missing:
         raise SimError(f"plan pools serve ops the plan does not list ({', '.join(missing)}); re-plan it")
     return out
+
+
+def kv_policy_of(op: dict[str, Any]) -> KvOpPolicy:
+    """An op's `kv` entry (plan file v2, written by the planner): what the replica keeps after the call."""
+    raw = op.get("kv")
+    if raw is None:
+        return KvOpPolicy()
+    where = f"plan op '{op.get('name', '?')}'"
+    if not isinstance(raw, dict):
+        raise SimError(f"{where}: field 'kv' must be an object with a 'policy'; re-plan to refresh the plan")
+    policy = raw.get("policy", "recompute")
+    if policy not in KV_REUSE_POLICIES:
+        raise SimError(f"{where}: field 'kv.policy' is {policy!r}; use one of {', '.join(KV_REUSE_POLICIES)}")
+    hit = raw.get("hit_rate")
+    try:
+        return KvOpPolicy(policy, float(hit) if hit is not None else None)
+    except (TypeError, ValueError):
+        raise SimError(f"{where}: field 'kv.hit_rate' must be a number in [0, 1], got {hit!r}") from None
 
 
 def scheduler_of(op: dict[str, Any], pool: dict[str, Any] | None, batch: int) -> Scheduler:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from terrazzo.errors import SimError
+from terrazzo.sim.kv_reuse import KV_POLICIES
 from terrazzo.sim.results import PlanCheck, SimReport, plan_check_from, simulate
 from terrazzo.sim.sim_inputs import SimModel, load_model, model_from_plan
 from terrazzo.sim.simulation import SimConfig
@@ -23,19 +25,25 @@ CHECK_MAX_DURATION_S = 1800.0
 
 
 def simulate_command(plan_path: str, rate: float | None, duration_s: float | None, trace: str | None, seed: int,
-                     out_dir: str | None, progress: bool) -> SimReport:
+                     out_dir: str | None, progress: bool, kv_policy: str | None = None,
+                     cache_aware: bool = True) -> SimReport:
     """`terrazzo simulate PLAN.json --rate R --duration S | --trace FILE [--seed N] [--out DIR]`.
 
     Without --trace: Poisson arrivals (or the plan workload's gamma process) at `rate` (default: the
     plan's rate) for `duration_s` (default 300 s). With --trace: the trace's arrivals and token counts,
-    rescaled to `rate` when given, for `duration_s` or the trace's span, whichever is shorter."""
+    rescaled to `rate` when given, for `duration_s` or the trace's span, whichever is shorter. `kv_policy`
+    replaces every LLM op's KV policy (recompute, retain, host, disk); `cache_aware` False routes LLM calls
+    to the least-loaded replica whatever it holds."""
     model = load_model(plan_path)
     _recheck(model, plan_path)
     if rate is not None and not rate > 0:
         raise SimError(f"--rate must be positive, got {rate:g} requests/s")
     if duration_s is not None and not duration_s > 0:
         raise SimError(f"--duration must be positive, got {duration_s:g} s")
-    config = _config(model, rate, duration_s, trace, seed, progress)
+    if kv_policy is not None and kv_policy not in KV_POLICIES:
+        raise SimError(f"--kv-policy is {kv_policy!r}; use one of {', '.join(KV_POLICIES)}")
+    config = replace(_config(model, rate, duration_s, trace, seed, progress), kv_policy=kv_policy,
+                     cache_aware=cache_aware)
     report = simulate(model, config)
     if out_dir:
         write_outputs(report, Path(out_dir))
@@ -104,10 +112,10 @@ def write_outputs(report: SimReport, out: Path) -> list[Path]:
     rows: list[tuple] = []
     for node, c in report.records.calls.items():
         rows += zip(c["request"].astype(int), [node] * len(c["request"]), c["arrival_s"], c["ttft_s"], c["tbt_s"],
-                    c["isl"].astype(int), c["osl"].astype(int), strict=True)
+                    c["isl"].astype(int), c["osl"].astype(int), c["cached"].astype(int), strict=True)
     rows.sort(key=lambda r: (r[0], r[1]))
-    _csv(out / "llm_calls.csv", ["request", "node", "arrival_s", "ttft_s", "tbt_s", "input_tokens", "output_tokens"],
-         rows)
+    _csv(out / "llm_calls.csv", ["request", "node", "arrival_s", "ttft_s", "tbt_s", "input_tokens", "output_tokens",
+                                 "cached_tokens"], rows)
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return [out / "report.json", out / "requests.csv", out / "llm_calls.csv", *figures]
 

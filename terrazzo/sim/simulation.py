@@ -29,16 +29,22 @@ from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.sim.arrivals import renewal_times, trace_times
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.flow import CNode, Flow, Request, Token, compile_graph
+from terrazzo.sim.kv_reuse import PoolKv, Shared, call_chain
 from terrazzo.sim.links import Link
 from terrazzo.sim.pools import LlmPool, Seq, ServerPool
-from terrazzo.sim.sampling import token_draws, uniform_draws
+from terrazzo.sim.sampling import dist_draws, stream, token_draws, uniform_draws
 from terrazzo.sim.service_times import LlmCost, OpService
 from terrazzo.sim.sim_inputs import PREVIOUS_TOKEN_BUDGET, PlannedOp, SimModel
 from terrazzo.sim.traces import Trace
-from terrazzo.spec.agent import LlmNode, Node
+from terrazzo.spec.agent import SHARED_SOURCES, LlmNode, Node
 from terrazzo.spec.distributions import Dist
+from terrazzo.spec.prefix import has_conversation, prefix_tokens
 
 PREFILL_TOKEN_BUDGET = 8192  # prompt tokens per prefill iteration of an aggregated replica (engine setting)
+# KV tiers below the device, as multiples of the replica's device KV: what a GPU server has per GPU of HBM.
+# derived: NVIDIA DGX H100 datasheet (https://resources.nvidia.com/en-us-dgx-systems/ai-enterprise-dgx):
+# 2 TB system memory and 30.72 TB internal NVMe for 8 × 80 GB HBM3 = 640 GB, i.e. 3.2× and 48×.
+HOST_PER_DEVICE_KV, DISK_PER_DEVICE_KV = 3.2, 48.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class SimConfig:
     drain_s: float | None = None
     progress: bool = False
     prefill_token_budget: int = PREFILL_TOKEN_BUDGET
+    kv_policy: str | None = None  # every LLM op's KV policy instead of the plan's (recompute, retain, host, disk)
+    cache_aware: bool = True  # route an LLM call to the replica holding its prefix (False: least loaded)
 
     @property
     def warmup(self) -> float:
@@ -195,23 +203,67 @@ class LlmStage(Stage):
         self.ttft_limit = ttft_limit_s if ttft_limit_s is not None else math.inf
         self.tbt_limit = tbt_limit_s if tbt_limit_s is not None else math.inf
         self.ttft_limit_s, self.tbt_limit_s = ttft_limit_s, tbt_limit_s
-        self.calls = {k: array("d") for k in ("arrival_s", "request", "ttft_s", "tbt_s", "isl", "osl")}
+        self.calls = {k: array("d") for k in ("arrival_s", "request", "ttft_s", "tbt_s", "isl", "osl", "cached",
+                                              "pinned", "prefix")}
+        self.spec = spec
+        self.shared = [Shared(p.name or "", max(0, round(p.tokens.expected if p.tokens else 0)))
+                       for p in spec.prefix if p.source in SHARED_SOURCES]
+        self.conversation = has_conversation(spec)
+        self.kv_policy = sim.config.kv_policy or first.planned.kv.policy
 
     def start(self, tok: Token) -> None:
         req = tok.run.req  # type: ignore[union-attr]
         if req.tokens is not None:
-            isl, osl = req.tokens
+            new_in, osl = req.tokens
         else:
-            isl, osl = int(self.isl_draw()), int(self.osl_draw())
+            new_in, osl = int(self.isl_draw()), int(self.osl_draw())
+        history = req.history
+        isl = new_in + round(prefix_tokens(self.spec, history).total)  # the full input: prefix + what is new
         env = self.sim.env
         if self.agg is not None:
-            agg = self.routers["aggregated"].pick()
-            tok.pred_s += agg.planned.latency_s * osl / self.osl_mean
-            agg.pool.submit(Seq(isl, osl, self._callback(agg, self._decoded), tok, env.now))
+            op = self.routers["aggregated"].pick()
+            tok.pred_s += op.planned.latency_s * osl / self.osl_mean
+            seq = Seq(isl, osl, self._callback(op, self._decoded), tok, env.now)
         else:
-            pre = self.routers["prefill"].pick()
-            tok.pred_s += pre.planned.latency_s * isl / self.isl_mean
-            pre.pool.submit(Seq(isl, osl, self._callback(pre, self._prefilled), tok, env.now))
+            op = self.routers["prefill"].pick()
+            tok.pred_s += op.planned.latency_s * new_in / self.isl_mean
+            seq = Seq(isl, osl, self._callback(op, self._prefilled), tok, env.now)
+        pkv = self.sim.pool_kv(op, self) if self.kv_policy != "recompute" else None
+        seq.note = (pkv, -1, new_in, len(history), 0, False)
+        if pkv is None:
+            op.pool.submit(seq)
+            return
+        chain, _ = call_chain(self.shared, req.session, history if self.conversation else (), pkv.block_size)
+        look = pkv.route(chain, isl - new_in, isl, env.now, True)
+        held = [h for h in req.pins if h[0] is pkv]
+        for h in held:  # the request's next call here has read its prefix: the pin's job is done
+            req.pins.remove(h)
+            pkv.release(h[1], h[2])
+        pinned_here = any(h[1] == look.lane and h[3] for h in held)  # its whole prefix was pinned there
+        seq.done = look.cached_tokens
+        seq.note = (pkv, look.lane, new_in, len(history), look.cached_tokens, pinned_here)
+        if look.transfer_s > 0:  # read back from host or disk before the prefill
+            env.schedule(look.transfer_s, self._submit_at, (op, seq, look.lane))
+        else:
+            op.pool.submit(seq, look.lane)
+
+    @staticmethod
+    def _submit_at(item: tuple[Op, Seq, int]) -> None:
+        op, seq, lane = item
+        op.pool.submit(seq, lane)
+
+    def _keep(self, seq: Seq, tok: Token, generated: int) -> None:
+        """The call is done on its lane: keep its context there as the op's KV policy says."""
+        pkv, lane, new_in, n_hist, _, _ = seq.note
+        req = tok.run.req  # type: ignore[union-attr]
+        if pkv is None or lane < 0:
+            return
+        history = req.history[:n_hist] if self.conversation else ()
+        chain, _ = call_chain(self.shared, req.session, history, pkv.block_size,
+                              (new_in, generated) if self.conversation else None)
+        pinned = pkv.keep(lane, chain, self.sim.env.now, self.kv_policy, pin=self.kv_policy == "retain")
+        if pinned:
+            req.pins.append((pkv, lane, pinned, len(pinned) == len(chain)))
 
     def _callback(self, op: Op, fn: Any) -> Any:
         """`fn(seq, lane, op)` as the pool's `fn(seq, lane)`, made once per pool and step."""
@@ -223,6 +275,7 @@ class LlmStage(Stage):
 
     def _prefilled(self, seq: Seq, lane: int, pre: Op) -> None:
         tok: Token = seq.arg
+        self._keep(seq, tok, 0)  # the prompt's KV stays on the prefill replica; the output's is decoded elsewhere
         if seq.osl <= 1:
             self._record(seq, tok)
             self.finish(tok, pre, lane // pre.planned.pp)
@@ -240,6 +293,8 @@ class LlmStage(Stage):
 
     def _decoded(self, seq: Seq, lane: int, op: Op) -> None:
         tok: Token = seq.arg
+        if self.agg is not None:
+            self._keep(seq, tok, seq.osl)
         self._record(seq, tok)
         self.finish(tok, op, lane // op.planned.pp)
 
@@ -256,6 +311,11 @@ class LlmStage(Stage):
         c["tbt_s"].append(tbt)
         c["isl"].append(seq.isl)
         c["osl"].append(seq.osl)
+        note = seq.note
+        c["cached"].append(float(note[4]))
+        c["pinned"].append(1.0 if note[5] else 0.0)
+        c["prefix"].append(float(seq.isl - note[2]))
+        req.history.append((note[2], seq.osl))  # the conversation grows by this call's new input and output
 
 
 _CHAIN_ORDER = {"lookup": 0, "embed": 0, "compute": 1, "search": 1}
@@ -309,6 +369,12 @@ class Simulation:
         self.measured = 0  # arrivals in [warmup, duration)
         self.snapshots: dict[str, dict[str, tuple[float, float]]] = {}
         self.wall_s = 0.0
+        self.kv_pools: dict[str, PoolKv] = {}
+        self.sessions = model.workload.sessions if config.arrival != "trace" else None
+        self._turns_left: dict[Any, int] = {}
+        if self.sessions is not None:
+            self._turn_rng = stream(config.seed, "session.turns")
+            self._think = dist_draws(self.sessions.think_time_s, config.seed, "session.think_time_s")
 
     # building ---------------------------------------------------------------------------------
 
@@ -373,6 +439,23 @@ class Simulation:
             a.next = b
         return stages[0]
 
+    def pool_kv(self, op: Op, stage: LlmStage) -> PoolKv:
+        """The KV residency and router of `op`'s pool, made on its first call that reuses KV. The device tier
+        is the lane's KV; host and disk tiers are enabled by the policy that needs them."""
+        pkv = self.kv_pools.get(op.planned.pool)
+        if pkv is None:
+            pool: LlmPool = op.pool
+            bs = pool.sched.block_size
+            lane = pool.lanes[0]
+            device = lane.blocks.capacity if hasattr(lane, "blocks") else int(min(pool.kv_tokens, 1 << 40) // bs)
+            policy = stage.kv_policy
+            pkv = self.kv_pools[op.planned.pool] = PoolKv(
+                pool.lanes, bs, device, stage.kv_bytes_per_token,
+                host_blocks=int(HOST_PER_DEVICE_KV * device) if policy == "host" else 0,
+                disk_blocks=int(DISK_PER_DEVICE_KV * device) if policy == "disk" else 0,
+                cache_aware=self.config.cache_aware)
+        return pkv
+
     # running ----------------------------------------------------------------------------------
 
     def goto(self, tok: Token, stage: Stage) -> None:
@@ -389,6 +472,15 @@ class Simulation:
             stage.start(tok)
 
     def _done(self, req: Request, pred_s: float) -> None:
+        for pkv, lane, keys, _ in req.pins:  # the request's loop is over: its prefix is no longer pinned
+            pkv.release(lane, keys)
+        req.pins.clear()
+        left = self._turns_left.pop(req.session, 0)
+        if left > 0:  # the session's next turn, after the user's think time
+            think = self._think()
+            if self.env.now + think < self.config.duration_s:
+                self._turns_left[req.session] = left - 1
+                self.env.schedule(think, self._turn, (req.session, req.history))
         r = self.requests
         r["id"].append(req.id)
         r["arrival_s"].append(req.t_arrival)
@@ -406,18 +498,30 @@ class Simulation:
         if c.arrival not in ("poisson", "gamma"):
             raise SimError(f"unknown arrival process {c.arrival!r}; use poisson, gamma or trace")
         rate = c.rate_per_s if c.rate_per_s is not None else self.model.rate_per_s
+        if self.sessions is not None:  # the rate counts turns; sessions open at rate / E[turns]
+            rate = self.sessions.session_rate_per_s(rate)
         return renewal_times(rate, c.cv if c.arrival == "gamma" else 1.0, c.duration_s, c.seed)
 
     def _arrive(self, item: tuple[Iterator, tuple[int, int] | None]) -> None:
         it, tokens = item
-        req = Request(self.arrived, self.env.now, tokens)
+        session = None
+        if self.sessions is not None:
+            session = ("session", self.arrived)
+            self._turns_left[session] = self.sessions.draw_turns(self._turn_rng) - 1
+        self._start(tokens, session, None)
+        nxt = next(it, None)
+        if nxt is not None:
+            self.env.at(nxt[0], self._arrive, (it, nxt[1]))
+
+    def _turn(self, item: tuple[Any, list[tuple[int, int]]]) -> None:
+        self._start(None, item[0], item[1])
+
+    def _start(self, tokens: tuple[int, int] | None, session: Any, history: list[tuple[int, int]] | None) -> None:
+        req = Request(self.arrived, self.env.now, tokens, session, history)
         self.arrived += 1
         if self.config.warmup <= req.t_arrival < self.config.duration_s:
             self.measured += 1
         self.flow.start(req)
-        nxt = next(it, None)
-        if nxt is not None:
-            self.env.at(nxt[0], self._arrive, (it, nxt[1]))
 
     def _snapshot(self, label: str) -> None:
         snap = {name: (pool.busy_s(), pool.occupancy_s()) for name, pool in self.pools.items()}

@@ -30,8 +30,41 @@ class NodeBase(Strict):
     )
 
 
+PrefixName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)]
+SHARED_SOURCES = ("system_prompt", "context")
+
+
+class PrefixSource(Strict):
+    """A part of an LLM call's input that an earlier call may already have in KV (spec/prefix.py sizes it).
+
+    `system_prompt` and `context` are shared by every node (and sub-agent) naming the same `name`;
+    `conversation` is the request's (and session's) earlier LLM calls, their new input and output.
+    """
+
+    source: Literal["system_prompt", "conversation", "context"]
+    name: PrefixName | None = Field(default=None, description="nodes naming the same name share its KV")
+    tokens: TokensDist | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> PrefixSource:
+        if self.source == "conversation":
+            if self.name is not None or self.tokens is not None:
+                raise ValueError("a conversation prefix takes neither 'name' nor 'tokens' (its size is the earlier "
+                                 "LLM calls' input and output); write just {source: conversation}")
+        else:
+            missing = [k for k in ("name", "tokens") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a {self.source} prefix needs 'name' (shared by every node naming it) and "
+                                 f"'tokens' (its size); missing {', '.join(missing)}")
+        return self
+
+
 class LlmNode(NodeBase):
-    """One LLM call; the IR splits it into prefill, KV transfer and decode."""
+    """One LLM call; the IR splits it into prefill, KV transfer and decode.
+
+    `input_tokens` is what is new in this call; `prefix` lists what sits in front of it (default: nothing,
+    every call a cold prefill of `input_tokens`).
+    """
 
     kind: Literal["llm"]
     model: str
@@ -39,6 +72,20 @@ class LlmNode(NodeBase):
     input_tokens: TokensDist
     output_tokens: TokensDist
     serving: Literal["auto", "aggregated", "disaggregated"] = "auto"
+    prefix: list[PrefixSource] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _prefix_order(self) -> LlmNode:
+        kinds = [p.source for p in self.prefix]
+        if kinds.count("conversation") > 1:
+            raise ValueError("prefix names 'conversation' twice; list it once")
+        if "conversation" in kinds and kinds[-1] != "conversation":
+            raise ValueError("prefix: 'conversation' must come last (system prompts and contexts sit in front of it)")
+        names = [p.name for p in self.prefix if p.name is not None]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"prefix names '{dup}' twice; list each shared prefix once")
+        return self
 
 
 class ToolNode(NodeBase):
@@ -241,7 +288,30 @@ class AgentGraph(Strict):
                     n.graph.check()
                 except GraphError as exc:
                     raise GraphError(str(exc), ("nodes", i, "graph", *exc.loc), exc.fix) from None
+        self._check_shared_prefixes()
         self.topo_order()
+
+    def _check_shared_prefixes(self) -> None:
+        """Nodes naming one shared prefix name one text: the same source kind, model and size."""
+        seen: dict[str, tuple[str, PrefixSource, LlmNode]] = {}
+        for path, node in self.leaves():
+            if not isinstance(node, LlmNode):
+                continue
+            for k, p in enumerate(node.prefix):
+                if p.name is None:
+                    continue
+                if p.name not in seen:
+                    seen[p.name] = (path, p, node)
+                    continue
+                first_path, first, first_node = seen[p.name]
+                clash = ("source" if first.source != p.source else "tokens" if first.tokens != p.tokens
+                         else "model" if first_node.model != node.model else None)
+                if clash is not None:
+                    i = next(i for i, n in enumerate(self.nodes) if path == n.id or path.startswith(f"{n.id}/"))
+                    loc: tuple[str | int, ...] = ("nodes", i, "prefix", k) if path == self.nodes[i].id else ("nodes", i)
+                    raise GraphError(
+                        f"shared prefix '{p.name}' differs in {clash} between '{first_path}' and '{path}'", loc,
+                        "give the same name only to one text (same source, tokens and model), or rename one")
 
     def repeat_edges(self) -> set[int]:
         """Edges from a loop node to its body: the only edges allowed to close a cycle."""

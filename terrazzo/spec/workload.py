@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from terrazzo.limits import MAX_DURATION_S
-from terrazzo.spec.distributions import PerSecond, TokensDist, quantity
+from terrazzo.spec.distributions import Dist, PerSecond, SecondsDist, TokensDist, quantity
 from terrazzo.spec.rate_curve import RateCurve
 
 
@@ -41,6 +42,52 @@ class TokenOverride(Strict):
     output_tokens: TokensDist | None = None
 
 
+MAX_TURNS = 10_000  # turns per session: past this a session is a standing service, not a chat
+
+
+def _count(raw: object) -> object:
+    return {"dist": "fixed", "value": raw} if isinstance(raw, int | float) and not isinstance(raw, bool) else raw
+
+
+def _turn_range(d: Dist) -> Dist:
+    if d.expected < 1:
+        raise ValueError(f"a session has at least one turn; this distribution's mean is {d.expected:g}")
+    worst = max([getattr(d, p) or 0.0 for p in ("value", "low", "high", "mean", "std")] + list(d.values or []))
+    if worst > MAX_TURNS:
+        raise ValueError(f"{worst:g} turns is over the limit of {MAX_TURNS} turns per session")
+    return d
+
+
+TurnsDist = Annotated[Dist, BeforeValidator(_count), AfterValidator(_turn_range)]
+
+
+class Sessions(Strict):
+    """Multi-turn sessions: a session's `turns` requests come one after another (the next turn arrives
+    `think_time_s` after the previous answer) and its conversation carries across turns.
+
+    The workload's `arrival` rate stays the rate of requests (turns), so a plan that ignores sessions still
+    serves the right load; sessions open at rate / E[turns] (`session_rate_per_s`).
+    """
+
+    turns: TurnsDist
+    think_time_s: SecondsDist = Dist.fixed(0.0)
+
+    def draw_turns(self, rng: np.random.Generator) -> int:
+        """One session's number of turns: a draw rounded to a whole number, at least one."""
+        return max(1, round(float(self.turns.sample(rng))))
+
+    def turn_moments(self, samples: int = 20_000) -> tuple[float, float]:
+        """(E[turns], E[turns·(turns-1)/2]) as `draw_turns` draws them; fixed seed, so plans are reproducible."""
+        if self.turns.dist == "fixed":
+            n = max(1.0, float(round(self.turns.expected)))
+            return n, n * (n - 1) / 2
+        draws = np.maximum(1.0, np.round(self.turns.sample(np.random.default_rng(0), samples)))
+        return float(draws.mean()), float((draws * (draws - 1) / 2).mean())
+
+    def session_rate_per_s(self, request_rate_per_s: float) -> float:
+        return request_rate_per_s / self.turn_moments()[0]
+
+
 class Workload(Strict):
     name: str = "workload"
     arrival: Arrival
@@ -50,6 +97,8 @@ class Workload(Strict):
     )
     rate_curve: RateCurve | None = Field(default=None, description="rate over hours: `terrazzo plan` makes a day "
                                          "plan (a peak fleet against an autoscaled schedule)")
+    sessions: Sessions | None = Field(default=None, description="multi-turn sessions (the arrival rate counts "
+                                      "their turns); none means every request stands alone")
 
     @model_validator(mode="before")
     @classmethod

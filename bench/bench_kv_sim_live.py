@@ -1,0 +1,152 @@
+"""KV reuse, live against simulated: a 3-iteration tool loop with a 2,048-token system prompt on vLLM CPU with
+prefix caching on, with reuse (the loop's calls share their growing prefix) and without (every call's
+prefix made distinct by its first tokens, so nothing is found), and the simulator's prediction of the
+same TTFT ratio from a profile of the same server.
+
+    .venv/bin/python bench/bench_kv_sim_live.py [--reps 8] [--out kv-sim-live]
+
+1. One vLLM server (tiny random-weight Llama, 4 layers × 256, max_position_embeddings raised to 4,096 so
+   that a 2k prefix and its loop fit; block size 128, vLLM's CPU default), prefix caching on, holding
+   /tmp/vllm.lock. `terrazzo profile --engine vllm` measures it first (prompts with distinct heads, so
+   the cache never serves them), which prices the simulated pool (terrazzo/cost/calibration.py).
+2. The loop: call k's prompt = system prompt + Σ_{j<k} (new input_j + the tokens call j generated) + new
+   input_k (256 new tokens per call, 32 generated, ignore_eos), sent one after another; TTFT is measured at
+   the first streamed token. Reuse runs and no-reuse runs alternate. The server's prefix-cache counters
+   (/metrics) say how many prompt tokens were served from cache.
+3. Printed and written to OUT/kv-live.json: TTFT per iteration with and without reuse, the measured ratio
+   (no reuse ÷ reuse, mean over iterations 2 and 3), the simulator's ratio for the same token counts
+   (terrazzo.sim.kv_predict.predicted_loop), and predicted ÷ measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+
+from terrazzo.models.tiny import make_tiny_checkpoint
+from terrazzo.profile.profile_command import Options, profile_command
+from terrazzo.profile.vllm_load import PromptMaker
+from terrazzo.profile.vllm_server import VllmServer, VllmSettings
+from terrazzo.sim.kv_predict import LoopShape, predicted_loop
+
+MAX_LEN = 4096
+
+
+def stream_call(url: str, model: str, prompt: list[int], osl: int) -> tuple[float, list[int]]:
+    """(TTFT in s, generated ids) of one streamed completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": osl, "min_tokens": osl, "ignore_eos": True,
+            "temperature": 0.0, "stream": True, "return_token_ids": True}
+    ttft, out = -1.0, []
+    t0 = time.perf_counter()
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line.endswith("[DONE]"):
+                continue
+            for ch in json.loads(line[6:]).get("choices", []):
+                ids = ch.get("token_ids") or []
+                if ids and ttft < 0:
+                    ttft = time.perf_counter() - t0
+                out += ids
+    if ttft < 0 or len(out) != osl:
+        raise RuntimeError(f"expected {osl} streamed token ids, got {len(out)}")
+    return ttft, out
+
+
+def cache_counters(url: str) -> tuple[float, float]:
+    """(prefix-cache queried tokens, hit tokens) from the server's /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    got = {"queries": 0.0, "hits": 0.0}
+    for line in text.splitlines():
+        for k in got:
+            if line.startswith(f"vllm:prefix_cache_{k}_total"):
+                got[k] += float(line.rsplit(" ", 1)[1])
+    return got["queries"], got["hits"]
+
+
+def run_loop(url: str, model: str, pm: PromptMaker, shape: LoopShape, distinct: bool) -> list[float]:
+    """One request's loop; `distinct`: every call's prompt gets a fresh head (no reuse possible)."""
+    system = pm.ids(shape.shared_tokens)
+    conversation: list[int] = []
+    ttfts = []
+    for _ in range(shape.iterations):
+        new = pm.ids(shape.new_tokens)
+        prompt = system + conversation + new
+        if distinct:
+            prompt = pm.ids(8) + prompt[8:]
+        ttft, gen = stream_call(url, model, prompt, shape.output_tokens)
+        ttfts.append(ttft)
+        conversation += new + gen
+    return ttfts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=8, help="loops per mode (reuse, no reuse)")
+    ap.add_argument("--shared", type=int, default=2048, help="system prompt tokens")
+    ap.add_argument("--new", type=int, default=256, help="new input tokens per call")
+    ap.add_argument("--output", type=int, default=32, help="generated tokens per call")
+    ap.add_argument("--profile", type=Path, default=None, help="reuse a profile of this checkpoint instead")
+    ap.add_argument("--out", type=Path, default=Path("kv-sim-live"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    shape = LoopShape(args.shared, args.new, args.output, 3)
+    ckpt = Path(make_tiny_checkpoint(args.out / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["max_position_embeddings"] = MAX_LEN  # rotary positions: any length works; 2k prefix + loop needs > 2048
+    (ckpt / "config.json").write_text(json.dumps(cfg, indent=1))
+    settings = VllmSettings(max_num_seqs=16, max_num_batched_tokens=2048, block_size=128, max_model_len=MAX_LEN,
+                            extra=["--enable-prefix-caching"])  # after the launcher's --no-enable-...: wins
+    model = str(ckpt)
+    with VllmServer(ckpt, settings, args.out / "vllm.log") as srv:
+        print(f"vLLM {srv.version} up in {srv.startup_s:.0f} s, {srv.kv_blocks:,} KV blocks, prefix caching on")
+        prof = args.profile
+        if prof is None:
+            prof = args.out / "vllm-profile.yaml"
+            opts = Options.vllm(model=ckpt, model_name="tiny-random-llama-l4-h256", vllm_server=srv, warmup=1,
+                                repeats=3, isl=(16, 256, 1024, 2048), prefill_batch=(1, 4), decode_batch=(1, 8),
+                                decode_context=(64, 1024), gemm_n=512, copy_mb=32,
+                                command="terrazzo profile --engine vllm (bench/bench_kv_sim_live.py)")
+            profile_command(opts, prof, Console(quiet=True))
+            print(f"profiled: {prof}")
+        pm = PromptMaker(srv.base_url, model, 11)
+        run_loop(srv.base_url, model, pm, shape, True)  # warm-up
+        q0, h0 = cache_counters(srv.base_url)
+        reuse, cold = [], []
+        for _ in range(args.reps):
+            reuse.append(run_loop(srv.base_url, model, pm, shape, False))
+            cold.append(run_loop(srv.base_url, model, pm, shape, True))
+        q1, h1 = cache_counters(srv.base_url)
+    reuse_a, cold_a = np.array(reuse), np.array(cold)
+    measured = float(np.median(cold_a[:, 1:]) / np.median(reuse_a[:, 1:]))
+    pred = predicted_loop(prof, shape)
+    result = {
+        "shape": shape.__dict__, "reps": args.reps, "vllm": srv.version,
+        "ttft_s": {"reuse": np.median(reuse_a, axis=0).tolist(), "no_reuse": np.median(cold_a, axis=0).tolist()},
+        "measured_ratio": measured, "predicted_ttft_s": {"reuse": pred.reuse_ttft_s, "no_reuse": pred.cold_ttft_s},
+        "predicted_ratio": pred.ratio, "predicted_over_measured": pred.ratio / measured,
+        "live_prefix_cache_hit_tokens": h1 - h0, "live_prefix_cache_queried_tokens": q1 - q0,
+        "profile": str(prof),
+    }
+    (args.out / "kv-live.json").write_text(json.dumps(result, indent=1))
+    it = ", ".join
+    ms = result["ttft_s"]
+    print(f"TTFT per iteration (median of {args.reps}), ms: reuse {it(f'{x * 1e3:.0f}' for x in ms['reuse'])}"
+          f"; no reuse {it(f'{x * 1e3:.0f}' for x in ms['no_reuse'])}")
+    print(f"simulated, ms: reuse {it(f'{x * 1e3:.0f}' for x in pred.reuse_ttft_s)}; no reuse "
+          f"{it(f'{x * 1e3:.0f}' for x in pred.cold_ttft_s)}")
+    print(f"iterations 2-3, no reuse ÷ reuse: measured {measured:.2f}×, simulated {pred.ratio:.2f}×, "
+          f"predicted ÷ measured {pred.ratio / measured:.2f}; live prefix-cache hits {h1 - h0:,.0f} of "
+          f"{q1 - q0:,.0f} queried tokens")
+    print(f"wrote {args.out / 'kv-live.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
