@@ -3,7 +3,7 @@ prefix caching on, with reuse (the loop's calls share their growing prefix) and 
 prefix made distinct by its first tokens, so nothing is found), and the simulator's prediction of the
 same TTFT ratio from a profile of the same server.
 
-    .venv/bin/python bench/bench_kv_sim_live.py [--reps 8] [--out kv-sim-live]
+    .venv/bin/python bench/bench_kv_sim_live.py [--reps 8] [--out kv-sim-live] [--sections live,skew]
 
 1. One vLLM server (tiny random-weight Llama, 4 layers × 256, max_position_embeddings raised to 4,096 so
    that a 2k prefix and its loop fit; block size 128, vLLM's CPU default), prefix caching on, holding
@@ -16,6 +16,9 @@ same TTFT ratio from a profile of the same server.
 3. Printed and written to OUT/kv-live.json: TTFT per iteration with and without reuse, the measured ratio
    (no reuse ÷ reuse, mean over iterations 2 and 3), the simulator's ratio for the same token counts
    (terrazzo.sim.kv_predict.predicted_loop), and predicted ÷ measured.
+4. `skew` (simulation only, seconds): 8 replicas, 1,000 Zipf(1.0) sessions each with a 2k-token context,
+   cache-aware routing against least loaded (terrazzo.sim.kv_predict.routing_under_skew): p50/p99 TTFT,
+   hit rate, calls per replica and the busiest replica's load ÷ the mean.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from rich.console import Console
 
 from terrazzo.models.tiny import make_tiny_checkpoint
 from terrazzo.profile.profile_command import Options, profile_command
-from terrazzo.profile.vllm_load import PromptMaker
+from terrazzo.profile.vllm_load import PromptMaker, metric_sums
+from terrazzo.profile.vllm_profile import PREFILL_S, QUEUE_S
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
-from terrazzo.sim.kv_predict import LoopShape, predicted_loop
+from terrazzo.sim.kv_predict import LoopShape, SkewSetup, predicted_loop, profiled_pool, routing_under_skew
 
 MAX_LEN = 4096
 
@@ -71,8 +75,10 @@ def cache_counters(url: str) -> tuple[float, float]:
     return got["queries"], got["hits"]
 
 
-def run_loop(url: str, model: str, pm: PromptMaker, shape: LoopShape, distinct: bool) -> list[float]:
-    """One request's loop; `distinct`: every call's prompt gets a fresh head (no reuse possible)."""
+def run_loop(url: str, model: str, pm: PromptMaker, shape: LoopShape, distinct: bool,
+             engine: list[float] | None = None) -> list[float]:
+    """One request's loop; `distinct`: every call's prompt gets a fresh head (no reuse possible). `engine`
+    collects each call's engine-side prefill time (vLLM's request_prefill_time, queue included)."""
     system = pm.ids(shape.shared_tokens)
     conversation: list[int] = []
     ttfts = []
@@ -81,7 +87,11 @@ def run_loop(url: str, model: str, pm: PromptMaker, shape: LoopShape, distinct: 
         prompt = system + conversation + new
         if distinct:
             prompt = pm.ids(8) + prompt[8:]
+        before = metric_sums(url, (PREFILL_S, QUEUE_S))
         ttft, gen = stream_call(url, model, prompt, shape.output_tokens)
+        after = metric_sums(url, (PREFILL_S, QUEUE_S))
+        if engine is not None:
+            engine.append(sum(after[f"{m}_sum"] - before[f"{m}_sum"] for m in (PREFILL_S, QUEUE_S)))
         ttfts.append(ttft)
         conversation += new + gen
     return ttfts
@@ -95,8 +105,31 @@ def main() -> None:
     ap.add_argument("--output", type=int, default=32, help="generated tokens per call")
     ap.add_argument("--profile", type=Path, default=None, help="reuse a profile of this checkpoint instead")
     ap.add_argument("--out", type=Path, default=Path("kv-sim-live"))
+    ap.add_argument("--sections", default="live,skew")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    sections = set(args.sections.split(","))
+    if "live" in sections:
+        live(args)
+    if "skew" in sections:
+        skew()
+
+
+def skew() -> None:
+    setup = SkewSetup()
+    print(f"\nrouting under skew (simulated): {setup.replicas} replicas of {setup.model} on {setup.device}, "
+          f"{setup.sessions} sessions Zipf({setup.zipf_s}), {setup.context_tokens}-token contexts, "
+          f"{setup.rate_per_s:g} req/s for {setup.duration_s:g} s, {setup.kv_blocks} KV blocks per replica")
+    runs = [routing_under_skew(setup, False), routing_under_skew(setup, True)]
+    for r in runs:
+        print(f"  {'cache-aware ' if r.cache_aware else 'least loaded'}: TTFT p50 {r.p50_ttft_s * 1e3:.1f} ms, "
+              f"p99 {r.p99_ttft_s * 1e3:.1f} ms, hit rate {r.hit_rate:.1%}, busiest replica "
+              f"{r.max_over_mean_load:.2f}× the mean, calls per replica {r.calls_per_replica}")
+    print(f"  cache-aware ÷ least loaded: p99 TTFT {runs[1].p99_ttft_s / runs[0].p99_ttft_s:.2f}×, hit rate "
+          f"{runs[1].hit_rate:.1%} vs {runs[0].hit_rate:.1%}")
+
+
+def live(args: argparse.Namespace) -> None:
     shape = LoopShape(args.shared, args.new, args.output, 3)
     ckpt = Path(make_tiny_checkpoint(args.out / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -120,18 +153,23 @@ def main() -> None:
         run_loop(srv.base_url, model, pm, shape, True)  # warm-up
         q0, h0 = cache_counters(srv.base_url)
         reuse, cold = [], []
+        engine_reuse: list[float] = []
+        engine_cold: list[float] = []
         for _ in range(args.reps):
-            reuse.append(run_loop(srv.base_url, model, pm, shape, False))
-            cold.append(run_loop(srv.base_url, model, pm, shape, True))
+            reuse.append(run_loop(srv.base_url, model, pm, shape, False, engine_reuse))
+            cold.append(run_loop(srv.base_url, model, pm, shape, True, engine_cold))
         q1, h1 = cache_counters(srv.base_url)
     reuse_a, cold_a = np.array(reuse), np.array(cold)
     measured = float(np.median(cold_a[:, 1:]) / np.median(reuse_a[:, 1:]))
     pred = predicted_loop(prof, shape)
+    pred_frontend_ms = profiled_pool(prof).frontend_s * 1e3
     result = {
         "shape": shape.__dict__, "reps": args.reps, "vllm": srv.version,
         "ttft_s": {"reuse": np.median(reuse_a, axis=0).tolist(), "no_reuse": np.median(cold_a, axis=0).tolist()},
         "measured_ratio": measured, "predicted_ttft_s": {"reuse": pred.reuse_ttft_s, "no_reuse": pred.cold_ttft_s},
         "predicted_ratio": pred.ratio, "predicted_over_measured": pred.ratio / measured,
+        "engine_prefill_s": {"reuse": np.median(np.reshape(engine_reuse, (args.reps, -1)), axis=0).tolist(),
+                             "no_reuse": np.median(np.reshape(engine_cold, (args.reps, -1)), axis=0).tolist()},
         "live_prefix_cache_hit_tokens": h1 - h0, "live_prefix_cache_queried_tokens": q1 - q0,
         "profile": str(prof),
     }
@@ -140,7 +178,11 @@ def main() -> None:
     ms = result["ttft_s"]
     print(f"TTFT per iteration (median of {args.reps}), ms: reuse {it(f'{x * 1e3:.0f}' for x in ms['reuse'])}"
           f"; no reuse {it(f'{x * 1e3:.0f}' for x in ms['no_reuse'])}")
-    print(f"simulated, ms: reuse {it(f'{x * 1e3:.0f}' for x in pred.reuse_ttft_s)}; no reuse "
+    eng = result["engine_prefill_s"]
+    print(f"  of which in the engine (vLLM's queue + prefill time), ms: reuse "
+          f"{it(f'{x * 1e3:.0f}' for x in eng['reuse'])}; no reuse {it(f'{x * 1e3:.0f}' for x in eng['no_reuse'])}")
+    print(f"simulated (front end {pred_frontend_ms:.0f} ms included), ms: reuse "
+          f"{it(f'{x * 1e3:.0f}' for x in pred.reuse_ttft_s)}; no reuse "
           f"{it(f'{x * 1e3:.0f}' for x in pred.cold_ttft_s)}")
     print(f"iterations 2-3, no reuse ÷ reuse: measured {measured:.2f}×, simulated {pred.ratio:.2f}×, "
           f"predicted ÷ measured {pred.ratio / measured:.2f}; live prefix-cache hits {h1 - h0:,.0f} of "
