@@ -266,6 +266,9 @@ def plan_cmd(
     pareto: Annotated[str | None, typer.Option(help="cost,latency,energy: the non-dominated plans (ε-constraint "
                                                "on HiGHS), each simulated")] = None,
     pareto_figure: Annotated[Path | None, typer.Option(help="with --pareto: PNG of the front")] = None,
+    kv_reuse: Annotated[bool, typer.Option(help="let calls that name a prefix reuse its KV (retain on the "
+                                           "replica, offload to host or disk); --no-kv-reuse recomputes every "
+                                           "prefix")] = True,
 ) -> None:
     """Place every granular op at minimum TCO under the SLA (MILP on HiGHS), with baselines; a workload
     with a rate curve gets a day plan (peak fleet against an autoscaled schedule)."""
@@ -296,7 +299,7 @@ def plan_cmd(
                                 console, figure)
         raise typer.Exit(code)
     result = make_plan(agent_spec, workload_spec, sla_spec, cluster_spec, cat, explain=explain, verify=verify,
-                       workload_path=workload)
+                       workload_path=workload, kv_reuse=kv_reuse)
     for note in result.notes:
         Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     inputs = {"agent": agent, "workload": workload, "sla": sla, "cluster": cluster}
@@ -342,6 +345,10 @@ def plan_cmd(
         for op, why in result.explain.items():
             table.add_row(op, why)
         console.print(table)
+        if result.kv:
+            from terrazzo.plan.plan_tables import kv_table
+
+            console.print(kv_table(result))
     if output:
         console.print(f"wrote {output}")
     _exit_if_unverified(result)
@@ -418,12 +425,18 @@ def check_cmd(
              for p in r.verdict.pools.values()}
     doc = {"plan": str(plan_file), "ok": True, "tco_usd_h": r.usd_h, "devices": r.devices,
            "e2e_latency_s": r.verdict.e2e_latency_s, "pools": pools, "notes": list(r.notes)}
+    if r.kv:  # KV reuse, re-priced from the plan's inputs
+        doc["kv"] = r.kv
     if as_json:
         print(json.dumps(doc, indent=2))
         return
     fleet = ", ".join(f"{n} {d}" for d, n in r.devices.items())
     console.print(f"[green]ok[/]: {plan_file} passes the checker against its recorded inputs: "
                   f"${r.usd_h:.2f}/h over {fleet}, end-to-end {r.verdict.e2e_latency_s * 1e3:.1f} ms")
+    for op, kv in r.kv.items():
+        saving = "-" if kv["saving_usd_h"] is None else f"${kv['saving_usd_h']:.2f}/h"
+        console.print(f"  kv: {op} {kv['policy']} ({kv['tier']}), {kv['prefix_tokens']:,.0f} tokens reused at "
+                      f"{kv['hit_rate']:.0%}, saving {saving} against recompute", markup=False)
     for note in r.notes:
         console.print(f"  note: {note}", markup=False)
 

@@ -34,6 +34,10 @@ OPTIONAL_POOL_FIELDS: dict[str, str] = {
     "routing": "runtime router settings beyond the shares (affinity, least-loaded)",
 }
 ROLES = ("shared", "prefill", "decode", "aggregated", "moe")
+# An LLM op entry's optional `kv` (prefix reuse, plan/kv_reuse.py writes it; absent = recompute):
+# {"policy", "prefix_tokens", "new_tokens", "hold_s", "hit_rate", "saving_usd_h"} (+ "tier", "transfer_s", "edge").
+KV_POLICIES = ("retain", "host", "disk", "recompute")
+KV_NUMBERS = ("prefix_tokens", "new_tokens", "hold_s", "hit_rate")
 
 
 @dataclass(frozen=True)
@@ -201,4 +205,35 @@ def op_shares(pools: list[PoolEntry]) -> dict[str, list[tuple[PoolEntry, float]]
     for p in pools:
         for m in p.ops:
             out.setdefault(m.op, []).append((p, m.share))
+    return out
+
+
+def op_kv(op: Any, where: str, error: type[Exception]) -> dict[str, Any] | None:
+    """An op entry's `kv` reuse entry, checked (None when absent: the op recomputes its prefix)."""
+    kv = op.get("kv") if isinstance(op, dict) else None
+    if kv is None:
+        return None
+    if not isinstance(kv, dict):
+        raise error(f"{where}.kv: expected an object {{policy, prefix_tokens, ...}}, got {type(kv).__name__}")
+    if kv.get("policy") not in KV_POLICIES:
+        raise error(f"{where}.kv.policy: expected one of {', '.join(KV_POLICIES)}, got {kv.get('policy')!r}; "
+                    "re-plan with `terrazzo plan ... -o`")
+    for k in KV_NUMBERS:
+        v = kv.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (
+                k == "hit_rate" and v > 1):
+            raise error(f"{where}.kv.{k}: expected a number ≥ 0{' and ≤ 1' if k == 'hit_rate' else ''}, got {v!r}")
+    saving = kv.get("saving_usd_h")
+    if saving is not None and (not isinstance(saving, (int, float)) or isinstance(saving, bool)):
+        raise error(f"{where}.kv.saving_usd_h: expected a number or null, got {saving!r}")
+    return kv
+
+
+def op_kv_policies(doc: dict[str, Any], where: str, error: type[Exception]) -> dict[str, str]:
+    """op name → its KV policy, for every op of the plan with a `kv` entry."""
+    out = {}
+    for i, op in enumerate(doc.get("ops") or []):
+        kv = op_kv(op, f"{where}: ops[{i}]", error)
+        if kv is not None and isinstance(op, dict):
+            out[str(op.get("name"))] = str(kv["policy"])
     return out

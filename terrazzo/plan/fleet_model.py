@@ -74,18 +74,20 @@ class PoolKey:
     engine_version: str = ""
     op: str | None = None  # a dedicated (LLM) pool's op
     batch: int = 0  # a dedicated pool's sequences per lane
+    kv: str = ""  # a first-token pool's prefix policy (plan/kv_reuse.py) other than recompute: its own pool
 
     @property
     def name(self) -> str:
         base = f"{self.device}-tp{self.tp}-pp{self.pp}"
         if self.engine != BUILTIN_ENGINE or self.engine_version:
             base += f"-{self.engine}" + (f"-{self.engine_version}" if self.engine_version else "")
-        return f"{self.op}@{base}-b{self.batch}" if self.op else base
+        return f"{self.op}@{base}-b{self.batch}" + (f"-kv-{self.kv}" if self.kv else "") if self.op else base
 
 
 def pool_key(op: PlanOp, c: OpCandidate) -> PoolKey:
     if is_dedicated(op.kind):
-        return PoolKey(c.device, c.tp, c.pp, c.engine, c.engine_version, op.name, c.batch)
+        kv = c.kv.policy if c.kv is not None and c.kv.policy != "recompute" else ""
+        return PoolKey(c.device, c.tp, c.pp, c.engine, c.engine_version, op.name, c.batch, kv)
     return PoolKey(c.device, c.tp, c.pp, c.engine, c.engine_version)
 
 
@@ -185,6 +187,8 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     which `check` then rejects)."""
     o = graph.op(op)
     n = throughput_replicas(load_of(graph, op, c, share), graph.utilisation_cap)
+    if c.kv is not None:  # KV reuse: room for the prefixes the pool parks (plan/kv_reuse.py)
+        n = max(n, kv_replicas(graph, op, c, share))
     lam = demand_per_s(graph, op) * share
     if (not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s) or not c.feasible
             or not c.rate_per_s > 0 or not math.isfinite(c.slot_s)):
@@ -192,6 +196,20 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     need = servers_for(lam, c.slot_s, first_token_service_s(o, c), o.arrival_scv, _hold_scv(o), graph.percentile,
                        o.first_token_limit_s * (1 + TOLERANCE), n, c.slots)  # type: ignore[operator]
     return n if need is None else need
+
+
+def kv_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: float = 1.0) -> int:
+    """Replicas a pool needs to park its prefixes (KV reuse): λ · byte-seconds per visit over each
+    replica's room (0 when the candidate parks nothing)."""
+    ch = c.kv
+    if ch is None or ch.policy == "recompute" or ch.byte_s_per_visit <= 0:
+        return 0
+    if not math.isfinite(ch.room_bytes):
+        return 1
+    if ch.room_bytes <= 0:
+        return 1_000_000_000
+    resident = demand_per_s(graph, op) * share * ch.byte_s_per_visit
+    return max(1, math.ceil(resident / ch.room_bytes - TOLERANCE))
 
 
 def min_replicas(graph: PlanningGraph, op: str, c: OpCandidate) -> int:
@@ -210,6 +228,8 @@ def capacity_per_s(graph: PlanningGraph, op: str, c: OpCandidate, replicas: int)
     if math.isinf(c.rate_per_s):
         return math.inf
     throughput = graph.utilisation_cap * c.rate_per_s * (replicas + TOLERANCE)
+    if c.kv is not None and c.kv.byte_s_per_visit > 0:  # KV reuse: the prefixes parked must fit the pool
+        throughput = min(throughput, replicas * c.kv.room_bytes / c.kv.byte_s_per_visit * (1 + TOLERANCE))
     if not queues_for_first_token(o, c):
         return throughput
     if not first_token_attainable(graph, op, c):

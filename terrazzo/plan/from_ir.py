@@ -64,10 +64,11 @@ def estimated_module(agent: Agent, cost_model: CostModel) -> ModuleOp:
 
 
 def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
-          arrival: Arrival | None = None, prune_candidates: bool = True) -> PlanningGraph:
+          arrival: Arrival | None = None, prune_candidates: bool = True, kv_reuse: bool = True) -> PlanningGraph:
     """The planning graph of the specs. `arrival` overrides the rate and burstiness the workload states
     (a trace's measured ones: verify/replan.py measures them); `prune_candidates=False` keeps every
-    candidate (the brute-force tests compare against it)."""
+    candidate (the brute-force tests compare against it). Calls that name a prefix get its reuse
+    policies as candidates (plan/kv_reuse.py); `kv_reuse=False` prices them all as recompute."""
     agent = with_token_overrides(agent, workload)
     arrival = arrival or Arrival.of(workload)
     devices = [catalog.device(d).name for d in cluster.device_types]
@@ -108,7 +109,7 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     links = {d: scale_out_link(catalog.device(d), cluster.fabric).bw_bytes_s for d in priced}
     deadline = sla.end_to_end.latency_s if sla.end_to_end and sla.mode == "interactive" else None
     edges = tuple(dict.fromkeys(PlanEdge(u.src, u.dst, u.data_bytes, "kv" if u.kv else "data") for u in uses))
-    return PlanningGraph(
+    graph = PlanningGraph(
         tuple(ops.values()), edges, tuple(groups), arrival.rate_per_s, deadline,
         sla.utilisation_cap, sla.penalty_usd_h_per_s, costs, links, cluster.fabric.scale_out_latency_s,
         tuple(devices), {catalog.device(d).name: n for d, n in cluster.inventory.items()},
@@ -118,6 +119,19 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         financing=financing_terms(catalog.tco_profile(cluster.tco_profile)), notes=arrival.notes,
         split=cluster.split,
     )
+    return _with_kv(graph, agent, workload, sla, catalog, cluster, kv_reuse)
+
+
+def _with_kv(graph: PlanningGraph, agent: Agent, workload: Workload, sla: Sla, catalog: Catalog, cluster: Cluster,
+             reuse: bool) -> PlanningGraph:
+    """KV reuse: the first-token ops of calls that name a prefix, priced per policy (plan/kv_sites.py)."""
+    if not any(isinstance(n, LlmNode) and n.prefix for _, n in agent.graph.leaves()):
+        return graph  # no call names a prefix: today's graph, untouched
+    from terrazzo.plan.kv_reuse import catalog_tiers, cost_model_pricer, with_kv_options
+    from terrazzo.plan.kv_sites import kv_sites
+
+    sites = kv_sites(agent, workload, sla, graph)
+    return with_kv_options(graph, sites, cost_model_pricer(catalog, cluster.fabric), catalog_tiers(catalog), reuse)
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,16 @@ def candidates_table(graph: PlanningGraph) -> Table:
                       _ms(ttft), _ms(c.tbt_s), _ms(c.latency_s), verdict)
         t.add_section()
     return t
+
+
+def kv_table(plan: Plan) -> Table:
+    """Per reusing edge (`--explain`): the policy the MILP chose, the tokens it reuses per hit, the tier the
+    prefix waits in, and the $/h it saves against recomputing that prefix (everything else as planned)."""
+    t = Table("op", "reusing edge", "choice", "tokens reused", "new tokens", "hit rate", "hold", "tier",
+              "transfer back ms", "saving vs recompute $/h", title="KV reuse per edge")
+    for op, kv in plan.kv.items():
+        saving = kv.get("saving_usd_h")
+        t.add_row(op, kv["edge"], kv["policy"], f"{kv['prefix_tokens']:,.0f}", f"{kv['new_tokens']:,.0f}",
+                  f"{kv['hit_rate']:.0%}", _s(kv["hold_s"]), kv["tier"], _ms(kv["transfer_s"]),
+                  "-" if saving is None else f"{saving:,.2f}")
+    return t

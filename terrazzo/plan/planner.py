@@ -17,6 +17,7 @@ from terrazzo.plan.fleet_model import PoolSize, first_token_attainable, first_to
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.infeasibility import explain_infeasible
 from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision, pool_usd_h
+from terrazzo.plan.kv_reuse import kv_entries
 from terrazzo.plan.milp import Allow, Solution, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.power import energy_j_per_request, fleet_power_kw
@@ -97,6 +98,7 @@ class Plan:
     fleet: FleetDecision | None = None  # keep or buy: owned used/idle, bought, $/h rows (plan/keep_or_buy.py)
     power_kw: float = 0.0  # device power, utilisation-weighted (plan/power.py)
     energy_j_per_request: float = 0.0  # at the wall (× PUE)
+    kv: dict[str, dict[str, Any]] = field(default_factory=dict)  # op → its prefix-reuse entry (plan/kv_reuse.py)
 
     @property
     def sim_verified(self) -> bool | None:
@@ -165,6 +167,7 @@ class Plan:
                                             "first_token_s": p.candidate.first_token_s,
                                             "ttft_at_sla_s": p.ttft_at_sla_s,
                                             "latency_spread": list(p.candidate.spread) if p.candidate.spread else None}
+                    | ({"kv": self.kv[p.name]} if p.name in self.kv else {})
                     for p in self.ops],
             "pool_usd_h": self.pool_usd_h(),
             "fleet": self.fleet.to_json() if self.fleet else None,
@@ -281,12 +284,14 @@ def plan_from(graph: PlanningGraph, name: str, sol: Solution, verdict: Verdict, 
     gap = 0.0 if sol.status == "Optimal" else sol.gap
     fleet = fleet_decision(graph, verdict.devices,
                            graph.penalty_usd_h_per_s * verdict.slack_s if verdict.slack_s else 0.0)
+    kv = kv_entries(graph, sol.assignment, verdict.usd_h) if any(
+        c.kv is not None for o in graph.ops for c in o.candidates) else {}  # KV reuse: the per-op choice
     return Plan(
         name, graph.rate_per_s, graph.deadline_s, _placed(graph, sol.assignment, verdict), fleet.usd_h,
         verdict.e2e_latency_s, _output_tokens_per_s(graph, sol.assignment), base, sol.status, explain or {},
         pools=pool_entries(graph, verdict.pools), solver_gap=gap, solver_s=sol.solve_s, percentile=graph.percentile,
         notes=graph.notes, fleet=fleet, power_kw=fleet_power_kw(graph, verdict.pools),
-        energy_j_per_request=energy_j_per_request(graph, verdict.pools),
+        energy_j_per_request=energy_j_per_request(graph, verdict.pools), kv=kv,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 
 from terrazzo.cost.energy import PowerCurve
 from terrazzo.cost.tco import HourlyCost
+from terrazzo.plan.kv_choice import KvChoice
 
 REFERENCE_DEVICE = "h100-sxm"  # the paper's baseline, always priced so H100::H100 can be reported
 T = TypeVar("T")
@@ -54,10 +55,12 @@ class OpCandidate:
     engine_version: str = ""
     tbt_s: float | None = None  # an LLM decode step (decode, aggregated): time between tokens at `batch`
     spread: tuple[float, float] | None = None  # cross-validated p10/p90 of measured ÷ predicted time; None: unknown
+    kv: KvChoice | None = None  # prefix reuse policy of a first-token op's candidate (plan/kv_reuse.py); None: none
 
     @property
     def label(self) -> str:
-        return f"{self.device} tp{self.tp} pp{self.pp} b{self.batch}"
+        kv = f" kv:{self.kv.policy}" if self.kv is not None and self.kv.policy != "recompute" else ""
+        return f"{self.device} tp{self.tp} pp{self.pp} b{self.batch}{kv}"
 
     @property
     def lanes(self) -> int:

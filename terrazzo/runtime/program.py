@@ -60,7 +60,7 @@ def steps(prog: NodeProgram, msg: dict[str, Any], request_id: str) -> Generator[
         return msg
     if kind == "llm":
         cap = min(ctx["max_new_tokens"], msg.get("max_new_tokens") or ctx["max_new_tokens"])  # a request may ask less
-        base = {"prompt": build_prompt(msg), "max_new_tokens": cap, **ctx["target"]}
+        base = {"prompt": build_prompt(msg), "max_new_tokens": cap, "kv_scope": msg.get("kv_scope"), **ctx["target"]}
         if ctx["mode"] == "disaggregated":
             pre = yield prog.ops[0], "llm.prefill", base
             res = yield prog.ops[1], "llm.decode", {"kv": pre.value, "checkpoint": ctx["target"]["checkpoint"]}

@@ -50,3 +50,5 @@ class RequestState:
     span: Any = None
     span_ctx: Any = None
     on_event: Callable[[dict[str, Any]], None] | None = None
+    tenant: str = "default"   # who the request is for: KV is never shared across tenants (kv/prefix_keys.py)
+    scope: str = ""           # its session (tenant-qualified by the server), else "once:<id>": the KV scope

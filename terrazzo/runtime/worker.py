@@ -163,8 +163,9 @@ class WorkerState:
     def _llm_prefill(self, p: dict) -> tuple[Any, int, dict]:
         eng = self.engine(p["checkpoint"])
         ids = p.get("prompt_ids") or eng.encode(p["prompt"])
-        kv = eng.prefill(list(ids), p["max_new_tokens"])
-        return kv, len(ids), {"kv_bytes": kv.nbytes, "checkpoint": p["checkpoint"]}
+        kv = eng.prefill(list(ids), p["max_new_tokens"], p.get("kv_scope"))
+        return kv, len(ids), {"kv_bytes": kv.nbytes, "checkpoint": p["checkpoint"],
+                              "cached_tokens": kv.meta.get("cached_tokens", 0)}
 
     def _llm_decode(self, p: dict) -> tuple[Any, int, dict]:
         eng = self.engine(p["checkpoint"])
@@ -189,9 +190,9 @@ class WorkerState:
             return gen, len(gen.token_ids), {"endpoint": p["endpoint"], "finish_reason": gen.finish_reason,
                                              "prompt_tokens": gen.prompt_tokens}
         eng = self.engine(p["checkpoint"])
-        kv = eng.prefill(list(p.get("prompt_ids") or eng.encode(p["prompt"])), p["max_new_tokens"])
+        kv = eng.prefill(list(p.get("prompt_ids") or eng.encode(p["prompt"])), p["max_new_tokens"], p.get("kv_scope"))
         gen = eng.generation(self._tokens(eng, eng.iter_decode(kv)), kv.prompt_len)
-        return gen, len(gen.token_ids), {}
+        return gen, len(gen.token_ids), {"cached_tokens": kv.meta.get("cached_tokens", 0)}
 
     def _embed(self, p: dict) -> tuple[Any, int, dict]:
         emb = self._get("embed", p["model_dir"], lambda: self._embedder(p["model_dir"]))

@@ -241,7 +241,7 @@ class AgentService:
         try:
             async with asyncio.timeout(deadline_s):
                 result = await self.runtime.run(text, request_id=f"{tenant}:{rid}", on_event=on_event,
-                                                max_new_tokens=max_new_tokens,
+                                                max_new_tokens=max_new_tokens, tenant=tenant,
                                                 session=f"{tenant}:{session}" if session else None)
         except TimeoutError:
             raise ApiError(504, f"request {rid} passed its deadline of {deadline_s:g} s and was cancelled",

@@ -68,11 +68,12 @@ def measured_arrival(workload: Workload, workload_path: str | Path | None = None
 
 def verified_plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog: Catalog,
                   explain: bool = False, time_limit_s: float = 60.0, verify: bool = True,
-                  workload_path: str | Path | None = None) -> Plan:
+                  workload_path: str | Path | None = None, kv_reuse: bool = True) -> Plan:
     """The planner's plan; with `verify`, for an interactive SLA at a known rate, simulated at its traffic
-    and re-planned to the cheapest plan that passes its own simulation."""
+    and re-planned to the cheapest plan that passes its own simulation. `kv_reuse=False` plans every
+    prefix as recomputed (the same code path, for the comparison in plan/kv_comparison.py)."""
     arrival = measured_arrival(workload, workload_path)
-    graph = build(agent, workload, sla, cluster, catalog, arrival)
+    graph = build(agent, workload, sla, cluster, catalog, arrival, kv_reuse=kv_reuse)
     solve = partial(plan_graph, name=agent.name, explain=explain, time_limit_s=time_limit_s)
     if not verify or not graph.rate_per_s or sla.mode != "interactive":
         return _with_arrival(solve(graph), arrival)

@@ -4,6 +4,11 @@ one op at a time per worker, per-op timeouts, and retry of an op whose worker di
 
 Exactly-once: each submitted op has one future, resolved once; a retried op is re-queued (ahead of
 new work) only after its worker is known dead, so no two workers ever hold the same attempt.
+
+KV affinity: an op may name its `home` (the KV scope of an LLM call, runtime/kv_cache.py). The worker
+that last ran that home keeps the scope's KV (the built-in engine), so a slot that takes such an op
+hands it to that worker instead, unless that worker carries more than `kv.affinity_slack` ops (then
+it runs where it was taken: least loaded wins, as in the Router).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import itertools
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,6 +79,7 @@ class _Item:
     steps: Steps | None = None
     attempts: int = 0
     workers: list[str] = field(default_factory=list)
+    home: str | None = None   # KV scope: run it on the worker that holds the scope's KV, if not overloaded
 
 
 @dataclass
@@ -95,6 +102,11 @@ class _Pool:
         self.stats = PoolStats()
         self.retiring = 0  # slots asked to retire by resize() that have not yet (see _RETIRE)
         self.markers = 0   # _RETIRE markers in the queue (not ops)
+        self.homes: OrderedDict[str, int] = OrderedDict()     # KV scope -> the slot that last ran it
+        self.handed: list[deque[_Item]] = [deque() for _ in range(spec.workers)]  # ops handed to a slot
+        self.wake: list[asyncio.Event] = [asyncio.Event() for _ in range(spec.workers)]
+        self.getting: dict[int, asyncio.Future] = {}  # slot -> its pending queue.get (done: it holds an op)
+        self.handoffs = 0  # ops run on their home worker after another slot took them
 
     @property
     def depth(self) -> int:
@@ -142,7 +154,7 @@ class PoolBackend(ABC):
 
     async def submit(self, pool_name: str, call: OpCall, timeout_s: float,
                      on_event: Callable[[dict], None] | None = None, *, retryable: bool = True,
-                     steps: Steps | None = None) -> OpResult:
+                     steps: Steps | None = None, home: str | None = None) -> OpResult:
         """Queue `call` on the pool and wait for its result. `retryable`: may it run again if its worker
         dies mid-op (False for side effects that must not happen twice). `steps`: for a fused call, its
         ops with their own timeouts and retry flags (then `timeout_s` and `retryable` are ignored)."""
@@ -153,7 +165,8 @@ class PoolBackend(ABC):
             raise Overloaded(f"pool queue full ({pool.depth} waiting)", op=call.op, pool=pool_name,
                              fix="retry after a short wait, or give the pool more replicas")
         steps = steps or Steps((call.op,), (timeout_s,), (retryable,))
-        item = _Item(call, sum(steps.timeouts_s), asyncio.get_running_loop().create_future(), on_event, steps)
+        item = _Item(call, sum(steps.timeouts_s), asyncio.get_running_loop().create_future(), on_event, steps,
+                     home=home)
         pool.stats.submitted += 1
         pool.queue.put_nowait((1, next(self._seq), item))
         self.on_queue_depth(pool_name, pool.depth)
@@ -163,7 +176,7 @@ class PoolBackend(ABC):
         """One worker's dispatch loop: take the oldest op (retries first), run it, settle its future."""
         while not self._stopping:
             start_error = await self._ensure_worker(pool, index) if pool.workers[index] is None else None
-            _, _, item = await pool.queue.get()
+            item = await self._take(pool, index)
             if item is _RETIRE:
                 if self._retire(pool, index):
                     return
@@ -219,10 +232,59 @@ class PoolBackend(ABC):
                 raise
             else:
                 pool.stats.completed += 1
+                if item.home is not None:
+                    pool.homes[item.home] = index
+                    pool.homes.move_to_end(item.home)
+                    while len(pool.homes) > 4096:
+                        pool.homes.popitem(last=False)
                 if not item.future.done():
                     item.future.set_result(result)
             finally:
                 pool.busy[index] = None
+
+    async def _take(self, pool: _Pool, index: int) -> Any:
+        """The slot's next op: one handed to it, else the oldest queued one that is not handed on."""
+        while True:
+            if pool.handed[index]:
+                return pool.handed[index].popleft()
+            pool.wake[index].clear()
+            get = pool.getting[index] = asyncio.ensure_future(pool.queue.get())
+            wake = asyncio.ensure_future(pool.wake[index].wait())
+            try:
+                await asyncio.wait({get, wake}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if get.done() and not get.cancelled():  # taken as the slot stopped
+                    item = get.result()[2]
+                    if item is not _RETIRE and not item.future.done():
+                        item.future.set_exception(ExecutionError("runtime stopped before the op ran",
+                                                                 op=item.call.op))
+                raise
+            finally:
+                pool.getting.pop(index, None)
+                wake.cancel()
+                if not get.done():
+                    get.cancel()
+            if get.done() and not get.cancelled():
+                entry = get.result()
+                if entry[2] is _RETIRE or not self._hand_over(pool, index, entry[2]):
+                    return entry[2]
+
+    def _hand_over(self, pool: _Pool, index: int, item: _Item) -> bool:
+        """Hand `item` to the slot holding its home's KV when that slot is live and not overloaded."""
+        home = pool.homes.get(item.home) if item.home is not None else None
+        if home is None or home == index or home >= len(pool.workers) or pool.workers[home] is None:
+            return False
+        if home >= len(pool.slots) or pool.slots[home].done():
+            return False
+        got = pool.getting.get(home)
+        taken = got is not None and got.done() and not got.cancelled()  # took an op, not yet started
+        load = (pool.busy[home] is not None) + taken + len(pool.handed[home])
+        if load > self.config.kv.affinity_slack:
+            return False
+        pool.handed[home].append(item)
+        pool.handoffs += 1
+        pool.wake[home].set()
+        return True
 
     async def _ensure_worker(self, pool: _Pool, index: int) -> Exception | None:
         """Replace the slot's lost worker. A slot does this before taking work, so the op its old worker
@@ -322,6 +384,8 @@ class PoolBackend(ABC):
                     if i >= len(pool.slots):
                         pool.workers.append(None)
                         pool.busy.append(None)
+                        pool.handed.append(deque())
+                        pool.wake.append(asyncio.Event())
                         pool.slots.append(asyncio.get_running_loop().create_future())
                         pool.slots[i].set_result(None)  # a closed slot until its worker starts
                 started = await asyncio.gather(*(self._start_worker(pool, i) for i in new), return_exceptions=True)
@@ -341,6 +405,8 @@ class PoolBackend(ABC):
         if pool.retiring == 0:
             return False
         pool.retiring -= 1
+        while pool.handed[index]:  # ops handed to this slot go back to the queue, ahead of new work
+            pool.queue.put_nowait((0, next(self._seq), pool.handed[index].popleft()))
         worker, pool.workers[index] = pool.workers[index], None
         if worker is not None:
             worker.kill()
@@ -352,14 +418,16 @@ class PoolBackend(ABC):
                 for n, p in self.pools.items()}
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        return {n: {**vars(p.stats), "workers": p.spec.workers, "device": p.spec.device} for n, p in self.pools.items()}
+        return {n: {**vars(p.stats), "workers": p.spec.workers, "device": p.spec.device, "kv_handoffs": p.handoffs}
+                for n, p in self.pools.items()}
 
     async def stop(self) -> None:
         self._stopping = True
         for pool in self.pools.values():
             for t in pool.slots:
                 t.cancel()
-            for _, _, item in list(pool.queue._queue):  # type: ignore[attr-defined]
+            handed = [(0, 0, it) for q in pool.handed for it in q]
+            for _, _, item in [*pool.queue._queue, *handed]:  # type: ignore[attr-defined]
                 if item is not _RETIRE and not item.future.done():
                     item.future.set_exception(ExecutionError("runtime stopped before the op ran", op=item.call.op))
         for pool in self.pools.values():

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from terrazzo.kv.prefix_keys import PrefixKey
 from terrazzo.runtime.engines.engine_pool import EnginePool
 from terrazzo.runtime.failures import ExecutionError, OpTimeout
 from terrazzo.runtime.op_events import OpEvents
@@ -32,6 +33,11 @@ class EngineHandoff:
     prompt_tokens: int
     first_token_ids: tuple[int, ...]
     prefill_replica: str
+
+
+def _key(engine: EnginePool, req: RequestState, prompt: str) -> PrefixKey | None:
+    """The call's prefix key under its request's tenant and scope (session, else the request)."""
+    return engine.kv.key(req.tenant, req.scope or req.id, prompt) if engine.kv is not None else None
 
 
 async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: dict[str, Any], timeout_s: float,
@@ -54,14 +60,14 @@ async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: d
     try:
         gen, replica, attempts = await asyncio.wait_for(
             engine.generate(payload["prompt"], max_tokens=payload["max_new_tokens"], on_delta=on_delta,
-                            request_id=req.id), timeout_s)
+                            request_id=req.id, key=_key(engine, req, payload["prompt"])), timeout_s)
     except TimeoutError:
         raise OpTimeout(f"timed out after {timeout_s:g} s on vLLM pool '{engine.name}'", op=op, pool=engine.name,
                         fix=f"raise op_timeouts_s['{op}'] in the run config, or give the pool more replicas") from None
     except ExecutionError as exc:
         raise type(exc)(exc.reason, fix=exc.fix, op=op, pool=engine.name) from None
     info = {"engine": str(engine.identity), "replica": replica.url, "attempts": attempts,
-            "prompt_tokens": gen.prompt_tokens, "ttft_s": gen.prefill_s}
+            "prompt_tokens": gen.prompt_tokens, "ttft_s": gen.prefill_s, "replica_index": replica.index}
     return OpResult(gen, time.perf_counter() - t0, f"{engine.name}/vllm{replica.index}", 0, len(gen.token_ids), info)
 
 
@@ -70,7 +76,8 @@ async def _prefill(engine: EnginePool, req: RequestState, op: str, payload: dict
     t0 = time.perf_counter()
     try:
         gen, replica, attempts = await asyncio.wait_for(
-            engine.generate(payload["prompt"], max_tokens=1, request_id=req.id), timeout_s)
+            engine.generate(payload["prompt"], max_tokens=1, request_id=req.id,
+                            key=_key(engine, req, payload["prompt"])), timeout_s)
     except TimeoutError:
         raise OpTimeout(f"prefill timed out after {timeout_s:g} s on vLLM pool '{engine.name}'", op=op,
                         pool=engine.name, fix=f"raise op_timeouts_s['{op}'] in the run config") from None

@@ -6,7 +6,9 @@ loop through the `openai` client, so every call in flight reaches vLLM's continu
   GET /version.
 - Supervise: a task checks every replica's process; one that died is marked unhealthy (the router skips
   it) and restarted, up to `max_restarts` times each.
-- Route: the runtime's router (routing.py), least-loaded by calls in flight among healthy replicas.
+- Route: the runtime's router (kv/routing.py): with a KV cache manager (runtime/kv_cache.py), to the
+  replica holding the call's prefix unless it is overloaded, else least-loaded by calls in flight
+  among healthy replicas; the call carries its scope's cache salt.
 - Resend rule: a call whose replica failed before the call's first token is resent to another replica
   (nothing reached the caller, so nothing can be answered twice); after the first token it fails with
   WorkerLost saying how many tokens were delivered, and is not resent.
@@ -22,14 +24,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from terrazzo.catalog.engines import Engine, EngineVersion
+from terrazzo.kv.prefix_keys import PrefixKey
 from terrazzo.kv.routing import ReplicaLoad, Router
 from terrazzo.runtime.engines.vllm_server import EngineLock, VllmProcess, VllmServerSpec
 from terrazzo.runtime.executors.llm_engine import Generation
 from terrazzo.runtime.executors.openai_client import OnDelta, OpenAICompatClient, UpstreamError
 from terrazzo.runtime.failures import ExecutionError, Overloaded, WorkerLost
+
+if TYPE_CHECKING:
+    from terrazzo.runtime.kv_cache import PoolKv
 
 Progress = Callable[[str, float, str], None]  # (replica name, seconds since launch, last log line)
 
@@ -168,10 +174,11 @@ class EnginePool:
     def __init__(self, name: str, device: str, spec: VllmServerSpec, hosts: list[ReplicaHost], *,
                  router: Router | None = None, timeout_s: float = 120.0, start_timeout_s: float = 600.0,
                  max_restarts: int = 3, health_interval_s: float = 0.5, max_attempts: int = 3,
-                 extra_body: dict[str, Any] | None = None) -> None:
+                 extra_body: dict[str, Any] | None = None, kv: PoolKv | None = None) -> None:
         self.name, self.device, self.spec = name, device, spec
         self.replicas = [Replica(i, h) for i, h in enumerate(hosts)]
-        self.router = router or Router()
+        self.kv = kv                         # the KV cache manager: affinity, sessions, cache salts
+        self.router = router or (kv.router if kv is not None else Router())
         self.timeout_s, self.start_timeout_s = timeout_s, start_timeout_s
         self.max_restarts, self.health_interval_s, self.max_attempts = max_restarts, health_interval_s, max_attempts
         self.extra_body = dict(extra_body or {})
@@ -266,12 +273,15 @@ class EnginePool:
     def loads(self) -> list[ReplicaLoad]:
         return [ReplicaLoad(r.index, r.in_flight, r.healthy) for r in self.replicas]
 
-    async def _pick(self, tried: set[int]) -> Replica:
+    async def _pick(self, tried: set[int], key: PrefixKey | None = None) -> Replica:
         """The router's replica among healthy ones not yet tried; waits (bounded) while others restart."""
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            i = self.router.pick_replica(self.loads(), exclude=frozenset(tried))
+            loads = self.loads()
+            i = self.router.pick_replica(loads, key.encode() if key is not None else None, exclude=frozenset(tried))
             if i is not None:
+                if self.kv is not None and key is not None:
+                    self.kv.placed(key, [r for r in loads if r.replica not in tried], i)
                 return self.replicas[i]
             waiting = [r for r in self.replicas if not r.down and (r.index not in tried or r.restarting)]
             if not waiting or time.monotonic() > deadline:
@@ -285,20 +295,22 @@ class EnginePool:
                 await asyncio.wait_for(self._changed.wait(), 1.0)
 
     async def generate(self, prompt: str, *, max_tokens: int, on_delta: OnDelta | None = None,
-                       request_id: str = "") -> tuple[Generation, Replica, int]:
-        """One completion on the least-loaded healthy replica: (generation, replica that answered, attempts)."""
+                       request_id: str = "", key: PrefixKey | None = None) -> tuple[Generation, Replica, int]:
+        """One completion on the router's replica (the one holding `key`'s prefix, else the least loaded):
+        (generation, replica that answered, attempts)."""
         if self._draining:
             raise Overloaded(f"pool '{self.name}' is draining", pool=self.name, fix="retry on another server")
         self.counts.calls += 1
         tried: set[int] = set()
+        extra = {**self.extra_body, **(self.kv.request_extra(key) if self.kv is not None and key else {})}
         for attempt in itertools.count(1):
-            r = await self._pick(tried)
+            r = await self._pick(tried, key)
             assert r.client is not None
             r.in_flight += 1
             r.active.add(request_id)
             try:
                 gen = await r.client.acomplete(prompt, model=self.spec.served_name, max_tokens=max_tokens,
-                                               on_delta=on_delta, resends=0, extra_body=self.extra_body)
+                                               on_delta=on_delta, resends=0, extra_body=extra)
             except UpstreamError as exc:
                 if not await r.host.alive():
                     self._lost(r, "its server process exited")
@@ -333,7 +345,8 @@ class EnginePool:
         await self.replicas[index].host.pause()
 
     def stats(self) -> dict[str, Any]:
-        return {**vars(self.counts), "engine": str(self.identity), "device": self.device,
+        kv = {"kv": self.kv.stats()} if self.kv is not None else {}
+        return {**vars(self.counts), **kv, "engine": str(self.identity), "device": self.device,
                 "workers": len(self.replicas),
                 "replicas": [{"index": r.index, "url": r.url, "healthy": r.healthy, "in_flight": r.in_flight,
                               "served": r.served, "restarts": r.restarts, "ready_s": round(r.ready_s, 1)}

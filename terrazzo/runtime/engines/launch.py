@@ -11,6 +11,7 @@ from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.engines.engine_pool import AttachedHost, EnginePool, LocalHost, ReplicaHost
 from terrazzo.runtime.engines.vllm_server import VllmServerSpec, kv_cache_gib, require_vllm_python
 from terrazzo.runtime.failures import ExecutionError
+from terrazzo.runtime.kv_cache import KvManager
 from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.program_setup import ProgramSetup
 
@@ -52,15 +53,17 @@ def check_checkpoint(checkpoint: str) -> None:
 
 
 def make_engine_pool(pool: PoolSpec, checkpoint: str, config: RunConfig, backend: str,
-                     served_name: str | None = None, kv_role: str | None = None) -> EnginePool:
-    """An EnginePool of `pool.workers` replicas, as local processes or Ray actors."""
+                     served_name: str | None = None, kv_role: str | None = None,
+                     kv: KvManager | None = None) -> EnginePool:
+    """An EnginePool of `pool.workers` replicas, as local processes or Ray actors; with `kv`, routed by
+    its cache manager (prefix and session affinity)."""
     attached = config.vllm.attach.get(pool.name, [])
     spec = server_spec(pool, checkpoint, config, pool.workers, served_name)
     if kv_role is not None:
         spec = replace(spec, kv_transfer_config=kv_connector(kv_role, config))
     hosts: list[ReplicaHost] = [AttachedHost(f"{pool.name}/attached{i}", url) for i, url in enumerate(attached)]
     if len(attached) >= pool.workers:
-        return _pool(pool, spec, hosts, config)
+        return _pool(pool, spec, hosts, config, kv)
     check_checkpoint(checkpoint)
     python = require_vllm_python(config.vllm.python)
     log_dir = config.path(config.vllm.log_dir) or config.path(config.state_dir) / "engines"
@@ -74,13 +77,15 @@ def make_engine_pool(pool: PoolSpec, checkpoint: str, config: RunConfig, backend
                                  bind="127.0.0.1" if config.ray_address is None else "0.0.0.0"))
         else:
             hosts.append(LocalHost(name, spec, python, log))
-    return _pool(pool, spec, hosts, config)
+    return _pool(pool, spec, hosts, config, kv)
 
 
-def _pool(pool: PoolSpec, spec: VllmServerSpec, hosts: list[ReplicaHost], config: RunConfig) -> EnginePool:
+def _pool(pool: PoolSpec, spec: VllmServerSpec, hosts: list[ReplicaHost], config: RunConfig,
+          kv: KvManager | None = None) -> EnginePool:
+    pool_kv = kv.pool(pool.name, len(hosts), spec.model, spec.kv_cache_gib) if kv is not None else None
     return EnginePool(pool.name, pool.device, spec, hosts, timeout_s=config.op_timeout_s,
                       start_timeout_s=config.vllm.start_timeout_s, max_restarts=config.vllm.max_restarts,
-                      max_attempts=config.max_attempts, extra_body=config.vllm.request_extra)
+                      max_attempts=config.max_attempts, extra_body=config.vllm.request_extra, kv=pool_kv)
 
 
 def without_ops(pool: PoolSpec, ops: set[str]) -> PoolSpec | None:

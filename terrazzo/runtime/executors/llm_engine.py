@@ -4,11 +4,17 @@ Prefill runs the prompt once and returns the first token plus the KV cache as pl
 (`KvHandoff`), so the cache can cross a process boundary (pipe, Ray object store) exactly as the
 plan's kv.transfer edge says; decode rebuilds the cache in its own process and continues greedily.
 Greedy decoding feeds the same tensors `generate` would, so outputs are token-identical to it.
+
+KV kept across calls: a call that names its KV scope (`scope`, the hashed (tenant, session-or-request)
+root of runtime/kv_cache.py) leaves its prompt's cache in this process; the scope's next call (a loop's
+next iteration, a session's next turn) prefills only the tokens after the longest common prefix with it.
+At most `keep_kv_bytes` are kept, least recently used first out; a scope is never served another's.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +54,8 @@ class Generation:
 class LlmEngine:
     """One loaded checkpoint; `prefill` and `decode` may run in different processes on the same checkpoint."""
 
-    def __init__(self, checkpoint: str | Path, *, threads: int | None = None, max_prompt_tokens: int = 1024) -> None:
+    def __init__(self, checkpoint: str | Path, *, threads: int | None = None, max_prompt_tokens: int = 1024,
+                 keep_kv_bytes: int = 256 << 20) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -67,17 +74,22 @@ class LlmEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.max_prompt_tokens = max_prompt_tokens
+        self.keep_kv_bytes = keep_kv_bytes
+        self._kept: OrderedDict[str, tuple[tuple[int, ...], Any, int]] = OrderedDict()  # scope -> (ids, cache, bytes)
 
     def encode(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         return ids[-self.max_prompt_tokens:]
 
-    def prefill(self, prompt_ids: list[int], max_new_tokens: int) -> KvHandoff:
-        """Run the prompt, pick the first token greedily, and export the cache."""
+    def prefill(self, prompt_ids: list[int], max_new_tokens: int, scope: str | None = None) -> KvHandoff:
+        """Run the prompt (after what `scope` already holds of it), pick the first token greedily, and
+        export the cache; with a scope, keep the prompt's cache for the scope's next call."""
         torch = self.torch
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        cache, cached = self._reuse(scope, prompt_ids)
+        ids = torch.tensor([prompt_ids[cached:]], dtype=torch.long)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            out = self.model(input_ids=ids, attention_mask=torch.ones((1, len(prompt_ids)), dtype=torch.long),
+                             past_key_values=cache, use_cache=True)
         first = int(out.logits[0, -1].argmax())
         cache = out.past_key_values
         layers, shape, dtype = [], (), "float32"
@@ -85,8 +97,40 @@ class LlmEngine:
             k, v = layer.keys.contiguous(), layer.values.contiguous()
             shape, dtype = tuple(k.shape), str(k.dtype).removeprefix("torch.")
             layers.append((k.numpy().tobytes(), v.numpy().tobytes()))
-        return KvHandoff(tokens=(*prompt_ids, first), prompt_len=len(prompt_ids), layers=tuple(layers), shape=shape,
-                         dtype=dtype, eos_token_id=self._eos(), max_new_tokens=max_new_tokens)
+        hand = KvHandoff(tokens=(*prompt_ids, first), prompt_len=len(prompt_ids), layers=tuple(layers), shape=shape,
+                         dtype=dtype, eos_token_id=self._eos(), max_new_tokens=max_new_tokens,
+                         meta={"cached_tokens": cached})
+        if scope is not None:
+            self._keep(scope, tuple(prompt_ids), cache, hand.nbytes)
+        return hand
+
+    def _reuse(self, scope: str | None, prompt_ids: list[int]) -> tuple[Any, int]:
+        """(the scope's kept cache cut to the longest common prefix, its length); (None, 0) when none.
+        At least the last prompt token is recomputed: its logits give the first output token."""
+        kept = self._kept.pop(scope, None) if scope is not None else None
+        if kept is None:
+            return None, 0
+        ids, cache, _ = kept
+        n = 0
+        limit = min(len(ids), len(prompt_ids) - 1)
+        while n < limit and ids[n] == prompt_ids[n]:
+            n += 1
+        if n == 0:
+            return None, 0
+        if n < len(ids):
+            cache.crop(n - len(ids))  # drop the tail past the common prefix (transformers: a negative count)
+        return cache, n
+
+    def _keep(self, scope: str, ids: tuple[int, ...], cache: Any, nbytes: int) -> None:
+        if nbytes > self.keep_kv_bytes:
+            return
+        self._kept[scope] = (ids, cache, nbytes)
+        while sum(b for _, _, b in self._kept.values()) > self.keep_kv_bytes:
+            self._kept.popitem(last=False)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(b for _, _, b in self._kept.values())
 
     def _eos(self) -> int | None:
         eos = self.model.generation_config.eos_token_id
@@ -131,9 +175,9 @@ class LlmEngine:
         text = cast(str, self.tokenizer.decode(generated, skip_special_tokens=True))  # one sequence: one string
         return Generation(token_ids=tuple(generated), text=text, prompt_tokens=prompt_len)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, scope: str | None = None) -> Generation:
         """Aggregated serving: prefill and decode in this process (the handoff stays in memory)."""
-        return self.decode(self.prefill(prompt_ids, max_new_tokens))
+        return self.decode(self.prefill(prompt_ids, max_new_tokens, scope))
 
     def reference_generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """transformers' own greedy `generate`: the oracle the disaggregated path must match token for token."""
