@@ -15,7 +15,16 @@ from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.errors import IRError
 from terrazzo.ir.context import make_context, parse_module, print_module
 from terrazzo.ir.dialects.agent_dialect import LlmCallOp
-from terrazzo.ir.dialects.granular_dialect import KvOffloadOp, KvRetainOp, KvReuseOp, PoolOp, PrefillOp
+from terrazzo.ir.dialects.granular_dialect import (
+    DecodeOp,
+    KvOffloadOp,
+    KvRetainOp,
+    KvReuseOp,
+    PoolOp,
+    PrefillOp,
+    ToolComputeOp,
+    ToolLookupOp,
+)
 from terrazzo.ir.dialects.node_op import NodeOp, float_prop, mean_prop
 from terrazzo.ir.driver import STAGES, compile_path, make_pass, run_pipeline
 from terrazzo.ir.frontend import agent_to_module
@@ -50,8 +59,8 @@ def test_three_iteration_loop_reuses_its_previous_iteration() -> None:
     assert [c.node_id for c in feeding_calls(prefill)] == ["think.decode"]  # itself, one iteration back
     retains = {op.prefix.data: op for op in ops_of(module, KvRetainOp).values()}
     assert set(retains) == {"system_prompt:tool-agent-sys", "conversation"}
-    assert list(retains["conversation"].operands) == [prefill.out]
-    assert list(retains["system_prompt:tool-agent-sys"].operands) == []  # resident whoever computed it
+    assert [c.data for c in retains["conversation"].calls.data] == ["think.prefill"]  # type: ignore[union-attr]
+    assert retains["system_prompt:tool-agent-sys"].calls is None  # resident whoever computed it
     reuse = ops_of(module, KvReuseOp)["think.kv.reuse"]
     assert reuse.out in list(prefill.operands)
 
@@ -128,6 +137,21 @@ def test_kv_ops_print_parse_and_print_the_same(tier: str) -> None:
     assert print_module(run_pipeline(again, [make_pass("decompose-kv")])) == text  # idempotent
 
 
+def test_the_planning_graph_keeps_its_edges() -> None:
+    """Reuse adds no edge between placed ops: the planner sees the graph it saw before decompose-kv."""
+    from terrazzo.plan.from_ir import _contract  # the planner's own view of the module's edges
+
+    def edges(with_kv: bool) -> set[tuple[str, str, bool]]:
+        names = [n for n in STAGES["granular"] if with_kv or n != "decompose-kv"]
+        module = run_pipeline(parse_module(compile_path(LOOP_AGENT, emit="agent")), [make_pass(n) for n in names])
+        placed = {op.node_id for op in module.walk() if isinstance(op, PrefillOp | DecodeOp | ToolComputeOp
+                                                                        | ToolLookupOp)}
+        return {(u.src, u.dst, u.kv) for u in _contract(module, placed)}
+
+    assert edges(True) == edges(False)
+    assert ("think.prefill", "think.prefill", True) not in edges(True)
+
+
 def test_partition_keeps_the_prefix_kv_in_the_prefill_pool() -> None:
     text = compile_path(LOOP_AGENT, emit="partitioned", cluster=CLUSTER,
                         plan=str(ROOT / "examples" / "plans" / "tool-loop-agent.json"))
@@ -149,6 +173,8 @@ BAD_EDITS = [
      'prefix = ["system_prompt", "conversation"], prefix_tokens', "prefix source 'system_prompt' is not"),
     ('tz.kv.reuse "think.kv.reuse"(%think.kv.retain.system_prompt.tool-agent-sys, %think.kv.retain.conversation : '
      '!tz.kv, !tz.kv)', 'tz.kv.reuse "think.kv.reuse"', "needs at least one !tz.kv operand"),
+    ('tz.kv.retain "think.kv.retain.conversation" {', 'tz.kv.retain "think.kv.retain.conversation"('
+     '%think.kv.retain.system_prompt.tool-agent-sys : !tz.kv) {edge_bytes = array<i64: 0>, ', "takes no operands"),
 ]
 
 
