@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -34,12 +35,13 @@ from terrazzo.spec.agent import LlmNode
 from terrazzo.spec.prefix import CallTokens, prefix_tokens
 from terrazzo.spec.spec_loader import agent_from_text, load_agent
 
+N = TypeVar("N", bound=NodeOp)
 ROOT = Path(__file__).resolve().parent.parent
 LOOP_AGENT = str(ROOT / "examples" / "agents" / "tool-loop-agent.yaml")
 CLUSTER = str(ROOT / "examples" / "clusters" / "hetero.yaml")
 
 
-def ops_of(module: ModuleOp, kind: type) -> dict[str, NodeOp]:
+def ops_of(module: ModuleOp, kind: type[N]) -> dict[str, N]:
     return {op.node_id: op for op in module.walk() if isinstance(op, kind)}
 
 
@@ -59,7 +61,8 @@ def test_three_iteration_loop_reuses_its_previous_iteration() -> None:
     assert [c.node_id for c in feeding_calls(prefill)] == ["think.decode"]  # itself, one iteration back
     retains = {op.prefix.data: op for op in ops_of(module, KvRetainOp).values()}
     assert set(retains) == {"system_prompt:tool-agent-sys", "conversation"}
-    assert [c.data for c in retains["conversation"].calls.data] == ["think.prefill"]  # type: ignore[union-attr]
+    calls = retains["conversation"].calls
+    assert calls is not None and [c.data for c in calls.data] == ["think.prefill"]
     assert retains["system_prompt:tool-agent-sys"].calls is None  # resident whoever computed it
     reuse = ops_of(module, KvReuseOp)["think.kv.reuse"]
     assert reuse.out in list(prefill.operands)
@@ -121,7 +124,7 @@ def test_a_whole_call_gets_the_attributes_and_its_reuse_rides_alongside() -> Non
     calls = ops_of(module, LlmCallOp)
     assert float_prop(calls["act"], "cached_tokens") == pytest.approx(1250)
     assert all(isinstance(v.type, type(calls["act"].operands[0].type)) for v in calls["act"].operands)
-    assert ops_of(module, KvReuseOp)["act.kv.reuse"].properties["anchor"].data == "act"  # type: ignore[attr-defined]
+    assert ops_of(module, KvReuseOp)["act.kv.reuse"].anchor.data == "act"
 
 
 @pytest.mark.parametrize("tier", ["", "host", "disk"])
