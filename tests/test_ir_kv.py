@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -15,7 +16,16 @@ from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.errors import IRError
 from terrazzo.ir.context import make_context, parse_module, print_module
 from terrazzo.ir.dialects.agent_dialect import LlmCallOp
-from terrazzo.ir.dialects.granular_dialect import KvOffloadOp, KvRetainOp, KvReuseOp, PoolOp, PrefillOp
+from terrazzo.ir.dialects.granular_dialect import (
+    DecodeOp,
+    KvOffloadOp,
+    KvRetainOp,
+    KvReuseOp,
+    PoolOp,
+    PrefillOp,
+    ToolComputeOp,
+    ToolLookupOp,
+)
 from terrazzo.ir.dialects.node_op import NodeOp, float_prop, mean_prop
 from terrazzo.ir.driver import STAGES, compile_path, make_pass, run_pipeline
 from terrazzo.ir.frontend import agent_to_module
@@ -25,12 +35,13 @@ from terrazzo.spec.agent import LlmNode
 from terrazzo.spec.prefix import CallTokens, prefix_tokens
 from terrazzo.spec.spec_loader import agent_from_text, load_agent
 
+N = TypeVar("N", bound=NodeOp)
 ROOT = Path(__file__).resolve().parent.parent
 LOOP_AGENT = str(ROOT / "examples" / "agents" / "tool-loop-agent.yaml")
 CLUSTER = str(ROOT / "examples" / "clusters" / "hetero.yaml")
 
 
-def ops_of(module: ModuleOp, kind: type) -> dict[str, NodeOp]:
+def ops_of(module: ModuleOp, kind: type[N]) -> dict[str, N]:
     return {op.node_id: op for op in module.walk() if isinstance(op, kind)}
 
 
@@ -50,8 +61,9 @@ def test_three_iteration_loop_reuses_its_previous_iteration() -> None:
     assert [c.node_id for c in feeding_calls(prefill)] == ["think.decode"]  # itself, one iteration back
     retains = {op.prefix.data: op for op in ops_of(module, KvRetainOp).values()}
     assert set(retains) == {"system_prompt:tool-agent-sys", "conversation"}
-    assert list(retains["conversation"].operands) == [prefill.out]
-    assert list(retains["system_prompt:tool-agent-sys"].operands) == []  # resident whoever computed it
+    calls = retains["conversation"].calls
+    assert calls is not None and [c.data for c in calls.data] == ["think.prefill"]
+    assert retains["system_prompt:tool-agent-sys"].calls is None  # resident whoever computed it
     reuse = ops_of(module, KvReuseOp)["think.kv.reuse"]
     assert reuse.out in list(prefill.operands)
 
@@ -112,7 +124,7 @@ def test_a_whole_call_gets_the_attributes_and_its_reuse_rides_alongside() -> Non
     calls = ops_of(module, LlmCallOp)
     assert float_prop(calls["act"], "cached_tokens") == pytest.approx(1250)
     assert all(isinstance(v.type, type(calls["act"].operands[0].type)) for v in calls["act"].operands)
-    assert ops_of(module, KvReuseOp)["act.kv.reuse"].properties["anchor"].data == "act"  # type: ignore[attr-defined]
+    assert ops_of(module, KvReuseOp)["act.kv.reuse"].anchor.data == "act"
 
 
 @pytest.mark.parametrize("tier", ["", "host", "disk"])
@@ -126,6 +138,21 @@ def test_kv_ops_print_parse_and_print_the_same(tier: str) -> None:
     assert len(offloads) == (2 if tier else 0)
     assert all(op.tier.data == tier for op in offloads.values())
     assert print_module(run_pipeline(again, [make_pass("decompose-kv")])) == text  # idempotent
+
+
+def test_the_planning_graph_keeps_its_edges() -> None:
+    """Reuse adds no edge between placed ops: the planner sees the graph it saw before decompose-kv."""
+    from terrazzo.plan.from_ir import _contract  # the planner's own view of the module's edges
+
+    def edges(with_kv: bool) -> set[tuple[str, str, bool]]:
+        names = [n for n in STAGES["granular"] if with_kv or n != "decompose-kv"]
+        module = run_pipeline(parse_module(compile_path(LOOP_AGENT, emit="agent")), [make_pass(n) for n in names])
+        placed = {op.node_id for op in module.walk() if isinstance(op, PrefillOp | DecodeOp | ToolComputeOp
+                                                                        | ToolLookupOp)}
+        return {(u.src, u.dst, u.kv) for u in _contract(module, placed)}
+
+    assert edges(True) == edges(False)
+    assert ("think.prefill", "think.prefill", True) not in edges(True)
 
 
 def test_partition_keeps_the_prefix_kv_in_the_prefill_pool() -> None:
@@ -149,6 +176,8 @@ BAD_EDITS = [
      'prefix = ["system_prompt", "conversation"], prefix_tokens', "prefix source 'system_prompt' is not"),
     ('tz.kv.reuse "think.kv.reuse"(%think.kv.retain.system_prompt.tool-agent-sys, %think.kv.retain.conversation : '
      '!tz.kv, !tz.kv)', 'tz.kv.reuse "think.kv.reuse"', "needs at least one !tz.kv operand"),
+    ('tz.kv.retain "think.kv.retain.conversation" {', 'tz.kv.retain "think.kv.retain.conversation"('
+     '%think.kv.retain.system_prompt.tool-agent-sys : !tz.kv) {edge_bytes = array<i64: 0>, ', "takes no operands"),
 ]
 
 

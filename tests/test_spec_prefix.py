@@ -10,7 +10,8 @@ from test_spec_errors import EMPTY, check, write
 
 from terrazzo.errors import SpecError
 from terrazzo.spec.agent import LlmNode
-from terrazzo.spec.prefix import CallTokens, full_input_tokens, mean_prefix_sizes, prefix_tokens
+from terrazzo.spec.distributions import Dist
+from terrazzo.spec.prefix import CallTokens, full_input_tokens, mean_prefix_sizes, prefix_tokens, with_prefix
 from terrazzo.spec.spec_loader import agent_from_text, load_agent, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +165,16 @@ def test_sessions_carry_the_conversation_across_turns(tmp_path: Path) -> None:
     draws = [shipped.sessions.draw_turns(rng) for _ in range(200)]
     assert min(draws) >= 2 and max(draws) <= 6
 
+
+
+@pytest.mark.parametrize("new", [
+    Dist.fixed(300), Dist(dist="uniform", low=100, high=500), Dist(dist="normal", mean=300, std=50),
+    Dist(dist="lognormal", mean=300, cv=0.3), Dist(dist="exponential", mean=300),
+    Dist(dist="empirical", values=[100, 500], weights=[3, 1]),
+])
+def test_full_input_distribution_keeps_the_mean_and_the_spread(new: Dist) -> None:
+    full = with_prefix(new, 2048)
+    assert full.expected == pytest.approx(new.expected + 2048)
+    rng = np.random.default_rng(0)
+    assert np.std(full.sample(rng, 20_000)) == pytest.approx(np.std(new.sample(rng, 20_000)), rel=0.05, abs=1e-9)
+    assert with_prefix(new, 0) is new

@@ -152,11 +152,20 @@ class KvOp(TzOp):
 @irdl_op_definition
 class KvRetainOp(KvOp):
     """Holds one prefix source (`prefix`: `conversation`, `system_prompt:NAME`, `context:NAME`) on the replica
-    between calls. Operands: the KV of the calls whose context it keeps (a loop's previous iteration, an
-    earlier call of the conversation); none for a shared prompt, resident whoever computed it."""
+    between calls. `calls` names the prefills whose context it keeps (a loop body's own prefill: the previous
+    iteration; an earlier call of the conversation); none for a shared prompt, resident whoever computed it.
+    A property, not an operand: holding a prefix moves nothing, so it adds no edge between placed ops."""
 
     name = "tz.kv.retain"
     prefix = prop_def(StringAttr)
+    calls = opt_prop_def(ArrayAttr)
+
+    def verify_(self) -> None:
+        super().verify_()
+        if self.operands:
+            raise self.fail("takes no operands (the calls it keeps the context of are in 'calls')")
+        if self.calls is not None and not all(isinstance(c, StringAttr) for c in self.calls.data):
+            raise self.fail("calls must be an array of op ids")
 
 
 @irdl_op_definition

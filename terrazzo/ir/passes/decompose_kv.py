@@ -3,11 +3,11 @@
 For every prefill (a `tz.llm.prefill`, or an `agent.llm.call` left whole) whose call names prefix sources:
 - each shared source (`system_prompt:NAME`, `context:NAME`) gets a `tz.kv.retain` with no operands: the
   prompt is resident on the replica whoever computed it, and every call naming it reads the same key;
-- `conversation` gets a `tz.kv.retain` of the KV of the LLM calls that feed this one through the graph —
-  for a loop body, its own previous iteration (through the loop's repeat edge): iteration k reads
-  iteration k-1's context, which holds everything before k's new input. That holds only when those calls
-  share this call's model and its shared prefix, so their token sequence starts the same; otherwise the
-  conversation is recomputed;
+- `conversation` gets a `tz.kv.retain` of the context of the LLM calls that feed this one through the
+  graph (`calls`) — for a loop body, its own previous iteration (through the loop's repeat edge):
+  iteration k reads iteration k-1's context, which holds everything before k's new input. That holds only
+  when those calls share this call's model and its shared prefix, so their token sequence starts the same;
+  otherwise the conversation is recomputed;
 - a `tz.kv.reuse` gathers the retained prefixes and feeds the prefill, which gets `cached_tokens` (read)
   and `new_tokens` (computed): prefill is priced on the new tokens, attention over the full context.
 With `tier=host|disk` each retained prefix is parked on that tier (`tz.kv.offload`) while it waits.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 from xdsl.passes import ModulePass
 
@@ -39,6 +39,7 @@ from terrazzo.ir.dialects.granular_dialect import (
     KvTransferOp,
     LlmPhase,
     MoeExpertOp,
+    MoeRider,
     PrefillOp,
 )
 from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, mean_prop, str_prop
@@ -85,17 +86,15 @@ def feeding_calls(op: NodeOp) -> list[NodeOp]:
     return found
 
 
-def _prefill_kv(call: NodeOp) -> SSAValue | None:
-    """The KV cache a call leaves: its prefill's `!tz.kv` result (a whole call has no KV value to name)."""
-    if isinstance(call, PrefillOp):
-        return call.out
-    if isinstance(call, DecodeOp | MoeExpertOp):
-        value = call.operands[0] if call.operands else None
-        while value is not None and isinstance(value, OpResult) and isinstance(value.op, KvTransferOp):
-            value = value.op.operands[0]
-        if value is not None and isinstance(value, OpResult) and isinstance(value.op, PrefillOp):
-            return value
-    return None
+def _prefill_id(call: NodeOp) -> str | None:
+    """The op that prefilled a call's context: a decode's prefill (through its KV transfer), a whole call
+    itself."""
+    if is_prefill(call):
+        return call.node_id
+    value = call.operands[0] if isinstance(call, DecodeOp | MoeExpertOp) and call.operands else None
+    while isinstance(value, OpResult) and isinstance(value.op, KvTransferOp | MoeRider):
+        value = value.op.operands[0] if value.op.operands else None
+    return value.op.node_id if isinstance(value, OpResult) and isinstance(value.op, NodeOp) else None
 
 
 def _continues(call: NodeOp, op: NodeOp) -> bool:
@@ -125,21 +124,22 @@ class KvDecomposer:
         held: list[SSAValue] = []
         cached = 0.0
         for key, tokens in zip(prefix_keys(op), prefix_sizes(op), strict=True):
-            sources: list[SSAValue] = []
+            props = {"anchor": StringAttr(op.node_id), "prefix": StringAttr(key), "tokens": f64_attr(tokens),
+                     "bytes": count_attr(tokens * per_token)}
             if key == CONVERSATION:
                 calls = feeding_calls(op)
                 if not all(_continues(c, op) for c in calls):
                     continue  # an earlier call's context starts differently: nothing to reuse
-                sources = [v for v in (_prefill_kv(c) for c in calls) if v is not None]
-            props = {"anchor": StringAttr(op.node_id), "prefix": StringAttr(key), "tokens": f64_attr(tokens),
-                     "bytes": count_attr(tokens * per_token)}
-            retain = KvRetainOp.make(f"{nid}.kv.retain.{key.replace(':', '.')}", sources, visits, [0.0] * len(sources),
-                                     props=props, result_types=[KvType()])
+                ids = list(dict.fromkeys(p for p in (_prefill_id(c) for c in calls) if p is not None))
+                props["calls"] = ArrayAttr([StringAttr(i) for i in ids])
+            retain = KvRetainOp.make(f"{nid}.kv.retain.{key.replace(':', '.')}", [], visits, props=props,
+                                     result_types=[KvType()])
             block.insert_op_before(retain, op)
             value: SSAValue = retain.out
             if self.tier is not None:
+                moved = {k: v for k, v in props.items() if k != "calls"}
                 park = KvOffloadOp.make(f"{nid}.kv.offload.{key.replace(':', '.')}", [value], visits, [0.0],
-                                        props={**props, "tier": StringAttr(self.tier)},
+                                        props={**moved, "tier": StringAttr(self.tier)},
                                         result_types=[KvType()])
                 block.insert_op_before(park, op)
                 value = park.out
