@@ -2,7 +2,7 @@
 
 Stages, each the previous one plus passes:
   agent        the frontend's output, one op per spec node
-  granular     + decompose-llm, decompose-moe, decompose-tools, decompose-memory
+  granular     + decompose-llm, decompose-moe, decompose-tools, decompose-memory, decompose-kv
   estimated    + estimate-cost
   placed       + apply-plan, verify-placement
   partitioned  + partition
@@ -36,7 +36,7 @@ from terrazzo.ir.passes import PASSES
 from terrazzo.ir.placement_file import cheapest_plan, load_placements
 from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla
 
-DECOMPOSE = ["decompose-llm", "decompose-moe", "decompose-tools", "decompose-memory"]
+DECOMPOSE = ["decompose-llm", "decompose-moe", "decompose-tools", "decompose-memory", "decompose-kv"]
 STAGES: dict[str, list[str]] = {
     "agent": [],
     "granular": DECOMPOSE,

@@ -8,7 +8,7 @@ An edge with no `data_bytes` carries what its source typically emits (see `paylo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TypedDict
 
@@ -20,8 +20,10 @@ from terrazzo.errors import CatalogError
 from terrazzo.ir.attributes import DataType, DistAttr
 from terrazzo.ir.dialects import agent_dialect as A
 from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, i64_attr, name_hint
-from terrazzo.spec.agent import Agent, AgentGraph, ComputeNode, Edge, LoopNode, Node, SubagentNode
+from terrazzo.spec.agent import Agent, AgentGraph, ComputeNode, Edge, LlmNode, LoopNode, Node, SubagentNode
 from terrazzo.spec.distributions import Dist
+from terrazzo.spec.prefix import PrefixSizes, mean_prefix_sizes, with_prefix
+from terrazzo.spec.workload import Workload
 
 TEXT_BYTES_PER_TOKEN = 4.0  # UTF-8 English averages about 4 characters per BPE token
 AUDIO_BYTES_PER_S = 32_000.0  # 16 kHz 16-bit mono PCM, what Whisper consumes
@@ -39,12 +41,15 @@ class _Common(TypedDict):
     join: str
 
 
-def agent_to_module(agent: Agent, catalog: Catalog | None = None) -> ModuleOp:
+def agent_to_module(agent: Agent, catalog: Catalog | None = None, workload: Workload | None = None) -> ModuleOp:
+    """`workload` adds its sessions' conversation to LLM prefixes (spec/prefix.py); without one, each request
+    stands alone."""
     block = Block()
     entry = A.InputOp(result_types=[DataType()])
     entry.out.name_hint = "input"
     block.add_op(entry)
-    sinks = _emit_graph(agent.graph, block, [entry.out], None, "", 1.0, catalog)
+    prefixes = mean_prefix_sizes(agent.graph, workload)
+    sinks = _emit_graph(agent.graph, block, [entry.out], None, "", 1.0, catalog, prefixes)
     block.add_op(A.OutputOp(operands=[sinks]))
     graph = A.GraphOp(agent.name, Region(block), agent.description)
     return ModuleOp([graph])
@@ -75,7 +80,7 @@ def level_visits(graph: AgentGraph) -> tuple[dict[str, float], dict[str, float]]
 
 def _emit_graph(
     graph: AgentGraph, block: Block, entry: Sequence[SSAValue], entry_bytes: Sequence[float] | None, prefix: str,
-    scale: float, catalog: Catalog | None,
+    scale: float, catalog: Catalog | None, prefixes: Mapping[str, PrefixSizes],
 ) -> list[SSAValue]:
     """Add one op per node of `graph` to `block`; returns the values of its sinks.
 
@@ -107,7 +112,7 @@ def _emit_graph(
             else:
                 inputs.append(_edge_value(graph, ops[e.src], j))
             sizes_in.append(sizes[j])
-        op = _make_op(node, prefix, inputs, sizes_in, visits[nid], shares, graph, catalog)
+        op = _make_op(node, prefix, inputs, sizes_in, visits[nid], shares, graph, catalog, prefixes)
         back += [(op, i, j) for i, j in later]
         ops[nid] = op
         block.add_op(op)
@@ -140,7 +145,7 @@ def _edge_value(graph: AgentGraph, src: NodeOp, j: int) -> SSAValue:
 
 def _make_op(
     node: Node, prefix: str, inputs: list[SSAValue], sizes: list[float], visits: float, shares: dict[str, float],
-    graph: AgentGraph, catalog: Catalog | None,
+    graph: AgentGraph, catalog: Catalog | None, prefixes: Mapping[str, PrefixSizes],
 ) -> NodeOp:
     nid = f"{prefix}{node.id}"
     common: _Common = {"node_id": nid, "inputs": inputs, "visits": visits, "edge_bytes": sizes, "join": node.join}
@@ -151,6 +156,8 @@ def _make_op(
             props = {"model": StringAttr(node.model), "dtype": StringAttr(node.dtype),
                      "input_tokens": d(node.input_tokens), "output_tokens": d(node.output_tokens),
                      "serving": StringAttr(node.serving)}
+            if node.prefix:
+                props.update(_prefix_props(node, prefixes[nid]))
             return A.LlmCallOp.make(**common, props=props)
         case "tool":
             props = {"protocol": StringAttr(node.protocol), "latency_s": d(node.latency_s), "cpu_s": d(node.cpu_s),
@@ -204,10 +211,21 @@ def _make_op(
             for arg in body.args:
                 arg.name_hint = name_hint(f"{nid}.in")
             inner = node.resolved
-            sinks = _emit_graph(inner, body, list(body.args), sizes, f"{nid}/", visits, catalog)
+            sinks = _emit_graph(inner, body, list(body.args), sizes, f"{nid}/", visits, catalog, prefixes)
             body.add_op(A.OutputOp(operands=[sinks]))
             return A.SubagentOp.make(**common, regions=[Region(body)])
     raise ValueError(f"unknown node kind {node.kind}")
+
+
+def _prefix_props(node: LlmNode, sizes: PrefixSizes) -> dict[str, Attribute]:
+    """The call's prefix sources with their mean sizes; its input becomes the full input (prefix + new),
+    what a cold prefill processes."""
+    keys = [p.source if p.name is None else f"{p.source}:{p.name}" for p in node.prefix]
+    tokens = [sizes.conversation if p.source == "conversation" else (p.tokens.expected if p.tokens else 0.0)
+              for p in node.prefix]
+    return {"prefix": ArrayAttr([StringAttr(k) for k in keys]),
+            "prefix_tokens": DenseArrayBase.from_list(f64, tokens),
+            "input_tokens": DistAttr.of(with_prefix(node.input_tokens, sizes.total))}
 
 
 def _edge_sizes(graph: AgentGraph, catalog: Catalog | None) -> list[float]:

@@ -64,6 +64,28 @@ def full_input_tokens(node: LlmNode, new_input: float, history: Iterable[CallTok
     return prefix_tokens(node, history, drawn).total + new_input
 
 
+def with_prefix(new_input: Dist, prefix: float) -> Dist:
+    """The full input's distribution: the new input shifted by a prefix of mean size `prefix`.
+
+    The mean is exact; the spread stays the new input's (lognormal and exponential keep their standard
+    deviation, as a lognormal around the shifted mean)."""
+    if prefix <= 0:
+        return new_input
+    d = new_input
+    match d.dist:
+        case "fixed":
+            return Dist.fixed(d.expected + prefix)
+        case "uniform":
+            return Dist(dist="uniform", low=(d.low or 0.0) + prefix, high=(d.high or 0.0) + prefix)
+        case "normal":
+            return Dist(dist="normal", mean=d.expected + prefix, std=d.std)
+        case "lognormal" | "exponential":
+            std = d.expected * (d.cv if d.dist == "lognormal" and d.cv is not None else 1.0)
+            return Dist(dist="lognormal", mean=d.expected + prefix, cv=std / (d.expected + prefix))
+        case _:
+            return Dist(dist="empirical", values=[v + prefix for v in d.values or []], weights=d.weights)
+
+
 def mean_prefix_sizes(graph: AgentGraph, workload: Workload | None = None) -> dict[str, PrefixSizes]:
     """Expected prefix per visit of every LLM leaf (by node path, 'sub/child' inside sub-agents).
 

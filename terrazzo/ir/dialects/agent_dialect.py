@@ -40,6 +40,7 @@ from terrazzo.ir.dialects.node_op import (
     int_prop,
     str_prop,
 )
+from terrazzo.ir.dialects.prefix_props import verify_prefix
 
 WORK_FORMAT = "$id (`(` $inputs^ `)`)? attr-dict"
 INDEXES = ("flat", "ivf", "hnsw")
@@ -63,6 +64,10 @@ class LlmCallOp(AgentOp):
     input_tokens = prop_def(DistAttr)
     output_tokens = prop_def(DistAttr)
     serving = prop_def(StringAttr)
+    prefix = opt_prop_def(ArrayAttr)  # see dialects/prefix_props.py
+    prefix_tokens = opt_prop_def(DenseArrayBase)
+    new_tokens = opt_prop_def(FloatAttr)
+    cached_tokens = opt_prop_def(FloatAttr)
 
     def verify_(self) -> None:
         super().verify_()
@@ -70,6 +75,7 @@ class LlmCallOp(AgentOp):
         check_choice(self, "serving", self.serving.data, SERVING)
         check_dist(self, "input_tokens", self.input_tokens, positive=True)
         check_dist(self, "output_tokens", self.output_tokens, positive=True)
+        verify_prefix(self)
 
 
 @irdl_op_definition

@@ -3,6 +3,8 @@
 Compute ops: LLM phases (`tz.llm.prefill`, `tz.llm.decode`), MoE phases (`tz.moe.expert`, with its riders
 `tz.moe.gate`, `tz.moe.merge`, `tz.collective.allreduce`), tools (`tz.tool.lookup`, `tz.tool.compute`),
 retrieval (`tz.embed.encode`, `tz.ann.search`) and memory (`tz.memory.load`, `tz.memory.store`).
+Prefix KV (decompose-kv): `tz.kv.retain` holds a prefix between calls, `tz.kv.offload` parks it on a
+host or disk tier, `tz.kv.reuse` hands the resident prefixes to the prefill that reads them.
 Data movement: `tz.kv.transfer` (prefill → decode) and `tz.transfer` (any edge between pools), each with
 its bytes and, once partitioned, its link. Placement: `tz.pool` holds one device pool's ops in an isolated
 region whose arguments and `tz.yield` operands are the values that cross its boundary.
@@ -10,7 +12,7 @@ region whose arguments and `tz.yield` operands are the values that cross its bou
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
 from xdsl.ir import Dialect, Operation
 from xdsl.irdl import (
     IRDLOperation,
@@ -50,6 +52,7 @@ from terrazzo.ir.dialects.node_op import (
     int_prop,
     str_prop,
 )
+from terrazzo.ir.dialects.prefix_props import verify_prefix
 
 TZ_FORMAT = "$id (`(` $inputs^ `:` type($inputs) `)`)? attr-dict `:` type($out)"
 
@@ -67,6 +70,10 @@ class LlmPhase(TzOp):
     input_tokens = prop_def(DistAttr)
     output_tokens = prop_def(DistAttr)
     serving = prop_def(StringAttr)
+    prefix = opt_prop_def(ArrayAttr)  # see dialects/prefix_props.py
+    prefix_tokens = opt_prop_def(DenseArrayBase)
+    new_tokens = opt_prop_def(FloatAttr)
+    cached_tokens = opt_prop_def(FloatAttr)
 
     def verify_(self) -> None:
         super().verify_()
@@ -74,6 +81,7 @@ class LlmPhase(TzOp):
         check_choice(self, "serving", self.serving.data, SERVING)
         check_dist(self, "input_tokens", self.input_tokens, positive=True)
         check_dist(self, "output_tokens", self.output_tokens, positive=True)
+        verify_prefix(self)
 
 
 def _needs_kv_input(op: NodeOp) -> None:
@@ -118,6 +126,68 @@ class KvTransferOp(TzOp):
         if len(self.operands) != 1 or not isinstance(self.operands[0].type, KvType):
             raise self.fail("takes exactly one !tz.kv operand")
         verify_link(self)
+
+
+KV_TIERS = ("host", "disk")
+
+
+class KvOp(TzOp):
+    """A prefix's KV cache kept for a later call: it rides with the op that reads it (`anchor`, the
+    prefill), whose pool holds it. `tokens` is the mean prefix per visit, `bytes` its KV cache."""
+
+    anchor = prop_def(StringAttr)
+    tokens = prop_def(FloatAttr)
+    bytes = prop_def(IntegerAttr)
+    out = result_def(KvType)
+
+    def verify_(self) -> None:
+        super().verify_()
+        for i, v in enumerate(self.operands):
+            if not isinstance(v.type, KvType):
+                raise self.fail(f"operand {i} has type {v.type}; it takes !tz.kv values")
+        check_positive(self, "tokens", float_prop(self, "tokens"))
+        check_positive(self, "bytes", float_prop(self, "bytes"))
+
+
+@irdl_op_definition
+class KvRetainOp(KvOp):
+    """Holds one prefix source (`prefix`: `conversation`, `system_prompt:NAME`, `context:NAME`) on the replica
+    between calls. Operands: the KV of the calls whose context it keeps (a loop's previous iteration, an
+    earlier call of the conversation); none for a shared prompt, resident whoever computed it."""
+
+    name = "tz.kv.retain"
+    prefix = prop_def(StringAttr)
+
+
+@irdl_op_definition
+class KvOffloadOp(KvOp):
+    """Moves a retained prefix to a slower `tier` (host DRAM, local disk) while it waits; the read back
+    costs bytes / bandwidth + latency of that tier (cost/kv_tiers.py)."""
+
+    name = "tz.kv.offload"
+    prefix = prop_def(StringAttr)
+    tier = prop_def(StringAttr)
+
+    def verify_(self) -> None:
+        super().verify_()
+        check_choice(self, "tier", self.tier.data, KV_TIERS)
+        if len(self.operands) != 1:
+            raise self.fail(f"takes exactly one !tz.kv operand (the retained prefix), has {len(self.operands)}")
+
+
+@irdl_op_definition
+class KvReuseOp(KvOp):
+    """The resident prefixes the anchor's prefill reads instead of computing: `tokens` is its cached_tokens."""
+
+    name = "tz.kv.reuse"
+
+    def verify_(self) -> None:
+        super().verify_()
+        if not self.operands:
+            raise self.fail("needs at least one !tz.kv operand (a retained or offloaded prefix)")
+
+
+KV_OPS = (KvRetainOp, KvOffloadOp, KvReuseOp)
 
 
 def verify_link(op: NodeOp) -> None:
@@ -352,5 +422,6 @@ class YieldOp(IRDLOperation):
 TZ_OPS: list[type[Operation]] = [
     PrefillOp, DecodeOp, KvTransferOp, MoeGateOp, MoeExpertOp, MoeMergeOp, AllReduceOp, ToolLookupOp,
     ToolComputeOp, EmbedEncodeOp, AnnSearchOp, MemLoadOp, MemStoreOp, TransferOp, PoolOp, YieldOp,
+    KvRetainOp, KvOffloadOp, KvReuseOp,
 ]
 Tz = Dialect("tz", TZ_OPS, [KvType, ActType, CandidateAttr, PlacementAttr])

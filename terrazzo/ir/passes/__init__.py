@@ -3,6 +3,7 @@
 from xdsl.passes import ModulePass
 
 from terrazzo.ir.passes.apply_plan import ApplyPlan
+from terrazzo.ir.passes.decompose_kv import DecomposeKv
 from terrazzo.ir.passes.decompose_llm import DecomposeLlm
 from terrazzo.ir.passes.decompose_memory import DecomposeMemory
 from terrazzo.ir.passes.decompose_moe import DecomposeMoe
@@ -13,8 +14,8 @@ from terrazzo.ir.passes.verify_placement import VerifyPlacement
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
-    for p in (DecomposeLlm, DecomposeMoe, DecomposeTools, DecomposeMemory, EstimateCost, ApplyPlan, Partition,
-              VerifyPlacement)
+    for p in (DecomposeLlm, DecomposeMoe, DecomposeTools, DecomposeMemory, DecomposeKv, EstimateCost, ApplyPlan,
+              Partition, VerifyPlacement)
 }
 
 __all__ = ["PASSES"]

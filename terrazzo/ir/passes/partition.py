@@ -6,7 +6,8 @@ feeds. A `tz.kv.transfer` whose prefill and decode share a pool disappears (the 
 otherwise it is the transfer of that edge. Every other edge between pools gets a `tz.transfer` carrying the
 edge's bytes, its link kind (`scale-out` between accelerators, `host` when a CPU pool is involved) and the
 time the bytes take on the slower side's network link. The graph's body then holds only the request, the
-pools, the transfers and the output: a dataflow network of pools, cycles included.
+pools, the transfers and the output: a dataflow network of pools, cycles included. Prefix KV ops
+(decompose-kv) go with the prefill that reads them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from terrazzo.errors import IRError, TerrazzoError
 from terrazzo.ir.candidate_pricing import PLACEABLE
 from terrazzo.ir.context import inputs_of
 from terrazzo.ir.dialects.agent_dialect import BranchOp, GraphOp, LoopOp, OutputOp, SubagentOp
-from terrazzo.ir.dialects.granular_dialect import AllReduceOp, KvTransferOp, MoeRider, PoolOp, TransferOp, YieldOp
+from terrazzo.ir.dialects.granular_dialect import (
+    AllReduceOp,
+    KvOp,
+    KvTransferOp,
+    MoeRider,
+    PoolOp,
+    TransferOp,
+    YieldOp,
+)
 from terrazzo.ir.dialects.node_op import NodeOp, count_attr, f64_attr, float_prop, name_hint, str_prop
 from terrazzo.spec.cluster import Fabric
 
@@ -85,7 +94,7 @@ def assign_pools(block: Block) -> dict[Operation, str]:
         raise IRError(f"partition needs every op placed; unplaced: {', '.join(unplaced[:8])}"
                       + (" …" if len(unplaced) > 8 else "") + " (run apply-plan with a plan that places them)")
     for op in block.ops:
-        if isinstance(op, MoeRider | AllReduceOp):
+        if isinstance(op, MoeRider | AllReduceOp | KvOp):
             anchor = by_id.get(op.anchor.data)
             if anchor not in home:
                 raise IRError(f"{op.name} '{op.node_id}' rides with '{op.anchor.data}', which is not placed")
