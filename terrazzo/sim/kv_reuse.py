@@ -14,7 +14,8 @@ The plan's per-op `kv` policy (plan file v2, `ops[].kv.policy`) decides what is 
   is pinned, so no other traffic evicts it, and the pinned blocks are taken from the replica's batch KV.
   Pins are capped at `MAX_PINNED_SHARE` of the replica's KV (past it, the prefix is kept unpinned, LRU).
 - `host` / `disk`: after the call its conversation moves down to that tier (the shared prompts stay on
-  the device); the next call reads it back, paying bytes ÷ bandwidth + latency before its prefill.
+  the device); the next call reads it back, paying bytes ÷ bandwidth + latency before its prefill (the
+  replica's host link or local NVMe, `cost/kv_tiers.py`, the planner's figures).
 Device residency beyond the pins is LRU within the blocks the running batch leaves free (a paged lane's
 residency shrinks as its batch grows, as an engine's prefix cache lives in its free blocks; the batch's
 own prefixes are counted in both, so this errs towards eviction): a prefix evicted from the device is
@@ -28,28 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from terrazzo.cost.kv_tiers import TierLink
 from terrazzo.kv.residency import DEVICE, DISK, HOST, TIERS, Match, Residency, Segment, TierSpec, prefix_affinity
 from terrazzo.kv.routing import ReplicaLoad, Router
 
 KV_POLICIES = ("recompute", "retain", "host", "disk")
 MAX_PINNED_SHARE = 0.5  # of a replica's KV blocks: the rest stays for the running batch
 AFFINITY_SLACK = 4  # calls a replica holding the prefix may carry over the least loaded one (kv.routing)
-
-
-@dataclass(frozen=True)
-class TierLink:
-    """The read-back path of one tier: a call's blocks there cost latency + bytes ÷ bandwidth."""
-
-    bw_bytes_s: float
-    latency_s: float
-    source: str
-
-
-# Defaults where the catalog gives no figure for the replica's host link or local disk.
-HOST_LINK = TierLink(63.0e9, 10e-6, "derived: PCIe Gen5 x16 = 32 GT/s x 16 lanes x 128/130 / 8 = 63.0 GB/s per "
-                     "direction; ~10 us per DMA transfer set-up (judgement call)")
-DISK_LINK = TierLink(7.45e9, 100e-6, "https://semiconductor.samsung.com/consumer-storage/internal-ssd/990-pro/ "
-                     "(990 PRO NVMe: 7,450 MB/s sequential read); ~100 us NVMe read latency (judgement call)")
 
 
 @dataclass(frozen=True)
@@ -114,8 +100,8 @@ class PoolKv:
     kv_bytes_per_token: float
     host_blocks: int = 0
     disk_blocks: int = 0
-    host: TierLink = HOST_LINK
-    disk: TierLink = DISK_LINK
+    host: TierLink | None = None  # the read-back paths (cost/kv_tiers.py); needed where the tier is enabled
+    disk: TierLink | None = None
     affinity_slack: int = AFFINITY_SLACK
     cache_aware: bool = True  # False: least loaded, the cache still kept (for comparison)
     residency: list[Residency] = field(init=False)
@@ -124,6 +110,8 @@ class PoolKv:
     _chain: Sequence[Segment] = field(init=False, default=())
 
     def __post_init__(self) -> None:
+        if (self.host_blocks and self.host is None) or (self.disk_blocks and self.disk is None):
+            raise ValueError("an enabled host or disk KV tier needs its read-back link (cost.kv_tiers.tier_link)")
         tiers = [TierSpec("device", self.device_blocks), TierSpec("host", self.host_blocks),
                  TierSpec("disk", self.disk_blocks)]
         self.residency = [Residency(tiers) for _ in self.lanes]
@@ -150,12 +138,11 @@ class PoolKv:
         self._fit(lane, now)
         m = self.residency[lane].lookup(chain, now)
         cached = min(m.hit_blocks * self.block_size, prefix_tokens, max(isl - 1, 0))  # the last token is computed
-        moved = (m.blocks[HOST], m.blocks[DISK])
-        transfer = sum(self._read_s(t, b) for t, b in zip((self.host, self.disk), moved, strict=True) if b)
+        transfer = 0.0
+        for link, blocks in ((self.host, m.blocks[HOST]), (self.disk, m.blocks[DISK])):
+            if blocks and link is not None:
+                transfer += link.read_back_s(blocks * self.block_size * self.kv_bytes_per_token)
         return Lookup(lane, cached, transfer, m)
-
-    def _read_s(self, link: TierLink, blocks: int) -> float:
-        return link.latency_s + blocks * self.block_size * self.kv_bytes_per_token / link.bw_bytes_s
 
     def keep(self, lane: int, chain: Sequence[Segment], now: float, policy: str, pin: bool) -> list[Any]:
         """After a call on `lane`: keep its context as `policy` says; returns the keys pinned (release them

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from terrazzo.cost.candidates import deployment
+from terrazzo.cost.kv_tiers import tier_link
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
 from terrazzo.errors import SimError, TerrazzoError
@@ -449,11 +450,12 @@ class Simulation:
             lane = pool.lanes[0]
             device = lane.blocks.capacity if hasattr(lane, "blocks") else int(min(pool.kv_tokens, 1 << 40) // bs)
             policy = stage.kv_policy
+            dev = self.model.catalog.device(op.device)
             pkv = self.kv_pools[op.planned.pool] = PoolKv(
                 pool.lanes, bs, device, stage.kv_bytes_per_token,
                 host_blocks=int(HOST_PER_DEVICE_KV * device) if policy == "host" else 0,
                 disk_blocks=int(DISK_PER_DEVICE_KV * device) if policy == "disk" else 0,
-                cache_aware=self.config.cache_aware)
+                host=tier_link(dev, "host"), disk=tier_link(dev, "disk"), cache_aware=self.config.cache_aware)
         return pkv
 
     # running ----------------------------------------------------------------------------------
