@@ -1,6 +1,9 @@
 """Planning time with KV reuse on and off, side by side, and the TCO each plan reaches.
 
-    .venv/bin/python bench/bench_plan_kv.py [--sizes 100,1000] [--rate 20]
+    .venv/bin/python bench/bench_plan_kv.py [--sizes 100,1000] [--rate 20] [--tco]
+
+With --tco it first plans the shipped tool-loop and chat agents with and without reuse (each plan
+simulated and re-planned until it passes: verify/kv_comparison.py) and prints both TCOs and the ratio.
 
 The agent is bench_plan.py's chain (every fifth node an LLM call: prefill, decode, aggregated; the rest
 tools and embeddings, 12 device types, 20 req/s under a TTFT/TBT SLA), with every LLM call behind a
@@ -56,7 +59,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--tco", action="store_true", help="also the shipped agents' TCO with and without reuse")
     args = parser.parse_args()
+    if args.tco:
+        from terrazzo.verify.kv_comparison import kv_tco_comparison
+
+        for agent, workload in (("tool-loop-agent", "steady-5rps"), ("tool-loop-agent", "steady-200rps"),
+                                ("chat-agent", "chat-sessions")):
+            t0 = time.perf_counter()
+            kv_tco_comparison(ROOT / f"examples/agents/{agent}.yaml", ROOT / f"examples/workloads/{workload}.yaml",
+                              ROOT / "examples/slas/interactive.yaml", ROOT / "examples/clusters/hetero.yaml",
+                              echo=True)
+            print(f"  ({time.perf_counter() - t0:.1f} s, both plans with their simulations)", flush=True)
     catalog, cluster = load_catalog(), Cluster(devices=DEVICES)
     workload = Workload.model_validate({"arrival": {"rate_per_s": args.rate}})
     sla = Sla.model_validate({"llm_default": {"ttft_s": 0.5, "tbt_s": 0.05}})
