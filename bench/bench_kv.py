@@ -260,7 +260,8 @@ def report(res: dict[str, Any]) -> str:
     lines = [f"{SECTION}\n",
              f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores: "
              f"`{res['command']}`; vLLM {res.get('vllm', '?')} CPU, 2 replicas, -O0, 1 thread and 1 GiB KV each, "
-             f"tiny random-weight Llama (hidden 256, 4 layers, 8 heads, 4 KV heads), {NEW_TOKENS} output tokens per call.\n"]
+             f"tiny random-weight Llama (hidden 256, 4 layers, 8 heads, 4 KV heads), {NEW_TOKENS} output tokens "
+             "per call.\n"]
     if "live" in res:
         lines += ["Live reuse (median of the repeats per iteration; off = a fresh cache salt per call, so vLLM's "
                   "prefix cache cannot hit):\n",
