@@ -7,7 +7,8 @@
    growing context and a 3-turn chat, each over a >= `--prefix-tokens` system prompt; TTFT per iteration
    with reuse (the scope's cache salt is stable, so vLLM finds the prefix) and without (a fresh salt per
    call: vLLM cannot reuse anything, the same as prefix caching off), and the ratio for iterations >= 2.
-2. routing: `--sessions` chat sessions of 3 turns at once on the 2 replicas, cache-aware routing
+2. routing: `--sessions` chat sessions of 3 turns on the 2 replicas (arrivals spread over 2 s, think
+   times exponential with mean 0.5 s, seeded alike for both policies), cache-aware routing
    (prefix and session affinity with the Router's slack) against least-loaded: hit rate (the manager's
    books and vLLM's own prefix-cache counters), p50/p99 TTFT of turns >= 2, calls per replica.
 3. sim: the simulator's predicted TTFT ratio for the same workload (branch kv-sim's function; a hook
@@ -16,8 +17,9 @@
 
 The servers run under the machine-wide /tmp/vllm.lock (one engineer's servers at a time) with -O0, 1 GiB
 of KV each, one thread each; they are stopped at the end. The checkpoint is terrazzo's tiny random-weight
-Llama, made wider (hidden 256, 4 layers) so that a 2k-token prefill costs more than the HTTP round trip,
-with room for 8k positions. TTFT = first streamed token as the client sees it.
+Llama, made wider (hidden 256, 4 layers, 8 heads, 4 KV heads: the checkpoint bench/bench_kv_sim_live.py
+profiled for the simulator) so that a 2k-token prefill costs more than the HTTP round trip, with room
+for 8k positions. TTFT = first streamed token as the client sees it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import fcntl
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -107,12 +110,15 @@ def chat_prompts(text: Text, system: str, turns: int, seed: str) -> Callable[[in
 
 
 async def conversation(pool: EnginePool, prompts: Callable[[int, list[str]], str], calls: int, tenant: str,
-                       scope: str, reuse: bool) -> list[dict[str, Any]]:
-    """One loop or session: `calls` calls in order; reuse off = a fresh scope (and so salt) per call."""
+                       scope: str, reuse: bool, think_s: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """One loop or session: `calls` calls in order (`think_s()` apart); reuse off = a fresh scope (and
+    so salt) per call."""
     assert pool.kv is not None
     answers: list[str] = []
     out = []
     for k in range(calls):
+        if k and think_s is not None:
+            await asyncio.sleep(think_s())
         prompt = prompts(k, answers)
         key = pool.kv.key(tenant, scope if reuse else f"{scope}/cold{k}/{uuid.uuid4().hex[:8]}", prompt)
         gen, replica, _ = await pool.generate(prompt, max_tokens=NEW_TOKENS, on_delta=lambda *_: None,
@@ -124,9 +130,14 @@ async def conversation(pool: EnginePool, prompts: Callable[[int, list[str]], str
 
 # --- servers ------------------------------------------------------------------------------------------
 def tiny_checkpoint(root: Path) -> str:
-    from terrazzo.models.tiny import make_tiny_checkpoint
+    """Made in a child process: torch's and the tokenizer trainer's threads must not exist in this one
+    when it forks the servers (a fork of a threaded process can hang in the child before exec)."""
+    import subprocess
 
-    ckpt = make_tiny_checkpoint(root / SERVED, hidden=256, layers=4, heads=4, kv_heads=2)
+    ckpt = str(root / SERVED)
+    subprocess.run([sys.executable, "-c", "import sys; from terrazzo.models.tiny import make_tiny_checkpoint as m; "
+                    "m(sys.argv[1], hidden=256, layers=4, heads=8, kv_heads=4)", ckpt], check=True,
+                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     cfg_path = Path(ckpt) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["max_position_embeddings"] = MAX_LEN  # room for 2k-token prefixes and their growth
@@ -175,7 +186,8 @@ async def live_reuse(pool: EnginePool, text: Text, prefix_tokens: int, calls: in
         on = [{"ttft_s": t} for t in per_k["on"]]
         off = [{"ttft_s": t} for t in per_k["off"]]
         t_off, t_on, ratio = ratio_after_first(on, off)
-        out[name] = {"ttft_on_s": per_k["on"], "ttft_off_s": per_k["off"], "after_first_off_s": t_off,
+        out[name] = {"output_tokens": NEW_TOKENS, "ttft_on_s": per_k["on"], "ttft_off_s": per_k["off"],
+                     "after_first_off_s": t_off,
                      "after_first_on_s": t_on, "ratio": ratio,
                      "prompt_tokens": [r["prompt_tokens"] for r in runs["on"][0]],
                      "prefix_tokens": text.tokens(system)}
@@ -196,9 +208,10 @@ async def live_routing(pool: EnginePool, text: Text, prefix_tokens: int, session
 
         async def one(i: int, policy: str = policy) -> list[dict]:
             system = text.make(prefix_tokens, f"rt{policy[0]}{i}")
-            await asyncio.sleep(0.05 * i)  # staggered arrivals
+            rng = random.Random(i)  # the same arrivals and think times under both policies
+            await asyncio.sleep(rng.uniform(0, 2.0))
             return await conversation(pool, chat_prompts(text, system, turns, f"{policy[0]}{i}"), turns, "bench",
-                                      f"route-{policy}-{i}", True)
+                                      f"route-{policy}-{i}", True, think_s=lambda: rng.expovariate(1 / 0.5))
 
         t0 = time.perf_counter()
         runs = await asyncio.gather(*(one(i) for i in range(sessions)))
@@ -219,21 +232,27 @@ async def live_routing(pool: EnginePool, text: Text, prefix_tokens: int, session
 
 
 def sim_prediction(live: dict[str, Any] | None) -> dict[str, Any]:
-    """The simulator's predicted TTFT ratio for the live workload: kv-sim's function, when it has landed."""
-    try:
-        from terrazzo.sim import kv_predict  # type: ignore[attr-defined]  # branch kv-sim
-    except ImportError:
-        return {"hook": "kv-sim has not landed here: terrazzo.sim.kv_predict.ttft_ratio(workload) fills this"}
-    return dict(kv_predict.ttft_ratio(live))
+    """The simulator's TTFT ratio for the prompt sizes the live run sent (terrazzo.sim.kv_predict, priced by
+    the vLLM profile bench/bench_kv_sim_live.py recorded of the same-sized checkpoint on this machine)."""
+    from terrazzo.sim import kv_predict
+
+    return dict(kv_predict.ttft_ratio(live, output_tokens=NEW_TOKENS))
+
+
+PLAN_CASES = {"tool-loop-agent": "steady-5rps", "chat-agent": "chat-sessions"}
 
 
 def planner_tco() -> dict[str, Any]:
-    """The planner's TCO with reuse on and off at equal SLA: kv-plan's function, when it has landed."""
-    try:
-        from terrazzo.plan import kv_tco  # type: ignore[attr-defined]  # branch kv-plan
-    except ImportError:
-        return {"hook": "kv-plan has not landed here: terrazzo.plan.kv_tco.tco_on_off() fills this"}
-    return dict(kv_tco.tco_on_off())
+    """The planner's TCO with reuse on and off at equal SLA, each plan simulated (terrazzo.verify.kv_comparison)."""
+    from terrazzo.verify.kv_comparison import kv_tco_comparison
+
+    out: dict[str, Any] = {}
+    for agent, workload in PLAN_CASES.items():
+        r = kv_tco_comparison(ROOT / f"examples/agents/{agent}.yaml", ROOT / f"examples/workloads/{workload}.yaml",
+                              ROOT / "examples/slas/interactive.yaml", ROOT / "examples/clusters/hetero.yaml")
+        out[agent] = {"line": r.line(), "ratio": r.ratio, "reuse_usd_h": r.reuse.usd_h,
+                      "recompute_usd_h": r.recompute.usd_h, "reuse_passes_sim": r.reuse.sim_verified}
+    return out
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -241,7 +260,8 @@ def report(res: dict[str, Any]) -> str:
     lines = [f"{SECTION}\n",
              f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores: "
              f"`{res['command']}`; vLLM {res.get('vllm', '?')} CPU, 2 replicas, -O0, 1 thread and 1 GiB KV each, "
-             f"tiny random-weight Llama (hidden 256, 4 layers), {NEW_TOKENS} output tokens per call.\n"]
+             f"tiny random-weight Llama (hidden 256, 4 layers, 8 heads, 4 KV heads), {NEW_TOKENS} output tokens "
+             "per call.\n"]
     if "live" in res:
         lines += ["Live reuse (median of the repeats per iteration; off = a fresh cache salt per call, so vLLM's "
                   "prefix cache cannot hit):\n",
@@ -254,7 +274,8 @@ def report(res: dict[str, Any]) -> str:
         lines.append("")
     if "routing" in res:
         rr = res["routing"]
-        lines += [f"Routing: {res['sessions']} chat sessions of 3 turns at once on 2 replicas (TTFT of turns ≥ 2):\n",
+        lines += [f"Routing: {res['sessions']} chat sessions of 3 turns on 2 replicas, arrivals within 2 s, think "
+                  "time exponential (mean 0.5 s); TTFT of turns ≥ 2:\n",
                   "| policy | vLLM prefix-cache hit rate | manager's hit rate | sessions kept on one replica | "
                   "p50 TTFT (ms) | p99 TTFT (ms) | calls per replica |", "|---|---|---|---|---|---|---|"]
         for name, r in rr.items():
@@ -264,10 +285,20 @@ def report(res: dict[str, Any]) -> str:
         a, b = rr["cache-aware"], rr["least-loaded"]
         lines.append(f"\ncache-aware / least-loaded: p99 TTFT {a['p99_ttft_s'] / b['p99_ttft_s']:.2f}×, "
                      f"hit rate {a['vllm_hit_rate']:.0%} vs {b['vllm_hit_rate']:.0%}.\n")
-    for name in ("sim", "plan"):
-        if name in res:
-            lines.append(f"{'Simulator prediction' if name == 'sim' else 'Planner TCO'}: "
-                         f"{json.dumps(res[name], default=str)}\n")
+    if "sim" in res:
+        lines += ["Simulator (terrazzo.sim.kv_predict.ttft_ratio on the same prompt sizes, priced by "
+                  f"{Path(str(res['sim'].get('profile', '?'))).name}):\n",
+                  "| workload | predicted off / on | measured off / on | predicted ÷ measured |", "|---|---|---|---|"]
+        for name, r in res["sim"].items():
+            if isinstance(r, dict) and "predicted_ratio" in r:
+                lines.append(f"| {name} | {r['predicted_ratio']:.2f}× | {r.get('measured_ratio', float('nan')):.2f}× | "
+                             f"{r.get('predicted_over_measured', float('nan')):.2f} |")
+        lines.append("")
+    if "plan" in res:
+        lines.append("Planner TCO at equal SLA (terrazzo.verify.kv_comparison, examples/clusters/hetero.yaml, "
+                     "examples/slas/interactive.yaml):\n")
+        lines += [f"- {r['line']}" for r in res["plan"].values()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -287,17 +318,17 @@ async def run_live(args: argparse.Namespace, sections: set[str]) -> dict[str, An
     res: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="bench-kv-"))
     ckpt = tiny_checkpoint(root)
-    text = Text(ckpt)
     kv = KvManager(KvSettings())
     pool = make_pool(ckpt, root, 2, kv)
     with open(LOCK, "a+") as lock:
         t0 = time.monotonic()
-        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # on this thread: no other thread exists when the servers fork
         print(f"lock after {time.monotonic() - t0:.0f} s; starting 2 vLLM replicas (logs in {root})", flush=True)
         try:
             await pool.start()
             res["vllm"] = pool.identity.version
             print(f"ready in {max(r.ready_s for r in pool.replicas):.0f} s", flush=True)
+            text = Text(ckpt)
             warm = text.make(64, "warm")
             await pool.generate(warm, max_tokens=2)
             await pool.generate(warm + " again", max_tokens=2)

@@ -24,7 +24,9 @@ def test_session_kv_is_reused_and_never_served_to_another_tenant(vllm_server: Li
                       kv=manager.pool("llm", 1, str(vllm_server.checkpoint), 1))
     assert pool.kv is not None
     unique = uuid.uuid4().hex  # nothing of this text is cached yet, by any test
-    system = f"{unique} " + " ".join(f"policy clause {i} says refunds take five days" for i in range(60))
+    system = f"{unique} policy:"
+    while len(pool.kv.key("t", "s", system).blocks) * pool.kv.settings.block_tokens < 600:  # ~600 tokens
+        system += " refunds take five days"
     turn1, turn2 = system + "\nUser: where is my order?", system + "\nUser: where is my order?\nUser: and now?"
 
     async def call(tenant: str, session: str, prompt: str) -> tuple[float, int]:
