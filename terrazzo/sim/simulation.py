@@ -198,8 +198,10 @@ class LlmStage(Stage):
         self.isl_draw, self.osl_draw = token_draws(isl, seed, f"{node.path}.isl"), token_draws(osl, seed,
                                                                                               f"{node.path}.osl")
         self.isl_mean, self.osl_mean = max(isl.expected, 1.0), max(osl.expected, 1.0)
+        # The planned KV edge carries the mean full context; with a prefix, `isl` is only the new part of it,
+        # so the per-token bytes come from the model instead of edge ÷ mean new input.
         kv_edge = sim.edge_bytes.get((self.pre.name, self.dec.name)) if self.pre and self.dec else None
-        self.kv_bytes_per_token = (kv_edge / self.isl_mean if kv_edge
+        self.kv_bytes_per_token = (kv_edge / self.isl_mean if kv_edge and not spec.prefix
                                    else kv_bytes_per_token(sim.model.catalog.model(spec.model), spec.dtype))
         self.ttft_limit = ttft_limit_s if ttft_limit_s is not None else math.inf
         self.tbt_limit = tbt_limit_s if tbt_limit_s is not None else math.inf
