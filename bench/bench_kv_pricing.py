@@ -5,7 +5,7 @@ resident prefix, and reading that prefix back from host memory or disk instead.
 
 For the agent's first LLM node with a prefix, at its last loop iteration (the largest context): the prefix
 (shared prompt + the conversation of the earlier calls, spec/prefix.py), the cold prefill of the full input
-(cost/llm.prefill), the reuse prefill (cost/kv_reuse.reuse_prefill), their ratio, and the read-back of the
+(cost/llm.prefill), the reuse prefill (cost/kv_reuse_pricing.reuse_prefill), their ratio, and the read-back of the
 prefix's KV from each tier (cost/kv_tiers.py) added to the reuse prefill. Model figures, not measurements:
 the live and simulated ratios are bench/bench_kv.py's.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import deployment
-from terrazzo.cost.kv_reuse import holding, prefix_kv_bytes, reuse_prefill
+from terrazzo.cost.kv_reuse_pricing import holding, prefix_kv_bytes, reuse_prefill
 from terrazzo.cost.kv_tiers import read_back_s
 from terrazzo.cost.llm import prefill
 from terrazzo.spec.agent import LlmNode

@@ -34,7 +34,7 @@ OPTIONAL_POOL_FIELDS: dict[str, str] = {
     "routing": "runtime router settings beyond the shares (affinity, least-loaded)",
 }
 ROLES = ("shared", "prefill", "decode", "aggregated", "moe")
-# An LLM op entry's optional `kv` (prefix reuse, plan/kv_reuse.py writes it; absent = recompute):
+# An LLM op entry's optional `kv` (prefix reuse, plan/kv_candidates.py writes it; absent = recompute):
 # {"policy", "prefix_tokens", "new_tokens", "hold_s", "hit_rate", "saving_usd_h"} (+ "tier", "transfer_s", "edge").
 KV_POLICIES = ("retain", "host", "disk", "recompute")
 KV_NUMBERS = ("prefix_tokens", "new_tokens", "hold_s", "hit_rate")

@@ -6,7 +6,7 @@ import pytest
 
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.cost.candidates import deployment
-from terrazzo.cost.kv_reuse import (
+from terrazzo.cost.kv_reuse_pricing import (
     holding,
     kv_capacity_bytes,
     prefix_kv_bytes,

@@ -19,7 +19,7 @@ from terrazzo.errors import PlanRejected
 from terrazzo.plan.check import check
 from terrazzo.plan.fleet_model import Assignment, Share, dedicated_replicas, demand_per_s, throughput_replicas
 from terrazzo.plan.from_ir import build
-from terrazzo.plan.kv_reuse import catalog_tiers, kv_replicas, policy_of
+from terrazzo.plan.kv_candidates import catalog_tiers, kv_replicas, policy_of
 from terrazzo.plan.planner import plan_graph
 from terrazzo.plan.recheck import recheck
 from terrazzo.spec.spec_loader import load_agent, load_cluster, load_sla, load_workload
@@ -46,7 +46,7 @@ def _graph(agent: str, reuse: bool = True):
 def test_reuse_lowers_tco_by_a_fifth_at_equal_sla_and_the_reuse_plan_passes_its_simulation(agent):
     r = kv_tco_comparison(ROOT / f"examples/agents/{agent}.yaml", ROOT / f"examples/workloads/{CASES[agent]}.yaml",
                           SLA, CLUSTER)
-    # planned to the same SLA; the reuse plan passes the KV-aware simulation (terrazzo/sim/kv_reuse.py).
+    # planned to the same SLA; the reuse plan passes the KV-aware simulation (terrazzo/sim/kv_lanes.py).
     # A recompute plan that missed its own would need more to pass, so the ratio only errs high.
     assert r.reuse.sim_verified is True, r.line()
     assert r.reuse.verification[-1]["e2e_at_sla_s"] <= r.reuse.deadline_s
@@ -176,7 +176,7 @@ def test_plan_explain_shows_each_reusing_edge_and_no_kv_reuse_turns_it_off():
 def test_the_milps_choice_passes_the_independent_check_under_a_tight_host_tier():
     """With host DRAM too small to park the chat's prefixes, the planner must pick another policy (or
     buy replicas for the room), and the checker agrees with what it picked."""
-    from terrazzo.plan.kv_reuse import cost_model_pricer, with_kv_options
+    from terrazzo.plan.kv_candidates import cost_model_pricer, with_kv_options
     from terrazzo.plan.kv_sites import kv_sites
 
     a, w, s, cluster, cat = _specs("chat-agent")

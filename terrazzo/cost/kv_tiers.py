@@ -1,7 +1,7 @@
 """Where a waiting prefix's KV cache can sit, and what reading it back costs: bytes / bandwidth + latency.
 
 `hbm`: the replica's own device memory (free to read back, but it takes KV capacity from the running
-batch: cost/kv_reuse.py prices that). `host`: host DRAM over the accelerator's host link (PCIe x16, one
+batch: cost/kv_reuse_pricing.py prices that). `host`: host DRAM over the accelerator's host link (PCIe x16, one
 direction). `disk`: a local NVMe drive. Every figure carries its source, as catalog figures do.
 """
 

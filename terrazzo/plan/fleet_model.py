@@ -74,7 +74,7 @@ class PoolKey:
     engine_version: str = ""
     op: str | None = None  # a dedicated (LLM) pool's op
     batch: int = 0  # a dedicated pool's sequences per lane
-    kv: str = ""  # a first-token pool's prefix policy (plan/kv_reuse.py) other than recompute: its own pool
+    kv: str = ""  # a first-token pool's prefix policy (plan/kv_candidates.py) other than recompute: its own pool
 
     @property
     def name(self) -> str:
@@ -187,7 +187,7 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     which `check` then rejects)."""
     o = graph.op(op)
     n = throughput_replicas(load_of(graph, op, c, share), graph.utilisation_cap)
-    if c.kv is not None:  # KV reuse: room for the prefixes the pool parks (plan/kv_reuse.py)
+    if c.kv is not None:  # KV reuse: room for the prefixes the pool parks (plan/kv_candidates.py)
         n = max(n, kv_replicas(graph, op, c, share))
     lam = demand_per_s(graph, op) * share
     if (not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s) or not c.feasible

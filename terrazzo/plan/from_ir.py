@@ -68,7 +68,7 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     """The planning graph of the specs. `arrival` overrides the rate and burstiness the workload states
     (a trace's measured ones: verify/replan.py measures them); `prune_candidates=False` keeps every
     candidate (the brute-force tests compare against it). Calls that name a prefix get its reuse
-    policies as candidates (plan/kv_reuse.py); `kv_reuse=False` prices them all as recompute."""
+    policies as candidates (plan/kv_candidates.py); `kv_reuse=False` prices them all as recompute."""
     agent = with_token_overrides(agent, workload)
     arrival = arrival or Arrival.of(workload)
     devices = [catalog.device(d).name for d in cluster.device_types]
@@ -127,7 +127,7 @@ def _with_kv(graph: PlanningGraph, agent: Agent, workload: Workload, sla: Sla, c
     """KV reuse: the first-token ops of calls that name a prefix, priced per policy (plan/kv_sites.py)."""
     if not any(isinstance(n, LlmNode) and n.prefix for _, n in agent.graph.leaves()):
         return graph  # no call names a prefix: today's graph, untouched
-    from terrazzo.plan.kv_reuse import catalog_tiers, cost_model_pricer, with_kv_options
+    from terrazzo.plan.kv_candidates import catalog_tiers, cost_model_pricer, with_kv_options
     from terrazzo.plan.kv_sites import kv_sites
 
     sites = kv_sites(agent, workload, sla, graph)

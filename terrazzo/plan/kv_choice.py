@@ -1,5 +1,5 @@
 """A first-token candidate's prefix-reuse policy: the record the fleet model sizes pools with and the
-plan file's per-op `kv` entry is written from (plan/kv_reuse.py prices and makes them)."""
+plan file's per-op `kv` entry is written from (plan/kv_candidates.py prices and makes them)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from terrazzo.plan.kv_reuse import KvSite
+from terrazzo.plan.kv_candidates import KvSite
 from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent, AgentGraph, LlmNode, LoopNode, SubagentNode, ToolNode
 from terrazzo.spec.prefix import has_conversation, mean_prefix_sizes

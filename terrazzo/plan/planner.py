@@ -17,7 +17,7 @@ from terrazzo.plan.fleet_model import PoolSize, first_token_attainable, first_to
 from terrazzo.plan.from_ir import build
 from terrazzo.plan.infeasibility import explain_infeasible
 from terrazzo.plan.keep_or_buy import FleetDecision, fleet_decision, pool_usd_h
-from terrazzo.plan.kv_reuse import kv_entries
+from terrazzo.plan.kv_candidates import kv_entries
 from terrazzo.plan.milp import Allow, Solution, solve_milp
 from terrazzo.plan.planning_graph import REFERENCE_DEVICE, OpCandidate, PlanningGraph
 from terrazzo.plan.power import energy_j_per_request, fleet_power_kw
@@ -98,7 +98,7 @@ class Plan:
     fleet: FleetDecision | None = None  # keep or buy: owned used/idle, bought, $/h rows (plan/keep_or_buy.py)
     power_kw: float = 0.0  # device power, utilisation-weighted (plan/power.py)
     energy_j_per_request: float = 0.0  # at the wall (× PUE)
-    kv: dict[str, dict[str, Any]] = field(default_factory=dict)  # op → its prefix-reuse entry (plan/kv_reuse.py)
+    kv: dict[str, dict[str, Any]] = field(default_factory=dict)  # op → its prefix-reuse entry (plan/kv_candidates.py)
 
     @property
     def sim_verified(self) -> bool | None:

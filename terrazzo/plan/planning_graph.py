@@ -55,7 +55,7 @@ class OpCandidate:
     engine_version: str = ""
     tbt_s: float | None = None  # an LLM decode step (decode, aggregated): time between tokens at `batch`
     spread: tuple[float, float] | None = None  # cross-validated p10/p90 of measured ÷ predicted time; None: unknown
-    kv: KvChoice | None = None  # prefix reuse policy of a first-token op's candidate (plan/kv_reuse.py); None: none
+    kv: KvChoice | None = None  # prefix reuse of a first-token op's candidate (plan/kv_candidates.py); None: none
 
     @property
     def label(self) -> str:

@@ -19,7 +19,7 @@ from terrazzo.errors import PlanRejected, TerrazzoError
 from terrazzo.plan.check import Verdict, check
 from terrazzo.plan.fleet_model import Assignment, Share, pool_key
 from terrazzo.plan.from_ir import Arrival, build
-from terrazzo.plan.kv_reuse import kv_entries, policy_of
+from terrazzo.plan.kv_candidates import kv_entries, policy_of
 from terrazzo.plan.planning_graph import PlanningGraph, is_dedicated
 from terrazzo.plan_file import PLAN_SCHEMA, PoolEntry, op_kv_policies, plan_pools, read_plan_json
 

@@ -2,7 +2,7 @@
 
 - `predicted_loop(profile, shape)`: TTFT per iteration of an agent's tool loop (a shared system prompt, a
   conversation growing by each call's new input and output) on one vLLM replica priced by a `terrazzo
-  profile --engine vllm` file, with reuse (the pool keeps each call's KV, `kv_reuse.PoolKv`) and without;
+  profile --engine vllm` file, with reuse (the pool keeps each call's KV, `kv_lanes.PoolKv`) and without;
   the ratio of iterations 2.. is what the live server is measured against (bench/bench_kv_sim_live.py).
 - `ttft_ratio(live)`: the same for the prompt sizes a live run sent (bench/bench_kv.py's hook).
 - `routing_under_skew(...)`: 8 replicas, sessions drawn from a Zipf law, each with its own 2k-token
@@ -27,7 +27,7 @@ from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.sim.engine import Environment
-from terrazzo.sim.kv_reuse import PoolKv, Shared, call_chain
+from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
 from terrazzo.sim.pools import LlmPool, Seq
 from terrazzo.sim.schedulers import Scheduler, engine_scheduler
 from terrazzo.sim.service_times import LlmCost

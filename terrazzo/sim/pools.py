@@ -172,7 +172,7 @@ class LlmPool:
     # routing ----------------------------------------------------------------------------------
 
     def submit(self, seq: Seq, lane_index: int | None = None) -> None:
-        """Route to `lane_index` (the KV-aware router's pick, `kv_reuse.PoolKv`), else to the least-loaded
+        """Route to `lane_index` (the KV-aware router's pick, `kv_lanes.PoolKv`), else to the least-loaded
         lane (queued prompt tokens for prefill, sequences otherwise). A sequence whose prefix was found
         in KV arrives with `done` > 0: only `need - done` tokens are prefilled."""
         r = int(self.load.argmin()) if lane_index is None else lane_index

@@ -106,7 +106,7 @@ class BlockManager:
     the decoding batch holds, at lane step s, Σ ceil((ctx0 + s) / block_size) over its sequences (the
     blocks their next step writes into), kept implicitly (`join`/`leave`) so that a span of steps is
     checked without touching every sequence. `preempt` picks the victim: the latest admitted. Prefixes
-    that the KV-cache layer pins between an agent's calls (`sim/kv_reuse.py`) are taken from `total`
+    that the KV-cache layer pins between an agent's calls (`sim/kv_lanes.py`) are taken from `total`
     (`pin`); `capacity` is the lane's whole KV.
     """
 

@@ -14,8 +14,8 @@ from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.plan.recheck import resolve_input
 from terrazzo.plan_file import PoolEntry, op_shares, plan_pools, read_plan_json
-from terrazzo.sim.kv_reuse import KV_POLICIES as KV_REUSE_POLICIES
-from terrazzo.sim.kv_reuse import KvOpPolicy
+from terrazzo.sim.kv_lanes import KV_POLICIES as KV_REUSE_POLICIES
+from terrazzo.sim.kv_lanes import KvOpPolicy
 from terrazzo.sim.schedulers import KV_POLICIES, POLICIES, Scheduler, engine_scheduler
 from terrazzo.spec.agent import Agent, LlmNode
 from terrazzo.spec.cluster import Cluster

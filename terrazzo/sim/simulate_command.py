@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.errors import SimError
-from terrazzo.sim.kv_reuse import KV_POLICIES
+from terrazzo.sim.kv_lanes import KV_POLICIES
 from terrazzo.sim.results import PlanCheck, SimReport, plan_check_from, simulate
 from terrazzo.sim.sim_inputs import SimModel, load_model, model_from_plan
 from terrazzo.sim.simulation import SimConfig

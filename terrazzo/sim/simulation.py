@@ -30,7 +30,7 @@ from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.sim.arrivals import renewal_times, trace_times
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.flow import CNode, Flow, Request, Token, compile_graph
-from terrazzo.sim.kv_reuse import PoolKv, Shared, call_chain
+from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
 from terrazzo.sim.links import Link
 from terrazzo.sim.pools import LlmPool, Seq, ServerPool
 from terrazzo.sim.sampling import dist_draws, stream, token_draws, uniform_draws

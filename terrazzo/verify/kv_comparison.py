@@ -1,7 +1,7 @@
 """The planner's TCO with prefix reuse against the same plan with every prefix recomputed, at equal SLA.
 
 Both plans come from one code path (`verify.replan.verified_plan`, its `kv_reuse` switch), each simulated
-at its traffic (the simulator's KV model: terrazzo/sim/kv_reuse.py) and re-planned until it passes.
+at its traffic (the simulator's KV model: terrazzo/sim/kv_lanes.py) and re-planned until it passes.
 `bench/bench_kv.py` calls `kv_tco_comparison`; the test suite holds the shipped tool-loop and chat agents
 to at least 20 % lower TCO with reuse, the reuse plan passing. When the recompute plan misses its own
 simulation the comparison says so: passing would cost recompute more, so the ratio then errs high.

@@ -12,7 +12,7 @@ aggregated), so the MILP's choice among candidates is the choice per edge and st
 - host / disk: the prefix waits in host DRAM or on NVMe (their capacity per device bounds the pool the
   same way) and the next call pays the transfer back on its first token (bytes / link + latency).
 
-A hit's prefill is cost/kv_reuse.reuse_prefill (GEMMs on the new tokens, attention over the whole
+A hit's prefill is cost/kv_reuse_pricing.reuse_prefill (GEMMs on the new tokens, attention over the whole
 context); a tier's read-back is cost/kv_tiers.py's link. The planned hit rate is the share of calls that
 have a prefix to reuse.
 """
@@ -189,7 +189,7 @@ def policy_of(c: OpCandidate) -> str:
 def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     """Prices a site's candidates with terrazzo.cost: the same deployment the IR priced."""
     from terrazzo.cost.candidates import deployment
-    from terrazzo.cost.kv_reuse import reuse_prefill
+    from terrazzo.cost.kv_reuse_pricing import reuse_prefill
     from terrazzo.cost.llm import (
         PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
