@@ -144,13 +144,24 @@ def require_vllm_python(configured: str | None = None) -> Path:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that launched it dies (Linux prctl), so a
-    crashed runtime or a killed Ray actor never leaves a server behind."""
+def _load_libc() -> Any:
     import ctypes
 
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: servers then outlive a crashed parent, as on other platforms
+        return None
+
+
+# Loaded here, in the parent: a child forked from a threaded process (torch, tokenizers) may hang in dlopen.
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that launched it dies (Linux prctl), so a
+    crashed runtime or a killed Ray actor never leaves a server behind. Only a call into the loaded libc."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
