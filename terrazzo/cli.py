@@ -593,7 +593,8 @@ def profile_cmd(
     warmup: Annotated[int, typer.Option(help="warm-up rounds, not recorded")] = 3,
     ops: Annotated[str, typer.Option(help="comma-separated: prefill,decode,embed,ann,transfer")] = (
         "prefill,decode,embed,ann,transfer"),
-    quick: Annotated[bool, typer.Option(help="few points and repeats: a smoke test, not for planning")] = False,
+    quick: Annotated[bool, typer.Option(help="few points and repeats (vLLM: eager, -O0): a smoke test, not for "
+                                        "planning")] = False,
     engine: Annotated[str, typer.Option(help="builtin (the runtime's engine, in process) or vllm (a live vLLM CPU "
                                         "server, under its own scheduler)")] = "builtin",
     vllm_python: Annotated[str | None, typer.Option(help="vLLM's python (default $TERRAZZO_VLLM_PYTHON or "
@@ -608,7 +609,8 @@ def profile_cmd(
         fields = dict(model=model, model_name=model_name, base=base, catalogs=catalog or [], vllm_python=vllm_python,
                       command=" ".join(["terrazzo", *sys.argv[1:]]),
                       **({"as_device": as_device} if as_device else {}),
-                      **({"repeats": min(repeats, 2), "warmup": 0} if quick else {}))
+                      **({"repeats": min(repeats, 2), "warmup": 0, "vllm_eager": True, "isl": (16, 64, 256),
+                          "decode_batch": (1, 4, 16), "decode_context": (64, 256)} if quick else {}))
         profile_command(Options.vllm(**fields), output, console)
         return
 

@@ -16,6 +16,7 @@ from terrazzo.codegen.compile import (
     Target,
     artifact_format_ok,
     built_operator,
+    cache_dir,
     compile_operator,
     parse_target,
     target_for_device,
@@ -48,8 +49,8 @@ def embed_host(root):
     return compile_operator(embed_operator(1, 128), HOST, root)
 
 
-def test_the_privacy_filter_learns_its_synthetic_task():
-    trained = train()
+def test_the_privacy_filter_learns_its_synthetic_task(root):
+    trained = train(cache_dir(root) / "weights")  # trained here once; the artifact tests below load it
     assert trained.heldout_accuracy >= 0.95  # held-out synthetic texts, not seen in training
     scores = trained.net(torch.from_numpy(encode(["write to ana12@example.com", "where is my parcel"])))
     assert scores[0] > 0.5 > scores[1]

@@ -91,6 +91,7 @@ class Options:
     vllm_python: str | None = None
     vllm_log: Path | None = None
     vllm_server: Any = None  # a running terrazzo.profile.vllm_server.VllmServer on `model` (tests share one)
+    vllm_eager: bool = False  # start vLLM with -O0 (no torch.compile: minutes saved at start-up; --quick)
 
     @classmethod
     def vllm(cls, **kw: object) -> Options:
@@ -225,14 +226,15 @@ def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str]
     log = opts.vllm_log or Path(tmp) / "vllm.log"
     got = measure(checkpoint, name or checkpoint.name.lower(), random_weights, opts.isl, opts.prefill_batch,
                   opts.decode_batch, opts.decode_context, opts.warmup, opts.repeats, opts.seed, log,
-                  python=opts.vllm_python, server=opts.vllm_server, say=say)
+                  python=opts.vllm_python, server=opts.vllm_server, eager=opts.vllm_eager, say=say)
     st = got.settings
     notes.append(f"prefill and decode measured on a live vLLM {got.version} CPU server (OpenAI API, /v1/completions "
                  f"with token-id prompts built through /tokenize, streamed), under its own scheduler: chunked prefill, "
                  f"max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs {st.max_num_seqs}, block size "
                  f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; prefill and decode times are "
                  f"the engine's own (request_prefill_time, request_decode_time per token); a request's front-end "
-                 f"latency (HTTP, API server) {got.frontend_s * 1e3:.1f} ms; server start-up {got.startup_s:.0f} s")
+                 f"latency (HTTP, API server) {got.frontend_s * 1e3:.1f} ms; server start-up {got.startup_s:.0f} s"
+                 + ("; eager mode (-O0, no torch.compile)" if opts.vllm_eager else ""))
     return got
 
 

@@ -70,14 +70,16 @@ def checkpoint_shape(checkpoint: Path, name: str, random_weights: bool) -> LlmSh
 def measure(checkpoint: Path, name: str, random_weights: bool, isl: tuple[int, ...], prefill_batch: tuple[int, ...],
             decode_batch: tuple[int, ...], decode_context: tuple[int, ...], warmup: int, repeats: int, seed: int,
             log: Path, settings: VllmSettings | None = None, python: str | None = None,
-            server: VllmServer | None = None, say: Callable[[str], None] = lambda _: None) -> VllmMeasured:
+            server: VllmServer | None = None, eager: bool = False,
+            say: Callable[[str], None] = lambda _: None) -> VllmMeasured:
     """Start a server on `checkpoint` (or use `server`, already running on it) and measure the grid."""
     shape = checkpoint_shape(checkpoint, name, random_weights)
     longest = max((*isl, *(c + DECODE_TOKENS for c in decode_context)), default=64)
     if server is not None:
         settings = server.settings
     settings = settings or VllmSettings(max_num_seqs=max(max(decode_batch, default=1), max(prefill_batch, default=1)),
-                                        max_model_len=min(shape.max_context, max(2048, longest + 16)))
+                                        max_model_len=min(shape.max_context, max(2048, longest + 16)),
+                                        extra=["-O0"] if eager else [])
     if longest + 1 > settings.max_model_len:
         raise ProfileError(f"a point needs {longest + 1} tokens of context; the server allows "
                            f"{settings.max_model_len}", field="--isl/--decode-context",
