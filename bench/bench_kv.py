@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+RECORDED_PROFILE = ROOT / "bench/data/kv_sim_live/vllm-profile.yaml"  # bench_kv_sim_live.py wrote it
 sys.path.insert(0, str(ROOT))
 
 from terrazzo.kv.routing import Router  # noqa: E402
@@ -236,7 +237,7 @@ def sim_prediction(live: dict[str, Any] | None) -> dict[str, Any]:
     the vLLM profile bench/bench_kv_sim_live.py recorded of the same-sized checkpoint on this machine)."""
     from terrazzo.sim import kv_predict
 
-    return dict(kv_predict.ttft_ratio(live, output_tokens=NEW_TOKENS))
+    return dict(kv_predict.ttft_ratio(RECORDED_PROFILE, live, output_tokens=NEW_TOKENS))
 
 
 PLAN_CASES = {"tool-loop-agent": "steady-5rps", "chat-agent": "chat-sessions"}

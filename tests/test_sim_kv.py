@@ -185,12 +185,14 @@ def test_predicted_loop_ratio_on_a_catalog_gpu():
 def test_ttft_ratio_on_the_recorded_vllm_profile():
     """bench_kv's hook prices the live workload by the profile bench_kv_sim_live.py recorded (no vLLM here);
     the comparison with the live figures is the benchmark's, not this test's."""
-    from terrazzo.sim.kv_predict import RECORDED_PROFILE, ttft_ratio
+    from terrazzo.sim.kv_predict import ttft_ratio
 
-    out = ttft_ratio({"tool loop": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2592, 2880], "ratio": 3.0}})
+    recorded = Path(__file__).resolve().parents[1] / "bench/data/kv_sim_live/vllm-profile.yaml"
+    out = ttft_ratio(recorded, {"tool loop": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2592, 2880],
+                                              "ratio": 3.0}})
     row = out["tool loop"]
-    assert out["profile"] == str(RECORDED_PROFILE)
+    assert out["profile"] == str(recorded)
     assert row["predicted_ttft_off_s"][2] > row["predicted_ttft_off_s"][1] > row["predicted_ttft_on_s"][1]
     assert row["predicted_ratio"] > 2.0 and row["predicted_over_measured"] == pytest.approx(row["predicted_ratio"] / 3)
     with pytest.raises(ValueError, match="re-send"):
-        ttft_ratio({"x": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2310]}})
+        ttft_ratio(recorded, {"x": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2310]}})

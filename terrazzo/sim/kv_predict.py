@@ -4,7 +4,7 @@
   conversation growing by each call's new input and output) on one vLLM replica priced by a `terrazzo
   profile --engine vllm` file, with reuse (the pool keeps each call's KV, `kv_lanes.PoolKv`) and without;
   the ratio of iterations 2.. is what the live server is measured against (bench/bench_kv_sim_live.py).
-- `ttft_ratio(live)`: the same for the prompt sizes a live run sent (bench/bench_kv.py's hook).
+- `ttft_ratio(profile, live)`: the same for the prompt sizes a live run sent (bench/bench_kv.py's hook).
 - `routing_under_skew(...)`: 8 replicas, sessions drawn from a Zipf law, each with its own 2k-token
   context; cache-aware routing (kv.routing.Router with the residency affinity) against least loaded
   (the cache kept, routing blind to it): p99 TTFT, hit rate, calls per replica.
@@ -153,15 +153,11 @@ def _loop(pp: ProfiledPool, shared_tokens: int, news: list[int], output_tokens: 
     return ttfts
 
 
-RECORDED_PROFILE = Path(__file__).resolve().parents[2] / "bench/data/kv_sim_live/vllm-profile.yaml"
-
-
-def ttft_ratio(live: dict[str, Any] | None = None, profile: Path = RECORDED_PROFILE,
-               output_tokens: int = 32) -> dict[str, Any]:
+def ttft_ratio(profile: Path, live: dict[str, Any] | None = None, output_tokens: int = 32) -> dict[str, Any]:
     """bench/bench_kv.py's hook: per live workload ({name: {prefix_tokens, prompt_tokens, ratio, ...}}), the
     simulated TTFT per iteration with and without reuse and the ratio over iterations ≥ 2, against the
-    measured one. Priced by a vLLM profile of the tiny checkpoint on this machine kind (default: the one
-    bench/bench_kv_sim_live.py recorded). Without `live`: the 3-iteration loop of `LoopShape()`."""
+    measured one. Priced by a vLLM profile of the tiny checkpoint on this machine kind (the benchmarks
+    pass the one bench/bench_kv_sim_live.py recorded). Without `live`: the 3-iteration loop of `LoopShape()`."""
     if not profile.is_file():
         return {"error": f"no vLLM profile at {profile}: run bench/bench_kv_sim_live.py (it records one)"}
     pp = profiled_pool(profile)
