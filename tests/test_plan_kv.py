@@ -130,6 +130,27 @@ def test_agents_without_a_prefix_plan_as_before():
     assert all("kv" not in op for op in doc["ops"]) and not any("-kv-" in p["name"] for p in doc["pools"])
 
 
+def test_a_call_whose_conversation_comes_from_an_earlier_llm_call_always_hits():
+    """One visit per request and no shared prompt, yet a conversation in front (the planner's first call made
+    it): every visit reuses it (this once divided by a zero hit rate)."""
+    from terrazzo.spec.spec_loader import agent_from_text
+
+    cluster, cat = load_cluster(CLUSTER)
+    a = agent_from_text("""
+name: plan-then-answer
+nodes:
+  - {id: plan, kind: llm, model: llama-3-8b, input_tokens: 800, output_tokens: 100}
+  - {id: answer, kind: llm, model: llama-3-8b, input_tokens: 200, output_tokens: 100,
+     prefix: [{source: conversation}]}
+edges:
+  - {from: plan, to: answer}
+""")
+    g = build(a, load_workload(ROOT / "examples/workloads/steady-5rps.yaml", a), load_sla(SLA, a), cluster, cat)
+    reuse = [c.kv for o in g.ops if o.name.startswith("answer.") for c in o.candidates if c.kv is not None]
+    assert reuse and all(k.hit_rate == 1.0 for k in reuse)
+    assert not any(c.kv for o in g.ops if o.name.startswith("plan.") for c in o.candidates)
+
+
 def _plan_doc(agent: str) -> dict:
     p = plan_graph(_graph(agent), agent, with_baselines=False)
     inputs = {"agent": f"examples/agents/{agent}.yaml", "workload": f"examples/workloads/{CASES[agent]}.yaml",

@@ -41,6 +41,10 @@ class CacheAffinity:
         self.capacity_blocks = capacity_blocks
         self.replicas = [Residency([TierSpec("device", capacity_blocks)]) for _ in range(replicas)]
 
+    def reset(self, replica: int) -> None:
+        """The replica lost its cache (a crash or restart): it holds nothing any more."""
+        self.replicas[replica] = Residency([TierSpec("device", self.capacity_blocks)])
+
     def depth(self, chain: Sequence[str], replica: int) -> int:
         """Leading keys of `chain` (root included) resident on `replica`, without touching them."""
         res = self.replicas[replica]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 
 from terrazzo.kv.routing import Affinity, ReplicaLoad
 
@@ -264,7 +264,20 @@ class Residency:
     def _push(self, e: _Entry) -> None:
         e.version += 1
         self._seq += 1
-        heappush(self._heaps[e.tier], (e.last_s, -e.depth, self._seq, e.version, e.key))
+        heap = self._heaps[e.tier]
+        heappush(heap, (e.last_s, -e.depth, self._seq, e.version, e.key))
+        if len(heap) > 4 * len(self.entries) + 64:  # stale versions pile up while the tier has room
+            self._compact(e.tier)
+
+    def _compact(self, tier: int) -> None:
+        """Rebuild a tier's eviction heap from its live unpinned entries (a long-lived server's touches)."""
+        live = [(x.last_s, -x.depth, x.version, x.key) for x in self.entries.values() if x.tier == tier and x.pins == 0]
+        heap = []
+        for last_s, depth, version, key in live:
+            self._seq += 1
+            heap.append((last_s, depth, self._seq, version, key))
+        heapify(heap)
+        self._heaps[tier] = heap
 
     def _remove(self, e: _Entry) -> None:
         self.used[e.tier] -= e.blocks

@@ -47,6 +47,8 @@ def kv_sites(agent: Agent, workload: Workload, sla: Sla, graph: PlanningGraph) -
         # a call hits when something sits in front of it: always behind a shared prompt, else all but a
         # session's very first call
         hits = 1.0 if size.shared > 0 else 1 - 1 / (v * turns)
+        if hits <= 0:  # one call per session, yet a conversation in front: earlier LLM calls made it, so it hits
+            hits = 1.0
         tbt = sla.limits_for(o.node).tbt_s or DEFAULT_TBT_S
         decode_s = answer * tbt
         loop_gaps, turn_gaps = v - 1, (turns - 1) / turns  # per request

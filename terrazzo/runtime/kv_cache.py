@@ -34,12 +34,16 @@ def kv_bytes_per_token(checkpoint: str | Path) -> int | None:
     path = Path(checkpoint) / "config.json"
     if not path.is_file():
         return None
-    cfg = json.loads(path.read_text())
-    heads = int(cfg.get("num_attention_heads", 1))
-    kv_heads = int(cfg.get("num_key_value_heads", heads))
-    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-    bpe = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 2)
-    return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * bpe
+    try:
+        cfg = json.loads(path.read_text())
+        cfg = cfg.get("text_config", cfg) if "num_hidden_layers" not in cfg else cfg  # multimodal configs nest it
+        heads = int(cfg.get("num_attention_heads", 1))
+        kv_heads = int(cfg.get("num_key_value_heads", heads))
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        bpe = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 2)
+        return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * bpe
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):  # not a decoder config we can size
+        return None
 
 
 @dataclass
@@ -74,7 +78,7 @@ class PoolKv:
             try:
                 from transformers import AutoTokenizer
 
-                self._tokenizer = AutoTokenizer.from_pretrained(self._checkpoint)
+                self._tokenizer = AutoTokenizer.from_pretrained(self._checkpoint, local_files_only=True)
             except (OSError, ValueError, ImportError):
                 self._tokenizer = False
         if self._tokenizer is False:
@@ -82,7 +86,8 @@ class PoolKv:
         return self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
     def key(self, tenant: str, scope: str, prompt: str) -> PrefixKey:
-        return prefix_key(tenant, scope, self._tokens(prompt), block_tokens=self.settings.block_tokens)
+        return prefix_key(tenant, scope, self._tokens(prompt), block_tokens=self.settings.block_tokens,
+                          block_bytes=4 * self.settings.block_tokens)  # text: ~4 bytes a token
 
     def request_extra(self, key: PrefixKey) -> dict[str, Any]:
         """Fields the call adds to its completion request: the scope's cache salt."""
@@ -110,6 +115,9 @@ class PoolKv:
         self.sessions.hold(session, key.chain(), replica, self.pool, placed.inserted_blocks * self.bytes_per_block,
                            over if budget is not None and len(key.blocks) > budget else 0)
         return placed
+
+    def replica_lost(self, replica: int) -> None:
+        self.affinity.reset(replica)
 
     def expire(self, now: float) -> None:
         for s in self.sessions.expire(now):

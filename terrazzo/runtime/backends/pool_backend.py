@@ -175,7 +175,10 @@ class PoolBackend(ABC):
     async def _slot(self, pool: _Pool, index: int) -> None:
         """One worker's dispatch loop: take the oldest op (retries first), run it, settle its future."""
         while not self._stopping:
-            start_error = await self._ensure_worker(pool, index) if pool.workers[index] is None else None
+            start_error = None
+            if pool.workers[index] is None:
+                self._requeue_handed(pool, index)  # a live worker takes them while this one (re)starts
+                start_error = await self._ensure_worker(pool, index)
             item = await self._take(pool, index)
             if item is _RETIRE:
                 if self._retire(pool, index):
@@ -399,14 +402,18 @@ class PoolBackend(ABC):
                                          f"{failed[0]}", fix="check the pool's executor setup or free resources")
             pool.spec = replace(pool.spec, workers=workers)
 
+    def _requeue_handed(self, pool: _Pool, index: int) -> None:
+        """Ops handed to this slot for its KV go back to the queue, ahead of new work."""
+        while pool.handed[index]:
+            pool.queue.put_nowait((0, next(self._seq), pool.handed[index].popleft()))
+
     def _retire(self, pool: _Pool, index: int) -> bool:
         """A slot took a _RETIRE marker: retire it (stop its idle worker) unless a later grow withdrew it."""
         pool.markers -= 1
         if pool.retiring == 0:
             return False
         pool.retiring -= 1
-        while pool.handed[index]:  # ops handed to this slot go back to the queue, ahead of new work
-            pool.queue.put_nowait((0, next(self._seq), pool.handed[index].popleft()))
+        self._requeue_handed(pool, index)
         worker, pool.workers[index] = pool.workers[index], None
         if worker is not None:
             worker.kill()

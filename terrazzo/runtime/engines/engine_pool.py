@@ -228,6 +228,8 @@ class EnginePool:
         r.healthy = False
         r.ready.clear()
         self._changed.set()
+        if self.kv is not None:
+            self.kv.replica_lost(r.index)  # its cache died with it: route nothing to it for a prefix it held
         if r.restarts >= self.max_restarts:
             r.down = True
             self.notes.append(f"pool '{self.name}' replica {r.index}: {why}; out of restarts ({self.max_restarts})")
