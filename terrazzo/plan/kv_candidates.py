@@ -193,6 +193,7 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     from terrazzo.cost.llm import (
         PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
+        _kv_shard,
         decode_step,
         kv_bytes_per_token,
         mean_decode_context,
@@ -234,7 +235,8 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
         context = full + (o.output_tokens if agg else 0.0)
         used = memory_use(dep, c.batch, context, prefill_tokens=full * b).total
         room = (dep.device.memory_gb.value * 1e9 * USABLE_MEMORY_FRACTION - used) * dep.devices
-        kv = prefix * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype)
+        # on the replica's devices: KV heads replicated past tp > kv_heads, an MLA latent on every rank
+        kv = prefix * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
         extra: dict[str, float] = {}
         if agg:  # the engine packs prompts up to its token budget: one request's share of a packed prefill
             together = max(1, min(c.batch, PREFILL_TOKEN_BUDGET // max(full, 1)))
