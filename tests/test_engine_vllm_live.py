@@ -66,10 +66,10 @@ def _placement(tmp: Path, replicas: int) -> Path:
 
 def test_replica_killed_mid_stream(vllm_server: LiveServer, tmp_path: Path) -> None:
     """Two replicas: the shared server (A) and one the pool launches (B, one sequence at a time). Six long
-    streams; when B's running call has streamed a token, B is SIGKILLed. Its running call ends with a
-    clean error event (not resent: its tokens were delivered); the calls queued on B, before their first
-    token, complete on A. Every request is accounted for, no token is delivered twice, and A's own
-    counters saw exactly the calls that completed."""
+    streams; when B's running call has streamed a token, B is stopped (SIGSTOP) and SIGKILLed. Its running
+    call ends with a clean error event (not resent: its tokens were delivered); the calls queued on B,
+    before their first token, complete on A. Every request is accounted for, no token is delivered twice,
+    and A's own counters saw exactly the calls that completed."""
     agent = agent_from_text("name: one\nnodes:\n  - {id: think, kind: llm, model: llama-3-8b, input_tokens: 8, "
                             "output_tokens: 8}\n")
     n_tokens = 400
@@ -94,6 +94,7 @@ def test_replica_killed_mid_stream(vllm_server: LiveServer, tmp_path: Path) -> N
             while not any(any(e["type"] == "token" for e in events[rid]) for rid in b.active):
                 assert time.monotonic() < deadline, "no call on replica B streamed a token"
                 await asyncio.sleep(0.01)
+            await b.host.pause()  # frozen in this loop turn: its stream cannot finish before the kill lands
             streaming = {rid for rid in b.active if any(e["type"] == "token" for e in events[rid])}
             queued = set(b.active) - streaming
             await pool.kill_replica(1)

