@@ -9,12 +9,10 @@ engine itself never reuses one session's or tenant's KV for another's request.""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,26 +22,10 @@ from terrazzo.kv.prefix_keys import PrefixKey, prefix_key
 from terrazzo.kv.routing import ReplicaLoad, Router
 from terrazzo.kv.sessions import SessionPolicy, Sessions
 from terrazzo.runtime.config import KvSettings
+from terrazzo.runtime.engines.vllm_server import kv_bytes_per_token
 
 _GIB, _MIB = 1 << 30, 1 << 20
 REQUEST_SCOPE = "once:"   # the orchestrator's scope for a request without a session
-
-
-def kv_bytes_per_token(checkpoint: str | Path) -> int | None:
-    """2 · layers · kv_heads · head_dim · bytes per element, from a local checkpoint's config.json."""
-    path = Path(checkpoint) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        cfg = json.loads(path.read_text())
-        cfg = cfg.get("text_config", cfg) if "num_hidden_layers" not in cfg else cfg  # multimodal configs nest it
-        heads = int(cfg.get("num_attention_heads", 1))
-        kv_heads = int(cfg.get("num_key_value_heads", heads))
-        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-        bpe = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 2)
-        return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * bpe
-    except (KeyError, ValueError, TypeError, ZeroDivisionError):  # not a decoder config we can size
-        return None
 
 
 @dataclass

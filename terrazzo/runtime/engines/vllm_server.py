@@ -114,16 +114,28 @@ class VllmServerSpec:
         return env
 
 
+def kv_bytes_per_token(checkpoint: str | Path) -> int | None:
+    """2 · layers · kv_heads · head_dim · bytes per element, from a local checkpoint's config.json."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+        cfg = cfg.get("text_config", cfg) if "num_hidden_layers" not in cfg else cfg  # multimodal configs nest it
+        heads = int(cfg.get("num_attention_heads", 1))
+        kv_heads = int(cfg.get("num_key_value_heads", heads))
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        bpe = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 2)
+        return 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * bpe
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):  # not a decoder config we can size
+        return None
+
+
 def kv_cache_gib(checkpoint: str | Path, batch: int, context_tokens: int, *, floor_gib: int = 1,
                  cap_gib: int = 2) -> int:
     """KV memory a replica needs for `batch` sequences of `context_tokens` on this checkpoint, in whole
-    GiB (what VLLM_CPU_KVCACHE_SPACE takes), within [floor, cap]: 2·layers·kv_heads·head_dim·bytes."""
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
-    heads = int(cfg.get("num_attention_heads", 1))
-    kv_heads = int(cfg.get("num_key_value_heads", heads))
-    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-    bpe = {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(cfg.get("torch_dtype") or cfg.get("dtype")), 2)
-    need = 2 * int(cfg["num_hidden_layers"]) * kv_heads * head_dim * bpe * batch * context_tokens
+    GiB (what VLLM_CPU_KVCACHE_SPACE takes), within [floor, cap]; the floor when its size is unknown."""
+    need = (kv_bytes_per_token(checkpoint) or 0) * batch * context_tokens
     return max(floor_gib, min(cap_gib, math.ceil(need / _GIB)))
 
 
