@@ -120,23 +120,65 @@ def test_sessions_expire_after_their_ttl_and_hold_at_most_their_budget() -> None
 
 
 def test_metrics_show_sessions_bytes_hits_and_evictions() -> None:
-    manager = KvManager(KvSettings(session_ttl_s=5))
+    clock = [0.0]
+    manager = KvManager(KvSettings(session_ttl_s=5), clock=lambda: clock[0])
     kv = manager.pool("chat", 2, "/nonexistent", 1)
     kv.bytes_per_block = 4096
     reg = CollectorRegistry()
     reg.register(manager)
-    kv.placed(prefix_key("acme", "chat", SYSTEM[:128]), loads(0, 0), 0, now=0.0)
-    kv.placed(prefix_key("acme", "chat", SYSTEM[:192]), loads(0, 0), 0, now=1.0)
+    kv.placed(prefix_key("acme", "chat", SYSTEM[:128]), loads(0, 0), 0)
+    clock[0] = 1.0
+    kv.placed(prefix_key("acme", "chat", SYSTEM[:192]), loads(0, 0), 0)
     text = generate_latest(reg).decode()
     assert 'tz_kv_sessions_live{kind="session",pool="chat"} 1.0' in text
     assert f'tz_kv_session_bytes{{kind="session",pool="chat"}} {3 * 4096}.0' in text
     assert 'tz_kv_prefix_blocks_total{pool="chat",result="hit"} 2.0' in text
     assert 'tz_kv_prefix_blocks_total{pool="chat",result="miss"} 3.0' in text
     assert 'tz_kv_calls_total{pool="chat",route="affinity"} 1.0' in text
-    kv.expire(10.0)
+    clock[0] = 10.0                  # no call arrives: the scrape itself lets the idle session go
     text = generate_latest(reg).decode()
+    assert 'tz_kv_sessions_live{kind="session",pool="chat"} 0.0' in text
+    assert 'tz_kv_session_bytes{kind="session",pool="chat"} 0.0' in text
     assert 'tz_kv_sessions_expired_total{pool="chat"} 1.0' in text
     assert f'tz_kv_evicted_bytes_total{{pool="chat"}} {3 * 4096}.0' in text
+
+
+def test_a_session_budget_bounds_all_its_chains_and_evictions_count_once() -> None:
+    """An agent session with two different prompts: their union is held to the budget (the older chain
+    goes, tail first), and blocks the LRU already took are not counted again when the session expires."""
+    per_block = 1024
+    kv = PoolKv("llm", 1, "/nonexistent", 1, KvSettings(session_ttl_s=30, session_budget_mib=8 * per_block / 2**20),
+                b"s" * 32)
+    kv.bytes_per_block = per_block
+    first = prefix_key("acme", "agent", SYSTEM[:320])                  # 5 blocks
+    second = prefix_key("acme", "agent", TURN[:64] + SYSTEM[:256])     # 5 other blocks: union 10 > 8
+    kv.placed(first, loads(0), 0, now=0.0)
+    kv.placed(second, loads(0), 0, now=1.0)
+    s = kv.sessions.live[("acme", "agent")]
+    assert s.held_bytes <= 8 * per_block and s.held_bytes == 5 * per_block
+    assert kv.affinity.depth(first.chain(), 0) == 1                    # the older chain let go (root left)
+    assert kv.affinity.depth(second.chain(), 0) == len(second.chain())
+    assert kv.sessions.counters.over_budget_calls == 1 and kv.stats()["evicted_bytes"] == 5 * per_block
+    # the LRU takes part of the session's chain (a small cache), then the session expires
+    small = PoolKv("llm", 1, "/nonexistent", 1, KvSettings(session_ttl_s=30), b"s" * 32)
+    small.bytes_per_block = per_block
+    small.affinity = CacheAffinity(1, 6)
+    small.placed(prefix_key("acme", "a", SYSTEM[:256]), loads(0), 0, now=0.0)       # 4 blocks
+    small.placed(prefix_key("acme", "b", TURN[:64] + SYSTEM[:192]), loads(0), 0, now=1.0)  # 4 more: LRU drops 2
+    small.expire(100.0)
+    assert small.stats()["evicted_bytes"] == 8 * per_block              # each block counted once
+
+
+def test_sessions_expire_in_last_use_order() -> None:
+    from terrazzo.kv.sessions import SessionPolicy, Sessions
+
+    ss = Sessions(SessionPolicy(ttl_s=10))
+    for i in range(5):
+        ss.touch("t", f"s{i}", "session", now=float(i))
+    ss.touch("t", "s0", "session", now=8.0)                           # s0 used again: now the youngest
+    gone = ss.expire(now=13.5)                                         # idle > 10 s: s1, s2, s3
+    assert [s.scope for s in gone] == ["s1", "s2", "s3"]
+    assert list(ss.live) == [("t", "s4"), ("t", "s0")]
 
 
 def test_kv_bytes_per_token_reads_the_checkpoint(tmp_path: Path) -> None:

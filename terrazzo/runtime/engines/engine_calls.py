@@ -35,9 +35,9 @@ class EngineHandoff:
     prefill_replica: str
 
 
-def _key(engine: EnginePool, req: RequestState, prompt: str) -> PrefixKey | None:
+async def _key(engine: EnginePool, req: RequestState, prompt: str) -> PrefixKey | None:
     """The call's prefix key under its request's tenant and scope (session, else the request)."""
-    return engine.kv.key(req.tenant, req.scope or req.id, prompt) if engine.kv is not None else None
+    return await engine.kv.akey(req.tenant, req.scope or req.id, prompt) if engine.kv is not None else None
 
 
 async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: dict[str, Any], timeout_s: float,
@@ -60,7 +60,7 @@ async def engine_call(engine: EnginePool, req: RequestState, op: str, payload: d
     try:
         gen, replica, attempts = await asyncio.wait_for(
             engine.generate(payload["prompt"], max_tokens=payload["max_new_tokens"], on_delta=on_delta,
-                            request_id=req.id, key=_key(engine, req, payload["prompt"])), timeout_s)
+                            request_id=req.id, key=await _key(engine, req, payload["prompt"])), timeout_s)
     except TimeoutError:
         raise OpTimeout(f"timed out after {timeout_s:g} s on vLLM pool '{engine.name}'", op=op, pool=engine.name,
                         fix=f"raise op_timeouts_s['{op}'] in the run config, or give the pool more replicas") from None
@@ -77,7 +77,7 @@ async def _prefill(engine: EnginePool, req: RequestState, op: str, payload: dict
     try:
         gen, replica, attempts = await asyncio.wait_for(
             engine.generate(payload["prompt"], max_tokens=1, request_id=req.id,
-                            key=_key(engine, req, payload["prompt"])), timeout_s)
+                            key=await _key(engine, req, payload["prompt"])), timeout_s)
     except TimeoutError:
         raise OpTimeout(f"prefill timed out after {timeout_s:g} s on vLLM pool '{engine.name}'", op=op,
                         pool=engine.name, fix=f"raise op_timeouts_s['{op}'] in the run config") from None
