@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -49,8 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import tests_path  # noqa: E402,F401  (drills, the bad upstream and the server harness)
 
+from terrazzo.runtime.engines.vllm_server import LOCK_ENV, EngineLock, vllm_python  # noqa: E402
+
 SECTION = "## Chaos: kills and resends under mixed load (bench/bench_chaos.py)"
-VLLM_PY = Path("/work/main/.venv-vllm/bin/python")
+VLLM_PY = vllm_python()  # the engine venv (make engine), or $TERRAZZO_VLLM_PYTHON
 TENANTS = {"acme": "acme-" + secrets.token_hex(16), "globex": "globex-" + secrets.token_hex(16)}
 SECRET = re.compile(r"secret-([a-z]+)-(c\d+)-\d+")
 
@@ -68,7 +69,7 @@ class Upstream:
     def __init__(self, port: int, vllm_model: Path | None, log: Path) -> None:
         self.port, self.vllm_model, self.log = port, vllm_model, log
         self.proc: subprocess.Popen | None = None
-        self.lock: Any = None
+        self.lock = False
         self.kills = 0
 
     @property
@@ -77,16 +78,8 @@ class Upstream:
 
     def start(self, ready_timeout_s: float = 240.0) -> None:
         if self.vllm_model is not None:
-            if self.lock is None:
-                self.lock = open("/tmp/vllm.lock", "w")  # noqa: SIM115  (held for the whole run)
-                for _ in range(1200):  # bounded wait (20 min) for another engineer's vLLM to finish
-                    try:
-                        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        time.sleep(1.0)
-                else:
-                    raise RuntimeError("/tmp/vllm.lock stayed taken for 20 min")
+            if not self.lock:  # held for the whole run; a bounded wait (20 min) for another user's vLLM
+                self.lock = EngineLock.acquire(os.environ.get(LOCK_ENV, "/tmp/vllm.lock"), timeout_s=1200)
             cmd = [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.vllm_model),
                    "--served-model-name", "good", "--host", "127.0.0.1", "--port", str(self.port),
                    "--max-model-len", "512", "--dtype", "float32"]
@@ -122,10 +115,9 @@ class Upstream:
 
     def stop(self) -> None:
         self.kill()
-        if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
-            self.lock.close()
-            self.lock = None
+        if self.lock:
+            EngineLock.release()
+            self.lock = False
 
 
 # --- the load ----------------------------------------------------------------------------------------------
@@ -376,7 +368,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tz-chaos-"))
     vllm_model = None
     if args.vllm:
-        if not VLLM_PY.exists():
+        if VLLM_PY is None:
             print("no vLLM venv: the model server is tests/bad_upstream.py")
         else:
             from terrazzo.models.tiny import make_tiny_checkpoint

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import fcntl
 import itertools
 import json
 import os
@@ -37,7 +36,13 @@ from pathlib import Path
 import tests_path  # noqa: F401  (tests/ on the path for worker processes)
 
 from terrazzo.runtime.config import RunConfig
-from terrazzo.runtime.engines.vllm_server import VllmProcess, VllmServerSpec, require_vllm_python
+from terrazzo.runtime.engines.vllm_server import (
+    LOCK_ENV,
+    EngineLock,
+    VllmProcess,
+    VllmServerSpec,
+    require_vllm_python,
+)
 from terrazzo.runtime.executors.text import build_prompt, new_message
 from terrazzo.runtime.orchestrator import Runtime
 from terrazzo.runtime.pool_layout import load_plan
@@ -202,8 +207,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             "models": {"llama-3-8b": {"checkpoint": ckpt}}}
     prompt = build_prompt(new_message(QUESTION, "s"))
     rows: dict[str, dict[int, Level]] = {}
-    with open("/tmp/vllm.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with EngineLock.held(os.environ.get(LOCK_ENV, "/tmp/vllm.lock")):
         server = VllmProcess(spec, python, tmp / "vllm.log").launch()
         global SERVER_PGID
         SERVER_PGID = server.proc.pid if server.proc else None

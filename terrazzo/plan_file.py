@@ -7,6 +7,7 @@ raised as the caller's own layer's exception type.
   Its `ops` list each op's placements (pool and share) and its `placement` the IR's view. See
   docs/plan-format.md.
 - `terrazzo.placement/v1`: bare placements, what the IR's apply-plan pass reads.
+- `terrazzo.artifacts/v1`: the manifest `compile --emit vmfb` writes and `deploy` reads.
 
 `terrazzo.plan/v1` files (each op priced with replicas of its own) are refused with a message saying
 how to re-plan: their pools cannot be recovered without re-sizing them, which is the planner's job.
@@ -23,6 +24,7 @@ from typing import Any, Final
 PLAN_SCHEMA: Final = "terrazzo.plan/v2"
 PLAN_SCHEMA_V1: Final = "terrazzo.plan/v1"
 PLACEMENT_SCHEMA: Final = "terrazzo.placement/v1"
+ARTIFACTS_SCHEMA: Final = "terrazzo.artifacts/v1"
 
 # Optional pool fields other parts of terrazzo may write, and who owns each. A reader keeps any field it
 # does not know (declared here or not) verbatim in `PoolEntry.extra` and writes it back unchanged.

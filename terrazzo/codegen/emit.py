@@ -15,9 +15,8 @@ from terrazzo.codegen.compile import EMBED_BUCKETS, Artifact, Operator, Target, 
 from terrazzo.codegen.compile import target_for_device as device_target
 from terrazzo.codegen.operators import embed_operator, pii_operator
 from terrazzo.errors import CodegenError
-from terrazzo.plan_file import read_plan_json
+from terrazzo.plan_file import ARTIFACTS_SCHEMA, read_plan_json
 
-MANIFEST_SCHEMA = "terrazzo.artifacts/v1"
 ENCODER_MODELS = ("all-minilm-l6-v2",)  # catalog models whose weights ship with the runtime extra
 PII_FUNCTION = "terrazzo.runtime.executors.classifier:pii_filter"
 
@@ -93,7 +92,7 @@ def emit_vmfb(agent_path: str | Path, target: str, out_dir: str | Path, plan_pat
             skipped.append(f"pool {pool} ({device}): {why}; it keeps the PyTorch path")
     artifacts = list(built.values())
     manifest = out / "manifest.json"
-    manifest.write_text(json.dumps({"schema": MANIFEST_SCHEMA, "agent": agent.name,
+    manifest.write_text(json.dumps({"schema": ARTIFACTS_SCHEMA, "agent": agent.name,
                                     "artifacts": [a.to_json() for a in artifacts], "pools": pools,
                                     "notes": skipped}, indent=2))
     return Emitted(manifest, artifacts, pools, skipped)

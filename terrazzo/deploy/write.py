@@ -24,9 +24,9 @@ from terrazzo.deploy.kuberay import LABELS, _dns, manifests
 from terrazzo.deploy.ray_cluster import ray_config
 from terrazzo.deploy.validate import manifest_errors, ray_config_errors
 from terrazzo.errors import DeployError
+from terrazzo.plan_file import ARTIFACTS_SCHEMA, read_plan_json
 
 TARGETS = ("ray", "kuberay")
-ARTIFACTS_SCHEMA = "terrazzo.artifacts/v1"
 
 
 @dataclass
@@ -64,7 +64,6 @@ def deploy(plan: str | Path, target: str, out_dir: str | Path, namespace: str = 
         raise DeployError(f"--target: '{target}' is not one of {', '.join(TARGETS)}")
     if check:
         from terrazzo.plan.recheck import is_plan, recheck
-        from terrazzo.plan_file import read_plan_json
 
         doc = read_plan_json(plan, DeployError)
         if is_plan(doc):

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +74,17 @@ class EngineLock:
             if cls._holders == 0 and cls._file is not None:
                 cls._file.close()  # releases the flock
                 cls._file = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def held(cls, path: str | None = None, timeout_s: float = 3600.0) -> Iterator[bool]:
+        """`acquire` … `release` around a block (a benchmark holding the machine for its run)."""
+        taken = cls.acquire(path, timeout_s)
+        try:
+            yield taken
+        finally:
+            if taken:
+                cls.release()
 
 
 @dataclass(frozen=True)
