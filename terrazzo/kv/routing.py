@@ -4,8 +4,8 @@ randomness), so the runtime and the simulator make the same choice from the same
 1. the planner's shares, when it split an op across pools: the pool furthest below its share of the
    op's traffic so far takes the next call (deficit round robin: exact shares over any window);
 2. cache affinity: a hook (`Affinity`) may name the replica that already holds the call's context
-   (KV cache); it is taken unless that replica carries `affinity_slack` more calls than the least
-   loaded one. No affinity is set today; the KV-cache issue plugs it in here;
+   (KV cache: kv/affinity.py in the runtime, kv/residency.py in the simulator); it is taken unless that
+   replica carries `affinity_slack` more calls than the least loaded one;
 3. least loaded: the healthy replica with the fewest calls in flight (ties: the lowest index).
 """
 
