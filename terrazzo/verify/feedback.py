@@ -38,8 +38,9 @@ def check_window(plan_json: dict[str, Any], rate_per_s: float) -> tuple[float, f
     visits. So a check simulates REQUESTS requests, fewer for agents whose requests visit many ops
     (VISIT_BUDGET op visits in all), never fewer than MIN_REQUESTS: at p99 then at least two measured
     requests lie above the percentile, the least for which it is an order statistic and not the
-    maximum. A 1,000-op chain is thus checked on 200 requests (each an end-to-end sample and a sample
-    of each of its LLM nodes) instead of the 36,000 that filling 10 end-to-end latencies would take.
+    maximum. The request count thus stays bounded however long the chain (a check costs time linear
+    in its ops), where a window of 10 end-to-end latencies grew with the chain: 36,000 requests for a
+    1,000-op chain whose end-to-end latency is 530 s.
 
     Queues reach their steady state within a few of their own service times, not within end-to-end
     latencies: a pool deep in a long chain sees the same arrival window as the first one, shifted by
