@@ -1,13 +1,15 @@
 """`terrazzo plan` end to end beside the MILP alone, and brute force = MILP on reference instances.
 
-    .venv/bin/python bench/bench_plan.py [--sizes 10,100,1000,3000] [--no-reference] [--verify-up-to 10]
+    .venv/bin/python bench/bench_plan.py [--sizes 10,100,1000,3000] [--no-reference] [--verify-up-to 3000]
 
 Part 1, speed. Each agent is a chain: every fifth node an LLM call (three granular ops: prefill,
 decode, aggregated, of which the MILP keeps one serving variant), the rest tools (lookup + compute)
 and embeddings, over 12 device types at 20 req/s under a TTFT/TBT SLA. Per size it prints the time to
-build and price the planning graph, the MILP alone, and `terrazzo plan --no-verify` end to end
-(verify.replan.verified_plan: build, MILP, independent check, the three baselines), with HiGHS's status
-and gap; up to --verify-up-to ops also the whole `terrazzo plan` with the simulation that verifies it.
+build and price the planning graph, the MILP alone (with HiGHS's status and gap), `terrazzo plan
+--no-verify` end to end (verify.replan.verified_plan: build, MILP, independent check, the three
+baselines) and, up to --verify-up-to ops (default: every size), the whole `terrazzo plan`: the same
+plus the simulations that verify it and the re-plans after a miss (rounds, simulated seconds of wall
+time, whether the final plan passes its own simulation).
 
 Part 2, exactness. Reference instances (high rate, MoE, inventory, tight SLA, split placement, own and
 buy, the shipped agents) are built through the real pipeline; each is solved by the MILP and by brute
@@ -65,13 +67,13 @@ def agent_with_ops(n_ops: int):
 
 def speed(sizes: list[int], verify_up_to: int) -> None:
     """Per size: build, the MILP alone, `terrazzo plan --no-verify` end to end (build, MILP, independent
-    check, baselines) and, up to `verify_up_to` ops, the whole `terrazzo plan` with its simulation."""
+    check, baselines) and, up to `verify_up_to` ops, the whole `terrazzo plan` with its simulations."""
     catalog = load_catalog()
     cluster = Cluster(devices=DEVICES)
     workload = Workload.model_validate({"arrival": {"rate_per_s": 20}})
     sla = Sla.model_validate({"llm_default": {"ttft_s": 0.5, "tbt_s": 0.05}})
     print(f"{'ops':>6} {'devices':>7} {'columns':>8} {'build s':>8} {'MILP s':>7} {'status':>8} {'gap':>6} "
-          f"{'plan --no-verify s':>18} {'plan s':>8} {'$/h':>9}", flush=True)
+          f"{'plan --no-verify s':>18} {'plan s':>8} {'sim s':>6} {'rounds':>6} {'passes':>6} {'$/h':>9}", flush=True)
     for n in sizes:
         agent = agent_with_ops(n)
         t0 = time.perf_counter()
@@ -81,13 +83,18 @@ def speed(sizes: list[int], verify_up_to: int) -> None:
         t2 = time.perf_counter()
         plan = verified_plan(agent, workload, sla, cluster, catalog, verify=False)
         t3 = time.perf_counter()
-        full = "-"
+        full = sim = rounds = passes = "-"
         if n <= verify_up_to:
-            verified_plan(agent, workload, sla, cluster, catalog, verify=True)
+            checked = verified_plan(agent, workload, sla, cluster, catalog, verify=True)
             full = f"{time.perf_counter() - t3:.2f}"
+            sim = f"{sum(r.get('sim_s', 0.0) for r in checked.verification):.2f}"
+            rounds = str(sum(1 for r in checked.verification if not r.get("final")))
+            passes = "yes" if checked.sim_verified else "no"
+            plan = checked
         columns = sum(1 for o in graph.ops for c in o.candidates if c.feasible)
         print(f"{len(graph.ops):>6} {len(DEVICES):>7} {columns:>8} {t1 - t0:>8.2f} {t2 - t1:>7.2f} "
-              f"{sol.status[:8]:>8} {sol.gap:>6.1%} {t3 - t2:>18.2f} {full:>8} {plan.usd_h:>9.2f}", flush=True)
+              f"{sol.status[:8]:>8} {sol.gap:>6.1%} {t3 - t2:>18.2f} {full:>8} {sim:>6} {rounds:>6} {passes:>6} "
+              f"{plan.usd_h:>9.2f}", flush=True)
 
 
 def _small(name: str):
@@ -181,7 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000,3000")
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument("--verify-up-to", type=int, default=10, help="largest size also timed with the simulation")
+    parser.add_argument("--verify-up-to", type=int, default=3000,
+                        help="largest size also timed as the whole `terrazzo plan` (with its simulations)")
     args = parser.parse_args()
     speed([int(s) for s in args.sizes.split(",") if s], args.verify_up_to)
     if not args.no_reference:

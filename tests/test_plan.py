@@ -156,3 +156,34 @@ def test_planning_graph_from_ir_is_acyclic_and_covers_every_op(name):
     assert all(acyclic(o.name) for o in graph.ops)
     assert {e.src for e in graph.edges} | {e.dst for e in graph.edges} <= {o.name for o in graph.ops}
     assert all(o.candidates for o in graph.ops)
+
+
+def test_baselines_answered_without_a_milp_agree_with_the_milp():
+    """A homogeneous baseline priced from the non-LLM optimum and each LLM op's cheapest allowed column
+    (or declared infeasible when some LLM op has none) says what the restricted MILP says, and an
+    infeasible one names the op and its closest miss on the baseline's own device."""
+    from terrazzo.plan.from_ir import build
+    from terrazzo.plan.planner import _Decomposed, _is_llm, _llm_only_on, _restricted
+    from terrazzo.spec.workload import Workload
+
+    agent, cluster, cat = _voice()
+    cluster = cluster.model_copy(update={"devices": [*cluster.devices, "l4"]})
+    sla = load_sla(ROOT / "examples" / "slas" / "interactive.yaml", agent)
+    graph = build(agent, Workload.model_validate({"arrival": {"rate_per_s": 5}}), sla, cluster, cat)
+    quick = _Decomposed(graph, solve_milp(graph))
+    nodes = {g.node for g in graph.groups}
+    devices = sorted({c.device for o in graph.ops if _is_llm(o.name, graph) for c in o.candidates} &
+                     set(graph.cluster_devices))
+    infeasible = 0
+    for variant in ("aggregated", "disaggregated"):
+        for d in devices:
+            allow, variants = _llm_only_on(graph, d), dict.fromkeys(nodes, variant)
+            fast = _restricted(graph, d, allow, variants, quick)
+            sol = solve_milp(graph, allow, variants)
+            assert fast.feasible == (sol.assignment is not None and check(graph, sol.assignment).ok), (d, variant)
+            if fast.feasible:
+                assert fast.usd_h == pytest.approx(check(graph, sol.assignment).usd_h, rel=1e-6)
+            else:
+                infeasible += 1
+                assert d.split("-")[0] in fast.reason and "excluded by the baseline" not in fast.reason
+    assert infeasible  # 70B fp16 does not fit on an L4 node the way the SLA needs

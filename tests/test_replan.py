@@ -71,3 +71,34 @@ def test_targets_bisect_between_a_failing_and_a_passing_point():
     mid = ok.between(fail, 0.5)
     assert mid.ttft["a"] == pytest.approx(0.75) and mid.e2e == pytest.approx(0.8)
     assert ok.distance(fail) == pytest.approx(0.5)
+
+
+def test_the_check_simulation_reads_the_planning_graphs_edges_as_a_rebuild_would():
+    """The planner hands its graph's edges to the check simulation instead of the simulator rebuilding
+    the graph from the specs: the simulation must not change."""
+    from terrazzo.plan.planner import plan_graph
+    from terrazzo.verify.feedback import simulate_plan
+
+    agent, cluster, cat, sla = _voice()
+    workload = Workload.model_validate({"arrival": {"rate_per_s": 3}})
+    graph = build(agent, workload, sla, cluster, cat)
+    doc = plan_graph(graph, agent.name, with_baselines=False).to_json()
+    edges = {(e.src, e.dst): e.data_bytes for e in graph.edges}
+    assert any(b > 0 for b in edges.values())
+    given = simulate_plan(doc, agent, workload, sla, cluster, cat, edge_bytes=edges)
+    rebuilt = simulate_plan(doc, agent, workload, sla, cluster, cat)
+    assert given == rebuilt
+
+
+def test_a_long_chain_is_checked_on_bounded_op_visits_but_enough_requests_for_its_percentile():
+    from terrazzo.verify.feedback import MIN_REQUESTS, VISIT_BUDGET, check_window
+
+    def doc(n_ops: int, e2e_s: float) -> dict:
+        return {"e2e_latency_s": e2e_s, "ops": [{"visits": 1.0, "latency_s": 0.05} for _ in range(n_ops)]}
+
+    rate = 20.0
+    short, _ = check_window(doc(10, 1.0), rate)
+    long, drain = check_window(doc(1000, 500.0), rate)
+    assert long * rate * 1000 <= VISIT_BUDGET * 1.001 < short * rate * 10 * 1000  # visits bounded, not requests
+    assert long * rate >= MIN_REQUESTS >= 2 / 0.01  # at p99, at least two measured requests above it
+    assert drain >= 4 * 500.0  # measured requests of a 500 s chain finish before the run ends

@@ -191,8 +191,15 @@ def _aggregated(dep: Deployment, isl: int, osl: float, ttft_s: float | None, tbt
         reason = _why_not(pre, mem.fits, ttft_s, "TTFT", mem.total, mem.capacity) or "no memory for a batch"
         return [Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, pre.latency_s, 0.0, 0.0,
                           mem.total, usd_h, pre.bound, False, reason)]
-    if tbt_s is not None and aggregated_tbt_s(dep, isl, osl, 1) > tbt_s:
-        tbt1 = aggregated_tbt_s(dep, isl, osl, 1)
+    tbt_at: dict[int, float] = {}  # batch → TBT: the bisections for each TBT share revisit the same batches
+
+    def tbt_of(b: int) -> float:
+        if b not in tbt_at:
+            tbt_at[b] = aggregated_tbt_s(dep, isl, osl, b)
+        return tbt_at[b]
+
+    if tbt_s is not None and tbt_of(1) > tbt_s:
+        tbt1 = tbt_of(1)
         return [Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, 1, tbt1, 0.0, 0.0,
                           memory_use(dep, 1, isl + osl).total, usd_h, "compute", False,
                           f"TBT {tbt1 * 1e3:.1f} ms with prefills interleaved > {tbt_s * 1e3:.4g} ms limit")]
@@ -201,16 +208,16 @@ def _aggregated(dep: Deployment, isl: int, osl: float, ttft_s: float | None, tbt
         lo, hi = 1, limit
         if tbt is None:
             return limit
-        if aggregated_tbt_s(dep, isl, osl, 1) > tbt:
+        if tbt_of(1) > tbt:
             return 0
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if aggregated_tbt_s(dep, isl, osl, mid) <= tbt else (lo, mid - 1)
+            lo, hi = (mid, hi) if tbt_of(mid) <= tbt else (lo, mid - 1)
         return lo
 
     out = []
     for b in _batches(largest, tbt_s):
-        tbt = aggregated_tbt_s(dep, isl, osl, b)
+        tbt = tbt_of(b)
         tokens = b * dep.pp / tbt
         step = decode_step(dep, b, mean_decode_context(isl, osl))
         out.append(Candidate("aggregated", dep.device.name, dep.dtype, dep.tp, dep.pp, b, tbt, tokens / osl, tokens,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from terrazzo.plan.check import check
-from terrazzo.plan.infeasibility import explain_infeasible
+from terrazzo.plan.infeasibility import closest_miss, explain_infeasible
 from terrazzo.plan.milp import Allow, solve_milp
 from terrazzo.plan.planning_graph import PlanEdge, PlanningGraph, VariantGroup
 
@@ -49,12 +49,22 @@ def why_infeasible(graph: PlanningGraph, allow: Allow, variants: dict[str, str],
     return f"{explain_infeasible(g)} (solver: {status})"
 
 
+def no_allowed_column(graph: PlanningGraph, op: str, allow: Allow) -> str:
+    """Why `op` has no column the restriction allows: the closest miss among its allowed candidates."""
+    o = graph.op(op)
+    mine = [c for c in o.candidates if c.device in graph.cluster_devices and allow(op, c)]
+    if not mine:
+        return f"{op}: no configuration the baseline allows is priced for a {o.kind} op"
+    return closest_miss(o, mine)
+
+
 def restricted_graph(graph: PlanningGraph, allow: Allow, variants: dict[str, str]) -> PlanningGraph:
     """The graph with disallowed candidates marked infeasible and each forced node's other variants removed."""
     dropped = {op for grp in graph.groups if grp.node in variants
                for v, ops in grp.variants.items() if v != variants[grp.node] for op in ops}
-    ops = tuple(replace(o, candidates=tuple(c if allow(o.name, c) else replace(c, feasible=False,
-                                                                                reason="excluded by the baseline")
+    ops = tuple(o if all(allow(o.name, c) for c in o.candidates) else  # untouched ops are not copied
+                replace(o, candidates=tuple(c if allow(o.name, c) else replace(c, feasible=False,
+                                                                               reason="excluded by the baseline")
                                             for c in o.candidates))
                 for o in graph.ops if o.name not in dropped)
     groups = tuple(VariantGroup(grp.node, {v: vs for v, vs in grp.variants.items()

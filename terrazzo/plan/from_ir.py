@@ -80,7 +80,8 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
     aggregated = estimated_module(_serving(agent, "aggregated"), cost_model) if auto else None
 
     tails = _FirstToken(sla, arrival.scv)
-    ops = {op.node_id: tails.apply(_plan_op(op, prune_candidates=prune_candidates), op)
+    memo: dict[tuple, tuple] = {}
+    ops = {op.node_id: tails.apply(_plan_op(op, prune_candidates=prune_candidates, memo=memo), op)
            for op in disaggregated.walk() if isinstance(op, PLACEABLE)}
     uses = _contract(disaggregated, set(ops))
     groups = []
@@ -97,7 +98,7 @@ def build(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, catalog:
         if node in auto and aggregated is not None:
             agg = next(op for op in aggregated.walk() if isinstance(op, LlmCallOp) and op.node_id == node)
             name = f"{node}.aggregated"
-            ops[name] = tails.apply(_plan_op(agg, name, prune_candidates), agg)
+            ops[name] = tails.apply(_plan_op(agg, name, prune_candidates, memo), agg)
             variants["aggregated"] = (name,)
             uses += [_Use(u.src, name, u.data_bytes, False) for u in uses if u.dst in split and u.src not in split]
             uses += [_Use(name, u.dst, u.data_bytes, False) for u in uses if u.src in split and u.dst not in split]
@@ -197,17 +198,27 @@ class _FirstToken:
             f"({op.work_tail_ratio * mean_prompt:,.0f} tokens) > {op.first_token_limit_s * 1e3:.4g} ms limit"))
 
 
-def _plan_op(op: NodeOp, name: str | None = None, prune_candidates: bool = True) -> PlanOp:
+def _plan_op(op: NodeOp, name: str | None = None, prune_candidates: bool = True,
+             memo: dict[tuple, tuple] | None = None) -> PlanOp:
+    """The op's PlanOp. `memo` shares the converted candidates between ops whose IR candidates are the
+    same objects (the cost model hands ops of one configuration one list): a 1,000-op agent has a few
+    dozen distinct lists, so conversion and pruning scale with configurations, not ops."""
     out_tokens = op.properties.get("output_tokens")
     osl = out_tokens.mean_value if isinstance(out_tokens, DistAttr) else 0.0
     kind = "llm.aggregated" if isinstance(op, LlmCallOp) else op.name.split(".", 1)[1]
     role = _first_token_role(op)
-    steps = kind in ("llm.decode", "llm.aggregated") or (kind.startswith("moe.") and role is None)
-    cands = [_candidate(c, role, osl, is_dedicated(kind), steps) for c in op.candidates]
+    attrs = op.candidates
+    key = (tuple(map(id, attrs)), kind, role, osl, prune_candidates)
+    hit = memo.get(key) if memo is not None else None
+    if hit is None:
+        steps = kind in ("llm.decode", "llm.aggregated") or (kind.startswith("moe.") and role is None)
+        cands = [_candidate(c, role, osl, is_dedicated(kind), steps) for c in attrs]
+        hit = (prune(cands, kind, role is not None) if prune_candidates else tuple(cands), attrs)
+        if memo is not None:
+            memo[key] = hit  # the value holds `attrs`, so their ids stay theirs while the memo lives
     return PlanOp(
         name or op.node_id, kind, op.node_id.rsplit(".", 1)[0] if name is None else op.node_id,
-        op.visit_count, prune(cands, kind, role is not None) if prune_candidates else tuple(cands),
-        output_tokens=osl, model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
+        op.visit_count, hit[0], output_tokens=osl, model=str_prop(op, "model"), dtype=str_prop(op, "dtype"),
     )
 
 

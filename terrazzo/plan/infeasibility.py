@@ -26,7 +26,7 @@ def explain_infeasible(graph: PlanningGraph) -> str:
             if others and all(any(c.feasible and c.device in graph.cluster_devices
                                   for c in graph.op(x).candidates) for x in others):
                 continue  # the other serving variant can still do it
-        lines.append(_closest(o, in_cluster))
+        lines.append(closest_miss(o, in_cluster))
     if lines:
         return "; ".join(lines)
     if graph.mode != "unconstrained":
@@ -47,7 +47,7 @@ def explain_infeasible(graph: PlanningGraph) -> str:
     return "no feasible plan (the demand cannot be placed on the cluster's device types)"
 
 
-def _closest(o: Any, cands: list[OpCandidate]) -> str:
+def closest_miss(o: Any, cands: list[OpCandidate]) -> str:
     """Per device type, the fastest configuration that fits and the limit it misses."""
     if not cands:
         return f"{o.name}: no device in the cluster can run a {o.kind} op (add a CPU or accelerator type)"

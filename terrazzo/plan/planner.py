@@ -11,7 +11,7 @@ from rich.table import Table
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
-from terrazzo.plan.baseline_reasons import cannot_apply, why_infeasible
+from terrazzo.plan.baseline_reasons import cannot_apply, no_allowed_column, why_infeasible
 from terrazzo.plan.check import Assignment, Share, Verdict, check, min_replicas
 from terrazzo.plan.fleet_model import PoolSize, first_token_attainable, first_token_tail_s, pool_key
 from terrazzo.plan.from_ir import build
@@ -385,7 +385,10 @@ class _Decomposed:
                                     and first_token_attainable(g, op, c))
         return self._cols[op]
 
-    def solve(self, allow: Allow, variants: dict[str, str]) -> Assignment | None:
+    def solve(self, allow: Allow, variants: dict[str, str]) -> Assignment | str | None:
+        """The restriction's optimum without the deadline; the name of an op no allowed column can serve
+        (then the restriction is infeasible: the MILP would have no column for it either); or None when
+        the non-LLM optimum itself failed (the caller solves the MILP)."""
         if not self.ok:
             return None
         g = self.graph
@@ -397,7 +400,7 @@ class _Decomposed:
             o = g.op(op)
             pick = next((k for _, _, k in self._priced(op) if allow(op, o.candidates[k])), None)
             if pick is None:
-                return None
+                return op
             chosen[op] = (Share(pick, 1.0),)
         return Assignment(chosen)
 
@@ -420,6 +423,8 @@ def _restricted(graph: PlanningGraph, name: str, allow: Allow, variants: dict[st
                 quick: _Decomposed | None = None) -> Baseline:
     if quick is not None:
         a = quick.solve(allow, variants)
+        if isinstance(a, str):
+            return Baseline(name, math.inf, math.inf, False, no_allowed_column(graph, a, allow))
         if a is not None:
             v = check(graph, a)
             if v.ok:

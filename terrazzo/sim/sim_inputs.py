@@ -71,6 +71,9 @@ class SimModel:
     input_paths: dict[str, Path] = field(default_factory=dict)
     pools: dict[str, PoolEntry] = field(default_factory=dict)
     placements: dict[str, list[PlannedOp]] = field(default_factory=dict)  # op → one PlannedOp per pool it uses
+    # bytes per visit between two ops as the planner priced them, when the caller holds its planning
+    # graph (the planner's own check); None: simulation.planned_edges rebuilds the graph from the specs
+    edge_bytes: dict[tuple[str, str], float] | None = None
 
     @property
     def percentile(self) -> float:

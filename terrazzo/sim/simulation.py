@@ -333,6 +333,8 @@ def _llm_role(p: PlannedOp) -> str:
 
 def planned_edges(model: SimModel) -> dict[tuple[str, str], float]:
     """Bytes per visit between two ops, as the planner priced them (from the planning graph it solved)."""
+    if model.edge_bytes is not None:
+        return dict(model.edge_bytes)
     from terrazzo.plan.from_ir import build
 
     try:

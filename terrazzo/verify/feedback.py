@@ -5,7 +5,7 @@ so the ops behind it see arrivals burstier than Poisson, which the planner's que
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,40 @@ from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
 REQUESTS = 4000  # per check: the p99 from ~40 requests above it
-LATENCIES = 10  # and at least this many planned end-to-end latencies, so queues reach their steady state
+VISIT_BUDGET = 200_000  # op visits per check: agents of up to 50 op visits a request get all REQUESTS
+MIN_REQUESTS = 200  # and never fewer: the p99 still read off measured requests, 2 of them above it
+HOLDS = 10  # the window spans at least this many of the plan's longest op latency: every pool's queue
+#            forgets its empty start
+DRAIN_LATENCIES = 4  # the run drains for this many planned end-to-end latencies, so measured requests finish
 MAX_DURATION_S = 1800.0
+
+
+def check_window(plan_json: dict[str, Any], rate_per_s: float) -> tuple[float, float]:
+    """(duration, drain) in seconds of the check's simulation: how many requests it needs, and for how
+    long after the last of them it runs.
+
+    The verdict reads percentiles (end-to-end, each LLM node's TTFT and TBT) over the requests that
+    arrive in the measured window. How precise a percentile is depends on how many requests it is
+    read from, not on how many ops each one visits, while the simulation's cost is requests × op
+    visits. So a check simulates REQUESTS requests, fewer for agents whose requests visit many ops
+    (VISIT_BUDGET op visits in all), never fewer than MIN_REQUESTS: at p99 then at least two measured
+    requests lie above the percentile, the least for which it is an order statistic and not the
+    maximum. The request count thus stays bounded however long the chain (a check costs time linear
+    in its ops), where a window of 10 end-to-end latencies grew with the chain: 36,000 requests for a
+    1,000-op chain whose end-to-end latency is 530 s.
+
+    Queues reach their steady state within a few of their own service times, not within end-to-end
+    latencies: a pool deep in a long chain sees the same arrival window as the first one, shifted by
+    the latency before it. So the window spans HOLDS of the plan's longest op latency (the longest
+    hold of any pool), and the run drains for DRAIN_LATENCIES planned end-to-end latencies so that
+    the measured requests finish; a request still in the system at the end counts against the plan."""
+    ops = plan_json.get("ops") or []
+    visits = sum(float(o.get("visits") or 1.0) for o in ops) or 1.0
+    requests = max(MIN_REQUESTS, min(REQUESTS, int(VISIT_BUDGET / visits)))
+    longest_s = max((float(o.get("latency_s") or 0.0) for o in ops), default=0.0)
+    duration = min(max(requests / max(rate_per_s, 1e-9), HOLDS * longest_s), MAX_DURATION_S)
+    e2e_s = float(plan_json.get("e2e_latency_s") or 0.0)
+    return duration, max(4 * duration + 60.0, DRAIN_LATENCIES * e2e_s)
 
 
 @dataclass(frozen=True)
@@ -43,19 +75,23 @@ class Feedback:
 
 
 def simulate_plan(plan_json: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
-                  catalog: Catalog, seed: int = 0, trace: Any = None) -> Feedback:
+                  catalog: Catalog, seed: int = 0, trace: Any = None,
+                  edge_bytes: dict[tuple[str, str], float] | None = None) -> Feedback:
     """Simulate the plan under the workload's own arrivals: Poisson, its gamma burstiness, or its trace
-    (`trace`, replayed at the plan's rate)."""
+    (`trace`, replayed at the plan's rate), over `check_window`. `edge_bytes`: the planning graph's
+    bytes per edge, when the caller holds the graph (else the simulator rebuilds it from the specs)."""
     model = model_from_specs(plan_json, agent, workload, sla, cluster, catalog, "planner check")
-    e2e_s = float(plan_json.get("e2e_latency_s") or 0.0)
-    duration = min(max(REQUESTS / model.rate_per_s, LATENCIES * e2e_s, 30.0), MAX_DURATION_S)
+    if edge_bytes is not None:
+        model = replace(model, edge_bytes=edge_bytes)
+    duration, drain = check_window(plan_json, model.rate_per_s)
     a = workload.arrival
     if trace is not None:
-        config = SimConfig(duration_s=duration, rate_per_s=model.rate_per_s, arrival="trace", trace=trace, seed=seed)
+        config = SimConfig(duration_s=duration, rate_per_s=model.rate_per_s, arrival="trace", trace=trace, seed=seed,
+                           drain_s=drain)
     elif a.process == "gamma":
-        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed)
+        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed, drain_s=drain)
     else:
-        config = SimConfig(duration_s=duration, seed=seed)
+        config = SimConfig(duration_s=duration, seed=seed, drain_s=drain)
     sim = Simulation(model, config).run()
     report = report_from(sim)
     ttft = {s.node: (s.ttft_at_sla_s, s.ttft_limit_s) for s in report.llm if s.ttft_limit_s is not None}

@@ -155,6 +155,7 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
     deadline_s = graph.deadline_s
     rounds: list[dict[str, Any]] = []
     seen: dict[str, tuple[Plan, Feedback]] = {}
+    edge_bytes = {(e.src, e.dst): e.data_bytes for e in graph.edges}  # targets leave the edges as they are
 
     def attempt(t: Targets) -> tuple[Plan, Feedback] | None:
         try:
@@ -167,7 +168,8 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
         key = _fleet_key(plan)
         t0 = time.perf_counter()
         if key not in seen:  # the same pools simulate the same: one simulation per distinct plan
-            seen[key] = (plan, simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed, trace))
+            seen[key] = (plan, simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed, trace,
+                                              edge_bytes))
         sim_s = time.perf_counter() - t0
         fb = seen[key][1]
         rounds.append({"round": len(rounds) + 1, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
