@@ -78,10 +78,10 @@ def test_shipped_fit_is_the_fit_of_the_data_and_stays_physical(cv):
 
 def test_cross_validated_error_is_bounded_against_the_measurements(cv):
     rows, _ = cv
-    assert crossval.mape(rows) <= 27.0
+    assert crossval.mape(rows) <= 22.0  # today's level (20.9 %); the issue asks for 15 %
     for vendor, members in crossval.by(rows, "vendor").items():
-        assert crossval.mape(members) <= 35.0, vendor
-    assert abs(crossval.median_signed(rows)) <= 10.0
+        assert crossval.mape(members) <= 27.0, vendor  # worst today: Intel 25.1 %; the issue asks for 20 %
+    assert abs(crossval.median_signed(rows)) <= 5.0  # the issue's ±5 % (today +1.2 %)
     # held-out errors are worse than in-sample ones, or the "cross-validation" leaked
     in_sample = 100 * np.mean([abs(r.fitted / r.point.measured.value - 1) for r in rows])
     assert in_sample < crossval.mape(rows)
@@ -93,7 +93,7 @@ def test_every_comparable_group_is_reported_with_its_cheapest_device(cv):
     assert len(groups) >= 10
     assert all(len(g.measured_usd) >= 3 for g in groups)
     hits = sum(g.predicted_cheapest == g.measured_cheapest for g in groups)
-    assert hits >= len(groups) // 3  # today's level; the issue asks for all of them
+    assert hits >= 9  # today's level (9 of 20); the issue asks for all of them
     assert -1.0 <= np.mean([g.rank_correlation for g in groups]) <= 1.0
 
 

@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cost.fitting import Fit, fit, predict_with, vendor_entry
-from terrazzo.cost.serving_model import FIT_FILE, PARAM_NAMES, PHASES
+from terrazzo.cost.serving_model import FIT_FILE, PARAM_NAMES, PHASES, _fit
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.cost.validation import Measurement, PointWork, load_measurements, point_work, predict
 
@@ -271,10 +271,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="write catalog/data/serving_fit.yaml and the tables in docs/cost-model.md")
     args = parser.parse_args(argv)
     rows, full = cross_validate()
-    table = render(rows)
     if args.update:
         write_fit(full, rows)
+        _fit.cache_clear()  # the table's AIConfigurator line prices with the fit just written
+        table = render(rows)
         write_docs(table)
+    else:
+        table = render(rows)
     print(table)
 
 

@@ -47,6 +47,10 @@ class Deployment:
     engine: EngineVersion | None = None  # the serving engine and version the estimate is for
     serving: ServingParams | None = None  # fitted efficiencies of (vendor, engine, version, arch); None: roofline
     kernels: KernelTable | None = None  # measured kernel step times for this device and engine (AIConfigurator)
+    # Attention data-parallel over the tp ranks (each rank runs its own sequences with a full copy of the
+    # non-expert weights and its sequences' whole KV cache), experts expert-parallel: the MoE layout of
+    # TensorRT-LLM's `enable_attention_dp` and SGLang's `--enable-dp-attention`.
+    attention_dp: bool = False
 
     def __post_init__(self) -> None:
         if self.device.tflops(self.compute_dtype) is None:
@@ -132,17 +136,52 @@ def attention_flops(model: ModelSpec, new_tokens: float, context: float) -> floa
 
 
 def _kv_shard(dep: Deployment) -> float:
-    """Fraction of the KV cache each TP rank holds (KV heads are replicated when tp > kv_heads)."""
+    """Fraction of the KV cache each TP rank holds (KV heads are replicated when tp > kv_heads); under
+    attention DP a rank holds all heads of its own 1/tp of the sequences."""
+    if dep.attention_dp:
+        return 1.0 / dep.tp
     if dep.model.mla is not None:
         return 1.0  # the MLA latent is shared by all heads, so every rank keeps all of it
     return max(1, dep.model.kv_heads // dep.tp) / dep.model.kv_heads
 
 
+def _weights_per_device(dep: Deployment, tokens: float) -> float:
+    """Weight bytes one device streams in a step over `tokens`: 1/(tp·pp) of what the step touches, or
+    under attention DP all non-expert weights of its stage plus its 1/tp of the touched experts."""
+    m, bpe = dep.model, dep.bytes_per_weight
+    if not dep.attention_dp:
+        return weight_bytes_read(m, tokens, bpe) / dep.devices
+    experts = (weight_bytes_read(m, tokens, bpe) - _dense_params(m) * bpe) / dep.tp
+    return (_dense_params(m) * bpe + experts) / dep.pp
+
+
+def _dense_params(m: ModelSpec) -> float:
+    """Parameters outside the routed experts (attention, embeddings, shared experts, dense layers)."""
+    return m.total_params - (m.experts * _expert_params_per_layer(m) * _moe_layers(m) if m.is_moe else 0.0)
+
+
+def _collectives(dep: Deployment, tokens: float) -> tuple[float, float]:
+    """(collectives per stage on the critical path, all-reduce payload that costs the same as each).
+
+    Tensor parallel: two all-reduces per layer of the tokens' hidden states. Attention DP with expert
+    parallelism: an all-to-all dispatch and combine per MoE layer; each rank sends its tokens/tp hidden
+    states to at most min(k, tp) ranks, (tp−1)/tp of them off the device, which costs what a ring
+    all-reduce (2(tp−1)/tp of its payload) of half those bytes costs."""
+    m = dep.model
+    if dep.tp == 1:
+        return 0.0, tokens * m.hidden * ACTIVATION_BYTES
+    if dep.attention_dp:
+        if not m.is_moe:
+            return 0.0, 0.0
+        sent = tokens / dep.tp * min(m.active_experts, dep.tp) * m.hidden * ACTIVATION_BYTES
+        return 2 * _moe_layers(m) / dep.pp, sent / 2
+    return 2 * m.layers / dep.pp, tokens * m.hidden * ACTIVATION_BYTES
+
+
 def _tp_comm_s(dep: Deployment, tokens: float) -> float:
-    """Two all-reduces per layer (after attention, after the MLP) of the tokens' hidden states."""
-    payload = tokens * dep.model.hidden * ACTIVATION_BYTES
-    per_layer = 2 * allreduce_s(payload, dep.tp, dep.tp_link, dep.decode_eff.network)
-    return per_layer * dep.model.layers
+    """The tensor- or expert-parallel collectives of every layer (`_collectives`)."""
+    count, payload = _collectives(dep, tokens)
+    return count * dep.pp * allreduce_s(payload, dep.tp, dep.tp_link, dep.decode_eff.network) if count else 0.0
 
 
 def _pp_comm_s(dep: Deployment, tokens: float) -> float:
@@ -174,8 +213,14 @@ def prefill_work(dep: Deployment, isl: int, batch: int = 1) -> StepWork:
     m, tokens, n = dep.model, isl * batch, dep.devices
     kv = tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
     return StepWork(2 * m.active_params * tokens / n, attention_flops(m, tokens, isl / 2) / n,
-                    weight_bytes_read(m, tokens, dep.bytes_per_weight) / n, kv / n,
-                    2 * m.layers / dep.pp if dep.tp > 1 else 0.0, tokens * m.hidden * ACTIVATION_BYTES, dep.tp, batch)
+                    _weights_per_device(dep, tokens), kv / n, *_collectives(dep, tokens), dep.tp,
+                    _host_sequences(dep, batch))
+
+
+def _host_sequences(dep: Deployment, batch: float) -> float:
+    """Sequences one scheduler advances per step: all of the replica's, or under attention DP (one
+    scheduler per rank) its 1/tp share."""
+    return batch / dep.tp if dep.attention_dp else batch
 
 
 def decode_work(dep: Deployment, batch: int, context: float) -> StepWork:
@@ -183,8 +228,8 @@ def decode_work(dep: Deployment, batch: int, context: float) -> StepWork:
     m, n = dep.model, dep.devices
     kv = batch * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
     return StepWork(2 * m.active_params * batch / n, attention_flops(m, batch, context) / n,
-                    weight_bytes_read(m, batch, dep.bytes_per_weight) / n, kv / n,
-                    2 * m.layers / dep.pp if dep.tp > 1 else 0.0, batch * m.hidden * ACTIVATION_BYTES, dep.tp, batch)
+                    _weights_per_device(dep, batch), kv / n, *_collectives(dep, batch), dep.tp,
+                    _host_sequences(dep, batch))
 
 
 def _fitted(dep: Deployment, work: StepWork, tokens: float, phase: str) -> Estimate:
@@ -201,7 +246,7 @@ def prefill_roofline(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     m, tokens = dep.model, isl * batch
     work = Work(
         flops=2 * m.active_params * tokens + attention_flops(m, tokens, isl / 2),
-        mem_bytes=weight_bytes_read(m, tokens, dep.bytes_per_weight)
+        mem_bytes=_weights_per_device(dep, tokens) * dep.devices
         + tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp,
     )
     per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
@@ -231,7 +276,7 @@ def decode_roofline(dep: Deployment, batch: int, context: float) -> Estimate:
     kv = kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
     work = Work(
         flops=2 * m.active_params * batch + attention_flops(m, batch, context),
-        mem_bytes=weight_bytes_read(m, batch, dep.bytes_per_weight) + batch * context * kv,
+        mem_bytes=_weights_per_device(dep, batch) * dep.devices + batch * context * kv,
     )
     per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
     comm = _tp_comm_s(dep, batch) + _pp_comm_s(dep, batch)
@@ -267,11 +312,19 @@ def memory_use(dep: Deployment, batch: int, context: float, prefill_tokens: int 
     activations = working_tokens * (4 * m.hidden + 2 * (m.expert_ffn or m.ffn)) * ACTIVATION_BYTES / dep.tp
     activations += batch * m.vocab * 4  # fp32 logits of the last position
     return MemoryUse(
-        weights=m.total_params * dep.bytes_per_weight / dep.devices,
+        weights=_weights_resident(dep),
         kv_cache=kv_total / dep.devices,
         activations=activations,
         capacity=dep.device.memory_gb.value * 1e9 * USABLE_MEMORY_FRACTION,
     )
+
+
+def _weights_resident(dep: Deployment) -> float:
+    """Weight bytes stored per device (every expert stays resident; attention DP replicates the rest)."""
+    m, bpe = dep.model, dep.bytes_per_weight
+    if not dep.attention_dp:
+        return m.total_params * bpe / dep.devices
+    return (_dense_params(m) + (m.total_params - _dense_params(m)) / dep.tp) * bpe / dep.pp
 
 
 def max_memory_batch(dep: Deployment, context: float) -> int:

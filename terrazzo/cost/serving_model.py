@@ -1,8 +1,9 @@
 """The fitted LLM serving model: step time from a step's work and the efficiencies its stack reaches.
 
-One forward step on one device (paper §3.1, with the terms the plain roofline misses):
+One forward step on one device (paper §3.1, with the terms the plain roofline misses; the GEMMs and the
+attention kernels each meet their own roofline, one after the other):
 
-    t = max(gemm/(peak·η_c) + attention/(peak16·η_a),  weights/(bw·η_w) + kv/(bw·η_kv)) · (1 + λ·log2 tp)
+    t = (max(gemm/(peak·η_c), weights/(bw·η_w)) + max(attention/(peak16·η_a), kv/(bw·η_kv))) · (1 + λ·log2 tp)
         + step_overhead + sequences · sequence_overhead + allreduces · (α + 2(tp−1)/tp · payload / (link·η_n))
 
 The efficiencies belong to the device's vendor, the serving engine, the engine's version range and the
@@ -96,8 +97,17 @@ def step_terms(w: Any, peaks: Any, p: Any) -> tuple[Any, Any, Any, Any]:
     ~10^5 of them at 1,000 ops, where numpy's per-call overhead on scalars would dominate)."""
     log2, maximum, where = (np.log2, np.maximum, np.where) if isinstance(w.tp, np.ndarray) else _SCALAR_OPS
     scale = 1.0 + p.tp_loss * log2(maximum(w.tp, 1))
-    compute = (w.gemm_flops / (peaks.flops * p.compute) + w.attention_flops / (peaks.flops_16 * p.attention)) * scale
-    memory = (w.weight_bytes / (peaks.mem_bw * p.weights) + w.kv_bytes / (peaks.mem_bw * p.kv)) * scale
+    # GEMMs (weights) and attention (KV cache) are separate kernels run one after the other, each at its own
+    # roofline: a large decode batch runs compute-bound GEMMs, then memory-bound attention, and the two add.
+    gemm_c, gemm_m = w.gemm_flops / (peaks.flops * p.compute), w.weight_bytes / (peaks.mem_bw * p.weights)
+    attn_c, attn_m = w.attention_flops / (peaks.flops_16 * p.attention), w.kv_bytes / (peaks.mem_bw * p.kv)
+    core = (maximum(gemm_c, gemm_m) + maximum(attn_c, attn_m)) * scale
+    in_compute = (where(gemm_c >= gemm_m, gemm_c, 0.0) + where(attn_c >= attn_m, attn_c, 0.0)) * scale
+    in_memory = core - in_compute
+    # The resource most of the time is bound by carries the whole serial time (so max(compute, memory) is
+    # the step's kernel time); the other reports the time of its own kernels.
+    compute_major = in_compute >= in_memory
+    compute, memory = where(compute_major, core, in_compute), where(compute_major, in_memory, core)
     ring = where(w.tp > 1, 2.0 * (w.tp - 1) / maximum(w.tp, 1), 0.0)
     alpha = where(w.tp > 1, p.allreduce_alpha_s, 0.0)
     per_allreduce = alpha + ring * w.allreduce_bytes / (peaks.link_bw * p.network)

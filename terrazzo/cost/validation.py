@@ -68,6 +68,8 @@ class Measurement(BaseModel):
     osl: int = Field(ge=1)
     batch: int | Literal["max"]
     batch_cap: int | None = Field(default=None, ge=1, description="concurrency limit the benchmark set")
+    attention_dp: bool = Field(default=False, description="MoE served attention data-parallel, experts "
+                               "expert-parallel over the tp ranks (the page's configuration says so)")
     metric: Metric
     measured: Measured
 
@@ -126,6 +128,8 @@ def _deployment(m: Measurement, catalog: Catalog, serving: ServingParams | None 
     if m.devices % (m.tp * m.pp):
         raise ValueError(f"{m.id}: {m.devices} devices is not a whole number of tp*pp={m.tp * m.pp} replicas")
     dep = deployment(catalog, m.model, m.device, m.dtype, m.tp, m.pp, engine=m.engine_version_id)
+    if m.attention_dp:
+        dep = replace(dep, attention_dp=True)
     if not measured_kernels:
         dep = replace(dep, kernels=None)  # the fitted model alone: what cross-validation measures
     return replace(dep, serving=serving) if serving is not None else dep
