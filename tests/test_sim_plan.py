@@ -92,9 +92,13 @@ def test_the_moe_plan_was_re_planned_after_its_first_simulation(moe_plan):
     assert rounds[-1]["tco_usd_h"] > rounds[0]["tco_usd_h"]  # meeting the percentile costs more
 
 
-def test_at_one_and_a_half_times_the_rate_the_report_shows_where_it_breaks():
+def test_past_its_busiest_pool_s_saturation_the_report_shows_where_it_breaks():
+    """At 25 % more than the rate that saturates the plan's busiest pool (its planned load ÷ replicas),
+    the plan must miss, and the report must say where: the multiple comes from the plan, not a constant."""
     model = model_from_plan(_planned("langchain-agent"))
-    r = simulate(model, SimConfig(duration_s=600, rate_per_s=1.5 * model.rate_per_s, seed=0))
+    busiest = max(sum(m.load for m in p.ops) / p.replicas for p in model.pools.values())
+    assert 0 < busiest < 1
+    r = simulate(model, SimConfig(duration_s=600, rate_per_s=1.25 / busiest * model.rate_per_s, seed=0))
     assert not r.meets_sla and r.attainment < 0.99
     llm_ops = [p.op for p in r.pools if p.op.startswith("agent_llm.")]
     text = " ".join(r.breaks)

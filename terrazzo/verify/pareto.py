@@ -35,7 +35,8 @@ from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
 
 OBJECTIVES = ("cost", "latency", "energy")
-STEP = 0.97  # the next ε is this fraction of what the last solution achieved
+STEP = 0.99  # the next ε is this fraction of what the last solution achieved: 1 % below it, fine enough
+#             not to step over plans a replica apart (at 0.97 the voice front lost 5 of its 9 points)
 MAX_LEVELS = 8  # per objective swept
 PARETO_SCHEMA = "terrazzo.pareto/v1"
 
