@@ -11,7 +11,7 @@ takes minutes here) and writes DIR/vllm-profile.yaml.
    settings the profile measured under. Its plan record (engine, version, scheduler, KV blocks) is
    written to DIR/pool-plan.json and read back by the simulator's plan reader (sim_inputs.scheduler_of).
 2. Capacity: a closed-loop saturating run (as many users as the server runs sequences) measures
-   requests/s; the simulator's capacity is the same stream submitted at once (a backlog it drains).
+   requests/s; the simulator runs the same closed loop (the same users, the same requests in order).
 3. Poisson arrivals at each load (share of the measured capacity) and the replayed trace (rescaled to
    half the capacity): sent open loop to the server, then the same send times and token counts
    simulated. Token counts come from the trace file (Azure LLM inference sample), scaled by --isl-scale
@@ -44,6 +44,7 @@ from terrazzo.profile.profile_file import load_profile
 from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, open_loop
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 from terrazzo.sim.engine import Environment
+from terrazzo.sim.front_end import FrontEnd, FrontEndCost
 from terrazzo.sim.pool_replay import PoolRun, replay
 from terrazzo.sim.pools import LlmPool
 from terrazzo.sim.service_times import LlmCost
@@ -92,22 +93,39 @@ def pool_record(prof_path: Path) -> dict:
 
 
 class SimPool:
-    """The simulator's model of the pool: its cost on the profiled device, its scheduler from the plan."""
+    """The simulator's model of the pool: its cost on the profiled device, its scheduler from the plan, and
+    (when the profile measured it) the API server's core in front of it (sim/front_end.py), with this
+    load generator's CPU on that core too when `client_on_core` (this one-machine set-up)."""
 
-    def __init__(self, prof_path: Path, record: dict) -> None:
+    def __init__(self, prof_path: Path, record: dict, client_on_core: bool = True) -> None:
         cat = load_catalog([], [prof_path])
         dep = deployment(cat, record["model"], record["device"], record["dtype"], 1, 1)
         self.cost, self.sched = LlmCost(dep), scheduler_of(record, None, record["batch"])
         self.kv_tokens = self.cost.kv_capacity_tokens(record["batch"])
         self.frontend_s = float(record.get("frontend_s", 0.0))
+        prof = load_profile(prof_path)
+        self.front = FrontEndCost.from_profile(prof.front_end.model_dump() if prof.front_end else None,
+                                               client_on_core)
 
-    def run(self, requests: list[tuple[float, int, int]], sample_at: list[float] = ()) -> PoolRun:  # type: ignore
-        """The engine's run on the requests; each request's TTFT and E2E also pass the front end once
-        (the profile's measured HTTP/API-server latency, outside the engine's iterations)."""
+    @property
+    def label(self) -> str:
+        f = self.front
+        if f is None:
+            return f"front end {self.frontend_s * 1e3:.1f} ms per request (a fixed delay)"
+        return (f"front-end core: {f.request_cpu_s * 1e3:.2f} ms per request, {f.step_cpu_s * 1e3:.3f} ms per step, "
+                f"{f.token_cpu_s * 1e3:.3f} ms per token, + {f.latency_s * 1e3:.1f} ms latency ({f.source})")
+
+    def run(self, requests: list[tuple[float, int, int]], sample_at: list[float] = (),  # type: ignore
+            users: int | None = None) -> PoolRun:
+        """The engine's run on the requests (a closed loop of `users` when given), behind the front-end
+        core; without a measured one, each request's TTFT and E2E pass the profile's lone-request
+        front-end latency once."""
         env = Environment()
         pool = LlmPool(env, "pool", "aggregated", self.cost, 1, 1, self.sched.max_num_seqs,
                        self.sched.max_batched_tokens, self.kv_tokens, self.sched)
-        run = replay(pool, requests, sample_at)
+        if self.front is not None:
+            return replay(pool, requests, sample_at, FrontEnd(env, pool, self.front), users)
+        run = replay(pool, requests, sample_at, users=users)
         run.ttft_s = run.ttft_s + self.frontend_s
         run.e2e_s = run.e2e_s + self.frontend_s
         run.end_s += self.frontend_s
@@ -137,7 +155,7 @@ def capacity(srv: VllmServer, pm: PromptMaker, model: str, sim: SimPool, pairs: 
     done = sorted(r.marks[-1][0] for r in recs)
     skip = len(done) // 10  # the ramp: the first tenth of completions
     measured = (len(done) - 1 - skip) / (done[-1] - done[skip])
-    run = sim.run([(0.0, i, o) for i, o in pairs])
+    run = sim.run([(0.0, i, o) for i, o in pairs], users=users)
     ends = np.sort(run.arrival_s + run.e2e_s)
     predicted = (len(ends) - 1 - skip) / (ends[-1] - ends[skip])
     return measured, predicted
@@ -222,8 +240,7 @@ def main() -> None:
         (args.out / "pool-plan.json").write_text(json.dumps({"schema": "terrazzo.plan/v2", "ops": [record]},
                                                             indent=1))
         sim = SimPool(args.profile, record)
-        print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}; front end "
-              f"{sim.frontend_s * 1e3:.1f} ms per request")
+        print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}; {sim.label}")
         pm = PromptMaker(srv.base_url, str(checkpoint), args.seed)
         model = str(checkpoint)
         open_loop(srv.base_url, model, [(0.0, pm.ids(i), o) for i, o in mk(16)])  # warm-up

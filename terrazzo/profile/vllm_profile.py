@@ -12,6 +12,9 @@
   prompt plus half the tokens generated. The client's stream is not used: a busy API server delivers
   tokens in bursts, so its gaps are not the engine's steps.
 
+- front end: the API server's CPU per request, per engine step and per streamed token, and the load
+  generator's, by CPU-time accounting at several concurrencies (vllm_front_end.py), after the grid.
+
 Points are measured in rounds that visit every point in a new random order (as the built-in engine's
 profile does), so a slow spell on the shared machine spreads over all points. The fit is the same
 roofline fit; the profile records the engine and its version.
@@ -31,6 +34,8 @@ from terrazzo.errors import ProfileError
 from terrazzo.profile import vllm_load as L
 from terrazzo.profile.measure import timing
 from terrazzo.profile.profile_file import DecodePoint, LlmShape, PrefillPoint
+from terrazzo.profile.vllm_front_end import FrontEndFit
+from terrazzo.profile.vllm_front_end import measure as measure_front_end
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 
 DECODE_TOKENS = 64  # tokens each decode stream generates; the window is where all streams decode
@@ -48,6 +53,7 @@ class VllmMeasured:
     kv_blocks: int
     startup_s: float
     frontend_s: float  # a request's time outside the engine: HTTP, API server, ZMQ hand-offs (median)
+    front_end: FrontEndFit | None = None  # the API server's (and client's) CPU per request, step, token
 
 
 def checkpoint_shape(checkpoint: Path, name: str, random_weights: bool) -> LlmShape:
@@ -147,13 +153,17 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
                     made[(a, b)].append(m)
         if r >= warmup:
             say(f"  round {r - warmup + 1}/{repeats}")
+    lone_s = float(np.median(frontend)) if frontend else 0.0
+    proc = getattr(srv.process, "proc", None)
+    front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, max(2, repeats), say)
+             if proc is not None else None)
     return VllmMeasured(
         shape=shape,
         prefill=[PrefillPoint(isl=i, batch=b, timing=timing(v)) for (i, b), v in sorted(pre.items())],
         decode=[DecodePoint(batch=b, context=round(float(c) + float(np.mean(made[(b, c)]))), timing=timing(v))
                 for (b, c), v in sorted(dec.items())],
         version=srv.version, settings=settings, kv_blocks=srv.kv_blocks, startup_s=srv.startup_s,
-        frontend_s=float(np.median(frontend)) if frontend else 0.0)
+        frontend_s=lone_s, front_end=front)
 
 
 def _raise(recs: list[L.Timed]) -> None:
