@@ -162,7 +162,8 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     points = _points(timings, transfers, opts.ann_dimension)
     if vllm is not None:
         points = points.model_copy(update={"prefill": vllm.prefill if "prefill" in opts.ops else [],
-                                           "decode": vllm.decode if "decode" in opts.ops else []})
+                                           "decode": vllm.decode if "decode" in opts.ops else [],
+                                           "reuse_prefill": vllm.reuse_prefill if "prefill" in opts.ops else []})
     links = fit_links(points)
     section = _device_section(catalog, opts, mach, fp32_tflops, bw_gbyte_s, notes)
     device = (define_device(catalog, section, links, "this profile") if section.defines

@@ -129,6 +129,15 @@ class PrefillPoint(Strict):
     timing: Timing
 
 
+class ReusePrefillPoint(Strict):
+    """Prefill of `new` tokens behind `cached` tokens the engine found in its prefix cache (one request)."""
+
+    new: int = Field(ge=1)
+    cached: int = Field(ge=1)
+    batch: int = Field(default=1, ge=1)
+    timing: Timing
+
+
 class DecodePoint(Strict):
     batch: int = Field(ge=1)
     context: int = Field(ge=1)
@@ -159,6 +168,7 @@ class TransferPoint(Strict):
 class Points(Strict):
     prefill: list[PrefillPoint] = []
     decode: list[DecodePoint] = []
+    reuse_prefill: list[ReusePrefillPoint] = []
     embed: list[EmbedPoint] = []
     ann: list[AnnPoint] = []
     transfer: list[TransferPoint] = []

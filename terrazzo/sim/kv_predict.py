@@ -26,6 +26,7 @@ from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import kv_bytes_per_token
+from terrazzo.cost.reuse_calibration import reuse_points
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
 from terrazzo.sim.pools import LlmPool, Seq
@@ -80,7 +81,8 @@ def profiled_pool(profile: Path) -> ProfiledPool:
     sched = engine_scheduler(EngineVersion(Engine.VLLM, engine.removeprefix("vllm-")), seqs,
                              max_batched_tokens=int(st["max_batched_tokens"]), block_size=int(st["block_size"]),
                              kv_blocks=int(st["kv_blocks"]))
-    cost = LlmCost(dep)
+    grid = reuse_points(cat, device, name, dtype)  # measured cached-prefix prefills, when profiled
+    cost = LlmCost(dep, {(c[0], c[1]): t for c, t in grid.measured_s.items()} if grid is not None else None)
     return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, name, dtype),
                         float(st.get("frontend_ms", 0.0)) / 1e3)
 

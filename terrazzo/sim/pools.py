@@ -210,6 +210,9 @@ class LlmPool:
             tokens += c
             sq += c * c + 2 * c * s.done
         dt = self.cost.prefill_s(tokens, sq)
+        cached = sum(s.done for s in batch)
+        if cached:
+            dt += self.cost.context_read_s(cached, sum((s.isl - s.done) * s.done for s in batch))
         lane.t0, lane.dt, lane.prefilling = now, dt, batch
         self.env.schedule(dt, self._prefill_end, r)
 
