@@ -251,15 +251,16 @@ def _vllm_settings(got: Any) -> dict[str, float]:
 def _front_end(got: Any) -> FrontEndSection:
     fe = got.front_end
     runs = [FrontEndRunRecord(**vars(r)) for r in fe.runs]
-    return FrontEndSection(request_cpu_ms=round(fe.request_cpu_ms, 4), step_cpu_ms=round(fe.step_cpu_ms, 4),
+    return FrontEndSection(request_cpu_ms=round(fe.request_cpu_ms, 4),
+                           prompt_token_cpu_ms=round(fe.prompt_token_cpu_ms, 6), step_cpu_ms=round(fe.step_cpu_ms, 4),
                            token_cpu_ms=round(fe.token_cpu_ms, 4),
                            client_request_cpu_ms=round(fe.client_request_cpu_ms, 4),
                            client_token_cpu_ms=round(fe.client_token_cpu_ms, 4), latency_ms=round(fe.latency_ms, 3),
                            source=fe.source, runs=runs,
                            method="CPU-time accounting: API-server process /proc/<pid>/stat utime+stime and the "
-                                  "client's process_time over closed-loop runs (concurrency × answer length), "
-                                  "non-negative least squares on requests, engine steps (vllm:iteration_tokens_total) "
-                                  "and streamed tokens (terrazzo/profile/vllm_front_end.py)")
+                                  "client's process_time over closed-loop runs (concurrency × answer × prompt length), "
+                                  "non-negative least squares on requests, prompt tokens, engine steps "
+                                  "(vllm:iteration_tokens_total) and streamed tokens (profile/vllm_front_end.py)")
 
 
 def _embed_benches(opts: Options, benches: dict[PointKey, M.Bench]) -> M.LoadedEmbedder:

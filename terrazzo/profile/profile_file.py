@@ -203,6 +203,7 @@ class Fit(Strict):
 class FrontEndRunRecord(Strict):
     concurrency: int = Field(ge=1)
     requests: int = Field(ge=1)
+    prompt_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(ge=1)
     engine_steps: int = Field(ge=0)
     server_cpu_s: float = Field(ge=0)
@@ -215,6 +216,7 @@ class FrontEndSection(Strict):
     load generator's beside it (the simulator's front-end stage, terrazzo/sim/front_end.py)."""
 
     request_cpu_ms: float = Field(ge=0)
+    prompt_token_cpu_ms: float = Field(default=0.0, ge=0)
     step_cpu_ms: float = Field(ge=0)
     token_cpu_ms: float = Field(ge=0)
     client_request_cpu_ms: float = Field(ge=0)

@@ -10,7 +10,8 @@ next `await`, without preemption: a FIFO queue of CPU work on one core. A load g
 core (this benchmark's one-machine set-up) adds its own parsing of every chunk to the same core's work,
 in the same order, so its CPU is added to the same server's job sizes (`FrontEndCost.with_client`).
 
-Jobs: a request's intake (`request_cpu_s`, on arrival, before the engine sees it), and one job per
+Jobs: a request's intake (`request_cpu_s` + `prompt_token_cpu_s` per prompt token, on arrival, before
+the engine sees it), and one job per
 engine step that emits tokens (`step_cpu_s` + `token_cpu_s` per token the step emits). A token reaches
 the client when its step's job is done; so a saturated core delays TTFT, stretches E2E, bunches tokens
 and caps throughput, while the engine (its own core) runs on. `latency_s` is the per-request delay
@@ -41,9 +42,10 @@ class FrontEndCost:
     token_cpu_s: float
     latency_s: float = 0.0
     source: str = ""
+    prompt_token_cpu_s: float = 0.0  # the server parsing and checking the prompt, per token
 
     def __post_init__(self) -> None:
-        if min(self.request_cpu_s, self.step_cpu_s, self.token_cpu_s, self.latency_s) < 0:
+        if min(self.request_cpu_s, self.step_cpu_s, self.token_cpu_s, self.latency_s, self.prompt_token_cpu_s) < 0:
             raise ValueError(f"front-end costs must be ≥ 0: {self}")
 
     def with_client(self, request_cpu_s: float, token_cpu_s: float, source: str) -> FrontEndCost:
@@ -65,7 +67,8 @@ class FrontEndCost:
         src = str(section.get("source", "measured:vllm-profile"))
         cost = cls(request_cpu_s=float(section["request_cpu_ms"]) / 1e3, step_cpu_s=float(section["step_cpu_ms"]) / 1e3,
                    token_cpu_s=float(section["token_cpu_ms"]) / 1e3,
-                   latency_s=float(section.get("latency_ms", 0.0)) / 1e3, source=f"API server: {src}")
+                   latency_s=float(section.get("latency_ms", 0.0)) / 1e3, source=f"API server: {src}",
+                   prompt_token_cpu_s=float(section.get("prompt_token_cpu_ms", 0.0)) / 1e3)
         if client_on_core:
             cost = cost.with_client(float(section["client_request_cpu_ms"]) / 1e3,
                                     float(section["client_token_cpu_ms"]) / 1e3, src)
@@ -119,11 +122,12 @@ class FrontEnd:
 
     # requests in ------------------------------------------------------------------------------
 
-    def submit(self, seq: Seq) -> None:
+    def submit(self, seq: Seq, lane: int | None = None) -> None:
+        """`lane`: the replica a KV-aware router picked (else the least loaded, as the pool routes)."""
         env, pool = self.env, self.pool
-        r = int(pool.load.argmin())
+        r = int(pool.load.argmin()) if lane is None else lane
         self._flush(r, env.now)
-        ready = self.cores[r].job(env.now, self.cost.request_cpu_s)
+        ready = self.cores[r].job(env.now, self.cost.request_cpu_s + seq.isl * self.cost.prompt_token_cpu_s)
         self._fn[id(seq)] = seq.fn
         seq.fn = self._engine_done
         env.at(ready + self.cost.latency_s, self._to_engine, (seq, r))
