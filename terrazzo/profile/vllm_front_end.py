@@ -102,6 +102,7 @@ def measure(base_url: str, model: str, pid: int, pm: L.PromptMaker, lone_latency
     runs = []
     for r in range(rounds):
         for conc, osl, isl in GRID:
-            runs.append(run_once(base_url, model, pid, pm, conc, osl, isl, max(16, 2 * conc)))
+            # short answers: more requests, so their CPU spans enough clock ticks (10 ms each)
+            runs.append(run_once(base_url, model, pid, pm, conc, osl, isl, max(24 if osl <= 2 else 8, 2 * conc)))
         say(f"  front end round {r + 1}/{rounds}")
     return fit(runs, lone_latency_s)
