@@ -150,6 +150,8 @@ class LlmCost:
         coef: tuple[float, float, float, float, float] | Literal[False] | None = self._steps.get(batch, False)
         if coef is False:
             coef = self._steps[batch] = self._fit_step(batch)
+        if (coef is None or self._prefill is None) and not self.dep.model.is_moe:
+            return self._mixed_union_s(batch, context, tokens, sum_sq)
         if coef is None or self._prefill is None:  # MoE: the decodes are one-token chunks of a prefill
             return max(self.prefill_s(tokens + batch, sum_sq + batch * (1 + 2 * context)),
                        self.decode_step_s(batch, context))
@@ -159,6 +161,14 @@ class LlmCost:
         memory = m0 + m1 * context + mt * tokens
         fixed = r0 + rt * (tokens + batch)
         return (compute if compute > memory else memory) + (fixed if fixed > rest else rest)
+
+    def _mixed_union_s(self, batch: int, context: float, tokens: float, sum_sq: float) -> float:
+        """The same union where the costs are not linear in their arguments (a profile's measured points
+        scale them piecewise): the two phases' estimates at this iteration, compute added, the larger
+        memory stream (the weights stream once), the larger fixed cost."""
+        d, p = decode_step(self.dep, batch, context), self._exact_prefill(tokens, sum_sq)
+        compute, memory = d.compute_s + p.compute_s, max(d.memory_s, p.memory_s)
+        return max(compute, memory) + max(d.comm_s + d.static_s, p.comm_s + p.static_s)
 
     # memory -----------------------------------------------------------------------------------
 
