@@ -41,7 +41,8 @@ from terrazzo.cost.candidates import deployment
 from terrazzo.models.tiny import make_tiny_checkpoint
 from terrazzo.profile.profile_command import Options, profile_command
 from terrazzo.profile.profile_file import load_profile
-from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, open_loop
+from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, metric_sums, open_loop
+from terrazzo.profile.vllm_profile import DECODE_S, PREFILL_S, QUEUE_S
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.front_end import FrontEnd, FrontEndCost
@@ -63,6 +64,7 @@ class Live:
 
     recs: list[Timed]
     queue: list[tuple[float, float]]
+    engine_s: dict[str, float] | None = None  # vLLM's own mean queue / prefill / decode time per request
 
     def metric(self, m: str) -> np.ndarray:
         return np.array([getattr(r, m) for r in self.recs])
@@ -165,9 +167,14 @@ def compare(srv: VllmServer, pm: PromptMaker, model: str, sim: SimPool, arrivals
             ) -> tuple[Live, PoolRun]:
     """Send `arrivals` to the server open loop, then simulate the actual send times and token counts."""
     queue: list[tuple[float, float]] = []
+    names = (QUEUE_S, PREFILL_S, DECODE_S)
+    before = metric_sums(srv.base_url, names)
     recs = open_loop(srv.base_url, model, [(t, pm.ids(i), o) for t, i, o in arrivals], QUEUE_EVERY_S, queue)
+    after = metric_sums(srv.base_url, names)
     _check(recs)
-    live = Live(recs, queue)
+    engine = {m: (after[m + "_sum"] - before[m + "_sum"]) / max(1.0, after[m + "_count"] - before[m + "_count"])
+              for m in names}
+    live = Live(recs, queue, engine)
     sent = live.sent
     sim_run = sim.run([(float(s), r.isl, r.osl) for s, r in zip(sent, recs, strict=True)], [t for t, _ in queue])
     return live, sim_run
@@ -190,6 +197,12 @@ def table(label: str, live: Live, sim_run: PoolRun) -> list[str]:
     ts = np.array([t for t, _ in live.queue])
     qm = np.array([q for _, q in live.queue])
     qp = sim_run.queue_sampled
+    if live.engine_s is not None:  # where a live request's time went, by vLLM's own clocks
+        e = live.engine_s
+        stream_ms = np.mean([r.e2e_s - r.ttft_s for r in live.recs]) * 1e3
+        lines.append(f"  live, mean per request: TTFT {live.metric('ttft_s').mean() * 1e3:.1f} ms, of it in the "
+                     f"engine queue {e[QUEUE_S] * 1e3:.1f} + prefill {e[PREFILL_S] * 1e3:.1f} ms; decode "
+                     f"{e[DECODE_S] * 1e3:.1f} ms in the engine, {stream_ms:.1f} ms first to last token at the client")
     lines.append(f"  queue mean  {qp.mean():8.2f}    {np.nanmean(qm):8.2f}    "
                  f"(growth {slope(ts, qp):+.2f} vs {slope(ts, qm):+.2f} requests/s)")
     return lines
