@@ -184,7 +184,7 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
             say(f"  round {r - warmup + 1}/{repeats}")
     lone_s = float(np.median(frontend)) if frontend else 0.0
     proc = getattr(srv.process, "proc", None)
-    front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, max(2, repeats), say)
+    front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, min(3, max(2, repeats)), say)
              if proc is not None else None)
     return VllmMeasured(
         shape=shape,
