@@ -75,6 +75,13 @@ def cache_counters(url: str) -> tuple[float, float]:
     return got["queries"], got["hits"]
 
 
+def reuse_points_of(prof: Path) -> dict[tuple[int, int], float]:
+    """The profile's measured cached-prefix prefills: (new, cached) -> seconds."""
+    from terrazzo.profile.profile_file import load_profile
+
+    return {(p.new, p.cached): p.timing.median_s for p in load_profile(prof).points.reuse_prefill}
+
+
 def run_loop(url: str, model: str, pm: PromptMaker, shape: LoopShape, distinct: bool,
              engine: list[float] | None = None) -> list[float]:
     """One request's loop; `distinct`: every call's prompt gets a fresh head (no reuse possible). `engine`
@@ -162,7 +169,18 @@ def live(args: argparse.Namespace) -> None:
     reuse_a, cold_a = np.array(reuse), np.array(cold)
     measured = float(np.median(cold_a[:, 1:]) / np.median(reuse_a[:, 1:]))
     pred = predicted_loop(prof, shape)
-    pred_frontend_ms = profiled_pool(prof).frontend_s * 1e3
+    pool = profiled_pool(prof)
+    pred_frontend_ms = pool.frontend_s * 1e3
+    for (n, k), t in sorted(reuse_points_of(prof).items()):
+        model = pool.cost.prefill_s(n, n * n + 2 * n * k)
+        read = pool.cost.context_read_s(k, n * k)
+        print(f"reuse prefill point: {n} new behind {k} cached, measured {t * 1e3:.1f} ms, prefill model "
+              f"{model * 1e3:.1f} ms, with the fitted read term {(model + read) * 1e3:.1f} ms")
+    if pool.front is not None:
+        f = pool.front
+        print(f"front-end core ({f.source}): {f.request_cpu_s * 1e3:.2f} ms per request + "
+              f"{f.prompt_token_cpu_s * 1e6:.2f} µs per prompt token, {f.step_cpu_s * 1e3:.3f} ms per step, "
+              f"{f.token_cpu_s * 1e3:.3f} ms per token, {f.latency_s * 1e3:.1f} ms latency")
     result = {
         "shape": shape.__dict__, "reps": args.reps, "vllm": srv.version,
         "ttft_s": {"reuse": np.median(reuse_a, axis=0).tolist(), "no_reuse": np.median(cold_a, axis=0).tolist()},
@@ -181,7 +199,7 @@ def live(args: argparse.Namespace) -> None:
     eng = result["engine_prefill_s"]
     print(f"  of which in the engine (vLLM's queue + prefill time), ms: reuse "
           f"{it(f'{x * 1e3:.0f}' for x in eng['reuse'])}; no reuse {it(f'{x * 1e3:.0f}' for x in eng['no_reuse'])}")
-    print(f"simulated (front end {pred_frontend_ms:.0f} ms included), ms: reuse "
+    print(f"simulated (front end included; {pred_frontend_ms:.0f} ms for a lone request), ms: reuse "
           f"{it(f'{x * 1e3:.0f}' for x in pred.reuse_ttft_s)}; no reuse "
           f"{it(f'{x * 1e3:.0f}' for x in pred.cold_ttft_s)}")
     print(f"iterations 2-3, no reuse ÷ reuse: measured {measured:.2f}×, simulated {pred.ratio:.2f}×, "

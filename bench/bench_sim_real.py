@@ -11,7 +11,7 @@ takes minutes here) and writes DIR/vllm-profile.yaml.
    settings the profile measured under. Its plan record (engine, version, scheduler, KV blocks) is
    written to DIR/pool-plan.json and read back by the simulator's plan reader (sim_inputs.scheduler_of).
 2. Capacity: a closed-loop saturating run (as many users as the server runs sequences) measures
-   requests/s; the simulator's capacity is the same stream submitted at once (a backlog it drains).
+   requests/s; the simulator runs the same closed loop (the same users, the same requests in order).
 3. Poisson arrivals at each load (share of the measured capacity) and the replayed trace (rescaled to
    half the capacity): sent open loop to the server, then the same send times and token counts
    simulated. Token counts come from the trace file (Azure LLM inference sample), scaled by --isl-scale
@@ -41,9 +41,11 @@ from terrazzo.cost.candidates import deployment
 from terrazzo.models.tiny import make_tiny_checkpoint
 from terrazzo.profile.profile_command import Options, profile_command
 from terrazzo.profile.profile_file import load_profile
-from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, open_loop
+from terrazzo.profile.vllm_load import PromptMaker, Timed, closed_loop, failures, metric_sums, open_loop
+from terrazzo.profile.vllm_profile import DECODE_S, PREFILL_S, QUEUE_S
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 from terrazzo.sim.engine import Environment
+from terrazzo.sim.front_end import FrontEnd, FrontEndCost
 from terrazzo.sim.pool_replay import PoolRun, replay
 from terrazzo.sim.pools import LlmPool
 from terrazzo.sim.service_times import LlmCost
@@ -62,6 +64,7 @@ class Live:
 
     recs: list[Timed]
     queue: list[tuple[float, float]]
+    engine_s: dict[str, float] | None = None  # vLLM's own mean queue / prefill / decode time per request
 
     def metric(self, m: str) -> np.ndarray:
         return np.array([getattr(r, m) for r in self.recs])
@@ -92,22 +95,39 @@ def pool_record(prof_path: Path) -> dict:
 
 
 class SimPool:
-    """The simulator's model of the pool: its cost on the profiled device, its scheduler from the plan."""
+    """The simulator's model of the pool: its cost on the profiled device, its scheduler from the plan, and
+    (when the profile measured it) the API server's core in front of it (sim/front_end.py), with this
+    load generator's CPU on that core too when `client_on_core` (this one-machine set-up)."""
 
-    def __init__(self, prof_path: Path, record: dict) -> None:
+    def __init__(self, prof_path: Path, record: dict, client_on_core: bool = True) -> None:
         cat = load_catalog([], [prof_path])
         dep = deployment(cat, record["model"], record["device"], record["dtype"], 1, 1)
         self.cost, self.sched = LlmCost(dep), scheduler_of(record, None, record["batch"])
         self.kv_tokens = self.cost.kv_capacity_tokens(record["batch"])
         self.frontend_s = float(record.get("frontend_s", 0.0))
+        prof = load_profile(prof_path)
+        self.front = FrontEndCost.from_profile(prof.front_end.model_dump() if prof.front_end else None,
+                                               client_on_core)
 
-    def run(self, requests: list[tuple[float, int, int]], sample_at: list[float] = ()) -> PoolRun:  # type: ignore
-        """The engine's run on the requests; each request's TTFT and E2E also pass the front end once
-        (the profile's measured HTTP/API-server latency, outside the engine's iterations)."""
+    @property
+    def label(self) -> str:
+        f = self.front
+        if f is None:
+            return f"front end {self.frontend_s * 1e3:.1f} ms per request (a fixed delay)"
+        return (f"front-end core: {f.request_cpu_s * 1e3:.2f} ms per request, {f.step_cpu_s * 1e3:.3f} ms per step, "
+                f"{f.token_cpu_s * 1e3:.3f} ms per token, + {f.latency_s * 1e3:.1f} ms latency ({f.source})")
+
+    def run(self, requests: list[tuple[float, int, int]], sample_at: list[float] = (),  # type: ignore
+            users: int | None = None) -> PoolRun:
+        """The engine's run on the requests (a closed loop of `users` when given), behind the front-end
+        core; without a measured one, each request's TTFT and E2E pass the profile's lone-request
+        front-end latency once."""
         env = Environment()
         pool = LlmPool(env, "pool", "aggregated", self.cost, 1, 1, self.sched.max_num_seqs,
                        self.sched.max_batched_tokens, self.kv_tokens, self.sched)
-        run = replay(pool, requests, sample_at)
+        if self.front is not None:
+            return replay(pool, requests, sample_at, FrontEnd(env, pool, self.front), users)
+        run = replay(pool, requests, sample_at, users=users)
         run.ttft_s = run.ttft_s + self.frontend_s
         run.e2e_s = run.e2e_s + self.frontend_s
         run.end_s += self.frontend_s
@@ -137,7 +157,7 @@ def capacity(srv: VllmServer, pm: PromptMaker, model: str, sim: SimPool, pairs: 
     done = sorted(r.marks[-1][0] for r in recs)
     skip = len(done) // 10  # the ramp: the first tenth of completions
     measured = (len(done) - 1 - skip) / (done[-1] - done[skip])
-    run = sim.run([(0.0, i, o) for i, o in pairs])
+    run = sim.run([(0.0, i, o) for i, o in pairs], users=users)
     ends = np.sort(run.arrival_s + run.e2e_s)
     predicted = (len(ends) - 1 - skip) / (ends[-1] - ends[skip])
     return measured, predicted
@@ -147,9 +167,14 @@ def compare(srv: VllmServer, pm: PromptMaker, model: str, sim: SimPool, arrivals
             ) -> tuple[Live, PoolRun]:
     """Send `arrivals` to the server open loop, then simulate the actual send times and token counts."""
     queue: list[tuple[float, float]] = []
+    names = (QUEUE_S, PREFILL_S, DECODE_S)
+    before = metric_sums(srv.base_url, names)
     recs = open_loop(srv.base_url, model, [(t, pm.ids(i), o) for t, i, o in arrivals], QUEUE_EVERY_S, queue)
+    after = metric_sums(srv.base_url, names)
     _check(recs)
-    live = Live(recs, queue)
+    engine = {m: (after[m + "_sum"] - before[m + "_sum"]) / max(1.0, after[m + "_count"] - before[m + "_count"])
+              for m in names}
+    live = Live(recs, queue, engine)
     sent = live.sent
     sim_run = sim.run([(float(s), r.isl, r.osl) for s, r in zip(sent, recs, strict=True)], [t for t, _ in queue])
     return live, sim_run
@@ -172,6 +197,12 @@ def table(label: str, live: Live, sim_run: PoolRun) -> list[str]:
     ts = np.array([t for t, _ in live.queue])
     qm = np.array([q for _, q in live.queue])
     qp = sim_run.queue_sampled
+    if live.engine_s is not None:  # where a live request's time went, by vLLM's own clocks
+        e = live.engine_s
+        stream_ms = np.mean([r.e2e_s - r.ttft_s for r in live.recs]) * 1e3
+        lines.append(f"  live, mean per request: TTFT {live.metric('ttft_s').mean() * 1e3:.1f} ms, of it in the "
+                     f"engine queue {e[QUEUE_S] * 1e3:.1f} + prefill {e[PREFILL_S] * 1e3:.1f} ms; decode "
+                     f"{e[DECODE_S] * 1e3:.1f} ms in the engine, {stream_ms:.1f} ms first to last token at the client")
     lines.append(f"  queue mean  {qp.mean():8.2f}    {np.nanmean(qm):8.2f}    "
                  f"(growth {slope(ts, qp):+.2f} vs {slope(ts, qm):+.2f} requests/s)")
     return lines
@@ -222,8 +253,7 @@ def main() -> None:
         (args.out / "pool-plan.json").write_text(json.dumps({"schema": "terrazzo.plan/v2", "ops": [record]},
                                                             indent=1))
         sim = SimPool(args.profile, record)
-        print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}; front end "
-              f"{sim.frontend_s * 1e3:.1f} ms per request")
+        print(f"pool: {record['model']} on {record['device']}, {sim.sched.label}; {sim.label}")
         pm = PromptMaker(srv.base_url, str(checkpoint), args.seed)
         model = str(checkpoint)
         open_loop(srv.base_url, model, [(0.0, pm.ids(i), o) for i, o in mk(16)])  # warm-up

@@ -52,6 +52,9 @@ class Recorder:
         self.iterations.append((batch, 0))
         return self.cost.decode_step_s(batch, context)
 
+    def context_read_s(self, cached_tokens, pairs):
+        return self.cost.context_read_s(cached_tokens, pairs)
+
     def mixed_step_s(self, batch, context, tokens, sum_sq):
         self._check()
         self.iterations.append((batch, tokens))

@@ -181,6 +181,10 @@ def _grids(prof: Profile, label: str, llm: str | None, embed: str | None) -> dic
     if llm and pts.prefill:
         grids["prefill"] = Grid(label, "prefill", ("batch", "isl"),
                                 {(float(p.batch), float(p.isl)): p.timing.median_s for p in pts.prefill})
+    if llm and pts.reuse_prefill:
+        grids["reuse_prefill"] = Grid(label, "reuse_prefill", ("new", "cached"),
+                                      {(float(p.new), float(p.cached)): p.timing.median_s
+                                       for p in pts.reuse_prefill if p.batch == 1})
     if llm and pts.decode:
         grids["decode"] = Grid(label, "decode", ("batch", "context"),
                                {(float(p.batch), float(p.context)): p.timing.median_s for p in pts.decode})

@@ -34,6 +34,8 @@ from terrazzo.profile.profile_file import (
     DeviceSection,
     EmbedPoint,
     Fit,
+    FrontEndRunRecord,
+    FrontEndSection,
     LinkFit,
     LinkKind,
     Machine,
@@ -160,7 +162,8 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
     points = _points(timings, transfers, opts.ann_dimension)
     if vllm is not None:
         points = points.model_copy(update={"prefill": vllm.prefill if "prefill" in opts.ops else [],
-                                           "decode": vllm.decode if "decode" in opts.ops else []})
+                                           "decode": vllm.decode if "decode" in opts.ops else [],
+                                           "reuse_prefill": vllm.reuse_prefill if "prefill" in opts.ops else []})
     links = fit_links(points)
     section = _device_section(catalog, opts, mach, fp32_tflops, bw_gbyte_s, notes)
     device = (define_device(catalog, section, links, "this profile") if section.defines
@@ -174,6 +177,7 @@ def profile_machine(opts: Options, say: Callable[[str], None] = lambda _: None) 
         points=points, fit=Fit(links=links), notes=notes,
         engine=f"vllm-{vllm.version}" if vllm else "builtin",
         engine_settings=_vllm_settings(vllm) if vllm else None,
+        front_end=_front_end(vllm) if vllm is not None and vllm.front_end is not None else None,
     )
     return prof.model_copy(update={"fit": Fit(ops=fit_ops(prof, catalog, device), links=links)})
 
@@ -242,6 +246,21 @@ def _vllm_settings(got: Any) -> dict[str, float]:
     st = got.settings
     return {"max_num_seqs": st.max_num_seqs, "max_batched_tokens": st.max_num_batched_tokens,
             "block_size": st.block_size, "kv_blocks": got.kv_blocks, "frontend_ms": round(got.frontend_s * 1e3, 3)}
+
+
+def _front_end(got: Any) -> FrontEndSection:
+    fe = got.front_end
+    runs = [FrontEndRunRecord(**vars(r)) for r in fe.runs]
+    return FrontEndSection(request_cpu_ms=round(fe.request_cpu_ms, 4),
+                           prompt_token_cpu_ms=round(fe.prompt_token_cpu_ms, 6), step_cpu_ms=round(fe.step_cpu_ms, 4),
+                           token_cpu_ms=round(fe.token_cpu_ms, 4),
+                           client_request_cpu_ms=round(fe.client_request_cpu_ms, 4),
+                           client_token_cpu_ms=round(fe.client_token_cpu_ms, 4), latency_ms=round(fe.latency_ms, 3),
+                           source=fe.source, runs=runs,
+                           method="CPU-time accounting: API-server process /proc/<pid>/stat utime+stime and the "
+                                  "client's process_time over closed-loop runs (concurrency × answer × prompt length), "
+                                  "non-negative least squares on requests, prompt tokens, engine steps "
+                                  "(vllm:iteration_tokens_total) and streamed tokens (profile/vllm_front_end.py)")
 
 
 def _embed_benches(opts: Options, benches: dict[PointKey, M.Bench]) -> M.LoadedEmbedder:

@@ -129,6 +129,15 @@ class PrefillPoint(Strict):
     timing: Timing
 
 
+class ReusePrefillPoint(Strict):
+    """Prefill of `new` tokens behind `cached` tokens the engine found in its prefix cache (one request)."""
+
+    new: int = Field(ge=1)
+    cached: int = Field(ge=1)
+    batch: int = Field(default=1, ge=1)
+    timing: Timing
+
+
 class DecodePoint(Strict):
     batch: int = Field(ge=1)
     context: int = Field(ge=1)
@@ -159,6 +168,7 @@ class TransferPoint(Strict):
 class Points(Strict):
     prefill: list[PrefillPoint] = []
     decode: list[DecodePoint] = []
+    reuse_prefill: list[ReusePrefillPoint] = []
     embed: list[EmbedPoint] = []
     ann: list[AnnPoint] = []
     transfer: list[TransferPoint] = []
@@ -190,6 +200,33 @@ class Fit(Strict):
     links: dict[LinkKind, LinkFit] = {}
 
 
+class FrontEndRunRecord(Strict):
+    concurrency: int = Field(ge=1)
+    requests: int = Field(ge=1)
+    prompt_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(ge=1)
+    engine_steps: int = Field(ge=0)
+    server_cpu_s: float = Field(ge=0)
+    client_cpu_s: float = Field(ge=0)
+    wall_s: float = Field(gt=0)
+
+
+class FrontEndSection(Strict):
+    """CPU an engine's API server spends per request, per engine step it streams and per token, and the
+    load generator's beside it (the simulator's front-end stage, terrazzo/sim/front_end.py)."""
+
+    request_cpu_ms: float = Field(ge=0)
+    prompt_token_cpu_ms: float = Field(default=0.0, ge=0)
+    step_cpu_ms: float = Field(ge=0)
+    token_cpu_ms: float = Field(ge=0)
+    client_request_cpu_ms: float = Field(ge=0)
+    client_token_cpu_ms: float = Field(ge=0)
+    latency_ms: float = Field(ge=0, description="a lone request's front-end latency that is not this CPU")
+    source: str = "measured:vllm-profile"
+    method: str = ""
+    runs: list[FrontEndRunRecord] = []
+
+
 class Profile(Strict):
     schema_: Literal["terrazzo.profile/v1"] = Field(alias="schema")
     created: str
@@ -208,6 +245,7 @@ class Profile(Strict):
         default=None, description="the engine's scheduler settings while measured (max_num_seqs, "
                                   "max_batched_tokens, block_size, kv_blocks: a plan's scheduler fields) and "
                                   "frontend_ms, a request's latency outside the engine (HTTP, API server)")
+    front_end: FrontEndSection | None = None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, width=110)

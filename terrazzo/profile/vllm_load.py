@@ -114,6 +114,15 @@ def metric_sums(base_url: str, names: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def counter(base_url: str, name: str) -> float:
+    """A Prometheus counter `<name>_total` of the server, summed over its label sets."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "_total{") or line.startswith(name + "_total "))
+
+
 def _waiting(text: str) -> float:
     """vLLM's gauge of requests waiting for admission, from its Prometheus text."""
     for line in text.splitlines():

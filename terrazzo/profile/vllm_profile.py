@@ -12,6 +12,12 @@
   prompt plus half the tokens generated. The client's stream is not used: a busy API server delivers
   tokens in bursts, so its gaps are not the engine's steps.
 
+- reuse prefill point (new, cached), when the server caches prefixes: a `cached`-token prompt is sent
+  once, then the same prefix followed by `new` fresh tokens; the engine's prefill time of the second,
+  whose cache hits (vLLM's prefix_cache_hits counter) must equal the prefix.
+- front end: the API server's CPU per request, per engine step and per streamed token, and the load
+  generator's, by CPU-time accounting at several concurrencies (vllm_front_end.py), after the grid.
+
 Points are measured in rounds that visit every point in a new random order (as the built-in engine's
 profile does), so a slow spell on the shared machine spreads over all points. The fit is the same
 roofline fit; the profile records the engine and its version.
@@ -30,12 +36,16 @@ import numpy as np
 from terrazzo.errors import ProfileError
 from terrazzo.profile import vllm_load as L
 from terrazzo.profile.measure import timing
-from terrazzo.profile.profile_file import DecodePoint, LlmShape, PrefillPoint
+from terrazzo.profile.profile_file import DecodePoint, LlmShape, PrefillPoint, ReusePrefillPoint
+from terrazzo.profile.vllm_front_end import FrontEndFit
+from terrazzo.profile.vllm_front_end import measure as measure_front_end
 from terrazzo.profile.vllm_server import VllmServer, VllmSettings
 
 DECODE_TOKENS = 64  # tokens each decode stream generates; the window is where all streams decode
 PREFILL_S, QUEUE_S = "vllm:request_prefill_time_seconds", "vllm:request_queue_time_seconds"
 DECODE_S = "vllm:request_decode_time_seconds"  # engine-core timestamps, first token to last
+HITS = "vllm:prefix_cache_hits"  # prompt tokens the engine served from its prefix cache (a counter)
+REUSE_POINTS = ((64, 1024), (256, 1024), (256, 2048))  # (new, cached) tokens, when prefix caching is on
 
 
 @dataclass
@@ -43,11 +53,13 @@ class VllmMeasured:
     shape: LlmShape
     prefill: list[PrefillPoint]
     decode: list[DecodePoint]
+    reuse_prefill: list[ReusePrefillPoint]
     version: str
     settings: VllmSettings
     kv_blocks: int
     startup_s: float
     frontend_s: float  # a request's time outside the engine: HTTP, API server, ZMQ hand-offs (median)
+    front_end: FrontEndFit | None = None  # the API server's (and client's) CPU per request, step, token
 
 
 def checkpoint_shape(checkpoint: Path, name: str, random_weights: bool) -> LlmShape:
@@ -127,8 +139,24 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
         step = (after[DECODE_S + "_sum"] - before[DECODE_S + "_sum"]) / (n * (DECODE_TOKENS - 1))
         return [step], DECODE_TOKENS / 2
 
+    caching = "--enable-prefix-caching" in settings.extra
+    bs = settings.block_size
+    reuse_pts = [(n, k) for n, k in REUSE_POINTS if caching and k % bs == 0 and n + k < settings.max_model_len]
+
+    def reuse(n: int, k: int) -> tuple[float, int]:
+        """A k-token prefix sent once (cached), then the prefix + n new tokens: the second prefill's engine
+        time and the tokens the engine reports it served from cache."""
+        prefix = pm.ids(k)
+        _raise(L.open_loop(srv.base_url, model, [(0.0, prefix + pm.ids(16), 1)]))
+        before = L.metric_sums(srv.base_url, (PREFILL_S,))
+        hits0 = L.counter(srv.base_url, HITS)
+        _raise(L.open_loop(srv.base_url, model, [(0.0, prefix + pm.ids(n), 1)]))
+        after = L.metric_sums(srv.base_url, (PREFILL_S,))
+        return after[PREFILL_S + "_sum"] - before[PREFILL_S + "_sum"], round(L.counter(srv.base_url, HITS) - hits0)
+
     points: list[tuple[str, int, int]] = [("prefill", i, b) for i, b in prefill_pts] + [
-        ("decode", b, c) for b, c in decode_pts]
+        ("decode", b, c) for b, c in decode_pts] + [("reuse", n, k) for n, k in reuse_pts]
+    reused: dict[tuple[int, int], list[float]] = {p: [] for p in reuse_pts}
     pre: dict[tuple[int, int], list[float]] = {p: [] for p in prefill_pts}
     dec: dict[tuple[int, int], list[float]] = {p: [] for p in decode_pts}
     made: dict[tuple[int, int], list[float]] = {p: [] for p in decode_pts}
@@ -140,6 +168,13 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
                 t = prefill(a, b)
                 if r >= warmup:
                     pre[(a, b)].append(t)
+            elif kind == "reuse":
+                t, hit = reuse(a, b)
+                if hit != b:
+                    raise ProfileError(f"a {b}-token prefix was sent twice but the engine served {hit} tokens of "
+                                       "it from cache", fix="check that the server runs with prefix caching on")
+                if r >= warmup:
+                    reused[(a, b)].append(t)
             else:
                 steps, m = decode(a, b)
                 if r >= warmup:
@@ -147,13 +182,18 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
                     made[(a, b)].append(m)
         if r >= warmup:
             say(f"  round {r - warmup + 1}/{repeats}")
+    lone_s = float(np.median(frontend)) if frontend else 0.0
+    proc = getattr(srv.process, "proc", None)
+    front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, min(3, max(2, repeats)), say)
+             if proc is not None else None)
     return VllmMeasured(
         shape=shape,
         prefill=[PrefillPoint(isl=i, batch=b, timing=timing(v)) for (i, b), v in sorted(pre.items())],
         decode=[DecodePoint(batch=b, context=round(float(c) + float(np.mean(made[(b, c)]))), timing=timing(v))
                 for (b, c), v in sorted(dec.items())],
+        reuse_prefill=[ReusePrefillPoint(new=n, cached=k, timing=timing(v)) for (n, k), v in sorted(reused.items())],
         version=srv.version, settings=settings, kv_blocks=srv.kv_blocks, startup_s=srv.startup_s,
-        frontend_s=float(np.median(frontend)) if frontend else 0.0)
+        frontend_s=lone_s, front_end=front)
 
 
 def _raise(recs: list[L.Timed]) -> None:

@@ -26,7 +26,9 @@ from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import kv_bytes_per_token
+from terrazzo.cost.reuse_calibration import reuse_points
 from terrazzo.sim.engine import Environment
+from terrazzo.sim.front_end import FrontEnd, FrontEndCost
 from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
 from terrazzo.sim.pools import LlmPool, Seq
 from terrazzo.sim.schedulers import Scheduler, engine_scheduler
@@ -59,6 +61,7 @@ class ProfiledPool:
     kv_tokens: float
     kv_bytes_per_token: float
     frontend_s: float
+    front: FrontEndCost | None = None  # the API server's core, when the profile measured it
 
 
 def profiled_pool(profile: Path) -> ProfiledPool:
@@ -80,9 +83,11 @@ def profiled_pool(profile: Path) -> ProfiledPool:
     sched = engine_scheduler(EngineVersion(Engine.VLLM, engine.removeprefix("vllm-")), seqs,
                              max_batched_tokens=int(st["max_batched_tokens"]), block_size=int(st["block_size"]),
                              kv_blocks=int(st["kv_blocks"]))
-    cost = LlmCost(dep)
+    grid = reuse_points(cat, device, name, dtype)  # measured cached-prefix prefills, when profiled
+    cost = LlmCost(dep, {(c[0], c[1]): t for c, t in grid.measured_s.items()} if grid is not None else None)
     return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, name, dtype),
-                        float(st.get("frontend_ms", 0.0)) / 1e3)
+                        float(st.get("frontend_ms", 0.0)) / 1e3,
+                        FrontEndCost.from_profile(doc.get("front_end"), client_on_core=True))
 
 
 def catalog_pool(cat: Catalog, model: str, device: str, dtype: str = "bf16", max_num_seqs: int = 64) -> ProfiledPool:
@@ -126,6 +131,8 @@ def _loop(pp: ProfiledPool, shared_tokens: int, news: list[int], output_tokens: 
                    pp.kv_tokens, pp.sched)
     bs = pp.sched.block_size
     pkv = PoolKv(pool.lanes, bs, pool.lanes[0].blocks.capacity, pp.kv_bytes_per_token)
+    front = FrontEnd(env, pool, pp.front) if pp.front is not None else None
+    fixed_s = 0.0 if front is not None else pp.frontend_s
     shared = [Shared("system", shared_tokens)]
     history: list[tuple[int, int]] = []
     ttfts: list[float] = []
@@ -136,11 +143,14 @@ def _loop(pp: ProfiledPool, shared_tokens: int, news: list[int], output_tokens: 
         seq = Seq(isl, output_tokens, done, None, env.now)
         look = pkv.route(chain, prefix, isl, env.now, reuse)
         seq.done = look.cached_tokens
-        pool.submit(seq, look.lane)
+        if front is not None:
+            front.submit(seq, look.lane)
+        else:
+            pool.submit(seq, look.lane)
 
     def done(seq: Seq, lane: int) -> None:
         new = news[len(ttfts)]
-        ttfts.append(seq.t_first - seq.t_call + pp.frontend_s)
+        ttfts.append(seq.t_first - seq.t_call + fixed_s)
         if reuse:
             chain, _ = call_chain(shared, "loop", history, bs, (new, output_tokens))
             pkv.keep(lane, chain, env.now, "retain", pin=False)  # one loop at a time: nothing evicts it

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from terrazzo.sim.engine import Environment
+from terrazzo.sim.front_end import FrontEnd
 from terrazzo.sim.pools import LlmPool, Seq
 
 
@@ -52,25 +53,39 @@ def waiting(pool: LlmPool) -> int:
     return sum(len(lane.waiting) for lane in pool.lanes)
 
 
-def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]], sample_at: Sequence[float] = ()) -> PoolRun:
+def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]], sample_at: Sequence[float] = (),
+           front: FrontEnd | None = None, users: int | None = None) -> PoolRun:
     """Submit each (arrival_s, isl, osl) at its time to `pool` (built on its own Environment) and run to
-    the last finish; the queue is also sampled at the times `sample_at`."""
+    the last finish; the queue is also sampled at the times `sample_at`. With `front`, requests enter
+    through that API-server stage and TTFT/E2E/TBT are when its tokens leave it (what a client sees).
+    With `users`, a closed loop instead: that many clients, each sending the next request (in order)
+    when its previous one is delivered; the arrival times given are ignored."""
     env: Environment = pool.env
     n = len(requests)
     done: list[Seq | None] = [None] * n
     queue = np.zeros(n)
     order = sorted(range(n), key=lambda i: requests[i][0])
+    sent = np.array([r[0] for r in requests], dtype=float)
+    nxt = [min(users, n)] if users else [n]
 
     def finished(seq: Seq, _lane: int) -> None:
         done[seq.arg] = seq
+        if users and nxt[0] < n:
+            nxt[0] += 1
+            arrive(nxt[0] - 1)
 
     def arrive(i: int) -> None:
+        sent[i] = env.now
         queue[i] = waiting(pool)
         _, isl, osl = requests[i]
-        pool.submit(Seq(int(isl), int(osl), finished, i, env.now))
+        seq = Seq(int(isl), int(osl), finished, i, env.now)
+        if front is None:
+            pool.submit(seq)
+        else:
+            front.submit(seq)
 
-    for i in order:
-        env.at(requests[i][0], arrive, i)
+    for i in order if not users else range(nxt[0]):
+        env.at(requests[i][0] if not users else 0.0, arrive, i)
     sampled = np.zeros(len(sample_at))
 
     def sample(j: int) -> None:
@@ -89,7 +104,7 @@ def replay(pool: LlmPool, requests: Sequence[tuple[float, int, int]], sample_at:
     e2e = np.array([s.t_done - s.t_call for s in seqs])
     tbt = np.array([(s.t_done - s.t_first) / (s.osl - 1) if s.osl > 1 else math.nan for s in seqs])
     return PoolRun(
-        arrival_s=np.array([r[0] for r in requests], dtype=float), isl=np.array([r[1] for r in requests]),
+        arrival_s=sent, isl=np.array([r[1] for r in requests]),
         osl=np.array([r[2] for r in requests]), ttft_s=ttft, e2e_s=e2e, tbt_s=tbt, queue_at_arrival=queue,
         queue_sampled=sampled, preemptions=pool.preemptions(), wall_s=wall, events=env.events,
         end_s=max(s.t_done for s in seqs),

@@ -168,6 +168,7 @@ class LlmPool:
         self.capacity = n
         self.load = np.zeros(n, dtype=np.float64)
         self.visits = Visits()
+        self.observer: Any = None  # told of every iteration's emitted tokens (front_end.FrontEnd), if set
 
     # routing ----------------------------------------------------------------------------------
 
@@ -209,6 +210,9 @@ class LlmPool:
             tokens += c
             sq += c * c + 2 * c * s.done
         dt = self.cost.prefill_s(tokens, sq)
+        cached = sum(s.done for s in batch)
+        if cached:
+            dt += self.cost.context_read_s(cached, sum((s.isl - s.done) * s.done for s in batch))
         lane.t0, lane.dt, lane.prefilling = now, dt, batch
         self.env.schedule(dt, self._prefill_end, r)
 
@@ -257,11 +261,19 @@ class LlmPool:
         span = now - lane.t0
         lane.busy_s += span
         lane.occ_s += span * lane.occupied / self.max_batch
+        obs = self.observer
+        if obs is not None:
+            decoding = lane.n if lane.k else 0
+            completing = [s for s, c in lane.chunks if s.done + c >= s.need]
+            fresh = [s for s in completing if s.t_first < 0]
+            t0, dt, steps = lane.t0, lane.dt, lane.span
         finished = lane.complete(lane.span, now)
         for s in finished:
             s.t_done = now
             self.load[r] -= 1
             self.visits.add(s.t_submit, s.t_admit - s.t_submit, now - s.t_admit)
+        if obs is not None:
+            obs.on_iteration(r, t0, dt, steps, decoding, fresh, finished, decoding + len(completing))
         self._next(r)
         for s in finished:
             s.fn(s, r)

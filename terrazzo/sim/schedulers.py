@@ -375,7 +375,7 @@ class Lane:
         if not chunks:
             return None
         self.k = 0  # the running sequences stall for this iteration
-        return self.cost.prefill_s(tokens, sq), 1
+        return self.cost.prefill_s(tokens, sq) + self._reads(), 1
 
     def _compose_chunked(self, now: float) -> tuple[float, int] | None:
         chunks, blocks, paged = self.chunks, self.blocks, self.paged
@@ -413,8 +413,17 @@ class Lane:
             return None
         self.k = 1 if self.n else 0
         if self.n == 0:
-            return self.cost.prefill_s(tokens, sq), 1
-        return self.cost.mixed_step_s(self.n, self.ctx_base / self.n + self.steps, tokens, sq), 1
+            return self.cost.prefill_s(tokens, sq) + self._reads(), 1
+        return self.cost.mixed_step_s(self.n, self.ctx_base / self.n + self.steps, tokens, sq) + self._reads(), 1
+
+    def _reads(self) -> float:
+        """The measured extra of this iteration's chunks that attend to KV already cached (service_times)."""
+        cached = pairs = 0
+        for seq, c in self.chunks:
+            if seq.done:
+                cached += seq.done
+                pairs += c * seq.done
+        return self.cost.context_read_s(cached, pairs) if cached else 0.0
 
     def _decode_span(self) -> tuple[float, int] | None:
         """Decode-only steps until the first sequence finishes (or its KV growth stops fitting); None when

@@ -15,8 +15,10 @@ batch grows, which is not affine in T), the cost model itself is called every ti
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
+
+import numpy as np
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import Device, ModelSpec
@@ -47,10 +49,36 @@ def _close(a: float, b: float) -> bool:
 class LlmCost:
     """Prefill and decode-step latency of one replica of `dep`, and its KV-cache capacity."""
 
-    def __init__(self, dep: Deployment) -> None:
+    def __init__(self, dep: Deployment, reuse_points: Mapping[tuple[float, float], float] | None = None) -> None:
         self.dep = dep
         self._steps: dict[int, tuple[float, float, float, float, float] | None] = {}
         self._prefill = self._fit_prefill()
+        self.read_token_s, self.read_pair_s = self._fit_reads(reuse_points or {})
+
+    # reading KV already in cache --------------------------------------------------------------
+
+    def context_read_s(self, cached_tokens: float, pairs: float) -> float:
+        """What chunks that attend to KV already in the cache (a prefix hit, or a prompt's earlier chunks)
+        take beyond the prefill model: `cached_tokens` = Σ cached context over such chunks, `pairs` = Σ
+        chunk × cached context. Zero unless measured (a profile's reuse points)."""
+        return self.read_token_s * cached_tokens + self.read_pair_s * pairs
+
+    def _fit_reads(self, points: Mapping[tuple[float, float], float]) -> tuple[float, float]:
+        """Per cached token and per (new × cached) pair, non-negative least squares over the measured
+        (new, cached) → seconds, on what the prefill model leaves unexplained (relative errors)."""
+        if not points:
+            return 0.0, 0.0
+        from scipy.optimize import nnls
+
+        rows, extra = [], []
+        for (n, k), t in points.items():
+            model = self.prefill_s(n, n * n + 2 * n * k)
+            rows.append([k / t, n * k / t])
+            extra.append((t - model) / t)
+        if len(rows) == 1:  # one point: the per-pair term alone
+            return 0.0, max(0.0, extra[0] / rows[0][1])
+        coef, _ = nnls(np.array(rows), np.array(extra))
+        return float(coef[0]), float(coef[1])
 
     # decode -----------------------------------------------------------------------------------
 
@@ -122,6 +150,8 @@ class LlmCost:
         coef: tuple[float, float, float, float, float] | Literal[False] | None = self._steps.get(batch, False)
         if coef is False:
             coef = self._steps[batch] = self._fit_step(batch)
+        if (coef is None or self._prefill is None) and not self.dep.model.is_moe:
+            return self._mixed_union_s(batch, context, tokens, sum_sq)
         if coef is None or self._prefill is None:  # MoE: the decodes are one-token chunks of a prefill
             return max(self.prefill_s(tokens + batch, sum_sq + batch * (1 + 2 * context)),
                        self.decode_step_s(batch, context))
@@ -131,6 +161,14 @@ class LlmCost:
         memory = m0 + m1 * context + mt * tokens
         fixed = r0 + rt * (tokens + batch)
         return (compute if compute > memory else memory) + (fixed if fixed > rest else rest)
+
+    def _mixed_union_s(self, batch: int, context: float, tokens: float, sum_sq: float) -> float:
+        """The same union where the costs are not linear in their arguments (a profile's measured points
+        scale them piecewise): the two phases' estimates at this iteration, compute added, the larger
+        memory stream (the weights stream once), the larger fixed cost."""
+        d, p = decode_step(self.dep, batch, context), self._exact_prefill(tokens, sum_sq)
+        compute, memory = d.compute_s + p.compute_s, max(d.memory_s, p.memory_s)
+        return max(compute, memory) + max(d.comm_s + d.static_s, p.comm_s + p.static_s)
 
     # memory -----------------------------------------------------------------------------------
 
