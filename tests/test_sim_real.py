@@ -7,9 +7,10 @@ machine cannot break, over ≥ 200 requests. It is a bound on ratios, never on w
 The bounds (docs/simulator.md, "Sim-to-real") are the spread of nine runs of this comparison at 20-25 %
 of capacity (two before the front-end stage, three of the benchmark, one of them on a quiet machine, and
 four of this test, one inside the whole suite; p50 ratios TTFT 0.21-2.77, TBT 0.40-3.18, E2E 0.36-2.59),
-widened by a third: TTFT [0.15, 3.7], TBT [0.3, 4.3], E2E [0.25, 3.5]. They are that wide because the machine's two cores are time-sliced between vLLM's worker,
-its engine-core loop, the API server, this client and other engineers' jobs: the profile's engine points
-(two repeats here) and the live run, minutes apart, see engines up to 3x apart in either direction.
+widened by a third: TTFT [0.15, 3.7], TBT [0.3, 4.3], E2E [0.25, 3.5]. They are that wide because
+the machine's two cores are time-sliced between vLLM's worker, its engine-core loop, the API server, this
+client and other jobs: the profile's engine points (two repeats here) and the live run, minutes apart,
+see engines up to 3x apart in either direction (decode points up to 6x between runs).
 They catch a simulator that loses the engine's steps, its queue or the front end (ratios far below) or
 multiplies them (far above); they certify nothing near the 10 % goal.
 The benchmark (bench/bench_sim_real.py) prints every load and the tails.
