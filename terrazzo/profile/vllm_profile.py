@@ -19,8 +19,10 @@
   generator's, by CPU-time accounting at several concurrencies (vllm_front_end.py), after the grid.
 
 Points are measured in rounds that visit every point in a new random order (as the built-in engine's
-profile does), so a slow spell on the shared machine spreads over all points. The fit is the same
-roofline fit; the profile records the engine and its version.
+profile does), so a slow spell on the shared machine spreads over all points. Then points whose repeats
+disagree (interquartile range over a quarter of the median) are measured again, up to twice the rounds in
+all, so that one slow spell does not set a point's median. The fit is the same roofline fit; the profile
+records the engine and its version.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ PREFILL_S, QUEUE_S = "vllm:request_prefill_time_seconds", "vllm:request_queue_ti
 DECODE_S = "vllm:request_decode_time_seconds"  # engine-core timestamps, first token to last
 HITS = "vllm:prefix_cache_hits"  # prompt tokens the engine served from its prefix cache (a counter)
 REUSE_POINTS = ((64, 1024), (256, 1024), (256, 2048))  # (new, cached) tokens, when prefix caching is on
+# A point is settled when its middle repeats agree within this share of their median. On a 2-core machine
+# a point whose few repeats met a busy spell is priced by that spell: one 2,048-token prefill measured
+# 119-418 ms over three repeats (median 200 ms, while the same prefill ran in 128-182 ms minutes later),
+# and the simulator then carried that median into every long prompt.
+SETTLED_SPREAD = 0.25
 
 
 @dataclass
@@ -160,28 +167,43 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
     pre: dict[tuple[int, int], list[float]] = {p: [] for p in prefill_pts}
     dec: dict[tuple[int, int], list[float]] = {p: [] for p in decode_pts}
     made: dict[tuple[int, int], list[float]] = {p: [] for p in decode_pts}
+
+    def one(kind: str, a: int, b: int, keep: bool) -> None:
+        if kind == "prefill":
+            t = prefill(a, b)
+            if keep:
+                pre[(a, b)].append(t)
+        elif kind == "reuse":
+            t, hit = reuse(a, b)
+            if hit != b:
+                raise ProfileError(f"a {b}-token prefix was sent twice but the engine served {hit} tokens of "
+                                   "it from cache", fix="check that the server runs with prefix caching on")
+            if keep:
+                reused[(a, b)].append(t)
+        else:
+            steps, m = decode(a, b)
+            if keep:
+                dec[(a, b)].extend(steps)
+                made[(a, b)].append(m)
+
+    def samples(kind: str, a: int, b: int) -> list[float]:
+        return {"prefill": pre, "reuse": reused, "decode": dec}[kind][(a, b)]
+
     rng = random.Random(seed)
     for r in range(warmup + repeats):
         rng.shuffle(points)
         for kind, a, b in points:
-            if kind == "prefill":
-                t = prefill(a, b)
-                if r >= warmup:
-                    pre[(a, b)].append(t)
-            elif kind == "reuse":
-                t, hit = reuse(a, b)
-                if hit != b:
-                    raise ProfileError(f"a {b}-token prefix was sent twice but the engine served {hit} tokens of "
-                                       "it from cache", fix="check that the server runs with prefix caching on")
-                if r >= warmup:
-                    reused[(a, b)].append(t)
-            else:
-                steps, m = decode(a, b)
-                if r >= warmup:
-                    dec[(a, b)].extend(steps)
-                    made[(a, b)].append(m)
+            one(kind, a, b, r >= warmup)
         if r >= warmup:
             say(f"  round {r - warmup + 1}/{repeats}")
+    for r in range(repeats):  # settle: points whose repeats disagree get more, up to twice as many in all
+        noisy = [p for p in points if unsettled(samples(*p))]
+        if not noisy:
+            break
+        rng.shuffle(noisy)
+        for kind, a, b in noisy:
+            one(kind, a, b, True)
+        say(f"  settle round {r + 1}: {len(noisy)} points whose repeats spread over {SETTLED_SPREAD:.0%}")
     lone_s = float(np.median(frontend)) if frontend else 0.0
     proc = getattr(srv.process, "proc", None)
     front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, min(3, max(2, repeats)), say)
@@ -194,6 +216,15 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
         reuse_prefill=[ReusePrefillPoint(new=n, cached=k, timing=timing(v)) for (n, k), v in sorted(reused.items())],
         version=srv.version, settings=settings, kv_blocks=srv.kv_blocks, startup_s=srv.startup_s,
         frontend_s=lone_s, front_end=front)
+
+
+def unsettled(xs: list[float]) -> bool:
+    """Whether the repeats' interquartile range exceeds SETTLED_SPREAD of their median (with two or three
+    repeats that is their whole range: one slow repeat is enough to ask for more)."""
+    if len(xs) < 2:
+        return False
+    q1, med, q3 = np.percentile(xs, [25, 50, 75]) if len(xs) > 3 else (min(xs), float(np.median(xs)), max(xs))
+    return bool(q3 - q1 > SETTLED_SPREAD * med)
 
 
 def _raise(recs: list[L.Timed]) -> None:
