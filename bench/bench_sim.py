@@ -44,19 +44,24 @@ def vidur(requests: int, seed: int) -> None:
     import numpy as np
     import vidur_scenario as V
 
+    from terrazzo.cost.llm import decode_step
+
     scenario = V.Scenario(requests=requests, seed=seed)
     stream = V.stream(scenario)
     isl, osl = np.array([r[1] for r in stream]), np.array([r[2] for r in stream])
     print(f"Vidur scenario: CodeLlama-34B fp16, A100-80GB TP2 × 1, {requests:,} requests, Poisson "
           f"{scenario.rate_per_s:g}/s, prompt median {np.median(isl):.0f} (mean {isl.mean():.0f}), output median "
           f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens; cost: {V.PINNED}")
-    llm = V.cost()
     rows = []
-    for name, sched in V.schedulers(scenario).items():
+    runs = [(name, sched, V.cost(), "") for name, sched in V.schedulers(scenario).items()]
+    measured = V.measured_cost()
+    runs.append(("chunked, measured kernels", V.schedulers(scenario)["chunked"], measured,
+                 f"cost: {decode_step(measured.dep, 32, 1024).source}"))
+    for name, sched, llm, note in runs:
         run = V.run(scenario, sched, stream, llm)
         pct = {m: np.nanpercentile(getattr(run, m), [50, 90, 99]) for m in ("ttft_s", "tbt_s", "e2e_s")}
         rows.append((name, run, pct))
-        print(f"\n{name}: {sched.label}")
+        print(f"\n{name}: {sched.label}" + (f"\n  {note}" if note else ""))
         print(f"  {requests:,} requests in {run.wall_s:.2f} s wall: {requests / run.wall_s:,.0f} simulated requests/s "
               f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}× Vidur's "
               f"{V.VIDUR['requests_per_wall_s']:g}), {run.events / requests:.1f} events/request, "

@@ -6,7 +6,10 @@ tokens in all), 10,000 requests.
 The cost source is pinned here, so the figures measure the scheduler and not whatever the catalog's
 efficiency factors are at the time: the A100's datasheet peaks from the catalog and the NVIDIA-GPU
 prefill and decode efficiencies as the catalog had them at commit 3fee923 (terrazzo/catalog/data/
-efficiency.yaml, "derived: docs/cost-model.md#efficiency-defaults"), without any profile calibration.
+efficiency.yaml, "derived: docs/cost-model.md#efficiency-defaults"), without any profile calibration
+(`cost`). Beside it, `measured_cost` prices the same replica by vLLM's own kernels measured on an
+A100-SXM (AIConfigurator's vLLM 0.14.0 tables): the nearest thing here to the profiled kernels Vidur's
+figures come from, though neither Vidur's per-iteration CPU time nor its element-wise kernels are in it.
 
 Lengths: bench/data/splitwise_conv_stats.json holds quantiles of Vidur's copy of the trace in eight
 bins of prompt length (prompt and output are strongly related in it: ~1,000-token prompts get ~400
@@ -26,6 +29,7 @@ import numpy as np
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.catalog.catalog_schema import Efficiency
 from terrazzo.catalog.engines import Engine, EngineVersion
+from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import Deployment
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pool_replay import PoolRun, replay
@@ -38,6 +42,7 @@ STATS = Path(__file__).parent / "data" / "splitwise_conv_stats.json"
 PINNED = "pinned: catalog efficiency.yaml nvidia-gpu at commit 3fee923, derived: docs/cost-model.md#efficiency-defaults"
 PREFILL_EFF = Efficiency(compute=0.65, memory=0.8, network=0.8, static_latency_s=0.002, source=PINNED)
 DECODE_EFF = Efficiency(compute=0.5, memory=0.8, network=0.8, static_latency_s=0.001, source=PINNED)
+MEASURED_VLLM = "0.14.0"  # the vLLM release AIConfigurator measured on A100-SXM (aiconfigurator-core 0.12.0)
 # Vidur's figures for this scenario (the issue that asked for the benchmark): TTFT p50 0.335 s,
 # E2E p50 7.3 s, 216 simulated requests per wall-second.
 VIDUR = {"ttft_p50_s": 0.335, "e2e_p50_s": 7.3, "requests_per_wall_s": 216.0}
@@ -84,6 +89,15 @@ def cost() -> LlmCost:
     dep = Deployment(model=cat.model("codellama-34b"), device=cat.device("a100-80gb-sxm"), dtype="fp16",
                      prefill_eff=PREFILL_EFF, decode_eff=DECODE_EFF, fabric=Fabric(), tp=2, pp=1)
     return LlmCost(dep)
+
+
+def measured_cost() -> LlmCost:
+    """The same replica priced by measured vLLM kernels on an A100-SXM (AIConfigurator's vLLM 0.14.0 tables,
+    catalog/data/aiconfigurator/a100_sxm_vllm_0.14.0.yaml: GEMMs, attention and all-reduce as vLLM runs
+    them), plus the fitted NVIDIA per-step overhead; the source is named on every estimate."""
+    cat = load_catalog([])
+    return LlmCost(deployment(cat, "codellama-34b", "a100-80gb-sxm", "fp16", 2, 1,
+                              engine=EngineVersion(Engine.VLLM, MEASURED_VLLM)))
 
 
 def schedulers(s: Scenario) -> dict[str, Scheduler]:

@@ -42,3 +42,29 @@ def test_no_table_for_another_engine_range_dtype_or_outside_the_grid():
     dep = deployment(CAT, "llama-3-70b", "h100", "fp8", 2, 1)
     assert decode_step(dep, 64, 20000).source.startswith("fitted:")  # context beyond the grid
     assert decode_step(deployment(CAT, "llama-3-70b", "h100", "fp16", 2, 1), 64, 1500).source.startswith("fitted:")
+
+
+def test_a100_vllm_kernels_answer_for_fp16_and_bf16_and_not_for_another_engine():
+    vllm = EngineVersion(Engine.VLLM, "0.14.0")
+    for dtype in ("fp16", "bf16"):
+        dep = deployment(CAT, "codellama-34b", "a100-80gb-sxm", dtype, 2, 1, engine=vllm)
+        assert decode_step(dep, 32, 1024).source.startswith("measured:aiconfigurator/a100_sxm/vllm/0.14.0 + ")
+    default = deployment(CAT, "codellama-34b", "a100-80gb-sxm", "fp16", 2, 1)  # NVIDIA's default: TensorRT-LLM
+    assert table_for("a100-80gb-sxm", default.engine) is None
+    assert decode_step(default, 32, 1024).source.startswith("fitted:")
+    assert decode_step(deployment(CAT, "codellama-34b", "a100-80gb-sxm", "fp8", 2, 1, engine=vllm), 32,
+                       1024).source.startswith("fitted:")  # no fp8 kernels on an A100
+
+
+def test_a_chunk_behind_earlier_tokens_is_priced_by_its_gemms_and_its_causal_pairs():
+    """cost.llm prices chunks of c tokens behind p earlier ones as prefill(dep, x, n) with n = c / x < 1 and
+    x = (c² + 2cp) / c (the sum of squares service_times aggregates); the tables answer that too."""
+    dep = deployment(CAT, "codellama-34b", "a100-80gb-sxm", "fp16", 2, 1, engine=EngineVersion(Engine.VLLM, "0.14.0"))
+    c, p = 512, 1024
+    x = (c * c + 2 * c * p) / c
+    chunk = prefill(dep, x, c / x)  # type: ignore[arg-type]
+    alone, whole = prefill(dep, c, 1), prefill(dep, c + p, 1)
+    assert chunk.source.startswith("measured:aiconfigurator/")
+    assert alone.latency_s < chunk.latency_s < whole.latency_s  # more attention than alone, fewer GEMMs than all
+    same = prefill(dep, c, 1.0)  # type: ignore[arg-type]  # no prefix: the whole-prompt lookup
+    assert same.latency_s == alone.latency_s

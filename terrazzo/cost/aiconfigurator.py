@@ -24,7 +24,8 @@ from terrazzo.cost.roofline import Estimate, join_sources
 from terrazzo.cost.serving_model import ServingParams, version_range
 
 TABLE_DIR = DATA_DIR / "aiconfigurator"
-SYSTEMS = {"h100-sxm": "h100_sxm", "h200-sxm": "h200_sxm", "b200": "b200_sxm"}  # catalog → AIConfigurator
+# catalog device → AIConfigurator system
+SYSTEMS = {"a100-80gb-sxm": "a100_sxm", "h100-sxm": "h100_sxm", "h200-sxm": "h200_sxm", "b200": "b200_sxm"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,24 @@ def table_for(device: str, engine: EngineVersion | None) -> Table | None:
     return None
 
 
+_ARRAYS: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # per table field: (values, logs), made once
+
+
+def _arrays(grid: dict[str, Any], field: str) -> tuple[np.ndarray, np.ndarray]:
+    key = (id(grid), field)  # the tables live for the process (`_tables` is cached), so their ids are stable
+    got = _ARRAYS.get(key)
+    if got is None:
+        vals = np.array(grid[field], dtype=float)
+        got = _ARRAYS[key] = (vals, np.log(vals.clip(min=1e-12)))
+    return got
+
+
 def _interp(grid: dict[str, Any], axes: tuple[str, str], at: tuple[float, float], field: str) -> float | None:
-    xs, ys = (np.array(grid[a], dtype=float) for a in axes)
+    (xs, lx), (ys, ly) = _arrays(grid, axes[0]), _arrays(grid, axes[1])
     x, y = at
     if not (xs[0] <= x <= xs[-1] and ys[0] <= y <= ys[-1]):
         return None
-    vals = np.log(np.array(grid[field], dtype=float).clip(min=1e-12))
-    lx, ly = np.log(xs), np.log(ys)
+    vals = _arrays(grid, field)[1]
     i = min(int(np.searchsorted(lx, math.log(x), side="right")) - 1, len(xs) - 2)
     j = min(int(np.searchsorted(ly, math.log(y), side="right")) - 1, len(ys) - 2)
     i, j = max(i, 0), max(j, 0)
@@ -73,6 +85,22 @@ def _interp(grid: dict[str, Any], axes: tuple[str, str], at: tuple[float, float]
     return float(math.exp(v))
 
 
+def _chunk(grid: dict[str, Any], tokens: float, sum_sq: float) -> tuple[float, float] | None:
+    """(kernels, all-reduce) of prefill chunks of `tokens` tokens in all whose attention spans Σ c² + 2·c·prefix =
+    `sum_sq` (chunks behind earlier chunks or a cached prefix: cost.llm prices them as a fraction of a prompt
+    of length sum_sq / tokens). The GEMMs and all-reduces are those of a prompt of `tokens` tokens; the
+    attention is the measured attention of a prompt with as many causal pairs (√sum_sq tokens): attention
+    work is its pairs. None when either prompt is outside the tabulated lengths."""
+    at_tokens = (1.0, tokens)
+    kernels = _interp(grid, ("batch", "isl"), at_tokens, "kernels_s")
+    own = _interp(grid, ("batch", "isl"), at_tokens, "attention_s")
+    spans = _interp(grid, ("batch", "isl"), (1.0, math.sqrt(sum_sq)), "attention_s")
+    comm = _interp(grid, ("batch", "isl"), at_tokens, "allreduce_s")
+    if kernels is None or own is None or spans is None or comm is None:
+        return None
+    return kernels - own + spans, comm
+
+
 def measured_step(table: Table, model: str, dtype: str, tp: int, pp: int, phase: str, batch: int, length: float,
                   serving: ServingParams, fitted: Estimate) -> Estimate | None:
     """Kernel time from the table plus the fitted engine overhead, or None outside the table. The kernel
@@ -81,8 +109,14 @@ def measured_step(table: Table, model: str, dtype: str, tp: int, pp: int, phase:
     if grid is None or pp != 1:
         return None
     g, axes = (grid["decode"], ("batch", "context")) if phase == "decode" else (grid["prefill"], ("batch", "isl"))
-    kernels = _interp(g, axes, (batch, length), "kernels_s")
-    comm = _interp(g, axes, (batch, length), "allreduce_s") if tp > 1 else 0.0
+    if phase == "prefill" and batch < 1:
+        parts = _chunk(g, batch * length, batch * length * length)
+        if parts is None:
+            return None
+        kernels, comm = parts
+    else:
+        kernels = _interp(g, axes, (batch, length), "kernels_s")
+        comm = _interp(g, axes, (batch, length), "allreduce_s") if tp > 1 else 0.0
     if kernels is None or comm is None:
         return None
     static = serving.step_overhead_s + serving.sequence_overhead_s * batch

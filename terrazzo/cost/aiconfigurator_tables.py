@@ -4,14 +4,19 @@ aiconfigurator-core (PyPI, Apache-2.0, pinned below) ships per-kernel latencies 
 systems for TensorRT-LLM, vLLM and SGLang releases: GEMM, context and generation attention, custom
 all-reduce. This script composes them into the kernel time of one prefill and one decode step of the
 catalog's dense Llama models (per layer: QKV, O, gate-up and down GEMMs, attention, two all-reduces;
-plus the logits GEMM), on a grid of batch × context (decode) and batch × prompt length (prefill), and
-writes catalog/data/aiconfigurator/<system>_<backend>_<version>.yaml. Planning reads those tables
+plus the logits GEMM), on a grid of batch × context (decode) and batch × prompt length (prefill; its
+attention kernels also apart, so a chunk behind earlier tokens can be priced by its causal pairs), and
+writes catalog/data/aiconfigurator/<system>_<backend>_<version>.yaml. The precision is the one the system's
+tables were measured in: fp8 GEMMs and KV cache where the GPU has fp8 (Hopper, Blackwell), bf16 where it
+has not (A100: its tables hold bf16 only; fp16 runs at the same tensor-core rate there, 312 TFLOPS both on
+the datasheet, so the bf16 kernels also answer for fp16). Planning reads those tables
 (terrazzo/cost/aiconfigurator.py) and never runs AIConfigurator. Element-wise kernels (norms, RoPE,
 activation) are not in the tables; the fitted per-step overhead of the engine is added at estimate time.
 
 Regenerate (needs the `tables` extra: aiconfigurator-core, pandas, pyarrow):
 
     python -m terrazzo.cost.aiconfigurator_tables --system h100_sxm --backend trtllm --version 1.3.0rc20
+    python -m terrazzo.cost.aiconfigurator_tables --system a100_sxm --backend vllm --version 0.14.0 --precision bf16
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from terrazzo.catalog.catalog_schema import ModelSpec
 PACKAGE = "aiconfigurator-core"
 PINNED = "0.12.0"
 OUT_DIR = DATA_DIR / "aiconfigurator"
-MODELS = ("llama-3-8b", "llama-3-70b", "llama-3.1-405b")
+MODELS = ("llama-3-8b", "codellama-34b", "llama-3-70b", "llama-3.1-405b")
+# precision → (GEMM dtype, KV-cache dtype) in AIConfigurator's tables, and the catalog dtypes it answers for
+PRECISIONS = {"fp8": ("fp8", "fp8", ("fp8",)), "bf16": ("bfloat16", "bfloat16", ("bf16", "fp16"))}
 TPS = (1, 2, 4, 8)
 DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 DECODE_CONTEXT = (128, 256, 512, 1024, 2048, 4096, 8192)
@@ -51,6 +58,11 @@ def _table(system: str, op: str, backend: str, version: str, name: str) -> Any:
     return pd.read_parquet(_data_dir() / system / op / backend / version / f"{name}.parquet")
 
 
+def _window(frame: Any) -> Any:
+    """The attention window column (0: full attention); tables without one hold full attention only."""
+    return frame.window_size if "window_size" in frame else 0
+
+
 def _loglin(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     """Linear interpolation in log x (clamped at the ends, where the nearest measurement answers)."""
     order = np.argsort(xs)
@@ -66,21 +78,24 @@ def _curves(frame: Any, keys: list[str], x: str) -> dict[tuple[Any, ...], tuple[
 class Kernels:
     """Latency lookups over one (system, backend, version)'s kernel tables, in seconds."""
 
-    def __init__(self, system: str, backend: str, version: str, comm_version: str | None = None) -> None:
+    def __init__(self, system: str, backend: str, version: str, comm_version: str | None = None,
+                 precision: str = "fp8") -> None:
+        self.gemm_dtype, kv_dtype, _ = PRECISIONS[precision]
         gemm = _table(system, "gemm", backend, version, "gemm_perf")
-        self.gemm = _curves(gemm[gemm.gemm_dtype.isin(["fp8", "bfloat16"])], ["gemm_dtype", "n", "k"], "m")
+        self.gemm = _curves(gemm[gemm.gemm_dtype.isin([self.gemm_dtype, "bfloat16"])], ["gemm_dtype", "n", "k"], "m")
         gen = _table(system, "attention", backend, version, "generation_attention_perf")
-        gen = gen[(gen.window_size == 0) & (gen.kv_cache_dtype == "fp8") & (gen.head_dim == 128)]
+        gen = gen[(_window(gen) == 0) & (gen.kv_cache_dtype == kv_dtype) & (gen.head_dim == 128)]
         self.gen = _curves(gen, ["num_heads", "num_key_value_heads", "batch_size"], "step")
         ctx = _table(system, "attention", backend, version, "context_attention_perf")
-        ctx = ctx[(ctx.window_size == 0) & (ctx.kv_cache_dtype == "fp8") & (ctx.head_dim == 128)
+        ctx = ctx[(_window(ctx) == 0) & (ctx.kv_cache_dtype == kv_dtype) & (ctx.head_dim == 128)
                   & (ctx.attn_dtype == "bfloat16")]
         self.ctx = _curves(ctx, ["num_heads", "num_key_value_heads", "batch_size"], "isl")
         self.ar = _curves(_table(system, "comm", backend, comm_version or version, "custom_allreduce_perf"),
                           ["num_gpus"], "message_size")
 
-    def gemm_s(self, m: int, n: int, k: int, dtype: str = "fp8") -> float:
+    def gemm_s(self, m: int, n: int, k: int, dtype: str | None = None) -> float:
         """Interpolate achieved FLOP/s (smooth in every dimension) between the measured (n, k) shapes."""
+        dtype = dtype or self.gemm_dtype
         shapes = [key[1:] for key in self.gemm if key[0] == dtype]
         ns, ks = np.array(sorted({s[0] for s in shapes})), np.array(sorted({s[1] for s in shapes}))
 
@@ -133,8 +148,10 @@ def step_s(k: Kernels, m: ModelSpec, tp: int, tokens: int, attention_s: float, l
     return kernels, 2 * m.layers * k.allreduce_s(tokens * m.hidden, tp)
 
 
-def tabulate(system: str, backend: str, version: str, comm_version: str | None = None) -> dict[str, Any]:
-    k, cat = Kernels(system, backend, version, comm_version), load_catalog()
+def tabulate(system: str, backend: str, version: str, comm_version: str | None = None,
+             precision: str = "fp8") -> dict[str, Any]:
+    k, cat = Kernels(system, backend, version, comm_version, precision), load_catalog()
+    gemm_dtype, kv_dtype, dtypes = PRECISIONS[precision]
     tables: dict[str, Any] = {}
     for name in MODELS:
         m = cat.model(name)
@@ -142,23 +159,29 @@ def tabulate(system: str, backend: str, version: str, comm_version: str | None =
             heads, kvh = m.heads // tp, max(1, m.kv_heads // tp)
             dec = [[step_s(k, m, tp, b, k.generation_s(b, c, heads, kvh), b) for c in DECODE_CONTEXT]
                    for b in DECODE_BATCH]
-            pre = [[step_s(k, m, tp, b * s, k.context_s(b, s, heads, kvh), b) for s in PREFILL_ISL]
-                   for b in PREFILL_BATCH]
-            tables[f"{name}/fp8/tp{tp}"] = {
+            attn = [[m.layers * k.context_s(b, s, heads, kvh) for s in PREFILL_ISL] for b in PREFILL_BATCH]
+            pre = [[step_s(k, m, tp, b * s, a / m.layers, b) for s, a in zip(PREFILL_ISL, row, strict=True)]
+                   for b, row in zip(PREFILL_BATCH, attn, strict=True)]
+            table = {
                 "decode": {"batch": list(DECODE_BATCH), "context": list(DECODE_CONTEXT),
                            "kernels_s": [[round(x[0], 7) for x in row] for row in dec],
                            "allreduce_s": [[round(x[1], 7) for x in row] for row in dec]},
                 "prefill": {"batch": list(PREFILL_BATCH), "isl": list(PREFILL_ISL),
                             "kernels_s": [[round(x[0], 7) for x in row] for row in pre],
-                            "allreduce_s": [[round(x[1], 7) for x in row] for row in pre]},
+                            "allreduce_s": [[round(x[1], 7) for x in row] for row in pre],
+                            "attention_s": [[round(x, 7) for x in row] for row in attn]},
             }
+            for dtype in dtypes:
+                tables[f"{name}/{dtype}/tp{tp}"] = table
     have = importlib.metadata.version(PACKAGE)
     return {
         "source": f"measured:aiconfigurator/{system}/{backend}/{version}",
         "derived": (f"terrazzo/cost/aiconfigurator_tables.py from {PACKAGE}=={have} (Apache-2.0): per-layer GEMM "
-                    "(fp8), context/generation attention (bf16 compute, fp8 KV) and custom all-reduce kernel "
-                    "latencies, interpolated in log space; element-wise kernels and engine overhead not included"),
-        "system": system, "backend": backend, "version": version, "package_version": have, "tables": tables,
+                    f"({gemm_dtype}), context/generation attention (bf16 compute, {kv_dtype} KV) and custom "
+                    "all-reduce kernel latencies, interpolated in log space; element-wise kernels and engine "
+                    "overhead not included"),
+        "system": system, "backend": backend, "version": version, "precision": precision, "package_version": have,
+        "tables": tables,
     }
 
 
@@ -168,12 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", required=True, choices=["trtllm", "vllm", "sglang"])
     parser.add_argument("--version", required=True, help="backend version directory, e.g. 1.3.0rc20")
     parser.add_argument("--comm-version", help="version directory of the all-reduce table when it differs")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp8",
+                        help="the precision the system's kernels were measured in (bf16 on A100)")
     args = parser.parse_args(argv)
     have = importlib.metadata.version(PACKAGE)
     if have != PINNED:
         raise SystemExit(f"{PACKAGE}=={have} is installed; the tables are pinned to {PINNED}: "
                          f"pip install {PACKAGE}=={PINNED}")
-    data = tabulate(args.system, args.backend, args.version, args.comm_version)
+    data = tabulate(args.system, args.backend, args.version, args.comm_version, args.precision)
     OUT_DIR.mkdir(exist_ok=True)
     out = OUT_DIR / f"{args.system}_{args.backend}_{args.version}.yaml"
     head = f"# GENERATED by `python -m terrazzo.cost.aiconfigurator_tables` from {PACKAGE}=={have}; do not edit.\n"
