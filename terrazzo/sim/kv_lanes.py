@@ -31,11 +31,10 @@ from typing import Any
 
 from terrazzo.cost.kv_tiers import TierLink
 from terrazzo.kv.residency import DEVICE, DISK, HOST, TIERS, Match, Residency, Segment, TierSpec, prefix_affinity
-from terrazzo.kv.routing import ReplicaLoad, Router
+from terrazzo.kv.routing import AFFINITY_SLACK_TOKENS, ReplicaLoad, Router
 
 KV_POLICIES = ("recompute", "retain", "host", "disk")
 MAX_PINNED_SHARE = 0.5  # of a replica's KV blocks: the rest stays for the running batch
-AFFINITY_SLACK = 4  # calls a replica holding the prefix may carry over the least loaded one (kv.routing)
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,16 @@ def call_chain(shared: Sequence[Shared], session: Any, history: Sequence[tuple[i
     return out, tokens
 
 
+def lane_work_tokens(lane: Any) -> float:
+    """Tokens a lane still has to compute for the sequences it holds (kv.routing's unit of work): the
+    uncomputed prompt of those waiting or prefilling, and the output left to decode of all of them."""
+    work = sum(s.need - s.done + s.osl - s.out for s in (*lane.waiting, *lane.prefilling))
+    running = getattr(lane, "running", ())
+    steps = getattr(lane, "steps", 0)
+    return float(work + sum(max(seq.end_step - steps, 0) for _, _, seq, gen in running
+                            if seq.gen == gen and seq.state == 2))
+
+
 @dataclass
 class Lookup:
     """Where a call goes and what it finds there."""
@@ -102,7 +111,7 @@ class PoolKv:
     disk_blocks: int = 0
     host: TierLink | None = None  # the read-back paths (cost/kv_tiers.py); needed where the tier is enabled
     disk: TierLink | None = None
-    affinity_slack: int = AFFINITY_SLACK
+    affinity_slack_tokens: float = AFFINITY_SLACK_TOKENS  # kv.routing: work a holding replica may carry over
     cache_aware: bool = True  # False: least loaded, the cache still kept (for comparison)
     residency: list[Residency] = field(init=False)
     router: Router = field(init=False)
@@ -115,15 +124,16 @@ class PoolKv:
         tiers = [TierSpec("device", self.device_blocks), TierSpec("host", self.host_blocks),
                  TierSpec("disk", self.disk_blocks)]
         self.residency = [Residency(tiers) for _ in self.lanes]
-        affinity = prefix_affinity(self.residency, lambda _key: self._chain) if self.cache_aware else None
-        self.router = Router(affinity, self.affinity_slack)
+        affinity = (prefix_affinity(self.residency, lambda _key: self._chain, block_tokens=self.block_size)
+                    if self.cache_aware else None)
+        self.router = Router(affinity, self.affinity_slack_tokens)
         self.calls_per_lane = [0] * len(self.lanes)
 
     def loads(self) -> list[ReplicaLoad]:
         out = []
         for i, lane in enumerate(self.lanes):
             n = lane.in_system() if hasattr(lane, "in_system") else len(lane.waiting) + len(lane.prefilling)
-            out.append(ReplicaLoad(i, n))
+            out.append(ReplicaLoad(i, n, work_tokens=lane_work_tokens(lane)))
         return out
 
     def route(self, chain: Sequence[Segment], prefix_tokens: int, isl: int, now: float, reuse: bool) -> Lookup:
