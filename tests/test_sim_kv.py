@@ -28,25 +28,26 @@ def specs():
     return cluster, cat
 
 
-def llm_pool(node: str, replicas: int, kv: dict | None, kv_blocks: int | None = None) -> tuple[dict, dict]:
+def llm_pool(node: str, replicas: int, kv: dict | None, kv_blocks: int | None = None,
+             tp: int = 1) -> tuple[dict, dict]:
     name = f"{node}.aggregated"
-    pool = {"name": "llm", "device": "h100-sxm", "tp": 1, "pp": 1, "engine": "vllm", "engine_version": "0.32.0",
+    pool = {"name": "llm", "device": "h100-sxm", "tp": tp, "pp": 1, "engine": "vllm", "engine_version": "0.32.0",
             "batch": 64, "role": "aggregated", "model": "llama-3-8b", "dtype": "bf16", "replicas": replicas,
-            "devices_per_replica": 1, "devices": replicas, "ops": [{"op": name, "share": 1.0}]}
+            "devices_per_replica": tp, "devices": replicas * tp, "ops": [{"op": name, "share": 1.0}]}
     if kv_blocks:
         pool["scheduler"] = {"kv_blocks": kv_blocks}
     op = {"name": name, "kind": "llm.aggregated", "node": node, "visits": 1.0, "latency_s": 1.0, "device": "h100-sxm",
-          "tp": 1, "pp": 1, "batch": 64, "pool": "llm", "replicas": replicas}
+          "tp": tp, "pp": 1, "batch": 64, "pool": "llm", "replicas": replicas}
     if kv is not None:
         op["kv"] = kv
     return pool, op
 
 
-def tool_loop(specs, rate: float, kv: dict | None, replicas: int = 2, kv_blocks: int | None = None):
+def tool_loop(specs, rate: float, kv: dict | None, replicas: int = 2, kv_blocks: int | None = None, tp: int = 1):
     cluster, cat = specs
     agent = load_agent(EX / "agents/tool-loop-agent.yaml", cat)
     workload = load_workload(EX / "workloads/steady-5rps.yaml", agent)
-    pool, op = llm_pool("think", replicas, kv, kv_blocks)
+    pool, op = llm_pool("think", replicas, kv, kv_blocks, tp)
     op["visits"] = 3.0
     cpu = {"name": "cpu", "device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "role": "shared", "replicas": 1,
            "devices_per_replica": 1, "devices": 1,

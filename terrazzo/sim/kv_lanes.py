@@ -15,7 +15,8 @@ The plan's per-op `kv` policy (plan file v2, `ops[].kv.policy`) decides what is 
   Pins are capped at `MAX_PINNED_SHARE` of the replica's KV (past it, the prefix is kept unpinned, LRU).
 - `host` / `disk`: after the call its conversation moves down to that tier (the shared prompts stay on
   the device); the next call reads it back, paying bytes ÷ bandwidth + latency before its prefill (the
-  replica's host link or local NVMe, `cost/kv_tiers.py`, the planner's figures).
+  replica's host links or local NVMe, every device its own shard: `cost/kv_tiers.replica_read_back_s`, the
+  planner's function).
 Device residency beyond the pins is LRU within the blocks the running batch leaves free (a paged lane's
 residency shrinks as its batch grows, as an engine's prefix cache lives in its free blocks; the batch's
 own prefixes are counted in both, so this errs towards eviction): a prefix evicted from the device is
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from terrazzo.cost.kv_tiers import TierLink
+from terrazzo.cost.kv_tiers import TierLink, replica_read_back_s
 from terrazzo.kv.residency import DEVICE, DISK, HOST, TIERS, Match, Residency, Segment, TierSpec, prefix_affinity
 from terrazzo.kv.routing import AFFINITY_SLACK_TOKENS, ReplicaLoad, Router
 
@@ -106,13 +107,14 @@ class PoolKv:
     lanes: Sequence[Any]  # schedulers.Lane or the prefill lanes of pools.LlmPool
     block_size: int
     device_blocks: int
-    kv_bytes_per_token: float
+    kv_bytes_per_token: float  # on all of a replica's devices (cost.kv_reuse_pricing.replica_kv_bytes)
     host_blocks: int = 0
     disk_blocks: int = 0
     host: TierLink | None = None  # the read-back paths (cost/kv_tiers.py); needed where the tier is enabled
     disk: TierLink | None = None
     affinity_slack_tokens: float = AFFINITY_SLACK_TOKENS  # kv.routing: work a holding replica may carry over
     cache_aware: bool = True  # False: least loaded, the cache still kept (for comparison)
+    devices: int = 1  # per replica: each reads its own shard back over its own link
     residency: list[Residency] = field(init=False)
     router: Router = field(init=False)
     calls_per_lane: list[int] = field(init=False)
@@ -151,7 +153,7 @@ class PoolKv:
         transfer = 0.0
         for link, blocks in ((self.host, m.blocks[HOST]), (self.disk, m.blocks[DISK])):
             if blocks and link is not None:
-                transfer += link.read_back_s(blocks * self.block_size * self.kv_bytes_per_token)
+                transfer += replica_read_back_s(link, blocks * self.block_size * self.kv_bytes_per_token, self.devices)
         return Lookup(lane, cached, transfer, m)
 
     def keep(self, lane: int, chain: Sequence[Segment], now: float, policy: str, pin: bool) -> list[Any]:
