@@ -12,9 +12,10 @@ aggregated), so the MILP's choice among candidates is the choice per edge and st
 - host / disk: the prefix waits in host DRAM or on NVMe (their capacity per device bounds the pool the
   same way) and the next call pays the transfer back on its first token (bytes / link + latency).
 
-A hit's prefill is cost/kv_reuse_pricing.reuse_prefill (GEMMs on the new tokens, attention over the whole
-context); a tier's read-back is cost/kv_tiers.py's link. The planned hit rate is the share of calls that
-have a prefix to reuse.
+A hit's prefill is cost/reuse_calibration.cached_prefill_s (the cold prefill model on the new tokens with
+attention over the whole context, plus the read term a profile's reuse points measured), the simulator's
+price; a tier's read-back is cost/kv_tiers.replica_read_back_s, the simulator's too. The planned hit rate
+is the share of calls that have a prefix to reuse.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def policy_of(c: OpCandidate) -> str:
 def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     """Prices a site's candidates with terrazzo.cost: the same deployment the IR priced."""
     from terrazzo.cost.candidates import deployment
-    from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes, reuse_prefill
+    from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes
     from terrazzo.cost.llm import (
         PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
@@ -204,15 +205,23 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
         memory_use,
         prefill,
     )
+    from terrazzo.cost.reuse_calibration import ReadTerm, cached_prefill_s, read_term
     from terrazzo.errors import CostError
 
     deps: dict[tuple, Any] = {}
     cache: dict[tuple, Priced | None] = {}
 
+    reads: dict[tuple, ReadTerm] = {}
+
     def hit_and_full(dep: Any, full: int, new: float, prefix: float, b: int) -> tuple[float, float]:
-        """(cold prefill of the full input, prefill of the new tokens behind the resident prefix)."""
+        """(cold prefill of the full input, prefill of the new tokens behind the resident prefix: the
+        simulator's price, measured reuse points included)."""
         n = max(round(new), 1)
-        return prefill(dep, max(full, 1), b).latency_s, reuse_prefill(dep, n, max(full - n, 0), b).latency_s
+        dkey = (dep.model.name, dep.device.name, dep.dtype, dep.tp, dep.pp)
+        if dkey not in reads:
+            reads[dkey] = read_term(catalog, dep)
+        return (prefill(dep, max(full, 1), b).latency_s,
+                cached_prefill_s(dep, n, max(full - n, 0), b, reads[dkey]))
 
     def price(o: PlanOp, c: OpCandidate, site: KvSite) -> Priced | None:
         if not o.model or not o.dtype:

@@ -27,6 +27,7 @@ from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes
 from terrazzo.cost.kv_tiers import tier_link
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
+from terrazzo.cost.reuse_calibration import read_term
 from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.sim.arrivals import renewal_times, trace_times
 from terrazzo.sim.engine import Environment
@@ -399,7 +400,8 @@ class Simulation:
                 node = leaves[p.node]
                 if isinstance(node, LlmNode):
                     if p.pool not in self.pools:
-                        cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
+                        dep = deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric)
+                        cost = LlmCost(dep, read=read_term(cat, dep))  # the planner's reuse read term
                         mode = _llm_role(p)
                         isl = self._tokens(p.node, node)[0].expected
                         sched = p.scheduler
