@@ -82,11 +82,14 @@ def call_chain(shared: Sequence[Shared], session: Any, history: Sequence[tuple[i
 
 def lane_work_tokens(lane: Any) -> float:
     """Tokens a lane still has to compute for the sequences it holds (kv.routing's unit of work): the
-    uncomputed prompt of those waiting or prefilling, and the output left to decode of all of them."""
-    work = sum(s.need - s.done + s.osl - s.out for s in (*lane.waiting, *lane.prefilling))
-    running = getattr(lane, "running", ())
-    steps = getattr(lane, "steps", 0)
-    return float(work + sum(max(seq.end_step - steps, 0) for _, _, seq, gen in running
+    uncomputed prompt of those waiting or prefilling, and on a lane that decodes (not a prefill pool's)
+    the output left to decode of all of them."""
+    queued = (*lane.waiting, *lane.prefilling)
+    running = getattr(lane, "running", None)
+    if running is None:  # a prefill pool's lane: the prompts only
+        return float(sum(s.need - s.done for s in queued))
+    work = sum(s.need - s.done + s.osl - s.out for s in queued)
+    return float(work + sum(max(seq.end_step - lane.steps, 0) for _, _, seq, gen in running
                             if seq.gen == gen and seq.state == 2))
 
 
