@@ -308,3 +308,46 @@ def test_worker_pools_send_a_scopes_next_call_to_the_worker_holding_its_kv() -> 
     assert all(len(w) == 1 for w in kept.values()) and handoffs >= 1
     hopped, _ = run(False)
     assert any(len(w) > 1 for w in hopped.values())
+
+
+def test_the_engine_pool_routes_a_warm_turn_away_from_a_cold_prefill_by_queued_tokens() -> None:
+    """Session A's prompt (10 text blocks, ~640 tokens) sits on replica 0; session B's cold 2,560-token call
+    is in flight there. A's next turn saves 640 tokens on replica 0 but would queue behind 2,576 tokens of
+    work, so it goes to idle replica 1 (one call in flight was within the old 4-call slack). Each replica's
+    queued work is its calls' uncached prompt + max_tokens while they are in flight, and 0 after."""
+    import asyncio
+
+    from terrazzo.runtime.engines.engine_pool import EnginePool
+    from terrazzo.runtime.engines.vllm_server import VllmServerSpec
+
+    kv = KvManager(KvSettings()).pool("llm", 2, "/nonexistent", 1)
+    pool = EnginePool("llm", "cpu", VllmServerSpec(model="/nonexistent", served_name="m"), [object(), object()],
+                      kv=kv)  # type: ignore[list-item]
+    seen: dict[str, list[float]] = {}
+    hold = asyncio.Event()
+
+    class Client:
+        async def acomplete(self, prompt: str, **_: object) -> str:
+            seen[prompt[:1]] = [r.work_tokens for r in pool.replicas]
+            if prompt.startswith("b"):
+                await hold.wait()
+            return "ok"
+
+    for r in pool.replicas:
+        r.healthy, r.client = True, Client()  # type: ignore[assignment]
+    a1, b, a2 = "a" * 2560, "b" * 10240, "a" * 2560 + "c" * 512
+
+    async def go() -> tuple[int, int, int]:
+        keys = [await kv.akey("acme", s, p) for s, p in (("A", a1), ("B", b), ("A", a2))]
+        _, r1, _ = await pool.generate(a1, max_tokens=16, key=keys[0])
+        cold = asyncio.create_task(pool.generate(b, max_tokens=16, key=keys[1]))
+        await asyncio.sleep(0)
+        _, r2, _ = await pool.generate(a2, max_tokens=16, key=keys[2])
+        hold.set()
+        _, rb, _ = await cold
+        return r1.index, rb.index, r2.index
+
+    assert asyncio.run(go()) == (0, 0, 1)
+    assert seen["a"] == [2560 + 16, 3072 / 256 * 64 + 16]   # A's next turn, in flight on 1 beside B on 0
+    assert seen["b"] == [2560 + 16, 0]
+    assert [r.work_tokens for r in pool.replicas] == [0, 0] and kv.counts.affinity_overruled == 1
