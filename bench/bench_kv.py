@@ -201,7 +201,8 @@ async def live_routing(pool: EnginePool, text: Text, prefix_tokens: int, session
     kv = pool.kv
     out: dict[str, Any] = {}
     for policy in ("least-loaded", "cache-aware"):
-        kv.router = pool.router = Router(kv.affinity if policy == "cache-aware" else None, kv.settings.affinity_slack)
+        kv.router = pool.router = Router(kv.affinity if policy == "cache-aware" else None,
+                                          kv.settings.affinity_slack_tokens)
         before_calls, before_hits = kv.counts.calls, (kv.counts.hit_blocks, kv.counts.missed_blocks)
         urls = [r.url for r in pool.replicas]
         q0 = [vllm_metric(u, "vllm:prefix_cache_queries_total") for u in urls]
@@ -228,7 +229,7 @@ async def live_routing(pool: EnginePool, text: Text, prefix_tokens: int, session
                        "p50_ttft_s": statistics.median(later), "p99_ttft_s": later[min(len(later) - 1,
                                                                                       int(0.99 * len(later)))],
                        "calls_per_replica": per_replica, "sessions_on_one_replica": sticky, "wall_s": wall}
-    kv.router = pool.router = Router(kv.affinity, kv.settings.affinity_slack)
+    kv.router = pool.router = Router(kv.affinity, kv.settings.affinity_slack_tokens)
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from terrazzo.kv.routing import PoolShare, ReplicaLoad, Router
+from terrazzo.kv.routing import Held, PoolShare, ReplicaLoad, Router
 from terrazzo.runtime.config import RunConfig
 from terrazzo.runtime.engines.launch import check_checkpoint, server_spec
 from terrazzo.runtime.engines.vllm_server import VllmServerSpec, kv_cache_gib
@@ -36,11 +36,14 @@ def test_least_loaded_healthy_replica() -> None:
     assert r.pick_replica(loads, exclude=frozenset({0, 1, 3})) is None
 
 
-def test_affinity_hook_wins_unless_that_replica_is_overloaded() -> None:
-    r = Router(affinity=lambda key, loads: 0, affinity_slack=2)
-    assert r.pick_replica([ReplicaLoad(0, 2), ReplicaLoad(1, 0)], key="session-a") == 0
-    assert r.pick_replica([ReplicaLoad(0, 3), ReplicaLoad(1, 0)], key="session-a") == 1
-    assert r.pick_replica([ReplicaLoad(0, 2), ReplicaLoad(1, 0)]) == 1  # no key: plain least-loaded
+def test_affinity_hook_wins_unless_that_replica_has_too_much_work_queued() -> None:
+    """Replica 0 holds 500 of the call's tokens: kept while its queued work is within 500 + 100 tokens of
+    the least loaded's."""
+    r = Router(affinity=lambda key, loads: Held(0, 500.0), affinity_slack_tokens=100)
+    assert r.pick_replica([ReplicaLoad(0, 2, work_tokens=600), ReplicaLoad(1, 0)], key="session-a") == 0
+    assert r.pick_replica([ReplicaLoad(0, 2, work_tokens=601), ReplicaLoad(1, 0)], key="session-a") == 1
+    assert r.pick_replica([ReplicaLoad(0, 0), ReplicaLoad(1, 2)]) == 0  # no key: least work, then fewest calls
+    assert r.pick_replica([ReplicaLoad(0, 0, work_tokens=5), ReplicaLoad(1, 2)]) == 1
 
 
 def test_flags_follow_the_plan(tmp_path: Path) -> None:

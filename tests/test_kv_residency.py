@@ -133,10 +133,11 @@ def test_prefix_affinity_picks_the_longest_resident_head() -> None:
     reps[1].insert(chain("s", 10), now=0.0)
     reps[2].insert(chain("s", 10, 4), now=0.0)
     want = chain("s", 10, 4, 3)
-    router = Router(prefix_affinity(reps, lambda _k: want), affinity_slack=2)
-    loads = [ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 2)]
+    router = Router(prefix_affinity(reps, lambda _k: want, block_tokens=16), affinity_slack_tokens=20)
+    loads = [ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 2, work_tokens=244)]  # 14 blocks: 224 + 20
     assert router.pick_replica(loads, key="k") == 2
-    assert router.pick_replica([ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 3)], key="k") == 0  # overloaded
+    busy = [ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 2, work_tokens=245)]
+    assert router.pick_replica(busy, key="k") == 0  # more queued than the hit saves plus the slack
     assert router.pick_replica(loads, key=None) == 0
     assert prefix_affinity(reps, lambda _k: chain("x", 5))("k", loads) is None
 

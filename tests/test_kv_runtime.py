@@ -1,5 +1,6 @@
 """The runtime's KV cache manager without an engine: prefix keys scoped to (tenant, session), cache-aware
-replica choice with the Router's slack, sessions with TTL and budget, and their /metrics series."""
+replica choice with the Router's slack in tokens of queued work, sessions with TTL and budget, and their
+/metrics series."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from terrazzo.errors import SpecError
 from terrazzo.kv.affinity import CacheAffinity
 from terrazzo.kv.prefix_keys import prefix_key
-from terrazzo.kv.routing import ReplicaLoad
+from terrazzo.kv.routing import Held, ReplicaLoad
 from terrazzo.runtime.config import KvSettings, load_config
 from terrazzo.runtime.failures import ExecutionError
 from terrazzo.runtime.kv_cache import KvManager, PoolKv, kv_bytes_per_token
@@ -22,6 +23,11 @@ TURN = list(range(5000, 5000 + 130))
 
 def loads(*in_flight: int) -> list[ReplicaLoad]:
     return [ReplicaLoad(i, n) for i, n in enumerate(in_flight)]
+
+
+def work(*tokens: float) -> list[ReplicaLoad]:
+    """Replicas with one call in flight each, carrying `tokens` of queued work."""
+    return [ReplicaLoad(i, 1, work_tokens=t) for i, t in enumerate(tokens)]
 
 
 def test_keys_never_match_across_tenants_or_sessions() -> None:
@@ -65,20 +71,26 @@ def test_another_tenant_is_never_routed_by_a_prefix_it_does_not_own() -> None:
     assert kv.request_extra(a1) != kv.request_extra(prefix_key("globex", "s1", SYSTEM))
 
 
-def test_affinity_yields_to_load_beyond_the_slack() -> None:
-    kv = PoolKv("llm", 3, "/nonexistent", 1, KvSettings(affinity_slack=2), b"s" * 32)
+def test_affinity_yields_when_queued_work_exceeds_what_the_hit_saves_plus_the_slack() -> None:
+    """The 640-token prefix on replica 2 saves 640 tokens of prefill there: the call stays while replica 2's
+    queued work is at most 640 + the slack (50) tokens above the least loaded's, whatever the call counts."""
+    kv = PoolKv("llm", 3, "/nonexistent", 1, KvSettings(affinity_slack_tokens=50), b"s" * 32)
     kv.bytes_per_block = 1024
     key = prefix_key("acme", "s1", SYSTEM)
     kv.placed(key, loads(0, 0, 0), 2, now=0.0)
-    assert kv.router.pick_replica(loads(1, 1, 3), key.encode()) == 2      # 2 more than the least: kept
-    assert kv.router.pick_replica(loads(1, 1, 4), key.encode()) == 0      # 3 more: least loaded
-    kv.placed(key, loads(1, 1, 4), 0, now=1.0)
+    assert kv.affinity(key.encode(), loads(0, 0, 0)).cached_tokens == 640
+    assert kv.router.pick_replica(work(100, 100, 790), key.encode()) == 2     # 690 more: kept
+    assert kv.router.pick_replica(work(100, 100, 791), key.encode()) == 0     # 691 more: least loaded
+    many = [ReplicaLoad(0, 0), ReplicaLoad(1, 0), ReplicaLoad(2, 9, work_tokens=40)]
+    assert kv.router.pick_replica(many, key.encode()) == 2                    # nine calls, little work
+    kv.placed(key, work(100, 100, 791), 0, now=1.0)
     assert kv.counts.to_affinity == 0 and kv.counts.affinity_overruled == 1
     # the prefix now lives on both 2 and 0: the deeper match wins, ties go to the less loaded
-    assert kv.affinity(key.encode(), loads(0, 0, 1)) == 0
+    assert kv.affinity(key.encode(), loads(0, 0, 1)).replica == 0
     off = PoolKv("llm", 3, "/nonexistent", 1, KvSettings(affinity=False), b"s" * 32)
     off.placed(key, loads(0, 0, 0), 2, now=0.0)
-    assert off.router.pick_replica(loads(1, 1, 1), key.encode()) == 0     # least loaded only
+    assert off.router.pick_replica(work(1, 1, 0), key.encode()) == 2          # least work only
+    assert off.router.pick_replica(work(0, 1, 1), key.encode()) == 0
 
 
 def test_longest_prefix_wins_and_lru_bounds_each_replica() -> None:
@@ -86,7 +98,7 @@ def test_longest_prefix_wins_and_lru_bounds_each_replica() -> None:
     short, long_ = prefix_key("t", "s", SYSTEM[:128]), prefix_key("t", "s", SYSTEM)
     aff.place(short, 0, now=0.0)
     aff.place(long_, 1, now=1.0)
-    assert aff(long_.encode(), loads(0, 0)) == 1 and aff.depth(long_.chain(), 0) == 3
+    assert aff(long_.encode(), loads(0, 0)) == Held(1, 10) and aff.depth(long_.chain(), 0) == 3
     for i in range(5):  # other scopes fill replica 1 past its 12 blocks: the oldest chain goes first
         aff.place(prefix_key("t", f"other{i}", SYSTEM[:192]), 1, now=2.0 + i)
     assert aff.replicas[1].used[0] <= 12
@@ -107,7 +119,7 @@ def test_sessions_expire_after_their_ttl_and_hold_at_most_their_budget() -> None
     assert placed.match.hit_blocks == 4 and placed.inserted_blocks == 6
     assert s.held_bytes == 6 * per_block
     assert kv.sessions.counters.over_budget_calls == 1 and kv.sessions.counters.evicted_bytes == 4 * per_block
-    assert kv.affinity(turn2.encode(), loads(5, 0)) == 1           # still live at t = 35 s (idle 25 s)
+    assert kv.affinity(turn2.encode(), loads(5, 0)).replica == 1          # still live at t = 35 s (idle 25 s)
     kv.expire(35.0)
     assert kv.sessions.count("session") == 1
     kv.expire(41.0)                                                # idle 31 s > 30 s: let go
@@ -193,7 +205,7 @@ def test_kv_bytes_per_token_reads_the_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("field,value", [("session_ttl_s", 0), ("session_budget_mib", -1), ("affinity_slack", -2),
-                                         ("block_tokens", 0), ("sesion_ttl_s", 60)])
+                                         ("affinity_slack_tokens", -1), ("block_tokens", 0), ("sesion_ttl_s", 60)])
 def test_bad_kv_settings_name_the_field(tmp_path: Path, field: str, value: float) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"state_dir: {tmp_path}\nkv:\n  {field}: {value}\n")
@@ -296,3 +308,46 @@ def test_worker_pools_send_a_scopes_next_call_to_the_worker_holding_its_kv() -> 
     assert all(len(w) == 1 for w in kept.values()) and handoffs >= 1
     hopped, _ = run(False)
     assert any(len(w) > 1 for w in hopped.values())
+
+
+def test_the_engine_pool_routes_a_warm_turn_away_from_a_cold_prefill_by_queued_tokens() -> None:
+    """Session A's prompt (10 text blocks, ~640 tokens) sits on replica 0; session B's cold 2,560-token call
+    is in flight there. A's next turn saves 640 tokens on replica 0 but would queue behind 2,576 tokens of
+    work, so it goes to idle replica 1 (one call in flight was within the old 4-call slack). Each replica's
+    queued work is its calls' uncached prompt + max_tokens while they are in flight, and 0 after."""
+    import asyncio
+
+    from terrazzo.runtime.engines.engine_pool import EnginePool
+    from terrazzo.runtime.engines.vllm_server import VllmServerSpec
+
+    kv = KvManager(KvSettings()).pool("llm", 2, "/nonexistent", 1)
+    pool = EnginePool("llm", "cpu", VllmServerSpec(model="/nonexistent", served_name="m"), [object(), object()],
+                      kv=kv)  # type: ignore[list-item]
+    seen: dict[str, list[float]] = {}
+    hold = asyncio.Event()
+
+    class Client:
+        async def acomplete(self, prompt: str, **_: object) -> str:
+            seen[prompt[:1]] = [r.work_tokens for r in pool.replicas]
+            if prompt.startswith("b"):
+                await hold.wait()
+            return "ok"
+
+    for r in pool.replicas:
+        r.healthy, r.client = True, Client()  # type: ignore[assignment]
+    a1, b, a2 = "a" * 2560, "b" * 10240, "a" * 2560 + "c" * 512
+
+    async def go() -> tuple[int, int, int]:
+        keys = [await kv.akey("acme", s, p) for s, p in (("A", a1), ("B", b), ("A", a2))]
+        _, r1, _ = await pool.generate(a1, max_tokens=16, key=keys[0])
+        cold = asyncio.create_task(pool.generate(b, max_tokens=16, key=keys[1]))
+        await asyncio.sleep(0)
+        _, r2, _ = await pool.generate(a2, max_tokens=16, key=keys[2])
+        hold.set()
+        _, rb, _ = await cold
+        return r1.index, rb.index, r2.index
+
+    assert asyncio.run(go()) == (0, 0, 1)
+    assert seen["a"] == [2560 + 16, 3072 / 256 * 64 + 16]   # A's next turn, in flight on 1 beside B on 0
+    assert seen["b"] == [2560 + 16, 0]
+    assert [r.work_tokens for r in pool.replicas] == [0, 0] and kv.counts.affinity_overruled == 1

@@ -28,25 +28,26 @@ def specs():
     return cluster, cat
 
 
-def llm_pool(node: str, replicas: int, kv: dict | None, kv_blocks: int | None = None) -> tuple[dict, dict]:
+def llm_pool(node: str, replicas: int, kv: dict | None, kv_blocks: int | None = None,
+             tp: int = 1) -> tuple[dict, dict]:
     name = f"{node}.aggregated"
-    pool = {"name": "llm", "device": "h100-sxm", "tp": 1, "pp": 1, "engine": "vllm", "engine_version": "0.32.0",
+    pool = {"name": "llm", "device": "h100-sxm", "tp": tp, "pp": 1, "engine": "vllm", "engine_version": "0.32.0",
             "batch": 64, "role": "aggregated", "model": "llama-3-8b", "dtype": "bf16", "replicas": replicas,
-            "devices_per_replica": 1, "devices": replicas, "ops": [{"op": name, "share": 1.0}]}
+            "devices_per_replica": tp, "devices": replicas * tp, "ops": [{"op": name, "share": 1.0}]}
     if kv_blocks:
         pool["scheduler"] = {"kv_blocks": kv_blocks}
     op = {"name": name, "kind": "llm.aggregated", "node": node, "visits": 1.0, "latency_s": 1.0, "device": "h100-sxm",
-          "tp": 1, "pp": 1, "batch": 64, "pool": "llm", "replicas": replicas}
+          "tp": tp, "pp": 1, "batch": 64, "pool": "llm", "replicas": replicas}
     if kv is not None:
         op["kv"] = kv
     return pool, op
 
 
-def tool_loop(specs, rate: float, kv: dict | None, replicas: int = 2, kv_blocks: int | None = None):
+def tool_loop(specs, rate: float, kv: dict | None, replicas: int = 2, kv_blocks: int | None = None, tp: int = 1):
     cluster, cat = specs
     agent = load_agent(EX / "agents/tool-loop-agent.yaml", cat)
     workload = load_workload(EX / "workloads/steady-5rps.yaml", agent)
-    pool, op = llm_pool("think", replicas, kv, kv_blocks)
+    pool, op = llm_pool("think", replicas, kv, kv_blocks, tp)
     op["visits"] = 3.0
     cpu = {"name": "cpu", "device": "epyc-9654", "tp": 1, "pp": 1, "batch": 1, "role": "shared", "replicas": 1,
            "devices_per_replica": 1, "devices": 1,
@@ -196,3 +197,68 @@ def test_ttft_ratio_on_the_recorded_vllm_profile():
     assert row["predicted_ratio"] > 2.0 and row["predicted_over_measured"] == pytest.approx(row["predicted_ratio"] / 3)
     with pytest.raises(ValueError, match="re-send"):
         ttft_ratio(recorded, {"x": {"prefix_tokens": 2048, "prompt_tokens": [2304, 2310]}})
+
+
+def _warm_call_ttft(background: list[tuple[float, int, int]], lane: int | None) -> tuple[int, float, list[int]]:
+    """Two vLLM replicas of Llama 3 8B on H100; replica 0 holds session X's 2,048-token context. Replica 0
+    first takes `background` calls (arrival s, prompt, output tokens; other sessions, nothing cached); at
+    0.05 s X sends its next turn (256 new tokens). The turn goes where `lane` says (None: the Router's
+    choice); returns (its replica, its simulated TTFT, calls in flight per replica when it was routed)."""
+    from terrazzo.catalog.engines import Engine, EngineVersion
+    from terrazzo.cost.candidates import deployment
+    from terrazzo.kv.routing import Held, Router
+    from terrazzo.sim.engine import Environment
+    from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
+    from terrazzo.sim.pools import LlmPool, Seq
+    from terrazzo.sim.schedulers import engine_scheduler
+    from terrazzo.sim.service_times import LlmCost
+
+    cat, engine = load_catalog(), EngineVersion(Engine.VLLM, "0.32.0")
+    sched = engine_scheduler(engine, 64)
+    cost = LlmCost(deployment(cat, "llama-3-8b", "h100-sxm", "bf16", 1, 1, engine=engine))
+    env = Environment()
+    pool = LlmPool(env, "p", "aggregated", cost, 2, 1, 64, sched.max_batched_tokens, cost.kv_capacity_tokens(64),
+                   sched)
+    bs = sched.block_size
+    pkv = PoolKv(pool.lanes, bs, pool.lanes[0].blocks.capacity, 131072.0)
+    if lane is not None:
+        pkv.router = Router(lambda _k, _l: Held(lane), float("inf"))
+    chain, prefix = call_chain([Shared("session-x", 2048)], "x", (), bs)
+    pkv.keep(0, chain, 0.0, "retain", pin=False)
+    got: dict[str, float] = {}
+
+    def other(spec: tuple[int, int]) -> None:
+        pool.submit(Seq(spec[0], spec[1], lambda s, r: None, None, env.now), 0)
+
+    def turn(_: object) -> None:
+        isl = prefix + 256
+        got["in_flight"] = [r.in_flight for r in pkv.loads()]
+        look = pkv.route(chain, prefix, isl, env.now, True)
+        seq = Seq(isl, 64, lambda s, r: got.update(ttft=s.t_first - s.t_call), None, env.now)
+        seq.done = look.cached_tokens
+        got["lane"] = look.lane
+        pool.submit(seq, look.lane)
+
+    for t, isl, osl in background:
+        env.at(t, other, (isl, osl))
+    env.at(0.05, turn, None)
+    env.run()
+    return int(got["lane"]), got["ttft"], got["in_flight"]
+
+
+@pytest.mark.parametrize("case,background", [
+    ("behind one cold 8k prefill", [(0.0, 8192, 128)]),
+    ("beside six short decodes", [(0.0, 64, 40)] * 6),
+])
+def test_work_based_slack_picks_the_replica_with_the_lower_simulated_ttft(case, background):
+    """The count rule this replaced ("the holding replica unless it has > 4 more calls in flight") keeps
+    the warm turn behind one cold 8k prefill and sends it cold elsewhere beside six nearly done decodes;
+    the Router, counting queued tokens against what the hit saves, picks the replica where the turn's
+    simulated TTFT is lower in both."""
+    picked, ttft, in_flight = _warm_call_ttft(background, None)
+    assert in_flight == [len(background), 0]  # the background is still in flight on replica 0
+    count_rule = 0 if in_flight[0] <= in_flight[1] + 4 else 1
+    ttft_on = {r: _warm_call_ttft(background, r)[1] for r in (0, 1)}
+    assert picked != count_rule, case
+    assert ttft == pytest.approx(ttft_on[picked])
+    assert ttft_on[picked] < 0.8 * ttft_on[count_rule], (case, ttft_on)

@@ -8,6 +8,7 @@
 - `holding`: a prefix held `hold_s` between calls takes that many bytes from the replica's KV capacity for
   that long; by Little's law `rate × hold_s` prefixes sit there at once, which is decode batch the replica
   cannot run (slots at the decode context) — the price of retaining instead of recomputing or offloading.
+- `replica_kv_bytes`: the same on the replica's devices (replicated KV heads counted), what a tier read-back moves;
 - tier read-back times: cost/kv_tiers.py.
 """
 
@@ -41,6 +42,12 @@ def prefix_kv_bytes(model: ModelSpec, kv_dtype: str, tokens: float) -> float:
     if tokens < 0:
         raise CostError(f"prefix tokens must be >= 0, got {tokens}")
     return tokens * kv_bytes_per_token(model, kv_dtype)
+
+
+def replica_kv_bytes(dep: Deployment, tokens: float) -> float:
+    """KV bytes of `tokens` prefix tokens on all of the replica's devices together: KV heads replicated
+    where tp > kv_heads, an MLA latent on every rank (what a tier read-back moves, cost/kv_tiers.py)."""
+    return prefix_kv_bytes(dep.model, dep.kv_dtype or dep.dtype, tokens) * _kv_shard(dep) * dep.tp
 
 
 def reuse_prefill_work(dep: Deployment, new_tokens: int, cached_tokens: int, batch: int = 1) -> StepWork:

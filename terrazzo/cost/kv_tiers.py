@@ -3,6 +3,10 @@
 `hbm`: the replica's own device memory (free to read back, but it takes KV capacity from the running
 batch: cost/kv_reuse_pricing.py prices that). `host`: host DRAM over the accelerator's host link (PCIe x16, one
 direction). `disk`: a local NVMe drive. Every figure carries its source, as catalog figures do.
+
+A TP- or PP-sharded replica reads a prefix back with every device at once, each its own shard over its own
+host link (`replica_read_back_s`): the planner (plan/kv_candidates.py) and the simulator (sim/kv_lanes.py)
+both price a read-back with it, on the replica's KV bytes (`kv_reuse_pricing.replica_kv_bytes`).
 """
 
 from __future__ import annotations
@@ -90,5 +94,14 @@ def tier_link(device: Device, tier: Tier) -> TierLink:
 
 
 def read_back_s(device: Device, tier: Tier, n_bytes: float) -> float:
-    """Seconds for `device`'s replica to read `n_bytes` of KV back from `tier`."""
+    """Seconds for one `device` to read `n_bytes` of KV back from `tier`."""
     return tier_link(device, tier).read_back_s(n_bytes)
+
+
+def replica_read_back_s(link: TierLink, replica_bytes: float, devices: int) -> float:
+    """Seconds for a replica of `devices` devices to read `replica_bytes` of KV (all its devices' shards
+    together) back over `link`: each device reads its own 1/devices of them over its own host link, in
+    parallel, so one latency and bytes / (devices x bandwidth)."""
+    if devices < 1:
+        raise CostError(f"a replica has >= 1 device, got {devices}")
+    return link.read_back_s(replica_bytes / devices)

@@ -1,11 +1,12 @@
 """Cache affinity for the Router (routing.py): which replica of a pool holds the most of a call's prefix.
 
 One `Residency` (residency.py) per replica records the prefix chains (prefix_keys.py) sent there; the
-hook answers the replica with the longest resident head of the call's chain (ties: fewer calls in
-flight), or None when no replica holds even the call's scope root. The Router then takes it unless it
-is overloaded (its slack), else the least loaded. A chain's root is a 0-block segment, so a session's
-next turn keeps to its replica even before a full block of it is cached (session affinity), and its
-block keys give prefix affinity. Pure, like the Router: the caller passes `now`."""
+hook answers the replica with the longest resident head of the call's chain and the tokens it holds
+(ties: fewer calls in flight), or None when no replica holds even the call's scope root. The Router then
+takes it while its queued work, less those tokens, is within its slack of the least loaded replica's.
+A chain's root is a 0-block segment, so a session's next turn keeps to its replica even before a full
+block of it is cached (session affinity), and its block keys give prefix affinity. Pure, like the
+Router: the caller passes `now`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from terrazzo.kv.prefix_keys import PrefixKey, decode
 from terrazzo.kv.residency import Match, Residency, Segment, TierSpec
-from terrazzo.kv.routing import ReplicaLoad
+from terrazzo.kv.routing import Held, ReplicaLoad
 
 
 def segments(chain: Sequence[str], max_blocks: int | None = None) -> list[Segment]:
@@ -35,10 +36,10 @@ class Placed:
 class CacheAffinity:
     """Per replica, the KV chains it holds (LRU within `capacity_blocks`); the Router's `Affinity` hook."""
 
-    def __init__(self, replicas: int, capacity_blocks: int) -> None:
-        if replicas < 1 or capacity_blocks < 1:
-            raise ValueError("cache affinity needs ≥ 1 replica and ≥ 1 block of KV capacity")
-        self.capacity_blocks = capacity_blocks
+    def __init__(self, replicas: int, capacity_blocks: int, block_tokens: int = 1) -> None:
+        if replicas < 1 or capacity_blocks < 1 or block_tokens < 1:
+            raise ValueError("cache affinity needs ≥ 1 replica, ≥ 1 block of KV capacity and ≥ 1 token a block")
+        self.capacity_blocks, self.block_tokens = capacity_blocks, block_tokens
         self.replicas = [Residency([TierSpec("device", capacity_blocks)]) for _ in range(replicas)]
 
     def reset(self, replica: int) -> None:
@@ -55,12 +56,13 @@ class CacheAffinity:
             n += 1
         return n
 
-    def __call__(self, key: str, loads: Sequence[ReplicaLoad]) -> int | None:
+    def __call__(self, key: str, loads: Sequence[ReplicaLoad]) -> Held | None:
         chain = decode(key)
         best = max(loads, key=lambda r: (self.depth(chain, r.replica), -r.in_flight, -r.replica), default=None)
-        if best is None or self.depth(chain, best.replica) == 0:
+        depth = self.depth(chain, best.replica) if best is not None else 0
+        if best is None or depth == 0:
             return None
-        return best.replica
+        return Held(best.replica, (depth - 1) * self.block_tokens)  # the root holds no tokens
 
     def place(self, key: PrefixKey, replica: int, now: float, max_blocks: int | None = None) -> Placed:
         """Count the call's hit on `replica` and make its chain (up to `max_blocks`) resident there."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 
-from terrazzo.kv.routing import Affinity, ReplicaLoad
+from terrazzo.kv.routing import Affinity, Held, ReplicaLoad
 
 TIERS = ("device", "host", "disk")
 DEVICE, HOST, DISK = 0, 1, 2
@@ -321,18 +321,19 @@ class Residency:
 
 
 def prefix_affinity(replicas: Sequence[Residency], chain_of: Callable[[str], Sequence[Segment]],
-                    min_blocks: int = 1) -> Affinity:
+                    min_blocks: int = 1, block_tokens: int = 1) -> Affinity:
     """A `kv.routing.Affinity`: the replica (index into `replicas`) holding the most blocks at the head of
-    the call's chain (`chain_of(key)`), in any tier; ties go to the less loaded, then the lower index.
-    None when no replica holds `min_blocks`: the router then takes the least loaded."""
+    the call's chain (`chain_of(key)`), in any tier, and their tokens (`block_tokens` a block); ties go to
+    the less loaded, then the lower index. None when no replica holds `min_blocks`: the router then takes
+    the least loaded."""
 
-    def pick(key: str, loads: Sequence[ReplicaLoad]) -> int | None:
+    def pick(key: str, loads: Sequence[ReplicaLoad]) -> Held | None:
         chain = chain_of(key)
         best: tuple[int, int, int] | None = None
         for r in loads:
             depth = replicas[r.replica].match_depth(chain)
             if depth >= min_blocks and (best is None or (-depth, r.in_flight, r.replica) < best):
                 best = (-depth, r.in_flight, r.replica)
-        return best[2] if best is not None else None
+        return Held(best[2], -best[0] * block_tokens) if best is not None else None
 
     return pick

@@ -12,9 +12,10 @@ aggregated), so the MILP's choice among candidates is the choice per edge and st
 - host / disk: the prefix waits in host DRAM or on NVMe (their capacity per device bounds the pool the
   same way) and the next call pays the transfer back on its first token (bytes / link + latency).
 
-A hit's prefill is cost/kv_reuse_pricing.reuse_prefill (GEMMs on the new tokens, attention over the whole
-context); a tier's read-back is cost/kv_tiers.py's link. The planned hit rate is the share of calls that
-have a prefix to reuse.
+A hit's prefill is cost/reuse_calibration.cached_prefill_s (the cold prefill model on the new tokens with
+attention over the whole context, plus the read term a profile's reuse points measured), the simulator's
+price; a tier's read-back is cost/kv_tiers.replica_read_back_s, the simulator's too. The planned hit rate
+is the share of calls that have a prefix to reuse.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from terrazzo.cost.kv_tiers import TierLink, replica_read_back_s
 from terrazzo.plan.check import Share, check
 from terrazzo.plan.fleet_model import kv_replicas
 from terrazzo.plan.kv_choice import POLICIES, KvChoice
@@ -34,12 +36,19 @@ __all__ = ["POLICIES", "KvChoice", "KvSite", "Tier", "kv_entries", "kv_replicas"
 
 @dataclass(frozen=True)
 class Tier:
-    """Where an offloaded prefix waits: its read-back bandwidth and latency, and bytes per device."""
+    """Where an offloaded prefix waits: its read-back link (cost/kv_tiers.py) and bytes per device."""
 
-    bw_bytes_s: float
-    latency_s: float
+    link: TierLink
     capacity_bytes_per_device: float
     source: str
+
+    @property
+    def bw_bytes_s(self) -> float:
+        return self.link.bw_bytes_s
+
+    @property
+    def latency_s(self) -> float:
+        return self.link.latency_s
 
 
 # What each device's replica can park off its HBM (bytes per device); read-back links: cost/kv_tiers.py.
@@ -56,10 +65,8 @@ def catalog_tiers(catalog: Any) -> Callable[[str], tuple[Tier, Tier]]:
     def tiers(device: str) -> tuple[Tier, Tier]:
         dev = catalog.device(device)
         host, disk = tier_link(dev, "host"), tier_link(dev, "disk")
-        return (Tier(host.bw_bytes_s, host.latency_s, HOST_DRAM_BYTES_PER_DEVICE[0],
-                     f"{host.source}; capacity {HOST_DRAM_BYTES_PER_DEVICE[1]}"),
-                Tier(disk.bw_bytes_s, disk.latency_s, NVME_BYTES_PER_DEVICE[0],
-                     f"{disk.source}; capacity {NVME_BYTES_PER_DEVICE[1]}"))
+        return (Tier(host, HOST_DRAM_BYTES_PER_DEVICE[0], f"{host.source}; capacity {HOST_DRAM_BYTES_PER_DEVICE[1]}"),
+                Tier(disk, NVME_BYTES_PER_DEVICE[0], f"{disk.source}; capacity {NVME_BYTES_PER_DEVICE[1]}"))
 
     return tiers
 
@@ -173,8 +180,8 @@ def _choice(policy: str, site: KvSite, p: Priced, tier: Tier | None = None) -> K
     if tier is None:
         return KvChoice(policy, saved_s=saved, byte_s_per_visit=parked, room_bytes=p.room_bytes,
                         **common)  # type: ignore[arg-type]
-    # every device reads its own shard over its own host link, in parallel
-    transfer = tier.latency_s + p.batch * p.prefix_bytes / (tier.bw_bytes_s * max(p.devices, 1))
+    # every device reads its own shard over its own host link, in parallel (the simulator's function too)
+    transfer = replica_read_back_s(tier.link, p.batch * p.prefix_bytes, max(p.devices, 1))
     return KvChoice(policy, transfer_s=transfer, saved_s=saved, byte_s_per_visit=parked,
                     room_bytes=tier.capacity_bytes_per_device * p.devices, **common)  # type: ignore[arg-type]
 
@@ -189,26 +196,32 @@ def policy_of(c: OpCandidate) -> str:
 def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
     """Prices a site's candidates with terrazzo.cost: the same deployment the IR priced."""
     from terrazzo.cost.candidates import deployment
-    from terrazzo.cost.kv_reuse_pricing import reuse_prefill
+    from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes
     from terrazzo.cost.llm import (
         PREFILL_TOKEN_BUDGET,
         USABLE_MEMORY_FRACTION,
-        _kv_shard,
         decode_step,
-        kv_bytes_per_token,
         mean_decode_context,
         memory_use,
         prefill,
     )
+    from terrazzo.cost.reuse_calibration import ReadTerm, cached_prefill_s, read_term
     from terrazzo.errors import CostError
 
     deps: dict[tuple, Any] = {}
     cache: dict[tuple, Priced | None] = {}
 
+    reads: dict[tuple, ReadTerm] = {}
+
     def hit_and_full(dep: Any, full: int, new: float, prefix: float, b: int) -> tuple[float, float]:
-        """(cold prefill of the full input, prefill of the new tokens behind the resident prefix)."""
+        """(cold prefill of the full input, prefill of the new tokens behind the resident prefix: the
+        simulator's price, measured reuse points included)."""
         n = max(round(new), 1)
-        return prefill(dep, max(full, 1), b).latency_s, reuse_prefill(dep, n, max(full - n, 0), b).latency_s
+        dkey = (dep.model.name, dep.device.name, dep.dtype, dep.tp, dep.pp)
+        if dkey not in reads:
+            reads[dkey] = read_term(catalog, dep)
+        return (prefill(dep, max(full, 1), b).latency_s,
+                cached_prefill_s(dep, n, max(full - n, 0), b, reads[dkey]))
 
     def price(o: PlanOp, c: OpCandidate, site: KvSite) -> Priced | None:
         if not o.model or not o.dtype:
@@ -227,7 +240,7 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
         if dep is None:
             cache[key] = None
             return None
-        m, agg = dep.model, o.kind == "llm.aggregated"
+        agg = o.kind == "llm.aggregated"
         b = 1 if agg else c.batch
         full, new, prefix = round(site.full_tokens), site.new_tokens, site.prefix_tokens
         full_s, hit_s = hit_and_full(dep, full, new, prefix, b)
@@ -235,8 +248,7 @@ def cost_model_pricer(catalog: Any, fabric: Any) -> Pricer:
         context = full + (o.output_tokens if agg else 0.0)
         used = memory_use(dep, c.batch, context, prefill_tokens=full * b).total
         room = (dep.device.memory_gb.value * 1e9 * USABLE_MEMORY_FRACTION - used) * dep.devices
-        # on the replica's devices: KV heads replicated past tp > kv_heads, an MLA latent on every rank
-        kv = prefix * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+        kv = replica_kv_bytes(dep, prefix)  # on the replica's devices, replicated KV heads counted
         extra: dict[str, float] = {}
         if agg:  # the engine packs prompts up to its token budget: one request's share of a packed prefill
             together = max(1, min(c.batch, PREFILL_TOKEN_BUDGET // max(full, 1)))

@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from terrazzo.errors import SpecError
+from terrazzo.kv.routing import AFFINITY_SLACK_TOKENS
 from terrazzo.runtime.failures import ExecutionError
 
 
@@ -82,8 +83,11 @@ class KvSettings(_Strict):
     """The KV cache manager of engine pools (runtime/kv_cache.py, docs/kv_cache.md)."""
 
     affinity: bool = True                           # cache-aware routing: a call goes where its prefix is
-    affinity_slack: int = Field(default=4, ge=0)    # ... unless that replica has this many more calls in
-                                                    # flight than the least loaded
+    affinity_slack_tokens: float = Field(default=AFFINITY_SLACK_TOKENS, ge=0)  # ... while that replica's queued
+                                                    # work less the hit is within this many tokens of the
+                                                    # least loaded's (kv/routing.py)
+    affinity_slack: int = Field(default=4, ge=0)    # built-in worker pools: a scope's next call goes to the
+                                                    # worker holding its KV unless it carries more ops
     isolate: bool = True                            # vLLM cache_salt per (tenant, session): no KV shared
                                                     # across sessions or tenants
     block_tokens: int = Field(default=64, ge=1, le=4096)  # tokens per prefix-key block

@@ -42,7 +42,7 @@ class KvCounts:
     hit_blocks: int = 0
     missed_blocks: int = 0
     to_affinity: int = 0           # calls sent to the replica holding their prefix
-    affinity_overruled: int = 0    # calls whose prefix replica was overloaded (the Router's slack)
+    affinity_overruled: int = 0    # calls whose prefix replica had too much work queued (the Router's slack)
 
 
 class PoolKv:
@@ -54,8 +54,8 @@ class PoolKv:
         per_token = kv_bytes_per_token(checkpoint)
         self.bytes_per_block = (per_token or 0) * settings.block_tokens
         capacity = int(kv_cache_gib * _GIB // self.bytes_per_block) if self.bytes_per_block else 1 << 20
-        self.affinity = CacheAffinity(replicas, max(1, capacity))
-        self.router = Router(self.affinity if settings.affinity else None, settings.affinity_slack)
+        self.affinity = CacheAffinity(replicas, max(1, capacity), settings.block_tokens)
+        self.router = Router(self.affinity if settings.affinity else None, settings.affinity_slack_tokens)
         self.sessions = Sessions(SessionPolicy(settings.session_ttl_s, int(settings.session_budget_mib * _MIB)))
         self.counts = KvCounts()
         self._tokenizer: Any = None
@@ -101,8 +101,8 @@ class PoolKv:
         c.calls += 1
         want = self.affinity(key.encode(), [r for r in loads if r.healthy]) if self.settings.affinity else None
         if want is not None:
-            c.to_affinity += want == replica
-            c.affinity_overruled += want != replica
+            c.to_affinity += want.replica == replica
+            c.affinity_overruled += want.replica != replica
         kind = "request" if key.scope.startswith(REQUEST_SCOPE) else "session"
         session = self.sessions.touch(key.tenant, key.scope, kind, now)
         budget = self.sessions.policy.budget_blocks(self.bytes_per_block) if self.bytes_per_block else None

@@ -15,7 +15,8 @@ The plan's per-op `kv` policy (plan file v2, `ops[].kv.policy`) decides what is 
   Pins are capped at `MAX_PINNED_SHARE` of the replica's KV (past it, the prefix is kept unpinned, LRU).
 - `host` / `disk`: after the call its conversation moves down to that tier (the shared prompts stay on
   the device); the next call reads it back, paying bytes ÷ bandwidth + latency before its prefill (the
-  replica's host link or local NVMe, `cost/kv_tiers.py`, the planner's figures).
+  replica's host links or local NVMe, every device its own shard: `cost/kv_tiers.replica_read_back_s`, the
+  planner's function).
 Device residency beyond the pins is LRU within the blocks the running batch leaves free (a paged lane's
 residency shrinks as its batch grows, as an engine's prefix cache lives in its free blocks; the batch's
 own prefixes are counted in both, so this errs towards eviction): a prefix evicted from the device is
@@ -29,13 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from terrazzo.cost.kv_tiers import TierLink
+from terrazzo.cost.kv_tiers import TierLink, replica_read_back_s
 from terrazzo.kv.residency import DEVICE, DISK, HOST, TIERS, Match, Residency, Segment, TierSpec, prefix_affinity
-from terrazzo.kv.routing import ReplicaLoad, Router
+from terrazzo.kv.routing import AFFINITY_SLACK_TOKENS, ReplicaLoad, Router
 
 KV_POLICIES = ("recompute", "retain", "host", "disk")
 MAX_PINNED_SHARE = 0.5  # of a replica's KV blocks: the rest stays for the running batch
-AFFINITY_SLACK = 4  # calls a replica holding the prefix may carry over the least loaded one (kv.routing)
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,19 @@ def call_chain(shared: Sequence[Shared], session: Any, history: Sequence[tuple[i
     return out, tokens
 
 
+def lane_work_tokens(lane: Any) -> float:
+    """Tokens a lane still has to compute for the sequences it holds (kv.routing's unit of work): the
+    uncomputed prompt of those waiting or prefilling, and on a lane that decodes (not a prefill pool's)
+    the output left to decode of all of them."""
+    queued = (*lane.waiting, *lane.prefilling)
+    running = getattr(lane, "running", None)
+    if running is None:  # a prefill pool's lane: the prompts only
+        return float(sum(s.need - s.done for s in queued))
+    work = sum(s.need - s.done + s.osl - s.out for s in queued)
+    return float(work + sum(max(seq.end_step - lane.steps, 0) for _, _, seq, gen in running
+                            if seq.gen == gen and seq.state == 2))
+
+
 @dataclass
 class Lookup:
     """Where a call goes and what it finds there."""
@@ -97,13 +110,14 @@ class PoolKv:
     lanes: Sequence[Any]  # schedulers.Lane or the prefill lanes of pools.LlmPool
     block_size: int
     device_blocks: int
-    kv_bytes_per_token: float
+    kv_bytes_per_token: float  # on all of a replica's devices (cost.kv_reuse_pricing.replica_kv_bytes)
     host_blocks: int = 0
     disk_blocks: int = 0
     host: TierLink | None = None  # the read-back paths (cost/kv_tiers.py); needed where the tier is enabled
     disk: TierLink | None = None
-    affinity_slack: int = AFFINITY_SLACK
+    affinity_slack_tokens: float = AFFINITY_SLACK_TOKENS  # kv.routing: work a holding replica may carry over
     cache_aware: bool = True  # False: least loaded, the cache still kept (for comparison)
+    devices: int = 1  # per replica: each reads its own shard back over its own link
     residency: list[Residency] = field(init=False)
     router: Router = field(init=False)
     calls_per_lane: list[int] = field(init=False)
@@ -115,15 +129,16 @@ class PoolKv:
         tiers = [TierSpec("device", self.device_blocks), TierSpec("host", self.host_blocks),
                  TierSpec("disk", self.disk_blocks)]
         self.residency = [Residency(tiers) for _ in self.lanes]
-        affinity = prefix_affinity(self.residency, lambda _key: self._chain) if self.cache_aware else None
-        self.router = Router(affinity, self.affinity_slack)
+        affinity = (prefix_affinity(self.residency, lambda _key: self._chain, block_tokens=self.block_size)
+                    if self.cache_aware else None)
+        self.router = Router(affinity, self.affinity_slack_tokens)
         self.calls_per_lane = [0] * len(self.lanes)
 
     def loads(self) -> list[ReplicaLoad]:
         out = []
         for i, lane in enumerate(self.lanes):
             n = lane.in_system() if hasattr(lane, "in_system") else len(lane.waiting) + len(lane.prefilling)
-            out.append(ReplicaLoad(i, n))
+            out.append(ReplicaLoad(i, n, work_tokens=lane_work_tokens(lane)))
         return out
 
     def route(self, chain: Sequence[Segment], prefix_tokens: int, isl: int, now: float, reuse: bool) -> Lookup:
@@ -141,7 +156,7 @@ class PoolKv:
         transfer = 0.0
         for link, blocks in ((self.host, m.blocks[HOST]), (self.disk, m.blocks[DISK])):
             if blocks and link is not None:
-                transfer += link.read_back_s(blocks * self.block_size * self.kv_bytes_per_token)
+                transfer += replica_read_back_s(link, blocks * self.block_size * self.kv_bytes_per_token, self.devices)
         return Lookup(lane, cached, transfer, m)
 
     def keep(self, lane: int, chain: Sequence[Segment], now: float, policy: str, pin: bool) -> list[Any]:

@@ -18,11 +18,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import numpy as np
-
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import Device, ModelSpec
-from terrazzo.cost.llm import Deployment, decode_step, memory_use, prefill
+from terrazzo.cost.llm import Deployment, decode_step, memory_use
+from terrazzo.cost.reuse_calibration import ReadTerm, chunk_prefill, fit_read_term
 from terrazzo.cost.roofline import Estimate
 from terrazzo.cost.work import HTTP_WAITS_PER_CORE, encoder, memory_io, vector_search, whisper_frames
 from terrazzo.errors import SimError
@@ -49,36 +48,29 @@ def _close(a: float, b: float) -> bool:
 class LlmCost:
     """Prefill and decode-step latency of one replica of `dep`, and its KV-cache capacity."""
 
-    def __init__(self, dep: Deployment, reuse_points: Mapping[tuple[float, float], float] | None = None) -> None:
+    def __init__(self, dep: Deployment, reuse_points: Mapping[tuple[float, float], float] | None = None,
+                 read: ReadTerm | None = None) -> None:
         self.dep = dep
         self._steps: dict[int, tuple[float, float, float, float, float] | None] = {}
         self._prefill = self._fit_prefill()
-        self.read_token_s, self.read_pair_s = self._fit_reads(reuse_points or {})
+        self.read = read if read is not None else fit_read_term(dep, reuse_points or {})
 
     # reading KV already in cache --------------------------------------------------------------
+
+    @property
+    def read_token_s(self) -> float:
+        return self.read.per_token_s
+
+    @property
+    def read_pair_s(self) -> float:
+        return self.read.per_pair_s
 
     def context_read_s(self, cached_tokens: float, pairs: float) -> float:
         """What chunks that attend to KV already in the cache (a prefix hit, or a prompt's earlier chunks)
         take beyond the prefill model: `cached_tokens` = Σ cached context over such chunks, `pairs` = Σ
-        chunk × cached context. Zero unless measured (a profile's reuse points)."""
-        return self.read_token_s * cached_tokens + self.read_pair_s * pairs
-
-    def _fit_reads(self, points: Mapping[tuple[float, float], float]) -> tuple[float, float]:
-        """Per cached token and per (new × cached) pair, non-negative least squares over the measured
-        (new, cached) → seconds, on what the prefill model leaves unexplained (relative errors)."""
-        if not points:
-            return 0.0, 0.0
-        from scipy.optimize import nnls
-
-        rows, extra = [], []
-        for (n, k), t in points.items():
-            model = self.prefill_s(n, n * n + 2 * n * k)
-            rows.append([k / t, n * k / t])
-            extra.append((t - model) / t)
-        if len(rows) == 1:  # one point: the per-pair term alone
-            return 0.0, max(0.0, extra[0] / rows[0][1])
-        coef, _ = nnls(np.array(rows), np.array(extra))
-        return float(coef[0]), float(coef[1])
+        chunk × cached context. Zero unless measured (a profile's reuse points): the planner's read term
+        (cost/reuse_calibration.py)."""
+        return self.read.seconds(cached_tokens, pairs)
 
     # decode -----------------------------------------------------------------------------------
 
@@ -112,9 +104,7 @@ class LlmCost:
         return (a if a > b else b) + r0 + rt * tokens
 
     def _exact_prefill(self, tokens: float, sum_sq: float) -> Estimate:
-        # prefill(dep, x, n) prices n prompts of x tokens: T = x·n, attention ∝ n·x² = S
-        x = sum_sq / tokens
-        return prefill(self.dep, x, tokens / x)  # type: ignore[arg-type]
+        return chunk_prefill(self.dep, tokens, sum_sq)  # the planner's (cost/reuse_calibration.py)
 
     def _fit_prefill(self) -> tuple[float, float, float, float, float, float] | None:
         a = self._exact_prefill(1000.0, 1000.0**2)

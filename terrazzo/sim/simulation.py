@@ -23,9 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from terrazzo.cost.candidates import deployment
+from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes
 from terrazzo.cost.kv_tiers import tier_link
 from terrazzo.cost.llm import kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
+from terrazzo.cost.reuse_calibration import read_term
 from terrazzo.errors import SimError, TerrazzoError
 from terrazzo.sim.arrivals import renewal_times, trace_times
 from terrazzo.sim.engine import Environment
@@ -398,7 +400,8 @@ class Simulation:
                 node = leaves[p.node]
                 if isinstance(node, LlmNode):
                     if p.pool not in self.pools:
-                        cost = LlmCost(deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric))
+                        dep = deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric)
+                        cost = LlmCost(dep, read=read_term(cat, dep))  # the planner's reuse read term
                         mode = _llm_role(p)
                         isl = self._tokens(p.node, node)[0].expected
                         sched = p.scheduler
@@ -455,11 +458,13 @@ class Simulation:
             device = lane.blocks.capacity if hasattr(lane, "blocks") else int(min(pool.kv_tokens, 1 << 40) // bs)
             policy = stage.kv_policy
             dev = self.model.catalog.device(op.device)
+            dep = pool.cost.dep
             pkv = self.kv_pools[op.planned.pool] = PoolKv(
-                pool.lanes, bs, device, stage.kv_bytes_per_token,
+                pool.lanes, bs, device, replica_kv_bytes(dep, 1.0),
                 host_blocks=int(HOST_PER_DEVICE_KV * device) if policy == "host" else 0,
                 disk_blocks=int(DISK_PER_DEVICE_KV * device) if policy == "disk" else 0,
-                host=tier_link(dev, "host"), disk=tier_link(dev, "disk"), cache_aware=self.config.cache_aware)
+                host=tier_link(dev, "host"), disk=tier_link(dev, "disk"), cache_aware=self.config.cache_aware,
+                devices=dep.devices)
         return pkv
 
     # running ----------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ class Replica:
     client: OpenAICompatClient | None = None
     healthy: bool = False
     in_flight: int = 0
+    work_tokens: float = 0.0                # of the calls in flight: uncached prompt + max_tokens (kv/routing.py)
     served: int = 0
     restarts: int = 0
     ready_s: float = 0.0
@@ -273,18 +274,22 @@ class EnginePool:
 
     # --- calls ------------------------------------------------------------------------------------
     def loads(self) -> list[ReplicaLoad]:
-        return [ReplicaLoad(r.index, r.in_flight, r.healthy) for r in self.replicas]
+        return [ReplicaLoad(r.index, r.in_flight, r.healthy, r.work_tokens) for r in self.replicas]
 
-    async def _pick(self, tried: set[int], key: PrefixKey | None = None) -> Replica:
-        """The router's replica among healthy ones not yet tried; waits (bounded) while others restart."""
+    async def _pick(self, tried: set[int], key: PrefixKey | None = None) -> tuple[Replica, float]:
+        """The router's replica among healthy ones not yet tried, and the prompt tokens the call will compute
+        there (its blocks the replica does not hold; 0 without a KV manager); waits (bounded) while others
+        restart."""
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             loads = self.loads()
             i = self.router.pick_replica(loads, key.encode() if key is not None else None, exclude=frozenset(tried))
             if i is not None:
+                uncached = 0.0
                 if self.kv is not None and key is not None:
-                    self.kv.placed(key, [r for r in loads if r.replica not in tried], i)
-                return self.replicas[i]
+                    placed = self.kv.placed(key, [r for r in loads if r.replica not in tried], i)
+                    uncached = float(placed.match.missed_blocks * self.kv.settings.block_tokens)
+                return self.replicas[i], uncached
             waiting = [r for r in self.replicas if not r.down and (r.index not in tried or r.restarting)]
             if not waiting or time.monotonic() > deadline:
                 raise WorkerLost(f"no vLLM replica of pool '{self.name}' could take the call "
@@ -306,9 +311,11 @@ class EnginePool:
         tried: set[int] = set()
         extra = {**self.extra_body, **(self.kv.request_extra(key) if self.kv is not None and key else {})}
         for attempt in itertools.count(1):
-            r = await self._pick(tried, key)
+            r, uncached = await self._pick(tried, key)
             assert r.client is not None
+            work = uncached + max_tokens  # until the call ends: the runtime does not see vLLM's progress
             r.in_flight += 1
+            r.work_tokens += work
             r.active.add(request_id)
             try:
                 gen = await r.client.acomplete(prompt, model=self.spec.served_name, max_tokens=max_tokens,
@@ -332,6 +339,7 @@ class EnginePool:
                 continue
             finally:
                 r.in_flight -= 1
+                r.work_tokens -= work
                 r.active.discard(request_id)
             r.served += 1
             self.counts.completed += 1
