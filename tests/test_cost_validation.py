@@ -78,10 +78,10 @@ def test_shipped_fit_is_the_fit_of_the_data_and_stays_physical(cv):
 
 def test_cross_validated_error_is_bounded_against_the_measurements(cv):
     rows, _ = cv
-    assert crossval.mape(rows) <= 22.0  # today's level (20.9 %); the issue asks for 15 %
+    assert crossval.mape(rows) <= 20.5  # today's level (19.3 %); the issue asks for 15 %
     for vendor, members in crossval.by(rows, "vendor").items():
-        assert crossval.mape(members) <= 27.0, vendor  # worst today: Intel 25.1 %; the issue asks for 20 %
-    assert abs(crossval.median_signed(rows)) <= 5.0  # the issue's ±5 % (today +1.2 %)
+        assert crossval.mape(members) <= 26.5, vendor  # worst today: Intel 25.1 %; the issue asks for 20 %
+    assert abs(crossval.median_signed(rows)) <= 5.0  # the issue's ±5 % (today +3.0 %)
     # held-out errors are worse than in-sample ones, or the "cross-validation" leaked
     in_sample = 100 * np.mean([abs(r.fitted / r.point.measured.value - 1) for r in rows])
     assert in_sample < crossval.mape(rows)
