@@ -109,6 +109,8 @@ def measured_step(table: Table, model: str, dtype: str, tp: int, pp: int, phase:
     if grid is None or pp != 1:
         return None
     g, axes = (grid["decode"], ("batch", "context")) if phase == "decode" else (grid["prefill"], ("batch", "isl"))
+    kernels: float | None
+    comm: float | None
     if phase == "prefill" and batch < 1:
         parts = _chunk(g, batch * length, batch * length * length)
         if parts is None:
