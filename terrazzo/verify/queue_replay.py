@@ -2,9 +2,10 @@
 replicas those arrivals need, and the burstiness that makes the planner's queue model agree.
 
 Why: behind a batched LLM pool the arrivals come in clumps on several time scales (sequences admitted
-between two decode steps of a prefill-first aggregated replica all finish in the same step), which no
-single squared CV of the gaps summarises: Kingman's wait with the measured gap SCV under-predicts the
-p99 TTFT of such a pool two- to four-fold. The arrival stream itself is exact, though: in a
+between two decode steps of a prefill-first aggregated replica all finish in the same step, and a
+FIFO pool behind turns a clump into a train), which no single squared CV of the gaps summarises; for
+an aggregated pool, whose modelled servers are its decode slots, no SCV moves the modelled wait at
+all. The arrival stream itself is exact, though: in a
 feed-forward agent a pool's size does not change what reaches it, so replaying the recorded stream
 through the same pool code at r replicas gives the TTFTs the simulation would give at r replicas,
 other pools unchanged. The re-plan then sizes the node's first-token ops with the arrival clump at

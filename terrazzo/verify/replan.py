@@ -3,10 +3,13 @@
 The MILP prices latency from means and first-token queues from a G/G/c model; the SLA is a percentile
 and the queues behind batched pools see clumps. So after a solve the plan is simulated (seeded, so
 planning stays deterministic) and, where it misses, the planning graph is tightened and solved again:
-- each first-token op takes the arrival burstiness measured at its pool (sizing its replicas);
-- an LLM node over its TTFT limit plans to a tighter TTFT target; one over its TBT limit keeps only
-  candidates whose decode step is within a tighter TBT target; an end-to-end percentile over the
-  deadline plans to a tighter deadline — each tightened by the overshoot the simulation measured.
+- an LLM node over its TTFT limit has its first-token pool replayed alone on the arrivals the run
+  recorded (verify/queue_replay.py) and is sized for the arrival clump whose replicas the replay needs;
+- every other first-token op takes the squared CV of the gaps measured at its pool;
+- an LLM node over its TTFT limit that replicas cannot fix plans to a tighter TTFT target; one over its
+  TBT limit keeps only candidates whose decode step is within a tighter TBT target; an end-to-end
+  percentile over the deadline plans to a tighter deadline — each tightened by the overshoot the
+  simulation measured.
 Once one plan passes, the loop bisects between the last failing targets and the passing ones, so it
 ends at the cheapest passing plan it found rather than at an over-tightened one. The plan records
 every round; when none passes, `sim_verified` is False (the CLI then exits 1 and says why).
