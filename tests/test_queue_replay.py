@@ -76,7 +76,7 @@ def _checked(n_ops: int = 30):
     model = replace(model_from_specs(pj, agent, w, sla, cluster, cat, "t"),
                     edge_bytes={(e.src, e.dst): e.data_bytes for e in graph.edges})
     duration, drain = check_window(pj, 20.0)
-    config = SimConfig(duration_s=duration, seed=0, drain_s=drain)
+    config = SimConfig(duration_s=duration, seed=0, drain_s=drain, record_arrivals=True)
     return graph, Simulation(model, config).run(), config
 
 
@@ -99,6 +99,7 @@ def test_the_replicas_a_replay_needs_are_the_fewest_that_meet_the_limit():
     st = max(sim.llm_stages, key=lambda s: float(np.percentile(np.frombuffer(s.calls["ttft_s"]), 99)))
     op = st.agg or st.pre
     pool, limit = op.pool, 0.5
+    assert pool.arrivals is not None
     submit = np.asarray(pool.arrivals.submit_s)
 
     def p99(r: int) -> float:

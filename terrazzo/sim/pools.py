@@ -187,7 +187,7 @@ class LlmPool:
         self.capacity = n
         self.load = np.zeros(n, dtype=np.float64)
         self.visits = Visits()
-        self.arrivals = Arrivals()
+        self.arrivals: Arrivals | None = None  # set to record what the pool is sent (the planner's check)
         self.observer: Any = None  # told of every iteration's emitted tokens (front_end.FrontEnd), if set
 
     # routing ----------------------------------------------------------------------------------
@@ -199,7 +199,8 @@ class LlmPool:
         r = int(self.load.argmin()) if lane_index is None else lane_index
         lane = self.lanes[r]
         seq.t_submit = self.env.now
-        self.arrivals.add(seq, lane_index is not None)
+        if self.arrivals is not None:
+            self.arrivals.add(seq, lane_index is not None)
         if self.mode == "prefill":
             lane.waiting.append(seq)
             self.load[r] += seq.isl - seq.done

@@ -97,11 +97,12 @@ def simulate_plan(plan_json: dict[str, Any], agent: Agent, workload: Workload, s
     a = workload.arrival
     if trace is not None:
         config = SimConfig(duration_s=duration, rate_per_s=model.rate_per_s, arrival="trace", trace=trace, seed=seed,
-                           drain_s=drain)
+                           drain_s=drain, record_arrivals=graph is not None)
     elif a.process == "gamma":
-        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed, drain_s=drain)
+        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed, drain_s=drain,
+                           record_arrivals=graph is not None)
     else:
-        config = SimConfig(duration_s=duration, seed=seed, drain_s=drain)
+        config = SimConfig(duration_s=duration, seed=seed, drain_s=drain, record_arrivals=graph is not None)
     sim = Simulation(model, config).run()
     report = report_from(sim)
     ttft = {s.node: (s.ttft_at_sla_s, s.ttft_limit_s) for s in report.llm if s.ttft_limit_s is not None}

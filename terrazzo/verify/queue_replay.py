@@ -36,6 +36,8 @@ def replayed_ttft_s(pool: LlmPool, replicas: int) -> np.ndarray:
     twin = LlmPool(env, pool.name, pool.mode, pool.cost, replicas, pool.pp, pool.max_batch, pool.token_budget,
                    pool.kv_tokens, pool.sched)
     a = pool.arrivals
+    if a is None:
+        raise ValueError(f"pool {pool.name} did not record its arrivals (SimConfig.record_arrivals)")
     n = len(a.submit_s)
     first = np.full(n, math.nan)
 
@@ -64,8 +66,10 @@ def replicas_needed(pool: LlmPool, limit_s: float, percentile: float, warm_from_
                     at_most: int) -> int | None:
     """Fewest replicas (at least the pool's own) whose replayed percentile TTFT is within `limit_s`, over
     arrivals from `warm_from_s` on; None when even `at_most` miss it."""
+    if pool.arrivals is None or pool.mode not in ("prefill", "aggregated") or pool.arrivals.routed:
+        return None
     submit = np.asarray(pool.arrivals.submit_s)
-    if pool.mode not in ("prefill", "aggregated") or submit.size == 0 or pool.arrivals.routed:
+    if submit.size == 0:
         return None
 
     def ok(r: int) -> bool:
