@@ -102,3 +102,38 @@ def test_a_long_chain_is_checked_on_bounded_op_visits_but_enough_requests_for_it
     assert long * rate * 1000 <= VISIT_BUDGET * 1.001 < short * rate * 10 * 1000  # visits bounded, not requests
     assert long * rate >= MIN_REQUESTS >= 2 / 0.01  # at p99, at least two measured requests above it
     assert drain >= 4 * 500.0  # measured requests of a 500 s chain finish before the run ends
+
+
+def test_a_ttft_miss_the_replay_explains_sizes_the_node_for_its_clump_instead_of_shrinking_its_target():
+    """A node whose replayed arrivals need more replicas gets their clump on every first-token op it has
+    (both serving variants) and keeps its TTFT target; a miss the replay cannot fix still shrinks it."""
+    import sys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.bench_plan import DEVICES, agent_with_ops
+    from terrazzo.catalog.catalog_loader import load_catalog
+    from terrazzo.plan.fleet_model import dedicated_replicas
+    from terrazzo.spec.cluster import Cluster
+    from terrazzo.spec.sla import Sla
+
+    sla = Sla.model_validate({"llm_default": {"ttft_s": 0.5, "tbt_s": 0.05}})
+    graph = build(agent_with_ops(20), Workload.model_validate({"arrival": {"rate_per_s": 20}}), sla,
+                  Cluster(devices=DEVICES), load_catalog())
+    first = [o for o in graph.ops if o.first_token_limit_s is not None]
+    sized, other = first[0].node, next(o.node for o in first if o.node != first[0].node)
+    limit = {o.node: o.first_token_limit_s for o in first}
+    fb = Feedback(False, 10.0, 30.0, {sized: (2 * limit[sized], limit[sized]), other: (2 * limit[other], limit[other])},
+                  {}, (), {}, {sized: 6.0})
+    targets, actions = tighten(Targets(), fb, graph, None)  # type: ignore[arg-type]
+    assert targets is not None and targets.arrival_clump == {sized: 6.0}
+    assert sized not in targets.ttft and targets.ttft[other] == pytest.approx(0.95 / 2)
+    assert any("clumps of 6.0" in a for a in actions)
+    planned = apply_targets(graph, sla, targets)
+    assert len([o for o in planned.ops if o.first_token_limit_s is not None and o.node == sized]) == 2
+    for o in planned.ops:
+        if o.first_token_limit_s is not None and o.node == sized:
+            assert o.arrival_clump == 6.0 and o.first_token_limit_s == pytest.approx(limit[sized])
+            before = graph.op(o.name)
+            ok = [c for c in o.candidates if c.feasible and c.first_token_s is not None]
+            assert any(dedicated_replicas(planned, o.name, c) > dedicated_replicas(graph, before.name, c) for c in ok)

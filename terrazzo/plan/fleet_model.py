@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp, is_dedicated
-from terrazzo.plan.queueing import servers_for, wait_quantile_s
+from terrazzo.plan.queueing import clump_wait_s, servers_for, wait_quantile_s
 
 TOLERANCE = 1e-6
 BUILTIN_ENGINE = "builtin"
@@ -168,13 +168,25 @@ def first_token_attainable(graph: PlanningGraph, op: str, c: OpCandidate) -> boo
 def first_token_tail_s(graph: PlanningGraph, op: str, c: OpCandidate, replicas: int | None = None,
                        share: float = 1.0) -> float:
     """Percentile time to first token: idle service, and with `replicas` given, the percentile wait for
-    one of the pool's replicas × slots slots, each held `slot_s`."""
+    one of the pool's replicas × slots slots, each held `slot_s`, and for the prompts of its own clump
+    served before it (`clump_service`)."""
     o = graph.op(op)
     service = first_token_service_s(o, c)
     if replicas is None or c.first_token_s is None:
         return service
+    lanes, each_s = clump_service(o, c)
     return service + wait_quantile_s(replicas * c.slots, demand_per_s(graph, op) * share, c.slot_s, o.arrival_scv,
-                                     _hold_scv(o), graph.percentile)
+                                     _hold_scv(o), graph.percentile) + clump_wait_s(
+        o.arrival_clump, replicas * lanes, each_s, graph.percentile)
+
+
+def clump_service(o: PlanOp, c: OpCandidate) -> tuple[int, float]:
+    """How a replica works through a clump of prompts: (prompts at once, seconds each). A prefill
+    replica takes `slots` prompts per batch of `slot_s`; an aggregated one prefills on each of its pp
+    lanes one prompt's worth at a time (its first token less the decode step it waits out)."""
+    if o.kind == "llm.aggregated" and c.first_token_s is not None:
+        return max(c.pp, 1), max(c.first_token_s - (c.tbt_s or 0.0), 0.0)
+    return c.slots, c.slot_s
 
 
 def _hold_scv(o: PlanOp) -> float:
@@ -193,8 +205,10 @@ def dedicated_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: flo
     if (not queues_for_first_token(o, c) or lam <= 0 or math.isinf(c.rate_per_s) or not c.feasible
             or not c.rate_per_s > 0 or not math.isfinite(c.slot_s)):
         return n  # an infeasible candidate is never sized by its queue (check rejects it anyway)
+    lanes, each_s = clump_service(o, c)
     need = servers_for(lam, c.slot_s, first_token_service_s(o, c), o.arrival_scv, _hold_scv(o), graph.percentile,
-                       o.first_token_limit_s * (1 + TOLERANCE), n, c.slots)  # type: ignore[operator]
+                       o.first_token_limit_s * (1 + TOLERANCE), n, c.slots,  # type: ignore[operator]
+                       o.arrival_clump, lanes, each_s)
     return n if need is None else need
 
 
@@ -234,8 +248,10 @@ def capacity_per_s(graph: PlanningGraph, op: str, c: OpCandidate, replicas: int)
         return throughput
     if not first_token_attainable(graph, op, c):
         return 0.0
-    return min(throughput, _queue_capacity(replicas * c.slots, c.slot_s, first_token_service_s(o, c), o.arrival_scv,
-                                           _hold_scv(o), graph.percentile,
+    lanes, each_s = clump_service(o, c)
+    own_clump_s = clump_wait_s(o.arrival_clump, replicas * lanes, each_s, graph.percentile)  # whatever the rate
+    return min(throughput, _queue_capacity(replicas * c.slots, c.slot_s, first_token_service_s(o, c) + own_clump_s,
+                                           o.arrival_scv, _hold_scv(o), graph.percentile,
                                            o.first_token_limit_s * (1 + TOLERANCE)))  # type: ignore[operator]
 
 

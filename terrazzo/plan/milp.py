@@ -193,7 +193,8 @@ def _columns(graph: PlanningGraph, o: PlanOp, allow: Allow | None) -> list[int]:
     shared pool: latency and load (same pool, same price). Split ops keep the demand-free front that
     `planning_graph.prune` left."""
     key = (o.candidates, o.visits, o.first_token_limit_s, o.work_tail_ratio, o.work_scv, o.arrival_scv, o.hold_scv,
-           o.kind, graph.rate_per_s, graph.utilisation_cap, graph.percentile, graph.cluster_devices, graph.splits)
+           o.arrival_clump, o.kind, graph.rate_per_s, graph.utilisation_cap, graph.percentile, graph.cluster_devices,
+           graph.splits)
     if allow is not None:
         return _front(graph, o, allow)
     front = _FRONTS.get(key)

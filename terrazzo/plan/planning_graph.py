@@ -102,6 +102,7 @@ class PlanOp:
     work_scv: float = 0.0
     arrival_scv: float = 1.0
     hold_scv: float | None = None  # squared CV of how long a slot is held (None: work_scv)
+    arrival_clump: float = 1.0  # size-biased mean requests arriving at one instant (plan/queueing.clump_wait_s)
 
 
 @dataclass(frozen=True)

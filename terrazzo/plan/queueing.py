@@ -11,6 +11,13 @@ exponential service, the tail P(W > t) = C·exp(−(cμ − λ)t); other variabi
 (c_a² + c_s²)/2 (Kingman / Allen–Cunneen), c² being squared coefficients of variation: c_s² the
 prompt length's (prefill is affine in tokens), c_a² 1 for Poisson arrivals, or what a simulation of
 the plan measured (verify/replan.py).
+
+Clumps: behind a batched LLM pool requests arrive several at the same instant (sequences admitted
+between two decode steps of a prefill-first replica finish in the same step). A request then also
+waits for the members of its own clump served before it, whatever the load, which the scaled M/M/c
+tail above (zero once under 1 − p of arrivals find every server busy) cannot express. `clump_wait_s`
+adds that wait: a clump's size-biased mean `clump` requests (1: arrivals one at a time), the number
+ahead of a request in its clump geometric with mean (clump − 1) / 2, served `servers` at a time.
 """
 
 from __future__ import annotations
@@ -47,18 +54,33 @@ def wait_quantile_s(servers: int, arrival_per_s: float, service_s: float, arriva
     return (arrival_scv + service_scv) / 2 * math.log(waiting / tail) / spare_per_s
 
 
+def clump_wait_s(clump: float, servers: int, service_s: float, percentile: float) -> float:
+    """The `percentile` of the wait behind one's own clump: arrivals come `clump` at a time (size-biased
+    mean; 1 or less: one at a time), `servers` of them served at once, each for `service_s`. The number
+    ahead is geometric (P(≥ k) = q^k, q = (clump − 1) / (clump + 1), mean (clump − 1) / 2)."""
+    if clump <= 1 or servers <= 0 or percentile >= 100:
+        return 0.0
+    q = (clump - 1) / (clump + 1)
+    ahead = math.log(1 - percentile / 100) / math.log(q)
+    return ahead / servers * service_s
+
+
 @lru_cache(maxsize=65536)
 def servers_for(arrival_per_s: float, service_s: float, tail_service_s: float, arrival_scv: float,
                 service_scv: float, percentile: float, limit_s: float, at_least: int,
-                slots_per_replica: int = 1) -> int | None:
+                slots_per_replica: int = 1, clump: float = 1.0, clump_lanes_per_replica: int = 1,
+                clump_service_s: float = 0.0) -> int | None:
     """Fewest replicas (≥ `at_least`) whose percentile wait plus `tail_service_s` is within `limit_s`;
-    None when even an idle pool misses it. A replica holds `slots_per_replica` prompts at once."""
+    None when even an idle pool misses it. A replica holds `slots_per_replica` prompts at once; with
+    arrivals in clumps, it works through a clump `clump_lanes_per_replica` prompts at a time, each for
+    `clump_service_s`."""
     if tail_service_s > limit_s:
         return None
 
     def ok(n: int) -> bool:
         return tail_service_s + wait_quantile_s(n * slots_per_replica, arrival_per_s, service_s, arrival_scv,
-                                                service_scv, percentile) <= limit_s
+                                                service_scv, percentile) + clump_wait_s(
+            clump, n * clump_lanes_per_replica, clump_service_s, percentile) <= limit_s
 
     lo, hi = max(at_least, 1), max(at_least, 1)
     while not ok(hi):  # grow geometrically, then bisect: the wait falls monotonically in the servers

@@ -50,6 +50,25 @@ class Visits:
         self.service_s.append(service_s)
 
 
+class Arrivals:
+    """What an LLM pool was sent, in order: when, prompt and output tokens, tokens already cached, and
+    whether a router chose the lane: enough to replay the pool alone on the same stream
+    (verify/queue_replay.py)."""
+
+    __slots__ = ("cached", "isl", "osl", "routed", "submit_s")
+
+    def __init__(self) -> None:
+        self.submit_s, self.isl, self.osl, self.cached = array("d"), array("d"), array("d"), array("d")
+        self.routed = 0  # arrivals whose lane a router picked (KV affinity), not the least-loaded rule
+
+    def add(self, seq: Seq, routed: bool) -> None:
+        self.submit_s.append(seq.t_submit)
+        self.isl.append(seq.isl)
+        self.osl.append(seq.osl)
+        self.cached.append(seq.done)
+        self.routed += routed
+
+
 class ServerPool:
     """`replicas` machines of `per_replica` servers each (cores, concurrent waits): one FIFO queue, like a
     `Resource` of replicas × per_replica servers (inlined: this is the simulator's hottest station).
@@ -168,6 +187,7 @@ class LlmPool:
         self.capacity = n
         self.load = np.zeros(n, dtype=np.float64)
         self.visits = Visits()
+        self.arrivals: Arrivals | None = None  # set to record what the pool is sent (the planner's check)
         self.observer: Any = None  # told of every iteration's emitted tokens (front_end.FrontEnd), if set
 
     # routing ----------------------------------------------------------------------------------
@@ -179,6 +199,8 @@ class LlmPool:
         r = int(self.load.argmin()) if lane_index is None else lane_index
         lane = self.lanes[r]
         seq.t_submit = self.env.now
+        if self.arrivals is not None:
+            self.arrivals.add(seq, lane_index is not None)
         if self.mode == "prefill":
             lane.waiting.append(seq)
             self.load[r] += seq.isl - seq.done

@@ -34,7 +34,7 @@ from terrazzo.sim.engine import Environment
 from terrazzo.sim.flow import CNode, Flow, Request, Token, compile_graph
 from terrazzo.sim.kv_lanes import PoolKv, Shared, call_chain
 from terrazzo.sim.links import Link
-from terrazzo.sim.pools import LlmPool, Seq, ServerPool
+from terrazzo.sim.pools import Arrivals, LlmPool, Seq, ServerPool
 from terrazzo.sim.sampling import dist_draws, stream, token_draws, uniform_draws
 from terrazzo.sim.service_times import LlmCost, OpService
 from terrazzo.sim.sim_inputs import PREVIOUS_TOKEN_BUDGET, PlannedOp, SimModel
@@ -69,6 +69,7 @@ class SimConfig:
     prefill_token_budget: int = PREFILL_TOKEN_BUDGET
     kv_policy: str | None = None  # every LLM op's KV policy instead of the plan's (recompute, retain, host, disk)
     cache_aware: bool = True  # route an LLM call to the replica holding its prefix (False: least loaded)
+    record_arrivals: bool = False  # LLM pools keep what they were sent (verify/queue_replay.py replays it)
 
     @property
     def warmup(self) -> float:
@@ -408,8 +409,10 @@ class Simulation:
                         if sched.engine is None and sched.max_batched_tokens == PREVIOUS_TOKEN_BUDGET:
                             sched = replace(sched, max_batched_tokens=self.config.prefill_token_budget)
                         budget = p.batch * isl if mode == "prefill" else sched.max_batched_tokens
-                        self.pools[p.pool] = LlmPool(env, p.pool, mode, cost, p.replicas, p.pp, p.batch, budget,
-                                                     cost.kv_capacity_tokens(p.batch), sched)
+                        llm = self.pools[p.pool] = LlmPool(env, p.pool, mode, cost, p.replicas, p.pp, p.batch,
+                                                           budget, cost.kv_capacity_tokens(p.batch), sched)
+                        if self.config.record_arrivals:
+                            llm.arrivals = Arrivals()
                     continue
                 service = OpService(cat, node, p.kind, p.device, self.config.seed, p.name)
                 self.services[p.name, p.pool] = service

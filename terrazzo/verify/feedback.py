@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 from terrazzo.catalog.catalog_loader import Catalog
+from terrazzo.plan.fleet_model import pool_key
+from terrazzo.plan.planning_graph import PlanningGraph
+from terrazzo.sim.pools import LlmPool
 from terrazzo.sim.results import report_from
 from terrazzo.sim.sim_inputs import model_from_specs
 from terrazzo.sim.simulation import SimConfig, Simulation
@@ -18,6 +21,7 @@ from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
+from terrazzo.verify.queue_replay import effective_clump, replicas_needed
 
 REQUESTS = 4000  # per check: the p99 from ~40 requests above it
 VISIT_BUDGET = 200_000  # op visits per check: agents of up to 50 op visits a request get all REQUESTS
@@ -26,6 +30,7 @@ HOLDS = 10  # the window spans at least this many of the plan's longest op laten
 #            forgets its empty start
 DRAIN_LATENCIES = 4  # the run drains for this many planned end-to-end latencies, so measured requests finish
 MAX_DURATION_S = 1800.0
+REPLAY_MAX_FACTOR = 32  # a pool over its TTFT limit is replayed at up to this many times its replicas
 
 
 def check_window(plan_json: dict[str, Any], rate_per_s: float) -> tuple[float, float]:
@@ -65,6 +70,8 @@ class Feedback:
     arrival_scv: dict[str, float]                  # op → squared CV of the gaps between its arrivals
     breaks: tuple[str, ...]
     tbt_at_sla_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # LLM node → (TBT, its limit)
+    arrival_clump: dict[str, float] = field(default_factory=dict)  # LLM node over its TTFT limit → the clump its
+    #                                                                replayed arrivals need (verify/queue_replay.py)
 
     def ttft_misses(self) -> dict[str, float]:
         """LLM node → how far over its limit (1.2 = 20 % over)."""
@@ -76,10 +83,13 @@ class Feedback:
 
 def simulate_plan(plan_json: dict[str, Any], agent: Agent, workload: Workload, sla: Sla, cluster: Cluster,
                   catalog: Catalog, seed: int = 0, trace: Any = None,
-                  edge_bytes: dict[tuple[str, str], float] | None = None) -> Feedback:
+                  edge_bytes: dict[tuple[str, str], float] | None = None,
+                  graph: PlanningGraph | None = None) -> Feedback:
     """Simulate the plan under the workload's own arrivals: Poisson, its gamma burstiness, or its trace
     (`trace`, replayed at the plan's rate), over `check_window`. `edge_bytes`: the planning graph's
-    bytes per edge, when the caller holds the graph (else the simulator rebuilds it from the specs)."""
+    bytes per edge, when the caller holds the graph (else the simulator rebuilds it from the specs).
+    With the planning `graph`, each first-token op over its TTFT limit is replayed alone on the
+    arrivals it got, for the burstiness its sizing needs (`arrival_clump`)."""
     model = model_from_specs(plan_json, agent, workload, sla, cluster, catalog, "planner check")
     if edge_bytes is not None:
         model = replace(model, edge_bytes=edge_bytes)
@@ -87,18 +97,58 @@ def simulate_plan(plan_json: dict[str, Any], agent: Agent, workload: Workload, s
     a = workload.arrival
     if trace is not None:
         config = SimConfig(duration_s=duration, rate_per_s=model.rate_per_s, arrival="trace", trace=trace, seed=seed,
-                           drain_s=drain)
+                           drain_s=drain, record_arrivals=graph is not None)
     elif a.process == "gamma":
-        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed, drain_s=drain)
+        config = SimConfig(duration_s=duration, arrival="gamma", cv=a.cv, seed=seed, drain_s=drain,
+                           record_arrivals=graph is not None)
     else:
-        config = SimConfig(duration_s=duration, seed=seed, drain_s=drain)
+        config = SimConfig(duration_s=duration, seed=seed, drain_s=drain, record_arrivals=graph is not None)
     sim = Simulation(model, config).run()
     report = report_from(sim)
     ttft = {s.node: (s.ttft_at_sla_s, s.ttft_limit_s) for s in report.llm if s.ttft_limit_s is not None}
     tbt = {s.node: (s.tbt_at_sla_s, s.tbt_limit_s) for s in report.llm
            if s.tbt_limit_s is not None and s.tbt_at_sla_s == s.tbt_at_sla_s}
-    return Feedback(report.meets_sla, report.e2e_at_sla_s, report.deadline_s, ttft,
-                    {name: _scv(op.pool.visits.submit_s) for name, op in sim.ops.items()}, tuple(report.breaks), tbt)
+    clumps = _arrival_clumps(sim, graph, config.warmup) if graph is not None else {}
+    return Feedback(report.meets_sla, report.e2e_at_sla_s, report.deadline_s, ttft, _arrival_scvs(sim),
+                    tuple(report.breaks), tbt, clumps)
+
+
+def _arrival_clumps(sim: Simulation, graph: PlanningGraph, warm_from_s: float) -> dict[str, float]:
+    """LLM node over its TTFT limit → the arrival clump at which the planner's queue model needs the
+    replicas that its first-token op's recorded arrivals, replayed through its pool alone, need to meet
+    the limit. Ops split over pools, routed by KV affinity, or unfixable by replicas are left to the
+    target tightening."""
+    out: dict[str, float] = {}
+    for st in sim.llm_stages:
+        op = st.agg or st.pre
+        limit = st.ttft_limit_s
+        ttft = np.frombuffer(st.calls["ttft_s"], dtype=np.float64) if len(st.calls["ttft_s"]) else None
+        if (op is None or limit is None or ttft is None or not isinstance(op.pool, LlmPool)
+                or len(st.routers["aggregated" if st.agg is not None else "prefill"].choices) > 1
+                or op.name not in graph._by_name or np.percentile(ttft, graph.percentile) <= limit):
+            continue
+        o = graph.op(op.name)
+        cand = next((c for c in o.candidates if pool_key(o, c).name == op.planned.pool), None)
+        if cand is None:
+            continue
+        need = replicas_needed(op.pool, limit, graph.percentile, warm_from_s, REPLAY_MAX_FACTOR * op.pool.replicas)
+        if need is not None and need > op.pool.replicas:
+            out[o.node] = effective_clump(graph, op.name, cand, op.planned.share, need)
+    return out
+
+
+def _arrival_scvs(sim: Simulation) -> dict[str, float]:
+    """Op → the squared CV of its pool's arrival gaps, computed once per pool: the ops sharing a pool
+    (every tool of a long chain on one CPU pool) read the same arrivals, and sorting them per op took
+    4.5 s of a 1,000-op check."""
+    by_pool: dict[int, float] = {}
+    out = {}
+    for name, op in sim.ops.items():
+        key = id(op.pool)
+        if key not in by_pool:
+            by_pool[key] = _scv(op.pool.visits.submit_s)
+        out[name] = by_pool[key]
+    return out
 
 
 def _scv(times: Any) -> float:

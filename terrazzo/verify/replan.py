@@ -3,10 +3,13 @@
 The MILP prices latency from means and first-token queues from a G/G/c model; the SLA is a percentile
 and the queues behind batched pools see clumps. So after a solve the plan is simulated (seeded, so
 planning stays deterministic) and, where it misses, the planning graph is tightened and solved again:
-- each first-token op takes the arrival burstiness measured at its pool (sizing its replicas);
-- an LLM node over its TTFT limit plans to a tighter TTFT target; one over its TBT limit keeps only
-  candidates whose decode step is within a tighter TBT target; an end-to-end percentile over the
-  deadline plans to a tighter deadline — each tightened by the overshoot the simulation measured.
+- an LLM node over its TTFT limit has its first-token pool replayed alone on the arrivals the run
+  recorded (verify/queue_replay.py) and is sized for the arrival clump whose replicas the replay needs;
+- every other first-token op takes the squared CV of the gaps measured at its pool;
+- an LLM node over its TTFT limit that replicas cannot fix plans to a tighter TTFT target; one over its
+  TBT limit keeps only candidates whose decode step is within a tighter TBT target; an end-to-end
+  percentile over the deadline plans to a tighter deadline — each tightened by the overshoot the
+  simulation measured.
 Once one plan passes, the loop bisects between the last failing targets and the passing ones, so it
 ends at the cheapest passing plan it found rather than at an over-tightened one. The plan records
 every round; when none passes, `sim_verified` is False (the CLI then exits 1 and says why).
@@ -103,6 +106,7 @@ class Targets:
     tbt: dict[str, float] = field(default_factory=dict)  # LLM node → fraction of its TBT limit
     e2e: float = 1.0
     arrival_scv: dict[str, float] = field(default_factory=dict)  # first-token op → measured squared CV
+    arrival_clump: dict[str, float] = field(default_factory=dict)  # LLM node → the clump its replayed arrivals need
 
     def between(self, other: Targets, s: float) -> Targets:
         """The point `s` of the way from self (s = 0) to other (s = 1)."""
@@ -111,8 +115,10 @@ class Targets:
 
         scv = {k: max(self.arrival_scv.get(k, 0.0), other.arrival_scv.get(k, 0.0))
                for k in set(self.arrival_scv) | set(other.arrival_scv)}
+        clump = {k: max(self.arrival_clump.get(k, 1.0), other.arrival_clump.get(k, 1.0))
+                 for k in set(self.arrival_clump) | set(other.arrival_clump)}
         return Targets(mix(self.ttft, other.ttft), mix(self.tbt, other.tbt), self.e2e + s * (other.e2e - self.e2e),
-                       scv)
+                       scv, clump)
 
     def distance(self, other: Targets) -> float:
         keys = [(self.ttft, other.ttft), (self.tbt, other.tbt)]
@@ -125,6 +131,7 @@ class Targets:
         if self.e2e < 1 and sla_deadline_s:
             out.append(f"end-to-end: planned to {self.e2e * sla_deadline_s * 1e3:,.0f} ms ({self.e2e:.0%} of the SLA)")
         out += [f"{op}: arrivals with squared CV {v:.2f}" for op, v in sorted(self.arrival_scv.items()) if v > 1.0]
+        out += [f"{n}: arrivals in clumps of {v:.1f}" for n, v in sorted(self.arrival_clump.items()) if v > 1.0]
         return out
 
 
@@ -136,7 +143,8 @@ def apply_targets(base: PlanningGraph, sla: Sla, t: Targets) -> PlanningGraph:
         if o.first_token_limit_s is not None:
             limit = sla.limits_for(node).ttft_s or o.first_token_limit_s
             o = replace(o, first_token_limit_s=limit * t.ttft.get(node, 1.0),
-                        arrival_scv=max(o.arrival_scv, t.arrival_scv.get(o.name, o.arrival_scv)))
+                        arrival_scv=max(o.arrival_scv, t.arrival_scv.get(o.name, o.arrival_scv)),
+                        arrival_clump=max(o.arrival_clump, t.arrival_clump.get(node, o.arrival_clump)))
         tbt_limit = sla.limits_for(node).tbt_s
         if tbt_limit is not None and t.tbt.get(node, 1.0) < 1.0:
             cap = tbt_limit * t.tbt[node] * (1 + 1e-9)
@@ -169,7 +177,7 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
         t0 = time.perf_counter()
         if key not in seen:  # the same pools simulate the same: one simulation per distinct plan
             seen[key] = (plan, simulate_plan(plan.to_json(), agent, workload, sla, cluster, catalog, seed, trace,
-                                              edge_bytes))
+                                              edge_bytes, graph))
         sim_s = time.perf_counter() - t0
         fb = seen[key][1]
         rounds.append({"round": len(rounds) + 1, "tco_usd_h": plan.usd_h, "meets_sla": fb.meets_sla,
@@ -232,14 +240,25 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
 def tighten(t: Targets, fb: Feedback, graph: PlanningGraph, plan: Plan) -> tuple[Targets | None, list[str]]:
     """Targets that answer each miss the simulation measured, or None when nothing is left to tighten."""
     actions: list[str] = []
-    nt = Targets(dict(t.ttft), dict(t.tbt), t.e2e, dict(t.arrival_scv))
+    nt = Targets(dict(t.ttft), dict(t.tbt), t.e2e, dict(t.arrival_scv), dict(t.arrival_clump))
+    sized: set[str] = set()  # nodes whose TTFT miss the replayed queue answers with replicas
+    for node, clump in fb.arrival_clump.items():
+        if clump > nt.arrival_clump.get(node, 1.0) * 1.001:
+            nt.arrival_clump[node] = clump
+            sized.add(node)
+            actions.append(f"{node}: its measured arrivals, replayed through its pool, need the replicas of "
+                           f"clumps of {clump:.1f} requests")
     for o in graph.ops:
+        if o.node in fb.arrival_clump:
+            continue  # the replay measured what its arrivals need; their gaps' SCV would count it twice
         measured = fb.arrival_scv.get(o.name)
         if o.first_token_limit_s is not None and measured is not None and measured > max(
                 o.arrival_scv, nt.arrival_scv.get(o.name, 0.0)) * 1.05:
             nt.arrival_scv[o.name] = measured
             actions.append(f"{o.name}: arrivals measured with squared CV {measured:.2f} (planned {o.arrival_scv:.2f})")
     for node, over in fb.ttft_misses().items():
+        if node in sized:
+            continue
         nt.ttft[node] = t.ttft.get(node, 1.0) * MARGIN / over
         actions.append(f"{node}: TTFT {over:.2f}× over its limit: planned to {nt.ttft[node]:.0%} of it")
     for node, over in fb.tbt_misses().items():
