@@ -65,7 +65,9 @@ def test_sessions_belong_to_their_tenant_and_request_ids_are_not_sessions(server
         for body in ({"request_id": "ticket-1"}, {"session": "s1"}, {"session": "ticket-1"}, {}):
             other = _invoke(c, "memo", B, input="what is my card?", **body)
             assert other.status_code == 200, other.text
-            assert "4111" not in other.text  # another tenant never reads it, whatever ids it sends
+            # another tenant never reads it, whatever ids it sends: not in its answer, nor anywhere in the body
+            # (the body's timing floats may hold the digits 4111, never the dashed number)
+            assert "4111" not in other.json()["text"] and "4111-1111" not in other.text
         alone = _invoke(c, "memo", A, input="anything?", request_id="ticket-2").json()
         assert alone["text"].endswith("history: ")  # no session: no history, not even the tenant's own
 
