@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,6 +62,8 @@ def test_flags_follow_the_plan(tmp_path: Path) -> None:
     assert "--tensor-parallel-size" in single.args() and single.tensor_parallel == single.pipeline_parallel == 1
     assert "-O0" not in single.args()
     assert spec.cpu_env()["VLLM_CPU_KVCACHE_SPACE"] == str(spec.kv_cache_gib)
+    # the server keeps idle connections longer than the client does, so the client always closes first
+    assert float(spec.cpu_env()["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) > httpx.Limits().keepalive_expiry
     pd = VllmServerSpec("m", "m", kv_transfer_config={"kv_connector": "NixlConnector", "kv_role": "kv_both"})
     assert json.loads(pd.args()[pd.args().index("--kv-transfer-config") + 1])["kv_connector"] == "NixlConnector"
 

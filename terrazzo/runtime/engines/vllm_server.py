@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PYTHON_ENV = "TERRAZZO_VLLM_PYTHON"
 LOCK_ENV = "TERRAZZO_VLLM_LOCK"
 _GIB = 1 << 30
+HTTP_KEEP_ALIVE_S = 30  # the engine server's keep-alive: past the 5 s after which httpx drops an idle connection
 
 
 class EngineLock:
@@ -117,10 +118,14 @@ class VllmServerSpec:
         return out + list(self.extra_args)
 
     def cpu_env(self) -> dict[str, str]:
-        """Environment of a CPU replica: KV cache space, threads, no telemetry, no downloads."""
+        """Environment of a CPU replica: KV cache space, threads, no telemetry, no downloads, and an HTTP
+        keep-alive longer than the clients' own (httpx drops a pooled connection idle 5 s, the server's
+        default is also 5 s: a request sent on a connection just as the server closes it fails with a
+        connection error, which one live sim-to-real run in a whole suite met)."""
         env = {"VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_NO_USAGE_STATS": "1",
                "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+               "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+               "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(HTTP_KEEP_ALIVE_S)}
         if self.omp_threads:
             env["OMP_NUM_THREADS"] = str(self.omp_threads)
         return env
