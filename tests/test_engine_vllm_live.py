@@ -72,7 +72,7 @@ def test_replica_killed_mid_stream(vllm_server: LiveServer, tmp_path: Path) -> N
     and A's own counters saw exactly the calls that completed."""
     agent = agent_from_text("name: one\nnodes:\n  - {id: think, kind: llm, model: llama-3-8b, input_tokens: 8, "
                             "output_tokens: 8}\n")
-    n_tokens = 400
+    n_tokens = 900  # long enough that B is still streaming its first call when the client, lagging, sees a token
     config = load_config(None, state_dir=str(tmp_path), engine="vllm", max_new_tokens=n_tokens,
                          max_workers_per_pool=2, op_timeout_s=600,
                          models={"llama-3-8b": {"checkpoint": str(vllm_server.checkpoint)}},
