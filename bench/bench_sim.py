@@ -53,9 +53,10 @@ def vidur(requests: int, seed: int) -> None:
           f"{scenario.rate_per_s:g}/s, prompt median {np.median(isl):.0f} (mean {isl.mean():.0f}), output median "
           f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens; cost: {V.PINNED}")
     rows = []
-    runs = [(name, sched, V.cost(), "") for name, sched in V.schedulers(scenario).items()]
+    scheds = V.schedulers(scenario)
+    runs = [(name, sched, V.cost(), "") for name, sched in scheds.items()]
     measured = V.measured_cost()
-    runs.append(("chunked, measured kernels", V.schedulers(scenario)["chunked"], measured,
+    runs.append(("chunked, measured kernels", scheds["chunked"], measured,
                  f"cost: {decode_step(measured.dep, 32, 1024).source}"))
     for name, sched, llm, note in runs:
         run = V.run(scenario, sched, stream, llm)

@@ -159,9 +159,9 @@ def tabulate(system: str, backend: str, version: str, comm_version: str | None =
             heads, kvh = m.heads // tp, max(1, m.kv_heads // tp)
             dec = [[step_s(k, m, tp, b, k.generation_s(b, c, heads, kvh), b) for c in DECODE_CONTEXT]
                    for b in DECODE_BATCH]
-            attn = [[m.layers * k.context_s(b, s, heads, kvh) for s in PREFILL_ISL] for b in PREFILL_BATCH]
-            pre = [[step_s(k, m, tp, b * s, a / m.layers, b) for s, a in zip(PREFILL_ISL, row, strict=True)]
-                   for b, row in zip(PREFILL_BATCH, attn, strict=True)]
+            layer_attn = [[k.context_s(b, s, heads, kvh) for s in PREFILL_ISL] for b in PREFILL_BATCH]
+            pre = [[step_s(k, m, tp, b * s, a, b) for s, a in zip(PREFILL_ISL, row, strict=True)]
+                   for b, row in zip(PREFILL_BATCH, layer_attn, strict=True)]
             table = {
                 "decode": {"batch": list(DECODE_BATCH), "context": list(DECODE_CONTEXT),
                            "kernels_s": [[round(x[0], 7) for x in row] for row in dec],
@@ -169,7 +169,7 @@ def tabulate(system: str, backend: str, version: str, comm_version: str | None =
                 "prefill": {"batch": list(PREFILL_BATCH), "isl": list(PREFILL_ISL),
                             "kernels_s": [[round(x[0], 7) for x in row] for row in pre],
                             "allreduce_s": [[round(x[1], 7) for x in row] for row in pre],
-                            "attention_s": [[round(x, 7) for x in row] for row in attn]},
+                            "attention_s": [[round(m.layers * x, 7) for x in row] for row in layer_attn]},
             }
             for dtype in dtypes:
                 tables[f"{name}/{dtype}/tp{tp}"] = table
