@@ -11,9 +11,11 @@
    times exponential with mean 0.5 s, seeded alike for both policies), cache-aware routing
    (prefix and session affinity with the Router's slack) against least-loaded: hit rate (the manager's
    books and vLLM's own prefix-cache counters), p50/p99 TTFT of turns >= 2, calls per replica.
-3. sim: the simulator's predicted TTFT ratio for the same workload (branch kv-sim's function; a hook
-   until it lands).
-4. plan: the planner's TCO with KV reuse on and off at equal SLA (branch kv-plan's function; a hook).
+3. sim: the simulator's predicted TTFT ratio for the same prompts (terrazzo.sim.kv_predict), priced by
+   `terrazzo profile --engine vllm` of a server set up as one replica is (same checkpoint, threads, -O0,
+   prefix caching, budget), measured in this run before the replicas start (bench_kv_sim_live.py
+   --sections profile, in a child process); `--profile FILE` prices by an earlier profile instead.
+4. plan: the planner's TCO with KV reuse on and off at equal SLA (terrazzo.verify.kv_comparison).
 
 The servers run under the machine-wide /tmp/vllm.lock (one engineer's servers at a time) with -O0, 1 GiB
 of KV each, one thread each; they are stopped at the end. The checkpoint is terrazzo's tiny random-weight
@@ -28,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import platform
@@ -47,9 +48,16 @@ RECORDED_PROFILE = ROOT / "bench/data/kv_sim_live/vllm-profile.yaml"  # bench_kv
 sys.path.insert(0, str(ROOT))
 
 from terrazzo.kv.routing import Router  # noqa: E402
+from terrazzo.profile.vllm_load import metric_sums  # noqa: E402
+from terrazzo.profile.vllm_profile import PREFILL_S, QUEUE_S  # noqa: E402
 from terrazzo.runtime.config import KvSettings  # noqa: E402
 from terrazzo.runtime.engines.engine_pool import EnginePool, LocalHost  # noqa: E402
-from terrazzo.runtime.engines.vllm_server import VllmServerSpec, require_vllm_python  # noqa: E402
+from terrazzo.runtime.engines.vllm_server import (  # noqa: E402
+    LOCK_ENV,
+    EngineLock,
+    VllmServerSpec,
+    require_vllm_python,
+)
 from terrazzo.runtime.kv_cache import KvManager  # noqa: E402
 
 SECTION = "## Agent-aware KV cache (bench/bench_kv.py)"
@@ -111,9 +119,11 @@ def chat_prompts(text: Text, system: str, turns: int, seed: str) -> Callable[[in
 
 
 async def conversation(pool: EnginePool, prompts: Callable[[int, list[str]], str], calls: int, tenant: str,
-                       scope: str, reuse: bool, think_s: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+                       scope: str, reuse: bool, think_s: Callable[[], float] | None = None,
+                       engine_time: bool = False) -> list[dict[str, Any]]:
     """One loop or session: `calls` calls in order (`think_s()` apart); reuse off = a fresh scope (and
-    so salt) per call."""
+    so salt) per call. `engine_time` (calls one at a time only): each call's time inside vLLM (its queue +
+    prefill time, from the replicas' /metrics before and after), the rest of its TTFT being the front end."""
     assert pool.kv is not None
     answers: list[str] = []
     out = []
@@ -122,10 +132,13 @@ async def conversation(pool: EnginePool, prompts: Callable[[int, list[str]], str
             await asyncio.sleep(think_s())
         prompt = prompts(k, answers)
         key = pool.kv.key(tenant, scope if reuse else f"{scope}/cold{k}/{uuid.uuid4().hex[:8]}", prompt)
+        before = [engine_seconds(r.url) for r in pool.replicas] if engine_time else []
         gen, replica, _ = await pool.generate(prompt, max_tokens=NEW_TOKENS, on_delta=lambda *_: None,
                                               request_id=f"{scope}-{k}", key=key)
         answers.append(gen.text)
         out.append({"k": k, "ttft_s": gen.prefill_s, "prompt_tokens": gen.prompt_tokens, "replica": replica.index})
+        if engine_time:
+            out[-1]["engine_s"] = engine_seconds(replica.url) - before[replica.index]
     return out
 
 
@@ -155,10 +168,34 @@ def vllm_metric(url: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.M))
 
 
+def replica_threads(replicas: int) -> int:
+    return max(1, (os.cpu_count() or 2) // replicas)
+
+
+def profile_replica(ckpt: str, root: Path, replicas: int) -> Path:
+    """A vLLM profile of one replica's set-up, in a child process (no threads in this one when it forks the
+    replicas); it holds $TERRAZZO_VLLM_LOCK while it serves, if that is set."""
+    import subprocess
+
+    out = root / "profile"
+    cmd = [sys.executable, str(ROOT / "bench/bench_kv_sim_live.py"), "--sections", "profile", "--checkpoint", ckpt,
+           "--max-len", str(MAX_LEN), "--omp-threads", str(replica_threads(replicas)), "--eager", "--out", str(out)]
+    print(f"profiling one replica's set-up ({out}) ...", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return out / "vllm-profile.yaml"
+
+
+def engine_seconds(url: str) -> float:
+    """vLLM's summed queue + prefill time of every request so far (its Prometheus histograms)."""
+    got = metric_sums(url, (PREFILL_S, QUEUE_S))
+    return sum(got.get(f"{m}_sum", 0.0) for m in (PREFILL_S, QUEUE_S))
+
+
 def make_pool(ckpt: str, root: Path, replicas: int, kv: KvManager) -> EnginePool:
+    """bench_kv_sim_live.server_settings's scheduler (budget 2,048, block 128: vLLM's CPU defaults)."""
     spec = VllmServerSpec(model=ckpt, served_name=SERVED, max_num_seqs=16, max_model_len=MAX_LEN,
                           prefix_caching=True, dtype="float32", kv_cache_gib=1,
-                          omp_threads=max(1, (os.cpu_count() or 2) // replicas), extra_args=("-O0",))
+                          omp_threads=replica_threads(replicas), extra_args=("-O0",))
     python = require_vllm_python()
     hosts: list[Any] = [LocalHost(f"kv/vllm{i}", spec, python, root / f"vllm{i}.log") for i in range(replicas)]
     return EnginePool("kv", "cpu", spec, hosts, timeout_s=300, start_timeout_s=900,
@@ -174,24 +211,33 @@ def ratio_after_first(on: list[dict], off: list[dict]) -> tuple[float, float, fl
 
 
 async def live_reuse(pool: EnginePool, text: Text, prefix_tokens: int, calls: int, repeats: int) -> dict[str, Any]:
+    """Each repeat runs both workloads, each off then on (nothing of a conversation is cached when `on`
+    starts): a slow spell of the shared machine falls on both modes and both workloads alike."""
     out: dict[str, Any] = {}
-    for name, make in (("tool loop", loop_prompts), ("multi-turn chat", chat_prompts)):
-        runs: dict[str, list[list[dict]]] = {"on": [], "off": []}
-        for rep in range(repeats):
+    workloads = (("tool loop", loop_prompts), ("multi-turn chat", chat_prompts))
+    runs: dict[str, dict[str, list[list[dict]]]] = {name: {"on": [], "off": []} for name, _ in workloads}
+    for rep in range(repeats):
+        for name, make in workloads:
             system = text.make(prefix_tokens, f"sys{name[0]}{rep}")
             prompts = make(text, system, calls, f"{name[0]}{rep}")
-            for mode in ("off", "on"):  # off first: nothing of this conversation is cached when `on` starts
+            for mode in ("off", "on"):
                 scope = f"{name[0]}{rep}-{mode}"
-                runs[mode].append(await conversation(pool, prompts, calls, "bench", scope, mode == "on"))
-        per_k = {m: [statistics.median(r[k]["ttft_s"] for r in runs[m]) for k in range(calls)] for m in runs}
+                runs[name][mode].append(await conversation(pool, prompts, calls, "bench", scope, mode == "on",
+                                                           engine_time=True))
+    for name, _ in workloads:
+        per_k = {m: [statistics.median(r[k]["ttft_s"] for r in runs[name][m]) for k in range(calls)]
+                 for m in runs[name]}
         on = [{"ttft_s": t} for t in per_k["on"]]
         off = [{"ttft_s": t} for t in per_k["off"]]
         t_off, t_on, ratio = ratio_after_first(on, off)
         out[name] = {"output_tokens": NEW_TOKENS, "ttft_on_s": per_k["on"], "ttft_off_s": per_k["off"],
                      "after_first_off_s": t_off,
                      "after_first_on_s": t_on, "ratio": ratio,
-                     "prompt_tokens": [r["prompt_tokens"] for r in runs["on"][0]],
-                     "prefix_tokens": text.tokens(system)}
+                     "prompt_tokens": [r["prompt_tokens"] for r in runs[name]["on"][0]],
+                     "prefix_tokens": text.tokens(system),
+                     "engine_s": {m: [statistics.median(r[k]["engine_s"] for r in runs[name][m]) for k in range(calls)]
+                                  for m in runs[name]},
+                     "calls": {m: [[round(c["ttft_s"], 5) for c in r] for r in runs[name][m]] for m in runs[name]}}
     return out
 
 
@@ -233,12 +279,13 @@ async def live_routing(pool: EnginePool, text: Text, prefix_tokens: int, session
     return out
 
 
-def sim_prediction(live: dict[str, Any] | None) -> dict[str, Any]:
-    """The simulator's TTFT ratio for the prompt sizes the live run sent (terrazzo.sim.kv_predict, priced by
-    the vLLM profile bench/bench_kv_sim_live.py recorded of the same-sized checkpoint on this machine)."""
+def sim_prediction(live: dict[str, Any] | None, profile: Path) -> dict[str, Any]:
+    """The simulator's TTFT ratio for the prompt sizes the live run sent (terrazzo.sim.kv_predict), priced by
+    `profile`."""
     from terrazzo.sim import kv_predict
 
-    return dict(kv_predict.ttft_ratio(RECORDED_PROFILE, live, output_tokens=NEW_TOKENS))
+    # the runtime's client sends text (the API server tokenises it), not the profile client's token ids
+    return dict(kv_predict.ttft_ratio(profile, live, output_tokens=NEW_TOKENS, client_sends_ids=False))
 
 
 PLAN_CASES = {"tool-loop-agent": "steady-5rps", "chat-agent": "chat-sessions"}
@@ -273,7 +320,9 @@ def report(res: dict[str, Any]) -> str:
             ms = lambda xs: " / ".join(f"{x * 1e3:.0f}" for x in xs)  # noqa: E731
             lines.append(f"| {name} | {r['prefix_tokens']} | {' / '.join(map(str, r['prompt_tokens']))} | "
                          f"{ms(r['ttft_off_s'])} | {ms(r['ttft_on_s'])} | **{r['ratio']:.1f}×** |")
-        lines.append("")
+        lines.append("\nOf which inside vLLM (its queue + prefill time per call, median), ms: " + "; ".join(
+            f"{name} off {ms(r['engine_s']['off'])}, on {ms(r['engine_s']['on'])}"
+            for name, r in res["live"].items() if "engine_s" in r) + ".\n")
     if "routing" in res:
         rr = res["routing"]
         lines += [f"Routing: {res['sessions']} chat sessions of 3 turns on 2 replicas, arrivals within 2 s, think "
@@ -320,28 +369,32 @@ async def run_live(args: argparse.Namespace, sections: set[str]) -> dict[str, An
     res: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="bench-kv-"))
     ckpt = tiny_checkpoint(root)
+    if "sim" in sections and args.profile is None:
+        res["profile"] = str(profile_replica(ckpt, root, 2))
     kv = KvManager(KvSettings())
     pool = make_pool(ckpt, root, 2, kv)
-    with open(LOCK, "a+") as lock:
-        t0 = time.monotonic()
-        fcntl.flock(lock, fcntl.LOCK_EX)  # on this thread: no other thread exists when the servers fork
-        print(f"lock after {time.monotonic() - t0:.0f} s; starting 2 vLLM replicas (logs in {root})", flush=True)
-        try:
-            await pool.start()
-            res["vllm"] = pool.identity.version
-            print(f"ready in {max(r.ready_s for r in pool.replicas):.0f} s", flush=True)
-            text = Text(ckpt)
-            warm = text.make(64, "warm")
-            await pool.generate(warm, max_tokens=2)
-            await pool.generate(warm + " again", max_tokens=2)
-            if "live" in sections:
-                res["live"] = await live_reuse(pool, text, args.prefix_tokens, 3, args.repeats)
-            if "routing" in sections:
-                res["routing"] = await live_routing(pool, text, args.prefix_tokens, args.sessions, 3)
-            res["kv_stats"] = pool.kv.stats() if pool.kv else {}
-        finally:
-            with contextlib.suppress(Exception):
-                await pool.stop(grace_s=10)
+    t0 = time.monotonic()
+    # the engine lock, taken on this thread (no other thread exists when the servers fork); the replicas
+    # join it rather than wait on it when $TERRAZZO_VLLM_LOCK names the same file
+    EngineLock.acquire(os.environ.get(LOCK_ENV) or LOCK)
+    print(f"lock after {time.monotonic() - t0:.0f} s; starting 2 vLLM replicas (logs in {root})", flush=True)
+    try:
+        await pool.start()
+        res["vllm"] = pool.identity.version
+        print(f"ready in {max(r.ready_s for r in pool.replicas):.0f} s", flush=True)
+        text = Text(ckpt)
+        warm = text.make(64, "warm")
+        await pool.generate(warm, max_tokens=2)
+        await pool.generate(warm + " again", max_tokens=2)
+        if "live" in sections:
+            res["live"] = await live_reuse(pool, text, args.prefix_tokens, 3, args.repeats)
+        if "routing" in sections:
+            res["routing"] = await live_routing(pool, text, args.prefix_tokens, args.sessions, 3)
+        res["kv_stats"] = pool.kv.stats() if pool.kv else {}
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.stop(grace_s=10)
+        EngineLock.release()
     return res
 
 
@@ -352,6 +405,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="price the simulation by this vLLM profile (default: profile one replica's set-up first; "
+                         "without live sections, the recorded bench/data/kv_sim_live/vllm-profile.yaml)")
     ap.add_argument("--write", action="store_true", help="replace this section of docs/BENCHMARKS.md")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
@@ -359,7 +415,7 @@ def main() -> None:
     if sections & {"live", "routing"}:
         res.update(asyncio.run(run_live(args, sections)))
     if "sim" in sections:
-        res["sim"] = sim_prediction(res.get("live"))
+        res["sim"] = sim_prediction(res.get("live"), Path(res.get("profile") or args.profile or RECORDED_PROFILE))
     if "plan" in sections:
         res["plan"] = planner_tco()
     text = report(res)

@@ -3,7 +3,7 @@ prefix caching on, with reuse (the loop's calls share their growing prefix) and 
 prefix made distinct by its first tokens, so nothing is found), and the simulator's prediction of the
 same TTFT ratio from a profile of the same server.
 
-    .venv/bin/python bench/bench_kv_sim_live.py [--reps 8] [--out kv-sim-live] [--sections live,skew]
+    .venv/bin/python bench/bench_kv_sim_live.py [--reps 8] [--out kv-sim-live] [--sections live,skew,profile]
 
 1. One vLLM server (tiny random-weight Llama, 4 layers × 256, max_position_embeddings raised to 4,096 so
    that a 2k prefix and its loop fit; block size 128, vLLM's CPU default), prefix caching on, holding
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def stream_call(url: str, model: str, prompt: list[int], osl: int) -> tuple[floa
     """(TTFT in s, generated ids) of one streamed completion."""
     body = {"model": model, "prompt": prompt, "max_tokens": osl, "min_tokens": osl, "ignore_eos": True,
             "temperature": 0.0, "stream": True, "return_token_ids": True}
-    ttft, out = -1.0, []
+    ttft, out = -1.0, list[int]()
     t0 = time.perf_counter()
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
         r.raise_for_status()
@@ -112,10 +111,16 @@ def main() -> None:
     ap.add_argument("--output", type=int, default=32, help="generated tokens per call")
     ap.add_argument("--profile", type=Path, default=None, help="reuse a profile of this checkpoint instead")
     ap.add_argument("--out", type=Path, default=Path("kv-sim-live"))
-    ap.add_argument("--sections", default="live,skew")
+    ap.add_argument("--sections", default="live,skew", help="live, skew, and profile (a profile alone)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="serve this checkpoint (default: make one)")
+    ap.add_argument("--max-len", type=int, default=MAX_LEN, help="the server's max_model_len")
+    ap.add_argument("--omp-threads", type=int, default=None, help="the server's CPU threads (default: vLLM's)")
+    ap.add_argument("--eager", action="store_true", help="serve with -O0 (no torch.compile)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sections = set(args.sections.split(","))
+    if "profile" in sections:
+        profile_only(args)
     if "live" in sections:
         live(args)
     if "skew" in sections:
@@ -136,25 +141,51 @@ def skew() -> None:
           f"{runs[1].hit_rate:.1%} vs {runs[0].hit_rate:.1%}")
 
 
+def tiny_kv_checkpoint(out: Path, max_len: int = MAX_LEN) -> Path:
+    """The benchmarks' tiny random-weight Llama (4 layers × 256), positions raised so a 2k prefix and its
+    loop fit (rotary positions: any length works)."""
+    ckpt = Path(make_tiny_checkpoint(out / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["max_position_embeddings"] = max_len
+    (ckpt / "config.json").write_text(json.dumps(cfg, indent=1))
+    return ckpt
+
+
+def server_settings(max_len: int = MAX_LEN, omp_threads: int | None = None, eager: bool = False) -> VllmSettings:
+    """Prefix caching on (after the launcher's --no-enable-...: it wins), block size 128 (vLLM's CPU default)."""
+    return VllmSettings(max_num_seqs=16, max_num_batched_tokens=2048, block_size=128, max_model_len=max_len,
+                        omp_threads=omp_threads, extra=["--enable-prefix-caching", *(["-O0"] if eager else [])])
+
+
+def profile_server(srv: VllmServer, ckpt: Path, out: Path) -> Path:
+    """`terrazzo profile --engine vllm` of the running server, on the grid the KV loops need."""
+    opts = Options.vllm(model=ckpt, model_name="tiny-random-llama-l4-h256", vllm_server=srv, warmup=1,
+                        repeats=3, isl=(16, 256, 1024, 2048), prefill_batch=(1, 4), decode_batch=(1, 8),
+                        decode_context=(64, 1024), gemm_n=512, copy_mb=32,
+                        command="terrazzo profile --engine vllm (bench/bench_kv_sim_live.py)")
+    profile_command(opts, out, Console(quiet=True))
+    return out
+
+
+def profile_only(args: argparse.Namespace) -> None:
+    """A profile of a server set up as `--omp-threads` / `--eager` / `--max-len` say (bench/bench_kv.py asks
+    for one of its replicas' set-up)."""
+    ckpt = args.checkpoint or tiny_kv_checkpoint(args.out, args.max_len)
+    with VllmServer(ckpt, server_settings(args.max_len, args.omp_threads, args.eager), args.out / "vllm.log") as srv:
+        print(f"vLLM {srv.version} up in {srv.startup_s:.0f} s, {srv.kv_blocks:,} KV blocks, prefix caching on")
+        print(f"profiled: {profile_server(srv, ckpt, args.out / 'vllm-profile.yaml')}")
+
+
 def live(args: argparse.Namespace) -> None:
     shape = LoopShape(args.shared, args.new, args.output, 3)
-    ckpt = Path(make_tiny_checkpoint(args.out / "tiny", hidden=256, layers=4, heads=8, kv_heads=4))
-    cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["max_position_embeddings"] = MAX_LEN  # rotary positions: any length works; 2k prefix + loop needs > 2048
-    (ckpt / "config.json").write_text(json.dumps(cfg, indent=1))
-    settings = VllmSettings(max_num_seqs=16, max_num_batched_tokens=2048, block_size=128, max_model_len=MAX_LEN,
-                            extra=["--enable-prefix-caching"])  # after the launcher's --no-enable-...: wins
+    ckpt = args.checkpoint or tiny_kv_checkpoint(args.out, args.max_len)
+    settings = server_settings(args.max_len, args.omp_threads, args.eager)
     model = str(ckpt)
     with VllmServer(ckpt, settings, args.out / "vllm.log") as srv:
         print(f"vLLM {srv.version} up in {srv.startup_s:.0f} s, {srv.kv_blocks:,} KV blocks, prefix caching on")
         prof = args.profile
         if prof is None:
-            prof = args.out / "vllm-profile.yaml"
-            opts = Options.vllm(model=ckpt, model_name="tiny-random-llama-l4-h256", vllm_server=srv, warmup=1,
-                                repeats=3, isl=(16, 256, 1024, 2048), prefill_batch=(1, 4), decode_batch=(1, 8),
-                                decode_context=(64, 1024), gemm_n=512, copy_mb=32,
-                                command="terrazzo profile --engine vllm (bench/bench_kv_sim_live.py)")
-            profile_command(opts, prof, Console(quiet=True))
+            prof = profile_server(srv, ckpt, args.out / "vllm-profile.yaml")
             print(f"profiled: {prof}")
         pm = PromptMaker(srv.base_url, model, 11)
         run_loop(srv.base_url, model, pm, shape, True)  # warm-up
@@ -168,14 +199,16 @@ def live(args: argparse.Namespace) -> None:
         q1, h1 = cache_counters(srv.base_url)
     reuse_a, cold_a = np.array(reuse), np.array(cold)
     measured = float(np.median(cold_a[:, 1:]) / np.median(reuse_a[:, 1:]))
-    pred = predicted_loop(prof, shape)
-    pool = profiled_pool(prof)
+    # this client posts token ids with httpx (0.25 ms for 2,600 ids), not through the openai client whose
+    # per-id request transform the profile's front end measured (21.8 ms for 2,600 ids, measured)
+    pool = profiled_pool(prof, client_sends_ids=False)
+    pred = predicted_loop(pool, shape)
     pred_frontend_ms = pool.frontend_s * 1e3
     for (n, k), t in sorted(reuse_points_of(prof).items()):
-        model = pool.cost.prefill_s(n, n * n + 2 * n * k)
+        modelled_s = pool.cost.prefill_s(n, n * n + 2 * n * k)
         read = pool.cost.context_read_s(k, n * k)
         print(f"reuse prefill point: {n} new behind {k} cached, measured {t * 1e3:.1f} ms, prefill model "
-              f"{model * 1e3:.1f} ms, with the fitted read term {(model + read) * 1e3:.1f} ms")
+              f"{modelled_s * 1e3:.1f} ms, with the fitted read term {(modelled_s + read) * 1e3:.1f} ms")
     if pool.front is not None:
         f = pool.front
         print(f"front-end core ({f.source}): {f.request_cpu_s * 1e3:.2f} ms per request + "
@@ -209,4 +242,4 @@ def live(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

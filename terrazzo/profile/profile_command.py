@@ -232,20 +232,25 @@ def _vllm_points(opts: Options, tmp: Path, notes: list[str], say: Callable[[str]
                   opts.decode_batch, opts.decode_context, opts.warmup, opts.repeats, opts.seed, log,
                   python=opts.vllm_python, server=opts.vllm_server, eager=opts.vllm_eager, say=say)
     st = got.settings
+    caching = "on (cold points get distinct heads)" if "--enable-prefix-caching" in st.extra else "off"
+    eager = opts.vllm_eager or "-O0" in st.extra
+    threads = f", {st.omp_threads} OMP thread(s)" if st.omp_threads else ""
     notes.append(f"prefill and decode measured on a live vLLM {got.version} CPU server (OpenAI API, /v1/completions "
                  f"with token-id prompts built through /tokenize, streamed), under its own scheduler: chunked prefill, "
                  f"max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs {st.max_num_seqs}, block size "
-                 f"{st.block_size}, {got.kv_blocks:,} KV blocks, prefix caching off; prefill and decode times are "
-                 f"the engine's own (request_prefill_time, request_decode_time per token); a request's front-end "
-                 f"latency (HTTP, API server) {got.frontend_s * 1e3:.1f} ms; server start-up {got.startup_s:.0f} s"
-                 + ("; eager mode (-O0, no torch.compile)" if opts.vllm_eager else ""))
+                 f"{st.block_size}, {got.kv_blocks:,} KV blocks{threads}, prefix caching {caching}; prefill and "
+                 f"decode times are the engine's own (request_prefill_time, request_decode_time per token); a "
+                 f"request's front-end latency (HTTP, API server) {got.frontend_s * 1e3:.1f} ms; server start-up "
+                 f"{got.startup_s:.0f} s"
+                 + ("; eager mode (-O0, no torch.compile)" if eager else ""))
     return got
 
 
 def _vllm_settings(got: Any) -> dict[str, float]:
     st = got.settings
     return {"max_num_seqs": st.max_num_seqs, "max_batched_tokens": st.max_num_batched_tokens,
-            "block_size": st.block_size, "kv_blocks": got.kv_blocks, "frontend_ms": round(got.frontend_s * 1e3, 3)}
+            "block_size": st.block_size, "kv_blocks": got.kv_blocks, "frontend_ms": round(got.frontend_s * 1e3, 3),
+            **({"omp_threads": st.omp_threads} if st.omp_threads else {})}
 
 
 def _front_end(got: Any) -> FrontEndSection:
@@ -255,7 +260,9 @@ def _front_end(got: Any) -> FrontEndSection:
                            prompt_token_cpu_ms=round(fe.prompt_token_cpu_ms, 6), step_cpu_ms=round(fe.step_cpu_ms, 4),
                            token_cpu_ms=round(fe.token_cpu_ms, 4),
                            client_request_cpu_ms=round(fe.client_request_cpu_ms, 4),
-                           client_token_cpu_ms=round(fe.client_token_cpu_ms, 4), latency_ms=round(fe.latency_ms, 3),
+                           client_token_cpu_ms=round(fe.client_token_cpu_ms, 4),
+                           client_prompt_token_cpu_ms=round(fe.client_prompt_token_cpu_ms, 6),
+                           latency_ms=round(fe.latency_ms, 3),
                            source=fe.source, runs=runs,
                            method="CPU-time accounting: API-server process /proc/<pid>/stat utime+stime and the "
                                   "client's process_time over closed-loop runs (concurrency × answer × prompt length), "

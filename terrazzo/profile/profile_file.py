@@ -221,6 +221,8 @@ class FrontEndSection(Strict):
     token_cpu_ms: float = Field(ge=0)
     client_request_cpu_ms: float = Field(ge=0)
     client_token_cpu_ms: float = Field(ge=0)
+    client_prompt_token_cpu_ms: float = Field(default=0.0, ge=0, description="the client's CPU per prompt token "
+                                              "(it sends token ids); 0 in profiles made before it was fitted")
     latency_ms: float = Field(ge=0, description="a lone request's front-end latency that is not this CPU")
     source: str = "measured:vllm-profile"
     method: str = ""

@@ -7,11 +7,15 @@ utime + stime; vLLM's engine core is a child process, whose time is not in it) a
 lengths. The engine steps whose outputs the server handled are vLLM's own count
 (`vllm:iteration_tokens_total`, observed once per output batch). A least-squares fit, non-negative,
 splits server CPU = request · requests + prompt · prompt tokens + step · steps + token · tokens, and
-client CPU = request · requests + token · tokens. Runs at several concurrencies make steps and tokens independent (one
-stream: a token per step; sixteen: sixteen per step).
+client CPU = request · requests + prompt · prompt tokens + token · tokens. Runs at several concurrencies make
+steps and tokens independent (one stream: a token per step; sixteen: sixteen per step), and two prompt lengths
+the per-prompt-token costs: the client sends prompts as token ids, and serialising a 1,024-id prompt took it
+four times the CPU of a 16-id one (12.7 against 3.1 ms per request, measured), so a long prompt's TTFT carries
+its client's cost too.
 
 The part of a lone request's front-end latency that is not this CPU (HTTP and ZMQ hops, wake-ups) is
-what remains of the profile's front-end latency after the CPU on its path: `latency_ms`.
+what remains of each lone prefill point's front-end latency after the CPU on its path at its prompt length
+(median over the points): `latency_ms`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class FrontEndFit:
     latency_ms: float
     runs: tuple[FrontEndRun, ...]
     source: str = "measured:vllm-profile"
+    client_prompt_token_cpu_ms: float = 0.0
 
 
 def process_cpu_s(pid: int) -> float:
@@ -81,22 +86,25 @@ def run_once(base_url: str, model: str, pid: int, pm: L.PromptMaker, concurrency
     return FrontEndRun(concurrency, requests, requests * isl, requests * osl, steps, s1 - s0, c1 - c0, t1 - t0)
 
 
-def fit(runs: list[FrontEndRun], lone_latency_s: float) -> FrontEndFit:
-    """Non-negative least squares over the runs, each row weighted by 1/requests (relative errors)."""
+def fit(runs: list[FrontEndRun], lone: list[tuple[int, float]]) -> FrontEndFit:
+    """Non-negative least squares over the runs, each row weighted by 1/requests (relative errors); `lone`:
+    the one-request prefill points' (prompt tokens, front-end latency in s)."""
     w = np.array([1.0 / r.requests for r in runs])
     a = np.array([[r.requests, r.prompt_tokens, r.engine_steps, r.output_tokens] for r in runs],
                  dtype=float) * w[:, None]
     server, _ = nnls(a, np.array([r.server_cpu_s for r in runs]) * w)
-    client, _ = nnls(a[:, [0, 3]], np.array([r.client_cpu_s for r in runs]) * w)
+    client, _ = nnls(a[:, [0, 1, 3]], np.array([r.client_cpu_s for r in runs]) * w)
     # a lone request of the profile's one-request prefill points: its intake, one step, one token, both sides
-    on_path = server[0] + server[2] + server[3] + client.sum()
+    fixed = server[0] + server[2] + server[3] + client[0] + client[2]
+    rest = [fe - fixed - isl * (server[1] + client[1]) for isl, fe in lone]
     return FrontEndFit(request_cpu_ms=server[0] * 1e3, prompt_token_cpu_ms=server[1] * 1e3,
                        step_cpu_ms=server[2] * 1e3, token_cpu_ms=server[3] * 1e3,
-                       client_request_cpu_ms=client[0] * 1e3, client_token_cpu_ms=client[1] * 1e3,
-                       latency_ms=max(0.0, lone_latency_s - on_path) * 1e3, runs=tuple(runs))
+                       client_request_cpu_ms=client[0] * 1e3, client_token_cpu_ms=client[2] * 1e3,
+                       client_prompt_token_cpu_ms=client[1] * 1e3,
+                       latency_ms=max(0.0, float(np.median(rest)) if rest else 0.0) * 1e3, runs=tuple(runs))
 
 
-def measure(base_url: str, model: str, pid: int, pm: L.PromptMaker, lone_latency_s: float, rounds: int,
+def measure(base_url: str, model: str, pid: int, pm: L.PromptMaker, lone: list[tuple[int, float]], rounds: int,
             say: Callable[[str], None] = lambda _: None) -> FrontEndFit:
     """`rounds` passes over GRID (each pass in the same order: the shared machine's slow spells spread)."""
     runs = []
@@ -105,4 +113,4 @@ def measure(base_url: str, model: str, pid: int, pm: L.PromptMaker, lone_latency
             # short answers: more requests, so their CPU spans enough clock ticks (10 ms each)
             runs.append(run_once(base_url, model, pid, pm, conc, osl, isl, max(24 if osl <= 2 else 8, 2 * conc)))
         say(f"  front end round {r + 1}/{rounds}")
-    return fit(runs, lone_latency_s)
+    return fit(runs, lone)

@@ -123,7 +123,7 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
     pm = L.PromptMaker(srv.base_url, str(checkpoint), seed)
     model = str(checkpoint)
 
-    frontend: list[float] = []
+    frontend: list[tuple[int, float]] = []  # one-request prefill points: (prompt tokens, time outside the engine)
 
     def prefill(i: int, b: int) -> float:
         before = L.metric_sums(srv.base_url, (PREFILL_S, QUEUE_S))
@@ -134,7 +134,7 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
         engine = (after[PREFILL_S + "_sum"] - before[PREFILL_S + "_sum"]) / n
         queued = (after[QUEUE_S + "_sum"] - before[QUEUE_S + "_sum"]) / n
         if b == 1:
-            frontend.append(recs[0].ttft_s - engine - queued)
+            frontend.append((i, recs[0].ttft_s - engine - queued))
         return engine
 
     def decode(b: int, c: int) -> tuple[list[float], float]:
@@ -204,9 +204,9 @@ def _measure_on(srv: VllmServer, shape: LlmShape, checkpoint: Path, isl: tuple[i
         for kind, a, b in noisy:
             one(kind, a, b, True)
         say(f"  settle round {r + 1}: {len(noisy)} points whose repeats spread over {SETTLED_SPREAD:.0%}")
-    lone_s = float(np.median(frontend)) if frontend else 0.0
+    lone_s = float(np.median([fe for _, fe in frontend])) if frontend else 0.0
     proc = getattr(srv.process, "proc", None)
-    front = (measure_front_end(srv.base_url, model, proc.pid, pm, lone_s, min(3, max(2, repeats)), say)
+    front = (measure_front_end(srv.base_url, model, proc.pid, pm, frontend, min(3, max(2, repeats)), say)
              if proc is not None else None)
     return VllmMeasured(
         shape=shape,

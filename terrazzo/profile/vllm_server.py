@@ -37,6 +37,7 @@ class VllmSettings:
     block_size: int = 128  # vLLM's CPU default (vllm/platforms/cpu.py)
     kv_cache_gib: float = 1.0
     max_model_len: int = 2048
+    omp_threads: int | None = None  # CPU threads of the server (None: vLLM's default, every core)
     extra: list[str] = field(default_factory=list)
 
     def scheduler_args(self) -> list[str]:
@@ -59,7 +60,7 @@ class VllmServer:
         spec = VllmServerSpec(model=str(model), served_name=str(model), max_num_seqs=settings.max_num_seqs,
                               max_model_len=settings.max_model_len, prefix_caching=False, dtype="float32",
                               kv_cache_gib=max(1, math.ceil(settings.kv_cache_gib)),
-                              extra_args=tuple(settings.scheduler_args()))
+                              extra_args=tuple(settings.scheduler_args()), omp_threads=settings.omp_threads)
         self.process = VllmProcess(spec, py, self.log)
         self._locked = False
         self.kv_tokens = 0

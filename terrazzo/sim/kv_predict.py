@@ -64,9 +64,10 @@ class ProfiledPool:
     front: FrontEndCost | None = None  # the API server's core, when the profile measured it
 
 
-def profiled_pool(profile: Path) -> ProfiledPool:
+def profiled_pool(profile: Path, client_sends_ids: bool = True) -> ProfiledPool:
     """The pool a vLLM profile describes: its cost on the profiled device (the catalog layers the profile),
-    its engine's scheduler settings and front-end latency (read from the file's `engine_settings`)."""
+    its engine's scheduler settings and front-end latency (read from the file's `engine_settings`), with a
+    client on the API server's core that sends prompts as token ids (`client_sends_ids`) or as text."""
     import yaml
 
     doc = yaml.safe_load(profile.read_text())
@@ -87,7 +88,8 @@ def profiled_pool(profile: Path) -> ProfiledPool:
     cost = LlmCost(dep, {(c[0], c[1]): t for c, t in grid.measured_s.items()} if grid is not None else None)
     return ProfiledPool(cost, sched, cost.kv_capacity_tokens(seqs), _kv_bytes(cat, name, dtype),
                         float(st.get("frontend_ms", 0.0)) / 1e3,
-                        FrontEndCost.from_profile(doc.get("front_end"), client_on_core=True))
+                        FrontEndCost.from_profile(doc.get("front_end"), client_on_core=True,
+                                                  client_sends_ids=client_sends_ids))
 
 
 def catalog_pool(cat: Catalog, model: str, device: str, dtype: str = "bf16", max_num_seqs: int = 64) -> ProfiledPool:
@@ -163,14 +165,15 @@ def _loop(pp: ProfiledPool, shared_tokens: int, news: list[int], output_tokens: 
     return ttfts
 
 
-def ttft_ratio(profile: Path, live: dict[str, Any] | None = None, output_tokens: int = 32) -> dict[str, Any]:
+def ttft_ratio(profile: Path, live: dict[str, Any] | None = None, output_tokens: int = 32,
+               client_sends_ids: bool = True) -> dict[str, Any]:
     """bench/bench_kv.py's hook: per live workload ({name: {prefix_tokens, prompt_tokens, ratio, ...}}), the
     simulated TTFT per iteration with and without reuse and the ratio over iterations ≥ 2, against the
-    measured one. Priced by a vLLM profile of the tiny checkpoint on this machine kind (the benchmarks
-    pass the one bench/bench_kv_sim_live.py recorded). Without `live`: the 3-iteration loop of `LoopShape()`."""
+    measured one. Priced by a vLLM profile of the tiny checkpoint on this machine kind (bench_kv.py makes
+    one of its replicas' set-up). Without `live`: the 3-iteration loop of `LoopShape()`."""
     if not profile.is_file():
         return {"error": f"no vLLM profile at {profile}: run bench/bench_kv_sim_live.py (it records one)"}
-    pp = profiled_pool(profile)
+    pp = profiled_pool(profile, client_sends_ids)
     work = live or {"tool loop": {"prefix_tokens": LoopShape().shared_tokens, "prompt_tokens": [
         LoopShape().shared_tokens + k * (LoopShape().new_tokens + output_tokens) + LoopShape().new_tokens
         for k in range(3)]}}
