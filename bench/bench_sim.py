@@ -1,6 +1,7 @@
 """Simulator throughput: simulated requests per wall-clock second for the voice agent at 1,000 requests/s
 over 10 simulated minutes, and the peak memory it takes; or Vidur's reference scenario (one CodeLlama-34B
-replica on A100 TP2, 10,000 requests) with the chunked scheduler and the previous one side by side.
+replica on A100 TP2, 10,000 requests) with the chunked scheduler and the previous one side by side, priced by
+Vidur's own A100 profile (the check: bench/vidur_cost.py) and by two earlier pinned cost sources.
 
     .venv/bin/python bench/bench_sim.py [--rate 1000] [--duration 600] [--seed 0] [--tracemalloc]
     .venv/bin/python bench/bench_sim.py --scenario vidur [--requests 10000] [--seed 0]
@@ -21,6 +22,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from terrazzo.sim.results import report_from
 from terrazzo.sim.sim_inputs import model_from_specs
@@ -51,11 +53,14 @@ def vidur(requests: int, seed: int) -> None:
     isl, osl = np.array([r[1] for r in stream]), np.array([r[2] for r in stream])
     print(f"Vidur scenario: CodeLlama-34B fp16, A100-80GB TP2 × 1, {requests:,} requests, Poisson "
           f"{scenario.rate_per_s:g}/s, prompt median {np.median(isl):.0f} (mean {isl.mean():.0f}), output median "
-          f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens; cost: {V.PINNED}")
+          f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens")
     rows = []
     scheds = V.schedulers(scenario)
-    runs = [(name, sched, V.cost(), "") for name, sched in scheds.items()]
-    measured = V.measured_cost()
+    profiled, measured = V.profiled_cost(), V.measured_cost()
+    runs: list[tuple[str, Any, Any, str]] = [
+        (f"{name}, Vidur's profile", sched, profiled, f"cost: {profiled.source}") for name, sched in scheds.items()]
+    runs += [(f"{name}, pinned roofline", sched, V.cost(), f"cost: roofline, {V.PINNED}")
+             for name, sched in scheds.items()]
     runs.append(("chunked, measured kernels", scheds["chunked"], measured,
                  f"cost: {decode_step(measured.dep, 32, 1024).source}"))
     for name, sched, llm, note in runs:
@@ -72,7 +77,7 @@ def vidur(requests: int, seed: int) -> None:
             print(f"  {label:4} p50 {p50:.3f} s  p90 {p90:.3f} s  p99 {p99:.3f} s")
     print("\nagainst Vidur (TTFT p50 0.335 s, E2E p50 7.3 s):")
     for name, run, pct in rows:
-        print(f"  {name:26} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
+        print(f"  {name:40} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
               f"E2E p50 {pct['e2e_s'][0]:.2f} s ({pct['e2e_s'][0] / V.VIDUR['e2e_p50_s']:.2f}×)  "
               f"speed {requests / run.wall_s:,.0f} req/s "
               f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}×)")

@@ -3,13 +3,15 @@ Sarathi-style chunked prefill (chunk 512, batch cap 128), Poisson arrivals at 2 
 with the splitwise-conversation statistics (median prompt 1,020, median output 129, at most 4,096
 tokens in all), 10,000 requests.
 
-The cost source is pinned here, so the figures measure the scheduler and not whatever the catalog's
-efficiency factors are at the time: the A100's datasheet peaks from the catalog and the NVIDIA-GPU
-prefill and decode efficiencies as the catalog had them at commit 3fee923 (terrazzo/catalog/data/
-efficiency.yaml, "derived: docs/cost-model.md#efficiency-defaults"), without any profile calibration
-(`cost`). Beside it, `measured_cost` prices the same replica by vLLM's own kernels measured on an
-A100-SXM (AIConfigurator's vLLM 0.14.0 tables): the nearest thing here to the profiled kernels Vidur's
-figures come from, though neither Vidur's per-iteration CPU time nor its element-wise kernels are in it.
+The check itself prices the replica by Vidur's own A100 profile of this model (`profiled_cost`,
+bench/vidur_cost.py: its linear, element-wise and all-reduce figures, summed the way its predictor sums
+them; attention from the closest measured source, as Vidur's own attention table could not be read), so
+that it runs on the inputs Vidur's figures came from and measures the scheduler. Two earlier cost
+sources stay beside it, also pinned so that they do not move with the catalog: `cost`, the A100's
+datasheet peaks with the NVIDIA-GPU prefill and decode efficiencies as the catalog had them at commit
+3fee923 (terrazzo/catalog/data/efficiency.yaml, "derived: docs/cost-model.md#efficiency-defaults"),
+without any profile calibration; and `measured_cost`, vLLM's own kernels measured on an A100-SXM
+(AIConfigurator's vLLM 0.14.0 tables) plus the fitted NVIDIA per-step overhead.
 
 Lengths: bench/data/splitwise_conv_stats.json holds quantiles of Vidur's copy of the trace in eight
 bins of prompt length (prompt and output are strongly related in it: ~1,000-token prompts get ~400
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from vidur_cost import VidurProfileCost  # beside this file
 
 from terrazzo.catalog.catalog_loader import load_catalog
 from terrazzo.catalog.catalog_schema import Efficiency
@@ -34,7 +37,7 @@ from terrazzo.cost.llm import Deployment
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pool_replay import PoolRun, replay
 from terrazzo.sim.pools import LlmPool
-from terrazzo.sim.schedulers import CHUNKED, PAGED, Scheduler
+from terrazzo.sim.schedulers import CHUNKED, PAGED, IterationCost, Scheduler
 from terrazzo.sim.service_times import LlmCost
 from terrazzo.spec.cluster import Fabric
 
@@ -100,6 +103,11 @@ def measured_cost() -> LlmCost:
                               engine=EngineVersion(Engine.VLLM, MEASURED_VLLM)))
 
 
+def profiled_cost() -> VidurProfileCost:
+    """The replica priced by Vidur's own profile (bench/vidur_cost.py): the Vidur check's cost source."""
+    return VidurProfileCost()
+
+
 def schedulers(s: Scenario) -> dict[str, Scheduler]:
     """The chunked scheduler Vidur runs (Sarathi, as vLLM V1), and the simulator's previous policy."""
     vllm = EngineVersion(Engine.VLLM)
@@ -111,9 +119,10 @@ def schedulers(s: Scenario) -> dict[str, Scheduler]:
 
 
 def run(s: Scenario, sched: Scheduler, requests: list[tuple[float, int, int]] | None = None,
-        llm: LlmCost | None = None) -> PoolRun:
+        llm: LlmCost | VidurProfileCost | None = None) -> PoolRun:
     llm = llm or cost()
+    price: IterationCost = llm
     env = Environment()
-    pool = LlmPool(env, "codellama-34b@a100x2", "aggregated", llm, 1, 1, s.batch_cap, sched.max_batched_tokens,
+    pool = LlmPool(env, "codellama-34b@a100x2", "aggregated", price, 1, 1, s.batch_cap, sched.max_batched_tokens,
                    llm.kv_capacity_tokens(s.batch_cap), sched)
     return replay(pool, requests if requests is not None else stream(s))
