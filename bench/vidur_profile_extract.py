@@ -2,7 +2,7 @@
 one CodeLlama-34B TP2 iteration, so that the Vidur check (bench/vidur_cost.py) runs on the inputs Vidur's
 figures came from, pinned, and measures the scheduler rather than a cost model.
 
-    .venv/bin/python bench/vidur_profile_extract.py --vidur DIR [--commit HASH]
+    .venv/bin/python bench/vidur_profile_extract.py --vidur DIR [--commit HASH] [--forest]
 
 DIR is a checkout of github.com/microsoft/vidur (the figures here are from commit 7d47513). Read from it:
 - data/profiling/compute/a100/codellama/CodeLlama-34b-Instruct-hf/mlp.csv, the rows with
@@ -17,6 +17,10 @@ DIR is a checkout of github.com/microsoft/vidur (the figures here are from commi
   at small sizes, where Vidur's random forest averages them too).
 The predictor and memory constants are Vidur's defaults for this scenario, with where each is set. Only
 figures are taken: no code and no whole file of the checkout goes into this repository.
+
+`--forest` also prints how far a random forest fitted to the same TP2 rows (Vidur's default predictor
+kind, here 250 trees of depth 16, scikit-learn) predicts from the rows themselves at the token counts
+that matter: whether Vidur's smoothing of the profile could move its step times.
 """
 
 from __future__ import annotations
@@ -79,11 +83,30 @@ def all_reduce(path: Path) -> dict[str, object]:
             "tokens": tokens, "ms": ms, "rows": counts}
 
 
+def forest_check(path: Path) -> None:
+    import numpy as np
+    from sklearn.ensemble import RandomForestRegressor  # type: ignore[import-untyped]
+
+    rows = [r for _, r in _rows(path) if r["num_tensor_parallel_workers"] == "2"]
+    x = np.array([[float(r["num_tokens"])] for r in rows])
+    y = np.array([sum(float(r[f"time_stats.{op}.median"] or 0) for op in LINEAR + ELEMENTWISE) for r in rows])
+    at = (16, 32, 64, 256, 448, 480, 504, 512)
+    own = {t: float(np.median(y[x[:, 0] == t])) for t in at}
+    for split in (2, 5, 10):
+        forest = RandomForestRegressor(n_estimators=250, max_depth=16, min_samples_split=split, random_state=0)
+        pred = forest.fit(x, y).predict(np.array([[t] for t in at], dtype=float))
+        print(f"min_samples_split {split}: forest / row at " + ", ".join(
+            f"{t}: {p / own[t]:.3f}" for t, p in zip(at, pred, strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vidur", type=Path, required=True, help="a checkout of github.com/microsoft/vidur")
     parser.add_argument("--commit", default="7d47513363ec447a741ac5e47241580b47724fbf")
+    parser.add_argument("--forest", action="store_true", help="also compare a random forest's fit with the rows")
     args = parser.parse_args()
+    if args.forest:
+        forest_check(args.vidur / MLP)
     repo = f"github.com/microsoft/vidur@{args.commit}"
     doc = {
         "source": f"profiled:{repo}",

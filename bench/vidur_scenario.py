@@ -1,5 +1,6 @@
 """Vidur's reference scenario, for the simulator: CodeLlama-34B fp16 on one A100-80GB TP2 replica,
-Sarathi-style chunked prefill (chunk 512, batch cap 128), Poisson arrivals at 2 requests/s, lengths
+Sarathi-style chunked prefill (chunk 512, batch cap 128), Poisson arrivals at 2 requests/s (gaps capped
+at three mean gaps, as Vidur's generator caps them), lengths
 with the splitwise-conversation statistics (median prompt 1,020, median output 129, at most 4,096
 tokens in all), 10,000 requests.
 
@@ -22,7 +23,10 @@ generator does with `max_tokens`.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +59,10 @@ VIDUR = {"ttft_p50_s": 0.335, "e2e_p50_s": 7.3, "requests_per_wall_s": 216.0}
 class Scenario:
     requests: int = 10_000
     rate_per_s: float = 2.0
+    # Vidur's "Poisson" gaps are exponential draws capped at 3 mean gaps (vidur/request_generator/
+    # poisson_request_interval_generator.py at 7d47513, max_interval = 3 / qps): the mean gap is
+    # (1 − e⁻³) / rate, 5 % more arrivals than the nominal rate. None: uncapped.
+    max_gap_mean_gaps: float | None = 3.0
     max_tokens: int = 4096
     chunk_tokens: int = 512
     batch_cap: int = 128
@@ -83,8 +91,35 @@ def splitwise_lengths(n: int, max_tokens: int, rng: np.random.Generator) -> tupl
 def stream(s: Scenario) -> list[tuple[float, int, int]]:
     rng = np.random.default_rng(s.seed)
     gaps = rng.exponential(1.0 / s.rate_per_s, size=s.requests)
+    if s.max_gap_mean_gaps is not None:
+        gaps = np.minimum(gaps, s.max_gap_mean_gaps / s.rate_per_s)
     isl, osl = splitwise_lengths(s.requests, s.max_tokens, rng)
     return list(zip(np.cumsum(gaps).tolist(), isl.tolist(), osl.tolist(), strict=True))
+
+
+def vidur_stream(trace_csv: Path, s: Scenario, seed: int = 42) -> list[tuple[float, int, int]]:
+    """Vidur's own request stream for this scenario, request for request, from its copy of the trace
+    (data/processed_traces/splitwise_conv.csv in a checkout of microsoft/vidur; nothing of it is kept
+    here). It repeats what Vidur's synthetic generator does at its default seed 42 (7d47513,
+    vidur/request_generator/): the trace's pairs over `max_tokens` shrunk in proportion (each part less
+    ⌈excess × its share⌉, at least 1), the rows shuffled as pandas' `sample(frac=1, random_state=42)`
+    shuffles them (numpy's legacy RandomState(42) permutation), the first `requests` taken, and gaps
+    −ln(1 − u) / rate capped at 3 mean gaps, u from Python's `random` seeded 42."""
+    with trace_csv.open(newline="") as f:
+        rows = [(int(float(r["num_prefill_tokens"])), int(float(r["num_decode_tokens"]))) for r in csv.DictReader(f)]
+    p, d = np.array([r[0] for r in rows], dtype=float), np.array([r[1] for r in rows], dtype=float)
+    total = p + d
+    excess = np.clip(total - s.max_tokens, 0, None)
+    p = np.clip(p - np.ceil(excess * (p / total)), 1, None).astype(int)
+    d = np.clip(d - np.ceil(excess * (d / total)), 1, None).astype(int)
+    order = np.random.RandomState(seed).permutation(len(rows))[: s.requests]
+    draws = random.Random(seed)
+    cap = (s.max_gap_mean_gaps or math.inf) / s.rate_per_s
+    out, t = [], 0.0
+    for i in order:
+        t += min(-math.log(1.0 - draws.random()) / s.rate_per_s, cap)
+        out.append((t, int(p[i]), int(d[i])))
+    return out
 
 
 def cost() -> LlmCost:
