@@ -1,9 +1,10 @@
 """Simulator throughput: simulated requests per wall-clock second for the voice agent at 1,000 requests/s
 over 10 simulated minutes, and the peak memory it takes; or Vidur's reference scenario (one CodeLlama-34B
-replica on A100 TP2, 10,000 requests) with the chunked scheduler and the previous one side by side.
+replica on A100 TP2, 10,000 requests) with the chunked scheduler and the previous one side by side, priced by
+Vidur's own A100 profile (the check: bench/vidur_cost.py) and by two earlier pinned cost sources.
 
     .venv/bin/python bench/bench_sim.py [--rate 1000] [--duration 600] [--seed 0] [--tracemalloc]
-    .venv/bin/python bench/bench_sim.py --scenario vidur [--requests 10000] [--seed 0]
+    .venv/bin/python bench/bench_sim.py --scenario vidur [--requests 10000] [--seed 0] [--vidur-trace CSV]
 
 The voice agent is planned at the benchmark's rate first (terrazzo.plan.planner.plan, a workload with
 rate_per_s = --rate), so the simulated fleet is the one the planner would buy for that load. Wall time
@@ -21,6 +22,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from terrazzo.sim.results import report_from
 from terrazzo.sim.sim_inputs import model_from_specs
@@ -39,23 +41,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def vidur(requests: int, seed: int) -> None:
-    """Vidur's scenario (bench/vidur_scenario.py) under each scheduler, on the same request stream."""
+def vidur(requests: int, seed: int, trace: Path | None = None) -> None:
+    """Vidur's scenario (bench/vidur_scenario.py) under each scheduler, on the same request stream: drawn
+    with the splitwise-conversation statistics, or with `trace` (Vidur's splitwise_conv.csv) Vidur's own."""
     import numpy as np
     import vidur_scenario as V
 
     from terrazzo.cost.llm import decode_step
 
     scenario = V.Scenario(requests=requests, seed=seed)
-    stream = V.stream(scenario)
+    stream = V.stream(scenario) if trace is None else V.vidur_stream(trace, scenario)
     isl, osl = np.array([r[1] for r in stream]), np.array([r[2] for r in stream])
+    print(("Vidur's own stream (seed 42) from " + str(trace) + "\n") if trace else "", end="")
     print(f"Vidur scenario: CodeLlama-34B fp16, A100-80GB TP2 × 1, {requests:,} requests, Poisson "
           f"{scenario.rate_per_s:g}/s, prompt median {np.median(isl):.0f} (mean {isl.mean():.0f}), output median "
-          f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens; cost: {V.PINNED}")
+          f"{np.median(osl):.0f} (mean {osl.mean():.0f}), ≤ {scenario.max_tokens} tokens")
     rows = []
     scheds = V.schedulers(scenario)
-    runs = [(name, sched, V.cost(), "") for name, sched in scheds.items()]
-    measured = V.measured_cost()
+    profiled, measured = V.profiled_cost(), V.measured_cost()
+    runs: list[tuple[str, Any, Any, str]] = [
+        (f"{name}, Vidur's profile", sched, profiled, f"cost: {profiled.source}") for name, sched in scheds.items()]
+    runs += [(f"{name}, pinned roofline", sched, V.cost(), f"cost: roofline, {V.PINNED}")
+             for name, sched in scheds.items()]
     runs.append(("chunked, measured kernels", scheds["chunked"], measured,
                  f"cost: {decode_step(measured.dep, 32, 1024).source}"))
     for name, sched, llm, note in runs:
@@ -72,7 +79,7 @@ def vidur(requests: int, seed: int) -> None:
             print(f"  {label:4} p50 {p50:.3f} s  p90 {p90:.3f} s  p99 {p99:.3f} s")
     print("\nagainst Vidur (TTFT p50 0.335 s, E2E p50 7.3 s):")
     for name, run, pct in rows:
-        print(f"  {name:26} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
+        print(f"  {name:40} TTFT p50 {pct['ttft_s'][0]:.3f} s ({pct['ttft_s'][0] / V.VIDUR['ttft_p50_s']:.2f}×)  "
               f"E2E p50 {pct['e2e_s'][0]:.2f} s ({pct['e2e_s'][0] / V.VIDUR['e2e_p50_s']:.2f}×)  "
               f"speed {requests / run.wall_s:,.0f} req/s "
               f"({requests / run.wall_s / V.VIDUR['requests_per_wall_s']:.0f}×)")
@@ -85,10 +92,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--requests", type=int, default=10_000, help="vidur: requests in the stream")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vidur-trace", type=Path, help="vidur: replay Vidur's own request stream from its "
+                        "data/processed_traces/splitwise_conv.csv (a checkout of microsoft/vidur)")
     parser.add_argument("--tracemalloc", action="store_true", help="also measure the Python heap's peak")
     args = parser.parse_args()
     if args.scenario == "vidur":
-        vidur(args.requests, args.seed)
+        vidur(args.requests, args.seed, args.vidur_trace)
         return
 
     cluster, catalog = load_cluster(CLUSTER)

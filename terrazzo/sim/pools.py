@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.sim.engine import Environment
-from terrazzo.sim.schedulers import Lane, Scheduler
-from terrazzo.sim.service_times import LlmCost
+from terrazzo.sim.schedulers import IterationCost, Lane, Scheduler
 
 Done = Callable[[Any, int], None]  # fn(arg, replica) when an item leaves its pool
 
@@ -173,7 +172,7 @@ class LlmPool:
     (schedulers.py); without one, today's policy: whole prompts first, whole context reserved.
     """
 
-    def __init__(self, env: Environment, name: str, mode: str, cost: LlmCost, replicas: int, pp: int,
+    def __init__(self, env: Environment, name: str, mode: str, cost: IterationCost, replicas: int, pp: int,
                  max_batch: int, token_budget: float, kv_tokens: float, sched: Scheduler | None = None) -> None:
         if mode not in ("prefill", "decode", "aggregated"):
             raise ValueError(f"unknown LLM pool mode {mode!r}")

@@ -9,7 +9,13 @@ Batching policy (`Scheduler.policy`):
   take one token each, then prompts already being prefilled take chunks of what is left (oldest first),
   then waiting prompts are admitted with chunks of the rest; decodes never stall behind a long prompt.
   Sarathi-Serve's stall-free batching (OSDI '24) and vLLM V1's scheduler, where chunked prefill is the
-  default (docs.vllm.ai/en/latest/configuration/optimization.html, "Chunked Prefill").
+  default (docs.vllm.ai/en/latest/configuration/optimization.html, "Chunked Prefill"). Checked against
+  Vidur's Sarathi replica scheduler (github.com/microsoft/vidur@7d47513, vidur/scheduler/replica_scheduler/
+  sarathi_replica_scheduler.py): the same order, decodes counted in the budget, chunks of what is left,
+  the cap on sequences holding KV, the prompt's last chunk giving the first token, preemption of the
+  latest by recompute. Vidur differs only when KV runs short: it takes a new prompt's whole blocks on
+  admission, keeps 1 % of the blocks back from admissions and wants a free block for every decode,
+  where vLLM V1, modelled here, allocates blocks as chunks and tokens need them.
 
 KV policy (`Scheduler.kv`):
 - `paged`: PagedAttention's block manager. Blocks of `block_size` tokens are allocated as a sequence's
@@ -35,9 +41,23 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Protocol
 
 from terrazzo.catalog.engines import Engine, EngineVersion
+
+
+class IterationCost(Protocol):
+    """What a lane asks of its replica's cost: the latency of the iteration it composed. `service_times.LlmCost`
+    (terrazzo's cost model) is one; bench/vidur_cost.py (Vidur's profiled A100 kernels) another."""
+
+    def decode_step_s(self, batch: int, context: float) -> float: ...
+
+    def prefill_s(self, tokens: float, sum_sq: float) -> float: ...
+
+    def mixed_step_s(self, batch: int, context: float, tokens: float, sum_sq: float) -> float: ...
+
+    def context_read_s(self, cached_tokens: float, pairs: float) -> float: ...
+
 
 PREFILL_FIRST, CHUNKED = "prefill-first", "chunked"
 PAGED, RESERVE = "paged", "reserve"
@@ -229,7 +249,7 @@ class Lane:
                  "max_seqs", "n", "occ_s", "occupied", "order", "paged", "preemptions", "prefilling", "running",
                  "sched", "span", "steps", "t0", "tiebreak", "timer", "tokens", "waiting")
 
-    def __init__(self, sched: Scheduler, cost: Any, kv_tokens: float) -> None:
+    def __init__(self, sched: Scheduler, cost: IterationCost, kv_tokens: float) -> None:
         self.sched, self.cost = sched, cost
         self.chunked, self.paged = sched.policy == CHUNKED, sched.kv == PAGED
         self.max_seqs, self.tokens = sched.max_num_seqs, sched.max_batched_tokens
