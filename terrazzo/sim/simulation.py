@@ -25,7 +25,7 @@ from typing import Any
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.kv_reuse_pricing import replica_kv_bytes
 from terrazzo.cost.kv_tiers import tier_link
-from terrazzo.cost.llm import kv_bytes_per_token
+from terrazzo.cost.llm import Deployment, kv_bytes_per_token
 from terrazzo.cost.network import scale_out_link
 from terrazzo.cost.reuse_calibration import read_term
 from terrazzo.errors import SimError, TerrazzoError
@@ -361,6 +361,7 @@ class Simulation:
         self.services: dict[tuple[str, str], OpService] = {}
         self.notes: list[str] = []
         self.pools: dict[str, Any] = {}
+        self.deployments: dict[str, Deployment] = {}  # each LLM pool's, for its KV residency
         self.pool_servers: dict[str, int] = {}
         self._build_pools()
         self.routes: dict[str, list[tuple[Op, float]]] = {
@@ -403,6 +404,7 @@ class Simulation:
                     if p.pool not in self.pools:
                         dep = deployment(cat, node.model, p.device, node.dtype, p.tp, p.pp, self.fabric)
                         cost = LlmCost(dep, read=read_term(cat, dep))  # the planner's reuse read term
+                        self.deployments[p.pool] = dep
                         mode = _llm_role(p)
                         isl = self._tokens(p.node, node)[0].expected
                         sched = p.scheduler
@@ -461,7 +463,7 @@ class Simulation:
             device = lane.blocks.capacity if hasattr(lane, "blocks") else int(min(pool.kv_tokens, 1 << 40) // bs)
             policy = stage.kv_policy
             dev = self.model.catalog.device(op.device)
-            dep = pool.cost.dep
+            dep = self.deployments[op.planned.pool]
             pkv = self.kv_pools[op.planned.pool] = PoolKv(
                 pool.lanes, bs, device, replica_kv_bytes(dep, 1.0),
                 host_blocks=int(HOST_PER_DEVICE_KV * device) if policy == "host" else 0,
