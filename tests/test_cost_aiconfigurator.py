@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import yaml
@@ -68,3 +69,16 @@ def test_a_chunk_behind_earlier_tokens_is_priced_by_its_gemms_and_its_causal_pai
     assert alone.latency_s < chunk.latency_s < whole.latency_s  # more attention than alone, fewer GEMMs than all
     same = prefill(dep, c, 1.0)  # type: ignore[arg-type]  # no prefix: the whole-prompt lookup
     assert same.latency_s == alone.latency_s
+
+
+def test_decode_attention_past_the_measured_grid_grows_with_the_kv_it_reads():
+    """AIConfigurator measured decode attention up to ≈ 256k–1M batch × context tokens; past that the
+    tables extend it in proportion to the KV read instead of holding the last measurement (which priced
+    batch 256 at 8k context as at 1k). Each doubling of context adds at least the measured step's
+    attention growth: never flat."""
+    dep = deployment(CAT, "llama-3-70b", "h100", "fp8", 2, 1)
+    steps = [decode_step(dep, 256, c) for c in (1024, 2048, 4096, 8192)]
+    assert all(s.source.startswith("measured:aiconfigurator/h100_sxm/") for s in steps)
+    growth = [b.latency_s - a.latency_s for a, b in itertools.pairwise(steps)]
+    assert all(g > 0 for g in growth)
+    assert growth[2] >= 1.5 * growth[1]  # the KV read doubles with each doubling of context

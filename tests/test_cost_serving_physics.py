@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 
 from terrazzo.catalog.catalog_loader import load_catalog
+from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.candidates import deployment
 from terrazzo.cost.llm import decode_step, decode_work, kv_bytes_per_token, max_memory_batch, memory_use
-from terrazzo.cost.serving_model import step_terms
+from terrazzo.cost.serving_model import expert_imbalance, group_key, step_terms
 
 CAT = load_catalog()
 
@@ -51,7 +52,7 @@ def test_attention_dp_replicates_dense_weights_and_trades_allreduces_for_expert_
     tp_dep = deployment(CAT, "qwen3-235b-a22b", "h200", "fp8", 8, 1)
     dp_dep = replace(tp_dep, attention_dp=True)
     m = tp_dep.model
-    experts = m.experts * 3 * m.hidden * m.expert_ffn * (m.layers - m.dense_layers)
+    experts = m.experts * 3 * m.hidden * (m.expert_ffn or m.ffn) * (m.layers - m.dense_layers)
     dense = m.total_params - experts
     assert memory_use(dp_dep, 1, 1024).weights == pytest.approx(dense + experts / 8)  # fp8: 1 byte each
     assert memory_use(tp_dep, 1, 1024).weights == pytest.approx(m.total_params / 8)
@@ -61,3 +62,27 @@ def test_attention_dp_replicates_dense_weights_and_trades_allreduces_for_expert_
     assert w_dp.sequences == 512 / 8  # one scheduler per rank
     dense_dp = replace(deployment(CAT, "llama-3-8b", "h100", "fp8", 2, 1), attention_dp=True)
     assert decode_work(dense_dp, 64, 2048).allreduces == 0  # a dense model under DP exchanges nothing
+
+
+def test_routing_skew_slows_the_expert_gemms_of_an_expert_parallel_step():
+    """The step waits for the busiest rank: expert-parallel GEMM FLOPs carry the measured skew (it grows with
+    the ranks the experts are spread over); dense GEMMs and the weight stream do not change."""
+    assert expert_imbalance(1) < expert_imbalance(2) < expert_imbalance(8) < expert_imbalance(16)
+    assert expert_imbalance(64) == expert_imbalance(16)  # no extrapolation past the measured range
+    tp_dep = deployment(CAT, "qwen3-235b-a22b", "h200", "fp8", 8, 1)
+    dp_dep = replace(tp_dep, attention_dp=True)
+    m = tp_dep.model
+    routed = 2 * 512 * m.active_experts * 3 * m.hidden * (m.expert_ffn or m.ffn) * (m.layers - m.dense_layers)
+    w_tp, w_dp = decode_work(tp_dep, 512, 2048), decode_work(dp_dep, 512, 2048)
+    plain = 2 * m.active_params * 512
+    assert w_tp.gemm_flops * 8 == pytest.approx(plain + routed * (expert_imbalance(1) - 1))
+    assert w_dp.gemm_flops * 8 == pytest.approx(plain + routed * (expert_imbalance(8) - 1))
+    dense = deployment(CAT, "llama-3-8b", "h100", "fp8", 1, 1)
+    assert decode_work(dense, 64, 2048).gemm_flops == pytest.approx(2 * dense.model.active_params * 64)
+
+
+def test_expert_parallel_moe_has_its_own_group():
+    nv = EngineVersion(Engine.TRTLLM, "1.0")
+    assert group_key("nvidia", nv, True, expert_parallel=True).endswith("/moe-ep")
+    assert group_key("nvidia", nv, True).endswith("/moe")
+    assert group_key("nvidia", nv, False, expert_parallel=True).endswith("/dense")

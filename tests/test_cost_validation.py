@@ -78,13 +78,26 @@ def test_shipped_fit_is_the_fit_of_the_data_and_stays_physical(cv):
 
 def test_cross_validated_error_is_bounded_against_the_measurements(cv):
     rows, _ = cv
-    assert crossval.mape(rows) <= 20.5  # today's level (19.3 %); the issue asks for 15 %
+    assert crossval.mape(rows) <= 19.5  # today's level (18.7 %); the issue asks for 15 %
     for vendor, members in crossval.by(rows, "vendor").items():
         assert crossval.mape(members) <= 26.5, vendor  # worst today: Intel 25.1 %; the issue asks for 20 %
-    assert abs(crossval.median_signed(rows)) <= 5.0  # the issue's ±5 % (today +3.0 %)
+    assert crossval.mape(crossval.by(rows, "vendor")["nvidia"]) <= 15.0  # today 14.1 %
+    assert abs(crossval.median_signed(rows)) <= 5.0  # the issue's ±5 % (today −1.3 %)
     # held-out errors are worse than in-sample ones, or the "cross-validation" leaked
     in_sample = 100 * np.mean([abs(r.fitted / r.point.measured.value - 1) for r in rows])
     assert in_sample < crossval.mape(rows)
+
+
+def test_held_out_moe_points_rest_on_the_measured_expert_kernels(cv):
+    """The vLLM CI Mixtral points (experts tensor parallel, batch 8) have no other MoE document on vLLM:
+    held out, the MoE prior measured from AIConfigurator's expert-kernel tables prices them; with the old
+    judgement (weights streamed at 0.6 of the dense rate) they came out +43 % and +59 % too slow."""
+    rows, _ = cv
+    mixtral = [r for r in rows if r.point.model == "mixtral-8x7b"]
+    assert len(mixtral) == 2
+    assert all(abs(r.error) <= 0.2 for r in mixtral), [(r.point.id, round(r.error, 3)) for r in mixtral]
+    qwen = [r for r in rows if r.point.model == "qwen3-235b-a22b"]
+    assert crossval.mape(qwen) <= 30.0  # today 20.5 % (26.2 % with the judgement prior)
 
 
 def test_every_comparable_group_is_reported_with_its_cheapest_device(cv):

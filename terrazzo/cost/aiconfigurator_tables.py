@@ -69,6 +69,16 @@ def _loglin(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.interp(math.log(x), np.log(xs[order]), ys[order]))
 
 
+def _loglin_or_proportional(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """As `_loglin`, but past the largest measured x the latency grows in proportion to x: decode attention
+    streams the KV cache, whose bytes are ∝ batch × context, so a longer context or a larger batch than
+    measured costs its share more (clamping priced a batch of 256 at 4k tokens as at 1k)."""
+    top = float(np.max(xs))
+    if x <= top:
+        return _loglin(x, xs, ys)
+    return float(ys[int(np.argmax(xs))]) * x / top
+
+
 def _curves(frame: Any, keys: list[str], x: str) -> dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]]:
     """{key values: (x values, latency ms)} for every combination of `keys` in the table."""
     return {k if isinstance(k, tuple) else (k,): (g[x].to_numpy(dtype=float), g.latency.to_numpy(dtype=float))
@@ -119,13 +129,15 @@ class Kernels:
     def _attention(curves: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]], batch: int, length: int,
                    heads: int, kv_heads: int, scale_by_kv: bool) -> float:
         """Interpolated over batch and length; a head count the table lacks is scaled from the nearest
-        measured one (decode attention reads KV: ∝ kv heads; prefill attention computes: ∝ heads)."""
+        measured one (decode attention reads KV: ∝ kv heads; prefill attention computes: ∝ heads). Decode
+        attention past the measured batch or context grows in proportion (`_loglin_or_proportional`)."""
         pairs = {(h, kv) for h, kv, _ in curves}
         h, kv = min(pairs, key=lambda p: abs(math.log(p[0] / heads)) + abs(math.log(p[1] / kv_heads)))
         scale = (kv_heads / kv) if scale_by_kv else (heads / h)
         bs = np.array(sorted(b for hh, kk, b in curves if (hh, kk) == (h, kv)), dtype=float)
-        per_b = np.array([_loglin(length, *curves[(h, kv, int(b))]) for b in bs])
-        return _loglin(batch, bs, per_b) * 1e-3 * scale
+        along = _loglin_or_proportional if scale_by_kv else _loglin
+        per_b = np.array([along(length, *curves[(h, kv, int(b))]) for b in bs])
+        return along(batch, bs, per_b) * 1e-3 * scale
 
     def generation_s(self, batch: int, context: int, heads: int, kv_heads: int) -> float:
         return self._attention(self.gen, batch, context, heads, kv_heads, scale_by_kv=True)

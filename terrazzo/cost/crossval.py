@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 
 from terrazzo.catalog.catalog_loader import Catalog, load_catalog
 from terrazzo.cost.fitting import Fit, fit, predict_with, vendor_entry
-from terrazzo.cost.serving_model import FIT_FILE, PARAM_NAMES, PHASES, _fit
+from terrazzo.cost.serving_model import ARCHITECTURES, FIT_FILE, PARAM_NAMES, PHASES, _fit
 from terrazzo.cost.tco import device_usd_per_hour
 from terrazzo.cost.validation import Measurement, PointWork, load_measurements, point_work, predict
 
@@ -175,8 +175,8 @@ def write_fit(full: Fit, rows: Sequence[Row], path: Path = FIT_FILE) -> None:
         p = full.params(g)
         groups[g] = {k: round(float(getattr(p, k)), 9) for k in PARAM_NAMES}
     for vendor in sorted(full.vendors):
-        for moe in (False, True):
-            entry = vendor_entry(full, vendor, moe)
+        for arch in ARCHITECTURES:
+            entry = vendor_entry(full, vendor, arch)
             key = str(entry.pop("key"))
             groups[key] = {k: round(float(v), 9) for k, v in entry.items()}
     docs = sorted({r.point.doc for r in rows})

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.optimize import least_squares
 
-from terrazzo.cost.serving_model import ServingParams, priors, step_terms, vendor_key
+from terrazzo.cost.serving_model import ServingParams, priors, step_terms
 from terrazzo.cost.validation import PointWork
 
 VENDOR_PARAMS = ("compute", "attention", "weights", "kv_ratio", "step_overhead_s", "sequence_overhead_s", "tp_loss",
@@ -39,24 +39,24 @@ class Fit:
 
     def params(self, group: str) -> ServingParams:
         """A group's efficiencies; an unseen group gets its vendor's (MoE with the architecture prior)."""
-        vendor, moe = group.split("/")[0], group.endswith("/moe")
+        vendor, arch = group.split("/")[0], group.rsplit("/", 1)[1]
         v = self.vendors[vendor]
-        g = self.groups.get(group) or _vendor_as_group(v, moe)
+        g = self.groups.get(group) or _vendor_as_group(v, arch)
         net = float(priors()["vendors"][vendor]["network"]["value"])
         return ServingParams(group, g["compute"], v["attention"], g["weights"], g["weights"] * g["kv_ratio"],
                              g["step_overhead_s"],
                              g["tp_loss"], v["allreduce_alpha_s"], net, g["sequence_overhead_s"])
 
 
-def _arch_mult(moe: bool) -> dict[str, float]:
-    if not moe:
+def _arch_mult(arch: str) -> dict[str, float]:
+    entry = priors()["architecture_prior"].get(arch)
+    if entry is None:
         return {}
-    entry = priors()["architecture_prior"]["moe"]
     return {k: float(v) for k, v in entry.items() if k != "source"}
 
 
-def _vendor_as_group(v: dict[str, float], moe: bool) -> dict[str, float]:
-    mult = _arch_mult(moe)
+def _vendor_as_group(v: dict[str, float], arch: str) -> dict[str, float]:
+    mult = _arch_mult(arch)
     return {k: v[k] * mult.get(k, 1.0) if k not in LINEAR else v[k] for k in GROUP_PARAMS}
 
 
@@ -104,7 +104,7 @@ class _Problem:
             vendor = owner[2:].split("/")[0]
             prior = float(priors()["vendors"][vendor][p]["value"])
             if owner.startswith("g:"):
-                prior *= _arch_mult(owner.endswith("/moe")).get(p, 1.0) if p not in LINEAR else 1.0
+                prior *= _arch_mult(owner.rsplit("/", 1)[1]).get(p, 1.0) if p not in LINEAR else 1.0
             lo, hi = _bounds(p)
             x[i] = min(max(_enc(p, prior), lo + 1e-9), hi - 1e-9)
         return x
@@ -130,7 +130,7 @@ class _Problem:
                 rows.append((self.index[(f"v:{v}", p)], -1, _enc(p, float(priors()["vendors"][v][p]["value"])),
                              SIGMA.get(p, sig)))
         for g in self.groups:
-            gv, mult = g.split("/")[0], _arch_mult(g.endswith("/moe"))
+            gv, mult = g.split("/")[0], _arch_mult(g.rsplit("/", 1)[1])
             for p in GROUP_PARAMS:
                 offset = 0.0 if p in LINEAR else float(np.log(mult.get(p, 1.0)))
                 rows.append((self.index[(f"g:{g}", p)], self.index[(f"v:{gv}", p)], offset,
@@ -190,10 +190,10 @@ def predict_with(fitted: Fit, works: Sequence[PointWork]) -> np.ndarray:
     return prob.predict(x)
 
 
-def vendor_entry(fitted: Fit, vendor: str, moe: bool) -> dict[str, float | str]:
+def vendor_entry(fitted: Fit, vendor: str, arch: str) -> dict[str, float | str]:
     """The vendor-level parameters as a serving_fit.yaml group (the fallback for an unseen stack)."""
-    g = _vendor_as_group(fitted.vendors[vendor], moe)
+    g = _vendor_as_group(fitted.vendors[vendor], arch)
     g["kv"] = g["weights"] * g.pop("kv_ratio")
     return {**g, "attention": fitted.vendors[vendor]["attention"],
             "allreduce_alpha_s": fitted.vendors[vendor]["allreduce_alpha_s"],
-            "network": float(priors()["vendors"][vendor]["network"]["value"]), "key": vendor_key(vendor, moe)}
+            "network": float(priors()["vendors"][vendor]["network"]["value"]), "key": f"{vendor}/*/*/{arch}"}

@@ -18,7 +18,7 @@ from terrazzo.cost.aiconfigurator import measured_step
 from terrazzo.cost.calibration import LlmCalibration
 from terrazzo.cost.network import Link, allreduce_s, group_link
 from terrazzo.cost.roofline import Estimate, Work, roofline
-from terrazzo.cost.serving_model import Peaks, ServingParams, StepWork, step_estimate
+from terrazzo.cost.serving_model import Peaks, ServingParams, StepWork, expert_imbalance, step_estimate
 from terrazzo.errors import CostError
 from terrazzo.spec.cluster import Fabric
 
@@ -126,6 +126,18 @@ def weight_bytes_read(model: ModelSpec, tokens: float, bpe: float) -> float:
     return (always + touched * _expert_params_per_layer(model) * _moe_layers(model)) * bpe
 
 
+def _gemm_flops(dep: Deployment, tokens: float) -> float:
+    """GEMM FLOPs of one device in a step over `tokens`: 2 per active parameter and token, with the routed
+    experts' share scaled by the routing imbalance: the step waits for the busiest expert (and, expert
+    parallel, the busiest rank), which gets more than the mean share of the tokens."""
+    m = dep.model
+    flops = 2 * m.active_params * tokens
+    if m.is_moe:
+        routed = 2 * tokens * m.active_experts * _expert_params_per_layer(m) * _moe_layers(m)
+        flops += routed * (expert_imbalance(dep.tp if dep.attention_dp else 1) - 1)
+    return flops / dep.devices
+
+
 def attention_flops(model: ModelSpec, new_tokens: float, context: float) -> float:
     """Score and value products for `new_tokens` attending to `context` earlier tokens (2 FLOPs/MAC)."""
     per_token_dim = (
@@ -212,7 +224,7 @@ def prefill_work(dep: Deployment, isl: int, batch: int = 1) -> StepWork:
     """One device of one pipeline stage prefilling `batch` prompts of `isl` tokens (KV written once)."""
     m, tokens, n = dep.model, isl * batch, dep.devices
     kv = tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
-    return StepWork(2 * m.active_params * tokens / n, attention_flops(m, tokens, isl / 2) / n,
+    return StepWork(_gemm_flops(dep, tokens), attention_flops(m, tokens, isl / 2) / n,
                     _weights_per_device(dep, tokens), kv / n, *_collectives(dep, tokens), dep.tp,
                     _host_sequences(dep, batch))
 
@@ -227,7 +239,7 @@ def decode_work(dep: Deployment, batch: int, context: float) -> StepWork:
     """One device of one pipeline stage in a decode step of `batch` sequences at mean `context`."""
     m, n = dep.model, dep.devices
     kv = batch * context * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
-    return StepWork(2 * m.active_params * batch / n, attention_flops(m, batch, context) / n,
+    return StepWork(_gemm_flops(dep, batch), attention_flops(m, batch, context) / n,
                     _weights_per_device(dep, batch), kv / n, *_collectives(dep, batch), dep.tp,
                     _host_sequences(dep, batch))
 

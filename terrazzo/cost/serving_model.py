@@ -129,6 +129,16 @@ def priors() -> dict[str, Any]:
     return data
 
 
+@lru_cache(maxsize=64)
+def expert_imbalance(ep: int) -> float:
+    """Busiest-expert FLOPs over the mean under skewed routing, for experts spread over `ep` ranks
+    (1: one device holds them all), interpolated in log2(ep) in `priors().expert_imbalance` (measured)."""
+    table = priors()["expert_imbalance"]["by_ep"]
+    eps = sorted(int(k) for k in table)
+    x = math.log2(min(max(ep, eps[0]), eps[-1]))
+    return float(np.interp(x, [math.log2(e) for e in eps], [float(table[e]) for e in eps]))
+
+
 def version_range(engine: Engine, version: str) -> str:
     """The range of `priors().version_ranges` a version falls in (an unknown or unparsable one: the oldest)."""
     ranges: list[str] = priors()["version_ranges"].get(engine.value, [">=0"])
@@ -148,12 +158,22 @@ def engine_max_batch(engine: Engine) -> int:
     return int(priors()["engine_max_batch"][engine.value]["value"])
 
 
-def group_key(vendor: str, engine: EngineVersion, moe: bool) -> str:
-    return f"{vendor}/{engine.engine.value}/{version_range(engine.engine, engine.version)}/{'moe' if moe else 'dense'}"
+ARCHITECTURES = ("dense", "moe", "moe-ep")
 
 
-def vendor_key(vendor: str, moe: bool) -> str:
-    return f"{vendor}/*/*/{'moe' if moe else 'dense'}"
+def architecture(moe: bool, expert_parallel: bool = False) -> str:
+    """dense; moe (experts sharded tensor parallel); moe-ep (experts spread over the ranks, expert
+    parallel: other kernel shapes and routing skew between ranks, so its own efficiencies)."""
+    return ("moe-ep" if expert_parallel else "moe") if moe else "dense"
+
+
+def group_key(vendor: str, engine: EngineVersion, moe: bool, expert_parallel: bool = False) -> str:
+    return (f"{vendor}/{engine.engine.value}/{version_range(engine.engine, engine.version)}/"
+            f"{architecture(moe, expert_parallel)}")
+
+
+def vendor_key(vendor: str, moe: bool, expert_parallel: bool = False) -> str:
+    return f"{vendor}/*/*/{architecture(moe, expert_parallel)}"
 
 
 @lru_cache(maxsize=4)
@@ -178,12 +198,13 @@ def _spreads(vendor: str, engine: Engine) -> dict[str, tuple[float, float]]:
     return out
 
 
-def serving_params(vendor: str, engine: EngineVersion, moe: bool) -> ServingParams | None:
+def serving_params(vendor: str, engine: EngineVersion, moe: bool,
+                   expert_parallel: bool = False) -> ServingParams | None:
     """Fitted efficiencies for the group, else the vendor's (fallback named in the group); None when the
     vendor has no fit (CPUs, unknown vendors: the plain roofline answers)."""
     groups = _fit()["groups"]
-    key = group_key(vendor, engine, moe)
-    used = key if key in groups else vendor_key(vendor, moe)
+    key = group_key(vendor, engine, moe, expert_parallel)
+    used = key if key in groups else vendor_key(vendor, moe, expert_parallel)
     entry = groups.get(used)
     if entry is None:
         return None

@@ -31,7 +31,7 @@ from terrazzo.cost.llm import (
     prefill,
     prefill_work,
 )
-from terrazzo.cost.serving_model import Peaks, ServingParams, StepWork, engine_max_batch, group_key
+from terrazzo.cost.serving_model import Peaks, ServingParams, StepWork, engine_max_batch, group_key, serving_params
 
 MEASUREMENTS = DATA_DIR / "measurements.yaml"
 Metric = Literal["aggregated_tokens_per_s", "request_latency_s", "prefill_s"]
@@ -128,8 +128,9 @@ def _deployment(m: Measurement, catalog: Catalog, serving: ServingParams | None 
     if m.devices % (m.tp * m.pp):
         raise ValueError(f"{m.id}: {m.devices} devices is not a whole number of tp*pp={m.tp * m.pp} replicas")
     dep = deployment(catalog, m.model, m.device, m.dtype, m.tp, m.pp, engine=m.engine_version_id)
-    if m.attention_dp:
-        dep = replace(dep, attention_dp=True)
+    if m.attention_dp:  # expert parallel: the moe-ep group's efficiencies
+        dep = replace(dep, attention_dp=True,
+                      serving=serving_params(m.vendor, m.engine_version_id, dep.model.is_moe, expert_parallel=True))
     if not measured_kernels:
         dep = replace(dep, kernels=None)  # the fitted model alone: what cross-validation measures
     return replace(dep, serving=serving) if serving is not None else dep
@@ -162,7 +163,7 @@ def point_work(m: Measurement, catalog: Catalog) -> PointWork:
     n_pre = _prefill_batch(m, batch)
     chunk = m.isl * batch if m.metric == "prefill_s" else 0
     fits = memory_use(dep, batch, m.isl + m.osl, prefill_tokens=chunk).fits
-    return PointWork(m, group_key(m.vendor, m.engine_version_id, dep.model.is_moe), batch, n_pre,
+    return PointWork(m, group_key(m.vendor, m.engine_version_id, dep.model.is_moe, dep.attention_dp), batch, n_pre,
                      decode_work(dep, batch, mean_decode_context(m.isl, m.osl)), prefill_work(dep, m.isl, n_pre),
                      dep.peaks, fits)
 
