@@ -23,8 +23,8 @@ from terrazzo.sim.simulation import SimConfig, Simulation
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
-from terrazzo.verify.feedback import check_window
-from terrazzo.verify.queue_replay import effective_clump, replayed_ttft_s, replicas_needed
+from terrazzo.verify.feedback import _shape, check_window
+from terrazzo.verify.queue_replay import PoolShape, effective_clump, replayed_ttft_s, replicas_needed
 from terrazzo.verify.replan import verified_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -118,3 +118,28 @@ def test_the_replicas_a_replay_needs_are_the_fewest_that_meet_the_limit():
 
 def _with_clump(graph, name, clump):
     return replace(graph, ops=tuple(replace(o, arrival_clump=clump) if o.name == name else o for o in graph.ops))
+
+
+def test_the_search_from_a_guess_finds_the_same_fewest_replicas():
+    """replicas_needed from any starting guess (above or below the answer) gives the answer without one."""
+    _, sim, config = _checked()
+    st = max(sim.llm_stages, key=lambda s: float(np.percentile(np.frombuffer(s.calls["ttft_s"]), 99)))
+    pool = (st.agg or st.pre).pool
+    shape = PoolShape.of(pool)
+    base = replicas_needed(pool, 0.5, 99, config.warmup, 64, shape)
+    assert base is not None and base > 1  # the chain's worst first-token pool needs more than one replica
+    for guess in (1, base - 1, base, base + 1, 3 * base):
+        assert replicas_needed(pool, 0.5, 99, config.warmup, 64, shape, guess) == base
+
+
+def test_a_candidate_rebuilt_from_the_plan_replays_as_its_own_pool():
+    """feedback._shape builds a candidate's pool as the simulator does: for the candidate the plan chose it
+    gives the same TTFTs as the pool itself (so the replays of other candidates use the same construction)."""
+    graph, sim, _ = _checked()
+    for st in sim.llm_stages:
+        op = st.agg or st.pre
+        o = graph.op(op.name)
+        cand = next(c for c in o.candidates if pool_key(o, c).name == op.planned.pool)
+        own = replayed_ttft_s(op.pool, op.pool.replicas)
+        rebuilt = replayed_ttft_s(op.pool, op.pool.replicas, _shape(sim, st, op.pool, cand))
+        np.testing.assert_array_equal(own, rebuilt)

@@ -39,6 +39,7 @@ from terrazzo.spec.agent import (
 )
 
 REL_TOL = 1e-9
+PREFILL_MEMO = 1 << 16  # prefill latencies kept per deployment
 
 
 def _close(a: float, b: float) -> bool:
@@ -53,6 +54,7 @@ class LlmCost:
         self.dep = dep
         self._steps: dict[int, tuple[float, float, float, float, float] | None] = {}
         self._prefill = self._fit_prefill()
+        self._prefills: dict[tuple[float, float], float] = {}  # the cost model's answers where no fit holds
         self.read = read if read is not None else fit_read_term(dep, reuse_points or {})
 
     # reading KV already in cache --------------------------------------------------------------
@@ -97,8 +99,15 @@ class LlmCost:
 
     def prefill_s(self, tokens: float, sum_sq: float) -> float:
         """Latency of one prefill iteration over prompts with `tokens` tokens in all and Σisl² = `sum_sq`."""
-        if self._prefill is None:
-            return self._exact_prefill(tokens, sum_sq).latency_s
+        if self._prefill is None:  # memoised: a run's batches repeat few (tokens, Σisl²) pairs, and the cost
+            #                          model was 13 % of a 1,000-op check (a pure function: the same numbers)
+            key = (tokens, sum_sq)
+            got = self._prefills.get(key)
+            if got is None:
+                if len(self._prefills) >= PREFILL_MEMO:  # sampled prompt lengths: keep the memo bounded
+                    self._prefills.clear()
+                got = self._prefills[key] = self._exact_prefill(tokens, sum_sq).latency_s
+            return got
         ct, cs, m0, mt, r0, rt = self._prefill
         a, b = ct * tokens + cs * sum_sq, m0 + mt * tokens
         return (a if a > b else b) + r0 + rt * tokens

@@ -11,17 +11,20 @@ from typing import Any
 import numpy as np
 
 from terrazzo.catalog.catalog_loader import Catalog
-from terrazzo.plan.fleet_model import pool_key
-from terrazzo.plan.planning_graph import PlanningGraph
+from terrazzo.cost.candidates import deployment
+from terrazzo.cost.reuse_calibration import read_term
+from terrazzo.plan.fleet_model import first_token_attainable, pool_key
+from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph, PlanOp
 from terrazzo.sim.pools import LlmPool
 from terrazzo.sim.results import report_from
+from terrazzo.sim.service_times import LlmCost
 from terrazzo.sim.sim_inputs import model_from_specs
-from terrazzo.sim.simulation import SimConfig, Simulation
+from terrazzo.sim.simulation import LlmStage, SimConfig, Simulation
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
 from terrazzo.spec.sla import Sla
 from terrazzo.spec.workload import Workload
-from terrazzo.verify.queue_replay import effective_clump, replicas_needed
+from terrazzo.verify.queue_replay import PoolShape, effective_clump, modelled_replicas, replicas_needed
 
 REQUESTS = 4000  # per check: the p99 from ~40 requests above it
 VISIT_BUDGET = 200_000  # op visits per check: agents of up to 50 op visits a request get all REQUESTS
@@ -31,6 +34,7 @@ HOLDS = 10  # the window spans at least this many of the plan's longest op laten
 DRAIN_LATENCIES = 4  # the run drains for this many planned end-to-end latencies, so measured requests finish
 MAX_DURATION_S = 1800.0
 REPLAY_MAX_FACTOR = 32  # a pool over its TTFT limit is replayed at up to this many times its replicas
+ALTERNATIVES = 2  # other candidates of a node over its TTFT limit replayed on the same arrivals
 
 
 def check_window(plan_json: dict[str, Any], rate_per_s: float) -> tuple[float, float]:
@@ -132,9 +136,47 @@ def _arrival_clumps(sim: Simulation, graph: PlanningGraph, warm_from_s: float) -
         if cand is None:
             continue
         need = replicas_needed(op.pool, limit, graph.percentile, warm_from_s, REPLAY_MAX_FACTOR * op.pool.replicas)
-        if need is not None and need > op.pool.replicas:
-            out[o.node] = effective_clump(graph, op.name, cand, op.planned.share, need)
+        if need is None or need <= op.pool.replicas:
+            continue
+        share = op.planned.share
+        clump = effective_clump(graph, op.name, cand, share, need)
+        for alt in _alternatives(graph, o, cand, share, clump):  # what the re-plan would take instead
+            shape = _shape(sim, st, op.pool, alt)
+            guess = modelled_replicas(graph, op.name, alt, share, clump)
+            alt_need = replicas_needed(op.pool, limit, graph.percentile, warm_from_s,
+                                       REPLAY_MAX_FACTOR * max(guess, 1), shape, guess)
+            if alt_need is not None:
+                clump = max(clump, effective_clump(graph, op.name, alt, share, alt_need))
+        out[o.node] = clump
     return out
+
+
+def _alternatives(graph: PlanningGraph, o: PlanOp, cand: OpCandidate, share: float,
+                  clump: float) -> list[OpCandidate]:
+    """The ALTERNATIVES cheapest other candidates of `o` at the clump its own pool's replay asked for:
+    the ones the re-plan would move to. Only those the replay can build from the same pool (same engine,
+    no prefix reuse), which the queue model would otherwise size from a clump calibrated on another pool:
+    the re-plan then picks exactly the candidates for which the model reads low."""
+    def replayable(c: OpCandidate) -> bool:
+        return (c is not cand and c.feasible and c.device in graph.cluster_devices and c.first_token_s is not None
+                and c.engine == cand.engine and c.engine_version == cand.engine_version
+                and (c.kv is None or c.kv.policy == "recompute") and first_token_attainable(graph, o.name, c))
+
+    priced = sorted((c.usd_h * modelled_replicas(graph, o.name, c, share, clump), i)
+                    for i, c in enumerate(o.candidates) if replayable(c))
+    return [o.candidates[i] for _, i in priced[:ALTERNATIVES]]
+
+
+def _shape(sim: Simulation, st: LlmStage, pool: LlmPool, c: OpCandidate) -> PoolShape:
+    """Candidate `c` as a pool of the simulator (simulation._build_pools' construction, same scheduler but
+    for its batch)."""
+    spec = st.spec
+    dep = deployment(sim.model.catalog, spec.model, c.device, spec.dtype, c.tp, c.pp, sim.fabric)
+    cost = LlmCost(dep, read=read_term(sim.model.catalog, dep))
+    sched = replace(pool.sched, max_num_seqs=max(1, c.batch))
+    budget = c.batch * st.isl_mean if pool.mode == "prefill" else sched.max_batched_tokens
+    return PoolShape(f"{pool.name}→{c.label}", pool.mode, cost, c.pp, c.batch, budget,
+                     cost.kv_capacity_tokens(c.batch), sched)
 
 
 def _arrival_scvs(sim: Simulation) -> dict[str, float]:

@@ -17,6 +17,7 @@ are sized for the same arrivals.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,16 +26,42 @@ from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph
 from terrazzo.plan.queueing import servers_for
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import LlmPool, Seq
+from terrazzo.sim.schedulers import Scheduler
+from terrazzo.sim.service_times import LlmCost
 
 MAX_CLUMP = 1e4  # the largest arrival clump a re-plan assigns
 
 
-def replayed_ttft_s(pool: LlmPool, replicas: int) -> np.ndarray:
+@dataclass(frozen=True)
+class PoolShape:
+    """What an LLM pool is, but for its replica count: a pool of the plan, or a candidate the plan could
+    take instead, replayed on the same arrivals."""
+
+    name: str
+    mode: str
+    cost: LlmCost
+    pp: int
+    max_batch: int
+    token_budget: float
+    kv_tokens: float
+    sched: Scheduler
+
+    @classmethod
+    def of(cls, pool: LlmPool) -> PoolShape:
+        return cls(pool.name, pool.mode, pool.cost, pool.pp, pool.max_batch, pool.token_budget, pool.kv_tokens,
+                   pool.sched)
+
+    def build(self, env: Environment, replicas: int) -> LlmPool:
+        return LlmPool(env, self.name, self.mode, self.cost, replicas, self.pp, self.max_batch, self.token_budget,
+                       self.kv_tokens, self.sched)
+
+
+def replayed_ttft_s(pool: LlmPool, replicas: int, shape: PoolShape | None = None) -> np.ndarray:
     """Each recorded arrival's time to first token (submit to first token) on `replicas` replicas of
-    `pool`, in arrival order, on a fresh clock: the same lanes, scheduler and cost as in the run."""
+    `pool` (or of `shape`, on `pool`'s arrivals), in arrival order, on a fresh clock: the same lanes,
+    scheduler and cost as in the run."""
     env = Environment()
-    twin = LlmPool(env, pool.name, pool.mode, pool.cost, replicas, pool.pp, pool.max_batch, pool.token_budget,
-                   pool.kv_tokens, pool.sched)
+    twin = (shape or PoolShape.of(pool)).build(env, replicas)
     a = pool.arrivals
     if a is None:
         raise ValueError(f"pool {pool.name} did not record its arrivals (SimConfig.record_arrivals)")
@@ -63,9 +90,10 @@ def _tail_s(ttft: np.ndarray, percentile: float, warm_from_s: float, submit_s: n
 
 
 def replicas_needed(pool: LlmPool, limit_s: float, percentile: float, warm_from_s: float,
-                    at_most: int) -> int | None:
-    """Fewest replicas (at least the pool's own) whose replayed percentile TTFT is within `limit_s`, over
-    arrivals from `warm_from_s` on; None when even `at_most` miss it."""
+                    at_most: int, shape: PoolShape | None = None, start: int | None = None) -> int | None:
+    """Fewest replicas (at least the pool's own; with `shape`, at least one) whose replayed percentile TTFT
+    is within `limit_s`, over arrivals from `warm_from_s` on; None when even `at_most` miss it. `start`: a
+    guess to search from (the answer is the same; only the number of replays changes)."""
     if pool.arrivals is None or pool.mode not in ("prefill", "aggregated") or pool.arrivals.routed:
         return None
     submit = np.asarray(pool.arrivals.submit_s)
@@ -73,17 +101,42 @@ def replicas_needed(pool: LlmPool, limit_s: float, percentile: float, warm_from_
         return None
 
     def ok(r: int) -> bool:
-        return _tail_s(replayed_ttft_s(pool, r), percentile, warm_from_s, submit) <= limit_s
+        return _tail_s(replayed_ttft_s(pool, r, shape), percentile, warm_from_s, submit) <= limit_s
 
-    lo = hi = pool.replicas
-    while not ok(hi):
+    least = pool.replicas if shape is None else 1
+    hi = max(least, start or least)
+    if ok(hi):  # a passing guess: probe 1, 2, 4 … below it until one misses, then bisect
+        lo, step = least, 1
+        while hi - step >= least:
+            if not ok(hi - step):
+                lo = hi - step + 1
+                break
+            hi -= step
+            step *= 2
+    else:  # grow geometrically, then bisect: the tail falls monotonically in the replicas
         lo, hi = hi + 1, hi * 2
-        if hi > at_most:
-            return None
+        while not ok(hi):
+            lo, hi = hi + 1, hi * 2
+            if hi > at_most:
+                return None
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
     return hi
+
+
+def modelled_replicas(graph: PlanningGraph, op: str, c: OpCandidate, share: float, clump: float) -> int:
+    """Replicas the planner's queue model (fleet_model.dedicated_replicas) gives `c` for `share` of `op`
+    with arrivals in clumps of `clump`."""
+    o = graph.op(op)
+    floor = throughput_replicas(load_of(graph, op, c, share), graph.utilisation_cap)
+    if o.first_token_limit_s is None or not math.isfinite(c.slot_s):
+        return floor
+    lanes, each_s = clump_service(o, c)
+    n = servers_for(graph.rate_per_s * o.visits * share, c.slot_s, first_token_service_s(o, c), o.arrival_scv,
+                    o.work_scv if o.hold_scv is None else o.hold_scv, graph.percentile,
+                    o.first_token_limit_s * (1 + TOLERANCE), floor, c.slots, clump, lanes, each_s)
+    return 1_000_000_000 if n is None else n
 
 
 def effective_clump(graph: PlanningGraph, op: str, c: OpCandidate, share: float, replicas: int) -> float:

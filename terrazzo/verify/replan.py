@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import numpy as np
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.errors import PlanInfeasible
 from terrazzo.plan.from_ir import Arrival, build
-from terrazzo.plan.planner import Plan, plan_graph
+from terrazzo.plan.milp import Solution
+from terrazzo.plan.planner import Plan, plan_graph, solved_plan, with_baselines_of
 from terrazzo.plan.planning_graph import PlanningGraph
 from terrazzo.spec.agent import Agent
 from terrazzo.spec.cluster import Cluster
@@ -77,11 +77,22 @@ def verified_plan(agent: Agent, workload: Workload, sla: Sla, cluster: Cluster, 
     prefix as recomputed (the same code path, for the comparison in plan/kv_comparison.py)."""
     arrival = measured_arrival(workload, workload_path)
     graph = build(agent, workload, sla, cluster, catalog, arrival, kv_reuse=kv_reuse)
-    solve = partial(plan_graph, name=agent.name, explain=explain, time_limit_s=time_limit_s)
     if not verify or not graph.rate_per_s or sla.mode != "interactive":
-        return _with_arrival(solve(graph), arrival)
+        return _with_arrival(plan_graph(graph, agent.name, explain, time_limit_s), arrival)
     trace = _trace(workload, workload_path) if workload.arrival.process == "trace" else None
-    return _with_arrival(refine(graph, solve, agent, workload, sla, cluster, catalog, trace=trace), arrival)
+    solved: dict[int, tuple[PlanningGraph, Solution]] = {}  # id(round's plan) → what it was solved from
+
+    def solve(g: PlanningGraph) -> Plan:  # a round's plan: its baselines wait until the loop keeps one
+        plan, sol = solved_plan(g, agent.name, explain, time_limit_s)
+        solved[id(plan)] = (g, sol)
+        return plan
+
+    def finish(plan: Plan, solved_as: Plan) -> Plan:
+        g, sol = solved[id(solved_as)]
+        return replace(plan, baselines=with_baselines_of(solved_as, g, sol).baselines)
+
+    return _with_arrival(refine(graph, solve, agent, workload, sla, cluster, catalog, trace=trace, finish=finish),
+                         arrival)
 
 
 def _with_arrival(plan: Plan, arrival: Arrival) -> Plan:
@@ -157,9 +168,13 @@ def apply_targets(base: PlanningGraph, sla: Sla, t: Targets) -> PlanningGraph:
 
 
 def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: Agent, workload: Workload,
-           sla: Sla, cluster: Cluster, catalog: Catalog, seed: int = 0, trace: Any = None) -> Plan:
+           sla: Sla, cluster: Cluster, catalog: Catalog, seed: int = 0, trace: Any = None,
+           finish: Callable[[Plan, Plan], Plan] | None = None) -> Plan:
     """`solve(graph)` → Plan; returns the cheapest plan that passed its simulation (or, when none did,
-    the last one) with every round in `verification`."""
+    the last one) with every round in `verification`. `finish(kept, as_solved)` completes the kept plan
+    (`as_solved`: the object `solve` returned for it), once, after the loop."""
+    done = finish or (lambda kept, _solved: kept)
+    raw: dict[int, Plan] = {}  # id(plan a round kept) → what `solve` returned for it
     deadline_s = graph.deadline_s
     rounds: list[dict[str, Any]] = []
     seen: dict[str, tuple[Plan, Feedback]] = {}
@@ -167,7 +182,9 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
 
     def attempt(t: Targets) -> tuple[Plan, Feedback] | None:
         try:
-            plan = replace(solve(apply_targets(graph, sla, t)), deadline_s=deadline_s)
+            solved = solve(apply_targets(graph, sla, t))
+            plan = replace(solved, deadline_s=deadline_s)
+            raw[id(plan)] = solved
         except PlanInfeasible as exc:
             rounds.append({"round": len(rounds) + 1, "tco_usd_h": math.nan, "meets_sla": False,
                            "percentile": graph.percentile, "e2e_at_sla_s": math.nan, "ttft_at_sla_s": {},
@@ -210,7 +227,7 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
         else:
             failing = nxt
     if passing is None:
-        return replace(last, verification=tuple(rounds))
+        return replace(done(last, raw[id(last)]), verification=tuple(rounds))
     # bisect between the last failing targets and the passing ones, keeping the cheapest pass
     ok_t, best = passing
     bad_t = failing if failing is not ok_t else None
@@ -234,7 +251,7 @@ def refine(graph: PlanningGraph, solve: Callable[[PlanningGraph], Plan], agent: 
                        "percentile": graph.percentile, "e2e_at_sla_s": seen[_fleet_key(best)][1].e2e_at_sla_s,
                        "ttft_at_sla_s": {}, "breaks": [], "final": True,
                        "actions": [f"kept the cheapest passing plan (${best.usd_h:.2f}/h)"]})
-    return replace(best, verification=tuple(rounds))
+    return replace(done(best, raw[id(best)]), verification=tuple(rounds))
 
 
 def tighten(t: Targets, fb: Feedback, graph: PlanningGraph, plan: Plan) -> tuple[Targets | None, list[str]]:
