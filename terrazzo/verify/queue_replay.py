@@ -26,8 +26,7 @@ from terrazzo.plan.planning_graph import OpCandidate, PlanningGraph
 from terrazzo.plan.queueing import servers_for
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import LlmPool, Seq
-from terrazzo.sim.schedulers import Scheduler
-from terrazzo.sim.service_times import LlmCost
+from terrazzo.sim.schedulers import IterationCost, Scheduler
 
 MAX_CLUMP = 1e4  # the largest arrival clump a re-plan assigns
 
@@ -39,7 +38,7 @@ class PoolShape:
 
     name: str
     mode: str
-    cost: LlmCost
+    cost: IterationCost
     pp: int
     max_batch: int
     token_budget: float
