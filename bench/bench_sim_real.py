@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--isl-scale", type=float, default=0.25)
     ap.add_argument("--osl-scale", type=float, default=0.125)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--omp-threads", type=int, default=None, help="the server's CPU threads (default: vLLM's, every "
+                    "core; 1 leaves a core to the engine core, the API server and this client)")
     ap.add_argument("--vllm-python", default=None)
     ap.add_argument("--out", type=Path, default=Path("sim-real-out"))
     args = ap.parse_args()
@@ -234,10 +236,11 @@ def main() -> None:
         st = load_profile(args.profile).engine_settings or {}
         settings = VllmSettings(max_num_seqs=int(st.get("max_num_seqs", args.max_num_seqs)),
                                 max_num_batched_tokens=int(st.get("max_batched_tokens", 2048)),
-                                block_size=int(st.get("block_size", 128)))
+                                block_size=int(st.get("block_size", 128)),
+                                omp_threads=int(st["omp_threads"]) if "omp_threads" in st else args.omp_threads)
         checkpoint = Path(load_profile(args.profile).llm.checkpoint)  # type: ignore[union-attr]
     else:
-        settings = VllmSettings(max_num_seqs=args.max_num_seqs)
+        settings = VllmSettings(max_num_seqs=args.max_num_seqs, omp_threads=args.omp_threads)
         checkpoint = args.model or Path(make_tiny_checkpoint(args.out / "tiny", hidden=256, layers=4, heads=8,
                                                              kv_heads=4))
     rng = np.random.default_rng(args.seed)
