@@ -11,10 +11,9 @@ from terrazzo.cost.kv_reuse_pricing import (
     kv_capacity_bytes,
     prefix_kv_bytes,
     reuse_prefill,
-    reuse_prefill_model,
 )
 from terrazzo.cost.kv_tiers import TIERS, read_back_s, tier_link
-from terrazzo.cost.llm import max_memory_batch, prefill, prefill_roofline
+from terrazzo.cost.llm import max_memory_batch, prefill
 from terrazzo.errors import CostError
 
 CAT = load_catalog()
@@ -33,8 +32,21 @@ def test_reuse_prefill_is_cheaper_than_cold_and_equal_with_nothing_cached(device
     assert prefill(dep, new).latency_s < reused
     assert reuse_prefill(dep, 2798, 0).latency_s == cold
     assert reuse_prefill(dep, 300, 0, batch=4).latency_s == prefill(dep, 300, 4).latency_s
-    # the shape model is continuous at zero: no step between "nothing cached" and "one token cached"
-    assert reuse_prefill_model(dep, 2798, 0).latency_s == pytest.approx(prefill_roofline(dep, 2798).latency_s)
+    # continuous at zero: one token cached costs what computing it would, within that token's share
+    assert reuse_prefill(dep, 2797, 1).latency_s == pytest.approx(cold, rel=2e-3)
+
+
+@pytest.mark.parametrize(("model", "device", "dtype", "tp"),
+                         [("mixtral-8x7b", "h100-sxm", "bf16", 2), ("qwen3-30b-a3b", "h200-sxm", "fp8", 1),
+                          ("llama-3-70b", "mi300x", "fp8", 8), ("deepseek-v3", "h200-sxm", "fp8", 8)])
+def test_reuse_prefill_prices_the_same_work_as_a_cold_prefill(model: str, device: str, dtype: str, tp: int) -> None:
+    """MoE routing skew, expert weights touched and the collectives are the cold prefill's: a call with
+    one token cached is priced as that call cold, and caching more of a fixed input only saves."""
+    dep = deployment(CAT, model, device, dtype, tp, 1)
+    cold = prefill(dep, 2048).latency_s
+    assert reuse_prefill(dep, 2047, 1).latency_s == pytest.approx(cold, rel=2e-3)
+    times = [reuse_prefill(dep, 2048 - c, c).latency_s for c in (0, 512, 1024, 1536, 2000)]
+    assert times == sorted(times, reverse=True) and times[-1] < 0.5 * cold
 
 
 def test_more_of_a_fixed_input_cached_is_faster() -> None:

@@ -1,9 +1,9 @@
 """What reusing a resident prefix saves and what keeping it costs, on one replica (cost/llm.py's model).
 
-- `reuse_prefill`: the prefill of a call with `cached_tokens` already in KV: the GEMMs run on its new tokens
-  only, attention reads the whole context (cached + new), the cached KV is read and only the new KV written.
-  The calibrated or fitted cold prefill of the full input sets the level, the roofline of the two work
-  shapes their ratio, so at cached_tokens = 0 it is exactly `llm.prefill`.
+- `reuse_prefill`: the prefill of a call with `cached_tokens` already in KV (`llm.prefill_work` with a
+  cached prefix: GEMMs on the new tokens only, attention over the whole context). The calibrated, measured
+  or fitted cold prefill of the full input sets the level and the model of the two work shapes their
+  ratio, so at cached_tokens = 0 it is exactly `llm.prefill` and it never exceeds it.
 - `prefix_kv_bytes`: a prefix's KV cache (the per-token bytes of cost/llm.py).
 - `holding`: a prefix held `hold_s` between calls takes that many bytes from the replica's KV capacity for
   that long; by Little's law `rate × hold_s` prefixes sit there at once, which is decode batch the replica
@@ -18,22 +18,15 @@ from dataclasses import dataclass
 
 from terrazzo.catalog.catalog_schema import ModelSpec
 from terrazzo.cost.llm import (
-    ACTIVATION_BYTES,
     Deployment,
-    _fitted,
     _kv_shard,
-    _pp_comm_s,
-    _tp_comm_s,
-    attention_flops,
     kv_bytes_per_token,
     max_memory_batch,
     memory_use,
     prefill,
     prefill_roofline,
-    weight_bytes_read,
 )
-from terrazzo.cost.roofline import Estimate, Work, roofline
-from terrazzo.cost.serving_model import StepWork
+from terrazzo.cost.roofline import Estimate
 from terrazzo.errors import CostError
 
 
@@ -50,30 +43,6 @@ def replica_kv_bytes(dep: Deployment, tokens: float) -> float:
     return prefix_kv_bytes(dep.model, dep.kv_dtype or dep.dtype, tokens) * _kv_shard(dep) * dep.tp
 
 
-def reuse_prefill_work(dep: Deployment, new_tokens: int, cached_tokens: int, batch: int = 1) -> StepWork:
-    """One device of one stage prefilling `batch` calls of `new_tokens` behind `cached_tokens` resident:
-    prefill_work's terms with the GEMMs on the new tokens and attention over the full context."""
-    m, n = dep.model, dep.devices
-    new = new_tokens * batch
-    kv_per_token = kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
-    kv = (new + cached_tokens * batch) * kv_per_token  # write the new tokens' KV, read the cached
-    return StepWork(2 * m.active_params * new / n, attention_flops(m, new, cached_tokens + new_tokens / 2) / n,
-                    weight_bytes_read(m, new, dep.bytes_per_weight) / n, kv / n,
-                    2 * m.layers / dep.pp if dep.tp > 1 else 0.0, new * m.hidden * ACTIVATION_BYTES, dep.tp, batch)
-
-
-def reuse_prefill_model(dep: Deployment, new_tokens: int, cached_tokens: int, batch: int = 1) -> Estimate:
-    """The fitted serving model (or the roofline) of a reuse prefill, shaped as `llm.prefill_roofline`."""
-    if dep.serving is not None:
-        return _fitted(dep, reuse_prefill_work(dep, new_tokens, cached_tokens, batch), new_tokens * batch, "prefill")
-    w = reuse_prefill_work(dep, new_tokens, cached_tokens, batch)
-    per_device = Work(flops=w.gemm_flops + w.attention_flops, mem_bytes=w.weight_bytes + w.kv_bytes)
-    tokens = new_tokens * batch
-    comm = _tp_comm_s(dep, tokens) + _pp_comm_s(dep, tokens)
-    stage = roofline(per_device, dep.peak_flops, dep.mem_bw_bytes_s, dep.prefill_eff)
-    return Estimate(stage.compute_s * dep.pp, stage.memory_s * dep.pp, comm, stage.static_s * dep.pp, stage.source)
-
-
 def reuse_prefill(dep: Deployment, new_tokens: int, cached_tokens: int, batch: int = 1) -> Estimate:
     """Time to first token of `batch` calls whose first `cached_tokens` are resident and `new_tokens` are
     computed. Equals `llm.prefill(dep, new + cached)` when nothing is cached."""
@@ -83,7 +52,7 @@ def reuse_prefill(dep: Deployment, new_tokens: int, cached_tokens: int, batch: i
     cold = prefill(dep, new_tokens + cached_tokens, batch)
     if cached_tokens == 0:
         return cold
-    ratio = (reuse_prefill_model(dep, new_tokens, cached_tokens, batch).latency_s
+    ratio = (prefill_roofline(dep, new_tokens, batch, cached_tokens).latency_s
              / prefill_roofline(dep, new_tokens + cached_tokens, batch).latency_s)
     return cold.scaled(min(ratio, 1.0))  # reading a prefix is never slower than computing it
 

@@ -220,11 +220,13 @@ def prefill(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
     return cal.prefill(est, batch, isl, lambda c: prefill_roofline(dep, int(c[1]), int(c[0])))
 
 
-def prefill_work(dep: Deployment, isl: int, batch: int = 1) -> StepWork:
-    """One device of one pipeline stage prefilling `batch` prompts of `isl` tokens (KV written once)."""
+def prefill_work(dep: Deployment, isl: int, batch: int = 1, cached_tokens: int = 0) -> StepWork:
+    """One device of one pipeline stage prefilling `batch` prompts of `isl` new tokens, each behind
+    `cached_tokens` already in KV (a resident prefix): the GEMMs run on the new tokens, attention reads the
+    whole context, the new tokens' KV is written once and the cached KV read."""
     m, tokens, n = dep.model, isl * batch, dep.devices
-    kv = tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
-    return StepWork(_gemm_flops(dep, tokens), attention_flops(m, tokens, isl / 2) / n,
+    kv = (tokens + cached_tokens * batch) * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp
+    return StepWork(_gemm_flops(dep, tokens), attention_flops(m, tokens, cached_tokens + isl / 2) / n,
                     _weights_per_device(dep, tokens), kv / n, *_collectives(dep, tokens), dep.tp,
                     _host_sequences(dep, batch))
 
@@ -252,14 +254,16 @@ def _fitted(dep: Deployment, work: StepWork, tokens: float, phase: str) -> Estim
                     stage.static_s * dep.pp, stage.source, stage.spread)
 
 
-def prefill_roofline(dep: Deployment, isl: int, batch: int = 1) -> Estimate:
+def prefill_roofline(dep: Deployment, isl: int, batch: int = 1, cached_tokens: int = 0) -> Estimate:
+    """The model's prefill (fitted, else the plain roofline), before any measurement replaces it; with
+    `cached_tokens` resident ahead of each prompt's `isl` new ones (prefill_work's terms)."""
     if dep.serving is not None:
-        return _fitted(dep, prefill_work(dep, isl, batch), isl * batch, "prefill")
+        return _fitted(dep, prefill_work(dep, isl, batch, cached_tokens), isl * batch, "prefill")
     m, tokens = dep.model, isl * batch
     work = Work(
-        flops=2 * m.active_params * tokens + attention_flops(m, tokens, isl / 2),
+        flops=2 * m.active_params * tokens + attention_flops(m, tokens, cached_tokens + isl / 2),
         mem_bytes=_weights_per_device(dep, tokens) * dep.devices
-        + tokens * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp,
+        + (tokens + cached_tokens * batch) * kv_bytes_per_token(m, dep.kv_dtype or dep.dtype) * _kv_shard(dep) * dep.tp,
     )
     per_device = Work(work.flops / dep.devices, work.mem_bytes / dep.devices)
     comm = _tp_comm_s(dep, tokens) + _pp_comm_s(dep, tokens)
