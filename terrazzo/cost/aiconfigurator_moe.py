@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from terrazzo.catalog.catalog_loader import load_catalog
-from terrazzo.cost.aiconfigurator_tables import _table
+from terrazzo.cost.aiconfigurator_tables import read_table
 
 DEVICES = {"a100_sxm": "a100-80gb-sxm", "h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm"}
 GEMM_VERSION = {("a100_sxm", "vllm"): "0.14.0", ("h100_sxm", "vllm"): "0.24.0", ("h200_sxm", "vllm"): "0.24.0",
@@ -51,7 +51,7 @@ def _peaks(system: str, dtype: str) -> tuple[float, float]:
 def _moe_rows(system: str, backend: str, shape: tuple[Any, ...], distribution: str) -> Any:
     _, _, h, f, e, k, tp, ep, dtype = shape
     version = MOE_VERSION[backend].get(system, GEMM_VERSION[(system, backend)])
-    d = _table(system, "moe", backend, version, "moe_perf")
+    d = read_table(system, "moe", backend, version, "moe_perf")
     sel = d[(d.hidden_size == h) & (d.inter_size == f) & (d.num_experts == e) & (d.topk == k)
             & (d.moe_tp_size == tp) & (d.moe_ep_size == ep) & (d.moe_dtype == dtype)
             & (d.distribution == distribution) & d.kernel_source.isin(KERNEL[backend])]
@@ -77,7 +77,7 @@ def moe_fractions(system: str, backend: str, shape: tuple[Any, ...]) -> tuple[fl
 
 def dense_fractions(system: str, backend: str, dtype: str) -> tuple[float, float]:
     """(compute fraction of dense GEMMs at m >= 1024 in `dtype`, bf16 weight-stream fraction at m <= 64)."""
-    d = _table(system, "gemm", backend, GEMM_VERSION[(system, backend)], "gemm_perf")
+    d = read_table(system, "gemm", backend, GEMM_VERSION[(system, backend)], "gemm_perf")
     out = []
     for gemm_dtype, big in ((dtype, True), ("bfloat16", False)):
         peak, bw = _peaks(system, "fp8" if gemm_dtype == "fp8" else "bf16")

@@ -52,7 +52,8 @@ def _data_dir() -> Path:
     return Path(aiconfigurator_core.__file__).parent / "systems" / "data"
 
 
-def _table(system: str, op: str, backend: str, version: str, name: str) -> Any:
+def read_table(system: str, op: str, backend: str, version: str, name: str) -> Any:
+    """One of aiconfigurator-core's shipped kernel tables, as a DataFrame (its own parquet files)."""
     import pandas as pd
 
     return pd.read_parquet(_data_dir() / system / op / backend / version / f"{name}.parquet")
@@ -91,16 +92,16 @@ class Kernels:
     def __init__(self, system: str, backend: str, version: str, comm_version: str | None = None,
                  precision: str = "fp8") -> None:
         self.gemm_dtype, kv_dtype, _ = PRECISIONS[precision]
-        gemm = _table(system, "gemm", backend, version, "gemm_perf")
+        gemm = read_table(system, "gemm", backend, version, "gemm_perf")
         self.gemm = _curves(gemm[gemm.gemm_dtype.isin([self.gemm_dtype, "bfloat16"])], ["gemm_dtype", "n", "k"], "m")
-        gen = _table(system, "attention", backend, version, "generation_attention_perf")
+        gen = read_table(system, "attention", backend, version, "generation_attention_perf")
         gen = gen[(_window(gen) == 0) & (gen.kv_cache_dtype == kv_dtype) & (gen.head_dim == 128)]
         self.gen = _curves(gen, ["num_heads", "num_key_value_heads", "batch_size"], "step")
-        ctx = _table(system, "attention", backend, version, "context_attention_perf")
+        ctx = read_table(system, "attention", backend, version, "context_attention_perf")
         ctx = ctx[(_window(ctx) == 0) & (ctx.kv_cache_dtype == kv_dtype) & (ctx.head_dim == 128)
                   & (ctx.attn_dtype == "bfloat16")]
         self.ctx = _curves(ctx, ["num_heads", "num_key_value_heads", "batch_size"], "isl")
-        self.ar = _curves(_table(system, "comm", backend, comm_version or version, "custom_allreduce_perf"),
+        self.ar = _curves(read_table(system, "comm", backend, comm_version or version, "custom_allreduce_perf"),
                           ["num_gpus"], "message_size")
 
     def gemm_s(self, m: int, n: int, k: int, dtype: str | None = None) -> float:
