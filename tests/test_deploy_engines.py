@@ -84,3 +84,26 @@ def test_ray_gives_llm_node_types_the_vllm_image(tmp_path: Path, monkeypatch) ->
     assert cfg["available_node_types"]["tz-b200"]["docker"] == {"worker_image": "vllm/vllm-openai:v0.32.0"}
     runtime = RunConfig.model_validate(yaml.safe_load((tmp_path / "terrazzo-runtime.yaml").read_text()))
     assert runtime.engine == "vllm" and runtime.vllm.attach == {} and runtime.vllm.python == "python3"
+
+
+def test_each_vllm_server_says_which_engine_its_pool_was_priced_on(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    written = deploy(AGG, "kuberay", tmp_path)
+    pools = {p["name"]: p for p in _llm_pools(AGG)}
+    sts = [d for d in _docs(tmp_path / "kuberay.yaml") if d["kind"] == "StatefulSet"]
+    notes = [d["metadata"]["annotations"] for d in sts]
+    priced = {a["terrazzo.io/pool"]: a["terrazzo.io/priced-engine"] for a in notes}
+    assert priced == {n: f"{p['engine']} {p['engine_version']}".strip() for n, p in pools.items()}
+    foreign = [n for n, p in pools.items() if p["engine"] not in ("vllm", "builtin")]
+    assert foreign  # the example prices NVIDIA pools on TensorRT-LLM: the files start vLLM and say so
+    for n in foreign:
+        assert any(f"pool {n} was priced on {pools[n]['engine']}" in t for t in written.todo), n
+
+
+def test_long_pool_names_keep_distinct_dns_labels() -> None:
+    from terrazzo.deploy.kuberay import DNS_LABEL, dns_label
+
+    a = dns_label("terrazzo-voice-agent-think.decode@b200-tp2-pp1-trtllm-1.0-b108-kv-retain-host")
+    b = dns_label("terrazzo-voice-agent-think.decode@b200-tp2-pp1-trtllm-1.0-b108-kv-retain-disk")
+    assert a != b and all(len(x) <= 63 and DNS_LABEL.match(x) for x in (a, b))
+    assert dns_label("Think.Decode@B200") == "think-decode-b200" and dns_label("@@") == "terrazzo"

@@ -120,3 +120,27 @@ def test_a_pd_split_on_vllm_gets_producer_and_consumer_roles(tmp_path: Path) -> 
                                                                 ["shared_storage_path"]).is_dir()
     builtin = RunConfig(state_dir=str(tmp_path), engine="builtin", models={"llama-3-8b": {"checkpoint": ckpt}})
     assert engine_ops(setup, plan.pools(1, 2), builtin) == ({}, [])
+
+
+def test_a_pool_priced_for_an_engine_this_runtime_cannot_start_runs_builtin_and_says_so(tmp_path: Path) -> None:
+    from terrazzo.models.tiny import make_tiny_checkpoint
+    from terrazzo.runtime.engines.launch import engine_ops, pool_engine
+    from terrazzo.runtime.program_setup import ProgramSetup
+    from terrazzo.spec.spec_loader import agent_from_text
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny")
+    doc = {"schema": "terrazzo.placement/v1", "placements": {
+        "think.aggregated": {"pool": "b200-trt", "device": "cpu", "engine": "trtllm"}}}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    agent = agent_from_text("name: one\nnodes:\n  - {id: think, kind: llm, model: llama-3-8b, input_tokens: 8, "
+                            "output_tokens: 8}\n")
+    plan = load_plan(tmp_path / "p.json")
+    pools = plan.pools(1, 2)
+    config = RunConfig(state_dir=str(tmp_path), models={"llama-3-8b": {"checkpoint": ckpt}})
+    assert pools["b200-trt"].engine == "trtllm" and pool_engine(pools["b200-trt"], config) == "builtin"
+    setup = ProgramSetup(plan, config, [])
+    setup.build(agent.graph)
+    served, notes = engine_ops(setup, pools, config)
+    assert served == {} and len(notes) == 1 and "priced for trtllm" in notes[0] and "built-in" in notes[0]
+    chosen = RunConfig(state_dir=str(tmp_path), engine="builtin", models={"llama-3-8b": {"checkpoint": ckpt}})
+    assert engine_ops(setup, pools, chosen) == ({}, [])  # the run config chose the engine: nothing to say

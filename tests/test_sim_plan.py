@@ -128,6 +128,32 @@ def test_different_seeds_agree_within_the_stated_interval(voice):
     assert a.e2e_mean_ci95_s < 0.1 * a.e2e.mean_s
 
 
+def test_each_llm_pool_records_the_engine_it_was_priced_on_and_simulates_under_it(voice_plan, voice):
+    """The cost model prices an LLM candidate on its vendor's engine (serving_priors.yaml default_engine):
+    the pool says so, its name keeps two engines' pools apart, and the simulator runs its scheduler."""
+    from terrazzo.catalog.catalog_loader import load_catalog
+    from terrazzo.cost.serving_model import default_engine
+    from terrazzo.sim.schedulers import CHUNKED, INFLIGHT, PREFILL_FIRST
+
+    cat = load_catalog()
+    llm = {p["name"]: p for p in voice_plan["pools"] if p["role"] != "shared"}
+    assert llm
+    for p in llm.values():
+        expected = default_engine(cat.device(p["device"]).vendor)
+        assert expected is not None and (p["engine"], p["engine_version"]) == (expected.engine.value,
+                                                                                 expected.version), p["name"]
+        assert f"-{p['engine']}-{p['engine_version']}" in p["name"]
+    assert all(p["engine"] == "builtin" for p in voice_plan["pools"] if p["role"] == "shared")
+    pool_of = {o["name"]: o["pool"] for o in voice_plan["ops"]}
+    policy = {"trtllm": INFLIGHT, "vllm": CHUNKED, "gaudi": PREFILL_FIRST}  # gaudi: no documented default here
+    simulated = [o for o in voice.ops.values() if o.kind.startswith("llm.")]
+    assert simulated
+    for op in simulated:
+        pool = llm[pool_of[op.name]]
+        assert str(op.scheduler.engine) == f"{pool['engine']}-{pool['engine_version']}", op.name
+        assert op.scheduler.policy == policy[pool["engine"]], op.name
+
+
 def test_visits_through_the_pools_match_the_plan(voice):
     sim = Simulation(voice, SimConfig(duration_s=600, seed=3)).run()
     expected = voice.agent.graph.visits()

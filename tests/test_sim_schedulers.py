@@ -18,11 +18,20 @@ from terrazzo.errors import SimError
 from terrazzo.sim.engine import Environment
 from terrazzo.sim.pools import LlmPool, Seq
 from terrazzo.sim.sampling import stream
-from terrazzo.sim.schedulers import CHUNKED, PAGED, PREFILL_FIRST, RESERVE, BlockManager, Lane, Scheduler
+from terrazzo.sim.schedulers import (
+    CHUNKED,
+    INFLIGHT,
+    PAGED,
+    PREFILL_FIRST,
+    RESERVE,
+    BlockManager,
+    Lane,
+    Scheduler,
+)
 from terrazzo.sim.service_times import LlmCost
 from terrazzo.sim.sim_inputs import scheduler_of
 
-ALL = [(p, k) for p in (PREFILL_FIRST, CHUNKED) for k in (RESERVE, PAGED)]
+ALL = [(p, k) for p in (PREFILL_FIRST, CHUNKED, INFLIGHT) for k in (RESERVE, PAGED)]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +116,43 @@ def test_prefill_first_stalls_decodes_for_a_whole_prompt(cost):
     assert (0, 2000) in rec.iterations  # the whole prompt in one prefill-only iteration
 
 
-@pytest.mark.parametrize("policy", [PREFILL_FIRST, CHUNKED])
+@pytest.mark.parametrize("kv", [RESERVE, PAGED])
+def test_inflight_batching_runs_a_whole_prompt_beside_the_decodes(cost, kv):
+    sched = Scheduler(policy=INFLIGHT, kv=kv, max_num_seqs=8, max_batched_tokens=8192)
+    env = Environment()
+    rec = Recorder(cost)
+    pool = _pool(env, rec, sched)
+    a = Seq(256, 400, lambda s, lane: None, None, 0.0)
+    pool.submit(a)
+    b = Seq(2000, 4, lambda s, lane: None, None, 0.0)
+    env.at(0.05, lambda _: pool.submit(b))
+    env.run()
+    assert (1, 2000) in rec.iterations and (0, 2000) not in rec.iterations  # one pass, a's decode in it
+    assert b.t_first - b.t_admit == pytest.approx(cost.mixed_step_s(1, 256, 2000, 2000**2), rel=0.05)
+
+
+def test_inflight_holds_a_prompt_the_decodes_leave_no_room_for(cost):
+    """Budget 1,024: with 8 decodes running a 1,020-token prompt waits until at most 4 are left."""
+    sched = Scheduler(policy=INFLIGHT, kv=RESERVE, max_num_seqs=16, max_batched_tokens=1024)
+    env = Environment()
+    rec = Recorder(cost)
+    pool = _pool(env, rec, sched)
+    for i in range(8):
+        pool.submit(Seq(64, 20 + 10 * i, lambda s, lane: None, None, 0.0))
+    late = Seq(1020, 4, lambda s, lane: None, None, 0.0)
+    env.at(0.02, lambda _: pool.submit(late))
+    env.run()
+    assert all(n + t <= 1024 for n, t in rec.iterations)
+    (alongside,) = [n for n, t in rec.iterations if t == 1020]
+    assert alongside == 4  # it ran as soon as the decodes left it room, and none of them stalled for it
+
+
+def test_tensorrt_llm_pools_default_to_inflight_batching():
+    s = scheduler_of({"name": "op", "engine": "trtllm", "engine_version": "1.0"}, None, 64)
+    assert (s.policy, s.kv, s.max_num_seqs) == (INFLIGHT, RESERVE, 64)
+
+
+@pytest.mark.parametrize("policy", [PREFILL_FIRST, CHUNKED, INFLIGHT])
 def test_iterations_respect_the_budget_and_the_sequence_cap(cost, policy):
     sched = Scheduler(policy=policy, kv=PAGED, max_num_seqs=6, max_batched_tokens=1024)
     env = Environment()
@@ -121,13 +166,13 @@ def test_iterations_respect_the_budget_and_the_sequence_cap(cost, policy):
         env.at(i * 0.01 + 0.005, lambda _: peak.append(pool.lanes[0].n + len(pool.lanes[0].prefilling)))
     env.run()
     assert max(peak) <= 6 and all(n <= 6 for n, _ in rec.iterations)
-    if policy == CHUNKED:
+    if policy in (CHUNKED, INFLIGHT):  # decodes count in the budget (every prompt here is under it)
         assert all(n + t <= 1024 for n, t in rec.iterations)
     else:  # whole prompts; a batch of several stays within the budget
         assert all(t <= 1024 for n, t in rec.iterations if n == 0)
 
 
-@pytest.mark.parametrize("policy", [PREFILL_FIRST, CHUNKED])
+@pytest.mark.parametrize("policy", [PREFILL_FIRST, CHUNKED, INFLIGHT])
 def test_too_few_kv_blocks_preempt_recompute_and_finish_every_request(cost, policy):
     sched = Scheduler(policy=policy, kv=PAGED, max_num_seqs=8, max_batched_tokens=512, block_size=16, kv_blocks=48)
     env = Environment()

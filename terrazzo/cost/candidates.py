@@ -11,7 +11,7 @@ from typing import Literal
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.catalog.catalog_schema import TcoProfile
-from terrazzo.catalog.engines import EngineVersion
+from terrazzo.catalog.engines import Engine, EngineVersion
 from terrazzo.cost.aiconfigurator import table_for
 from terrazzo.cost.calibration import llm_calibration
 from terrazzo.cost.llm import (
@@ -60,6 +60,8 @@ class Candidate:
     feasible: bool
     reason: str = ""
     source: str = ANALYTIC  # analytic, fitted:<profile> or profile:<profile>#<points> (cost/calibration.py)
+    engine: str = Engine.BUILTIN.value  # the serving engine the estimate is for (the plan's pool runs it)
+    engine_version: str = ""
 
     @property
     def devices(self) -> int:
@@ -128,7 +130,8 @@ def _sourced(dep: Deployment, c: Candidate, isl: int, osl: float) -> Candidate:
         step = decode_step(dep, c.batch, mean_decode_context(isl, osl)).source
         together = max(1, min(c.batch, PREFILL_TOKEN_BUDGET // max(isl, 1)))
         source = step if c.phase == "decode" else join_sources(prefill(dep, isl, together).source, step)
-    return replace(c, source=source)
+    engine = dep.engine or EngineVersion(Engine.BUILTIN)  # no fitted engine: a roofline of terrazzo's own
+    return replace(c, source=source, engine=engine.engine.value, engine_version=engine.version)
 
 
 def _rejected(phase: Phase, device: str, dtype: str, tp: int, pp: int, reason: str) -> Candidate:

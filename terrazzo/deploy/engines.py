@@ -15,6 +15,7 @@ from typing import Any
 
 from terrazzo.catalog.catalog_loader import Catalog
 from terrazzo.deploy.fleet import DeviceGroup, Fleet
+from terrazzo.deploy.kuberay import dns_label
 from terrazzo.runtime.engines.vllm_server import VllmServerSpec
 
 VLLM_IMAGE = "vllm/vllm-openai"
@@ -36,6 +37,7 @@ class EngineServer:
     served_name: str             # the catalog model name the agent uses
     replicas: int
     spec: VllmServerSpec
+    priced_engine: str = "vllm"  # the engine (and version) the plan priced the pool on
 
     @property
     def devices(self) -> int:
@@ -72,6 +74,8 @@ def engine_servers(fleet: Fleet, catalog: Catalog) -> list[EngineServer]:
     """The LLM pools of the plan, each with its server spec; other pools stay on Ray workers."""
     ops = fleet.plan_json.get("ops") or [{"name": k, **v} for k, v in (fleet.plan_json.get("placements") or {}).items()]
     models = _node_models(fleet)
+    priced = {str(p.get("name")): " ".join(str(p.get(k) or "") for k in ("engine", "engine_version")).strip()
+              for p in fleet.plan_json.get("pools") or [] if isinstance(p, dict)}
     out: dict[str, EngineServer] = {}
     for o in ops:
         name = str(o.get("name", ""))
@@ -89,15 +93,16 @@ def engine_servers(fleet: Fleet, catalog: Catalog) -> list[EngineServer]:
                               pipeline_parallel=int(o.get("pp", 1)), max_num_seqs=max(1, int(o.get("batch", 1))),
                               max_model_len=8192, kv_transfer_config=dict(NIXL) if role != "aggregated" else None)
         pool = str(o.get("pool"))
-        out[pool] = EngineServer(pool, group, role, spec.model, spec.served_name, int(o.get("replicas", 1)), spec)
+        out[pool] = EngineServer(pool, group, role, spec.model, spec.served_name, int(o.get("replicas", 1)), spec,
+                                 priced.get(pool) or "vllm")
     return list(out.values())
 
 
 def statefulset(e: EngineServer, name: str, namespace: str, labels: dict[str, str], fill_in: str
                 ) -> list[dict[str, Any]]:
     """A headless Service and a StatefulSet of `replicas` vLLM servers (stable names: <sts>-<i>.<svc>)."""
-    sts = _dns(f"{name}-{e.pool}")
-    sel = {**labels, "terrazzo.io/pool": _dns(e.pool)}
+    sts = dns_label(f"{name}-{e.pool}")
+    sel = {**labels, "terrazzo.io/pool": dns_label(e.pool)}
     env: list[dict[str, Any]] = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
         "name": "hf-token", "key": "token", "optional": True}}}, {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
     ports = [{"containerPort": VLLM_PORT, "name": "http"}]
@@ -129,7 +134,7 @@ def statefulset(e: EngineServer, name: str, namespace: str, labels: dict[str, st
         pod["nodeSelector"] = {e.group.node_label: fill_in}
     meta = {"name": sts, "namespace": namespace, "labels": sel,
             "annotations": {"terrazzo.io/pool": e.pool, "terrazzo.io/role": e.role,
-                            "terrazzo.io/engine": f"vllm-{VLLM_VERSION}"}}
+                            "terrazzo.io/engine": f"vllm-{VLLM_VERSION}", "terrazzo.io/priced-engine": e.priced_engine}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {**meta, "annotations": {}},
                "spec": {"clusterIP": "None", "selector": sel,
                         "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": VLLM_PORT}]}}
@@ -146,7 +151,7 @@ def image_for(group: DeviceGroup, fill_in: str) -> str:
 
 
 def replica_urls(e: EngineServer, name: str, namespace: str) -> list[str]:
-    sts = _dns(f"{name}-{e.pool}")
+    sts = dns_label(f"{name}-{e.pool}")
     return [f"http://{sts}-{i}.{sts}.{namespace}.svc.cluster.local:{VLLM_PORT}" for i in range(e.replicas)]
 
 
@@ -162,8 +167,3 @@ def run_config(servers: list[EngineServer], attach: dict[str, list[str]] | None)
     return {"engine": "vllm", "models": models, "vllm": vllm}
 
 
-def _dns(name: str) -> str:
-    import re
-
-    out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].rstrip("-")
-    return out or "terrazzo"

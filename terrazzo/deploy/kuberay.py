@@ -9,6 +9,7 @@ FastAPI app with its own controller, which a plain RayCluster leaves in charge.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -23,7 +24,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 def manifests(fleet: Fleet, namespace: str = "default", image: str | None = None, ray_version: str = "2.60.0",
               artifacts: dict[str, list[str]] | None = None, run_config: str | None = None) -> list[dict[str, Any]]:
-    name = _dns(f"terrazzo-{fleet.agent}")
+    name = dns_label(f"terrazzo-{fleet.agent}")
     image = image or f"rayproject/ray:{ray_version}-py311"
     meta = {"name": name, "namespace": namespace, "labels": dict(LABELS)}
     plan_map: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**meta, "name": f"{name}-plan"},
@@ -94,7 +95,10 @@ def _worker_group(g: DeviceGroup, image: str, todo: str, artifacts: dict[str, li
     }
 
 
-def _dns(name: str) -> str:
-    """A DNS-1123 label: lower case, [a-z0-9-], at most 63 characters."""
-    out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].rstrip("-")
+def dns_label(name: str) -> str:
+    """A DNS-1123 label: lower case, [a-z0-9-], at most 63 characters; a longer name keeps a hash of the
+    whole, so two pools whose names differ past the cut still get two labels."""
+    out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if len(out) > 63:
+        out = out[:54].rstrip("-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return out or "terrazzo"

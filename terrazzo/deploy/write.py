@@ -20,7 +20,7 @@ from terrazzo.deploy.engines import (
     statefulset,
 )
 from terrazzo.deploy.fleet import Fleet, fleet_from_plan
-from terrazzo.deploy.kuberay import LABELS, _dns, manifests
+from terrazzo.deploy.kuberay import LABELS, dns_label, manifests
 from terrazzo.deploy.ray_cluster import ray_config
 from terrazzo.deploy.validate import manifest_errors, ray_config_errors
 from terrazzo.errors import DeployError
@@ -82,7 +82,7 @@ def deploy(plan: str | Path, target: str, out_dir: str | Path, namespace: str = 
         files = [_write_yaml(out / "ray-cluster.yaml", [config], _header(fleet, "ray up ray-cluster.yaml"))]
         runtime = run_config(servers, attach=None)
     else:
-        name = _dns(f"terrazzo-{fleet.agent}")
+        name = dns_label(f"terrazzo-{fleet.agent}")
         runtime = run_config(servers, {e.pool: replica_urls(e, name, namespace) for e in servers})
         docs = manifests(fleet, namespace, image, artifacts=read_artifacts(artifacts) if artifacts else None,
                          run_config=yaml.safe_dump(runtime, sort_keys=False))
@@ -128,6 +128,10 @@ def _engine_todo(servers: list, fill_in: str) -> list[str]:
             if image_for(e.group, fill_in) == fill_in]
     todo += [f"the model of pool {e.pool} (--model): the catalog names no Hugging Face id for '{e.served_name}'"
             for e in servers if e.model == fill_in]
+    todo += [f"pool {e.pool} was priced on {e.priced_engine}; these files start vLLM {VLLM_VERSION} there, whose "
+             f"speed the plan did not price: serve it with {e.priced_engine.split()[0]} instead, or measure vLLM there "
+             f"before relying on the plan's latencies"
+             for e in servers if not e.priced_engine.startswith(("vllm", "builtin"))]
     if servers:
         todo.append("a Secret 'hf-token' with key 'token' if the models are gated on Hugging Face (optional)")
     return todo

@@ -220,6 +220,7 @@ class CandidateAttr(RecordAttr):
         ("span_s", float, None), ("requests_per_s", float, None), ("tokens_per_s", float, 0.0),
         ("memory_bytes", float, None), ("usd_h", float, None), ("bound", str, ""), ("infeasible", str, ""),
         ("source", str, "analytic"),  # or fitted:<profile>, profile:<profile>#<points> (cost/calibration.py)
+        ("engine", str, "builtin"), ("engine_version", str, ""),  # the serving engine an LLM estimate is for
     )
 
     device: StringAttr
@@ -235,6 +236,8 @@ class CandidateAttr(RecordAttr):
     bound: StringAttr
     infeasible: StringAttr
     source: StringAttr
+    engine: StringAttr
+    engine_version: StringAttr
 
     @property
     def feasible(self) -> bool:

@@ -175,10 +175,12 @@ def _from_llm(c: Candidate, osl: float) -> CandidateAttr:
         return CandidateAttr.make(device=c.device, tp=c.tp, pp=c.pp, batch=max(c.batch, 1), latency_s=c.latency_s,
                                   span_s=span, requests_per_s=c.requests_per_s, tokens_per_s=c.tokens_per_s,
                                   memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound,
-                                  infeasible=c.reason or "infeasible", source=c.source)
+                                  infeasible=c.reason or "infeasible", source=c.source, engine=c.engine,
+                                  engine_version=c.engine_version)
     return CandidateAttr.make(device=c.device, tp=c.tp, pp=c.pp, batch=c.batch, latency_s=c.latency_s, span_s=span,
                               requests_per_s=c.requests_per_s, tokens_per_s=c.tokens_per_s,
-                              memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound, source=c.source)
+                              memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound, source=c.source,
+                              engine=c.engine, engine_version=c.engine_version)
 
 
 def _llm_phase(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
@@ -201,7 +203,7 @@ def _llm_aggregated(cm: CostModel, op: NodeOp) -> list[CandidateAttr]:
         fields = dict(device=c.device, tp=c.tp, pp=c.pp, batch=max(c.batch, 1), latency_s=c.latency_s,
                       span_s=first + osl * c.latency_s, requests_per_s=c.requests_per_s if c.feasible else 0.0,
                       tokens_per_s=c.tokens_per_s, memory_bytes=c.memory_bytes, usd_h=c.usd_h, bound=c.bound,
-                      source=c.source)
+                      source=c.source, engine=c.engine, engine_version=c.engine_version)
         out.append(CandidateAttr.make(**fields, **({} if c.feasible else {"infeasible": c.reason or "infeasible"})))
     return out
 

@@ -252,7 +252,8 @@ def _candidate(c: CandidateAttr, role: str | None, osl: float, llm: bool, steps:
                        first_token_s=first if first is not None and math.isfinite(first) else None,
                        slots=slots, source=c.source.data, hold_s=span if llm else None,
                        tbt_s=c.latency_s.data if steps else None,
-                       spread=spread_for(c.source.data, role or "decode"))
+                       spread=spread_for(c.source.data, role or "decode"),
+                       engine=c.engine.data, engine_version=c.engine_version.data)
 
 
 def _contract(module: ModuleOp, placeable: set[str]) -> list[_Use]:

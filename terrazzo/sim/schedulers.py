@@ -16,6 +16,9 @@ Batching policy (`Scheduler.policy`):
   latest by recompute. Vidur differs only when KV runs short: it takes a new prompt's whole blocks on
   admission, keeps 1 % of the blocks back from admissions and wants a free block for every decode,
   where vLLM V1, modelled here, allocates blocks as chunks and tokens need them.
+- `inflight`: every running decode takes one token and whole waiting prompts join the same iteration
+  while they fit the budget the decodes leave; a prompt that does not fit waits, and decodes never
+  stall. TensorRT-LLM's in-flight batching with chunked context off, its default.
 
 KV policy (`Scheduler.kv`):
 - `paged`: PagedAttention's block manager. Blocks of `block_size` tokens are allocated as a sequence's
@@ -59,9 +62,9 @@ class IterationCost(Protocol):
     def context_read_s(self, cached_tokens: float, pairs: float) -> float: ...
 
 
-PREFILL_FIRST, CHUNKED = "prefill-first", "chunked"
+PREFILL_FIRST, CHUNKED, INFLIGHT = "prefill-first", "chunked", "inflight"
 PAGED, RESERVE = "paged", "reserve"
-POLICIES, KV_POLICIES = (PREFILL_FIRST, CHUNKED), (PAGED, RESERVE)
+POLICIES, KV_POLICIES = (PREFILL_FIRST, CHUNKED, INFLIGHT), (PAGED, RESERVE)
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,12 @@ ENGINE_DEFAULTS: dict[Engine, dict[str, Any]] = {
     Engine.SGLANG: dict(policy=CHUNKED, kv=PAGED, block_size=1, max_batched_tokens=8192,
                         source="https://docs.sglang.ai/advanced_features/server_arguments.html (chunked_prefill_size, "
                                "set from GPU memory; token-level KV pool; requests retracted when it runs out)"),
-    Engine.TRTLLM: dict(policy=PREFILL_FIRST, kv=RESERVE, block_size=64, max_batched_tokens=8192,
+    Engine.TRTLLM: dict(policy=INFLIGHT, kv=RESERVE, block_size=64, max_batched_tokens=8192,
                         source="https://nvidia.github.io/TensorRT-LLM/torch/scheduler.html (capacity scheduler "
-                               "GUARANTEED_NO_EVICT by default; chunked context off unless enabled)"),
+                               "GUARANTEED_NO_EVICT by default; chunked context off unless enabled); in-flight "
+                               "batching runs context requests in the same forward pass as generation requests, "
+                               "within max_num_tokens (nvidia.github.io/TensorRT-LLM/features/"
+                               "paged-attention-ifb-scheduler.html)"),
     Engine.BUILTIN: dict(policy=PREFILL_FIRST, kv=RESERVE, source="terrazzo/runtime/executors/llm_engine.py"),
 }
 
@@ -245,13 +251,14 @@ class Lane:
     pool (`pools.LlmPool`) owns the clock; this class owns the engine's rules.
     """
 
-    __slots__ = ("blocks", "busy_s", "chunked", "chunks", "cost", "ctx_base", "dt", "k", "kv_tokens", "kv_used",
-                 "max_seqs", "n", "occ_s", "occupied", "order", "paged", "preemptions", "prefilling", "running",
-                 "sched", "span", "steps", "t0", "tiebreak", "timer", "tokens", "waiting")
+    __slots__ = ("blocks", "busy_s", "chunked", "chunks", "cost", "ctx_base", "dt", "inflight", "k", "kv_tokens",
+                 "kv_used", "max_seqs", "n", "occ_s", "occupied", "order", "paged", "preemptions", "prefilling",
+                 "running", "sched", "span", "steps", "t0", "tiebreak", "timer", "tokens", "waiting")
 
     def __init__(self, sched: Scheduler, cost: IterationCost, kv_tokens: float) -> None:
         self.sched, self.cost = sched, cost
         self.chunked, self.paged = sched.policy == CHUNKED, sched.kv == PAGED
+        self.inflight = sched.policy == INFLIGHT
         self.max_seqs, self.tokens = sched.max_num_seqs, sched.max_batched_tokens
         self.kv_tokens = kv_tokens
         blocks = sched.kv_blocks if sched.kv_blocks is not None else int(min(kv_tokens, 1 << 40) // sched.block_size)
@@ -297,6 +304,8 @@ class Lane:
         if not self.waiting or self.n + len(self.prefilling) >= self.max_seqs:
             return False
         head = self.waiting[0]
+        if self.inflight and self.n and not self._fits_beside_decodes(head.need - head.done):
+            return False
         if not self.paged:
             return self.kv_used + head.kv <= self.kv_tokens or self.n + len(self.prefilling) == 0
         first = head.need if head.done == head.need else min(head.need, self.tokens) if self.chunked else head.need
@@ -365,7 +374,8 @@ class Lane:
         while True:
             while self.waiting and self._admit_decode(now):
                 pass
-            got = self._compose_chunked(now) if self.chunked else self._compose_prefill_first(now)
+            got = (self._compose_chunked(now) if self.chunked else self._compose_inflight(now) if self.inflight
+                   else self._compose_prefill_first(now))
             if got is not None:
                 return got
             if self.n:
@@ -396,6 +406,40 @@ class Lane:
             return None
         self.k = 0  # the running sequences stall for this iteration
         return self.cost.prefill_s(tokens, sq) + self._reads(), 1
+
+    def _fits_beside_decodes(self, prompt_tokens: int) -> bool:
+        """Whether a whole prompt fits the budget the running decodes leave (one token each). A prompt over
+        the whole budget never would: it runs when it reaches the head, as prefill-first runs it."""
+        return prompt_tokens <= self.tokens - self.n or prompt_tokens > self.tokens
+
+    def _compose_inflight(self, now: float) -> tuple[float, int] | None:
+        """Whole waiting prompts in the same iteration as one step of every running decode, within the
+        token budget: in-flight batching without chunked context. Decodes never stall; a prompt that does
+        not fit waits for decodes to finish."""
+        waiting, chunks = self.waiting, self.chunks
+        if self.n and self.paged:  # the decodes step in this iteration: they need their blocks first
+            while self.n and self.blocks.decode_steps_that_fit(self.steps, 1) == 0:
+                self._preempt_newest()
+        budget = self.tokens - self.n
+        tokens = sq = 0
+        while waiting and self.n + len(self.prefilling) < self.max_seqs:
+            seq = waiting[0]
+            c = seq.need - seq.done
+            if (c == 0 or (tokens + c > budget and (chunks or not self._fits_beside_decodes(c)))
+                    or not self._room(seq, seq.need, self.n + len(self.prefilling))):
+                break
+            self._admit(seq, now)
+            seq.state = 1
+            self.prefilling.append(seq)
+            chunks.append((seq, c))
+            tokens += c
+            sq += c * c + 2 * c * seq.done
+        if not chunks:
+            return None
+        self.k = 1 if self.n else 0
+        if self.n == 0:
+            return self.cost.prefill_s(tokens, sq) + self._reads(), 1
+        return self.cost.mixed_step_s(self.n, self.ctx_base / self.n + self.steps, tokens, sq) + self._reads(), 1
 
     def _compose_chunked(self, now: float) -> tuple[float, int] | None:
         chunks, blocks, paged = self.chunks, self.blocks, self.paged

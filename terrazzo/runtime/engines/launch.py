@@ -16,11 +16,13 @@ from terrazzo.runtime.pool_layout import PoolSpec
 from terrazzo.runtime.program_setup import ProgramSetup
 
 _CPU_HEAD_SIZES = {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512}  # vLLM's CPU attention
+LAUNCHABLE = ("builtin", "vllm")  # the engines this runtime starts
 
 
 def pool_engine(spec: PoolSpec, config: RunConfig) -> str:
-    """The engine a pool's LLM ops run on: the run config's `engine`, else the plan's, else builtin."""
-    return config.engine or spec.engine or "builtin"
+    """The engine a pool's LLM ops run on: the run config's `engine`, else the plan's where this runtime
+    can start it, else builtin (a plan priced for TensorRT-LLM or Gaudi; `engine_ops` says so)."""
+    return config.engine or (spec.engine if spec.engine in LAUNCHABLE else "") or "builtin"
 
 
 def server_spec(pool: PoolSpec, checkpoint: str, config: RunConfig, replicas: int,
@@ -123,6 +125,12 @@ def engine_ops(setup: ProgramSetup, pools: dict[str, PoolSpec], config: RunConfi
         if prog.node.kind != "llm" or "checkpoint" not in prog.ctx["target"]:
             continue
         ops_pools = [setup.plan.placement(op).pool for op in prog.ops]
+        for p in ops_pools:
+            planned = pools[p].engine
+            note = (f"pool '{p}' was priced for {planned}, which this runtime does not start: it runs on the "
+                    "built-in engine (set `engine: vllm` in the run config for vLLM)")
+            if planned and planned not in LAUNCHABLE and not config.engine and note not in notes:
+                notes.append(note)
         on_vllm = [pool_engine(pools[p], config) == "vllm" for p in ops_pools]
         model = (prog.ctx["target"]["checkpoint"], prog.ctx["target"].get("served_name"))
         if prog.ctx["mode"] == "aggregated":
