@@ -82,16 +82,21 @@ def test_mixed_step_is_the_decode_step_or_the_prefill_at_the_ends(cost):
     assert both < cost.decode_step_s(8, 900) + cost.prefill_s(504, 504**2)  # the weights stream once
 
 
-def test_chunked_prefill_does_not_stall_running_decodes(cost):
-    sched = Scheduler(policy=CHUNKED, kv=PAGED, max_num_seqs=8, max_batched_tokens=512)
+def _prompt_beside_a_decode(cost, sched) -> tuple[Recorder, Seq]:
+    """A 2,000-token prompt arriving while a 256-token one decodes: the iterations and the prompt."""
     env = Environment()
     rec = Recorder(cost)
     pool = _pool(env, rec, sched)
-    a = Seq(256, 400, lambda s, lane: None, None, 0.0)
-    pool.submit(a)
+    pool.submit(Seq(256, 400, lambda s, lane: None, None, 0.0))
     b = Seq(2000, 4, lambda s, lane: None, None, 0.0)
     env.at(0.05, lambda _: pool.submit(b))
     env.run()
+    return rec, b
+
+
+def test_chunked_prefill_does_not_stall_running_decodes(cost):
+    rec, b = _prompt_beside_a_decode(cost, Scheduler(policy=CHUNKED, kv=PAGED, max_num_seqs=8,
+                                                     max_batched_tokens=512))
     # b's prompt goes in chunks of 511 tokens beside a's decode (1 token): 511, 511, 511, 467
     chunks = [t for n, t in rec.iterations if n == 1 and t > 0]
     assert chunks == [511, 511, 511, 467]
@@ -118,15 +123,8 @@ def test_prefill_first_stalls_decodes_for_a_whole_prompt(cost):
 
 @pytest.mark.parametrize("kv", [RESERVE, PAGED])
 def test_inflight_batching_runs_a_whole_prompt_beside_the_decodes(cost, kv):
-    sched = Scheduler(policy=INFLIGHT, kv=kv, max_num_seqs=8, max_batched_tokens=8192)
-    env = Environment()
-    rec = Recorder(cost)
-    pool = _pool(env, rec, sched)
-    a = Seq(256, 400, lambda s, lane: None, None, 0.0)
-    pool.submit(a)
-    b = Seq(2000, 4, lambda s, lane: None, None, 0.0)
-    env.at(0.05, lambda _: pool.submit(b))
-    env.run()
+    rec, b = _prompt_beside_a_decode(cost, Scheduler(policy=INFLIGHT, kv=kv, max_num_seqs=8,
+                                                     max_batched_tokens=8192))
     assert (1, 2000) in rec.iterations and (0, 2000) not in rec.iterations  # one pass, a's decode in it
     assert b.t_first - b.t_admit == pytest.approx(cost.mixed_step_s(1, 256, 2000, 2000**2), rel=0.05)
 

@@ -388,44 +388,31 @@ class Lane:
                 return None
 
     def _compose_prefill_first(self, now: float) -> tuple[float, int] | None:
-        waiting, chunks = self.waiting, self.chunks
-        tokens = sq = 0
-        while waiting and self.n + len(self.prefilling) < self.max_seqs:
-            seq = waiting[0]
-            c = seq.need - seq.done
-            if c == 0 or (chunks and tokens + c > self.tokens) or not self._room(seq, seq.need,
-                                                                                 self.n + len(self.prefilling)):
-                break
-            self._admit(seq, now)
-            seq.state = 1
-            self.prefilling.append(seq)
-            chunks.append((seq, c))
-            tokens += c
-            sq += c * c + 2 * c * seq.done
-        if not chunks:
+        tokens, sq = self._whole_prompts(now, self.tokens)
+        if not self.chunks:
             return None
         self.k = 0  # the running sequences stall for this iteration
         return self.cost.prefill_s(tokens, sq) + self._reads(), 1
-
-    def _fits_beside_decodes(self, prompt_tokens: int) -> bool:
-        """Whether a whole prompt fits the budget the running decodes leave (one token each). A prompt over
-        the whole budget never would: it runs when it reaches the head, as prefill-first runs it."""
-        return prompt_tokens <= self.tokens - self.n or prompt_tokens > self.tokens
 
     def _compose_inflight(self, now: float) -> tuple[float, int] | None:
         """Whole waiting prompts in the same iteration as one step of every running decode, within the
         token budget: in-flight batching without chunked context. Decodes never stall; a prompt that does
         not fit waits for decodes to finish."""
-        waiting, chunks = self.waiting, self.chunks
         if self.n and self.paged:  # the decodes step in this iteration: they need their blocks first
             while self.n and self.blocks.decode_steps_that_fit(self.steps, 1) == 0:
                 self._preempt_newest()
-        budget = self.tokens - self.n
+        tokens, sq = self._whole_prompts(now, self.tokens - self.n)
+        return self._with_decodes(tokens, sq) if self.chunks else None
+
+    def _whole_prompts(self, now: float, budget: int) -> tuple[int, int]:
+        """Admit waiting prompts whole, oldest first, while they fit `budget` tokens; (tokens, Σ attention
+        pairs). A prompt over the whole token budget goes alone when it reaches the head (else it never runs)."""
+        waiting, chunks = self.waiting, self.chunks
         tokens = sq = 0
         while waiting and self.n + len(self.prefilling) < self.max_seqs:
             seq = waiting[0]
             c = seq.need - seq.done
-            if (c == 0 or (tokens + c > budget and (chunks or not self._fits_beside_decodes(c)))
+            if (c == 0 or (tokens + c > budget and (chunks or c <= self.tokens))
                     or not self._room(seq, seq.need, self.n + len(self.prefilling))):
                 break
             self._admit(seq, now)
@@ -434,8 +421,15 @@ class Lane:
             chunks.append((seq, c))
             tokens += c
             sq += c * c + 2 * c * seq.done
-        if not chunks:
-            return None
+        return tokens, sq
+
+    def _fits_beside_decodes(self, prompt_tokens: int) -> bool:
+        """Whether a whole prompt fits the budget the running decodes leave (one token each), or is over
+        the whole budget and so goes alone (`_whole_prompts`)."""
+        return prompt_tokens <= self.tokens - self.n or prompt_tokens > self.tokens
+
+    def _with_decodes(self, tokens: int, sq: int) -> tuple[float, int]:
+        """The iteration of this prefill work beside one step of every running decode."""
         self.k = 1 if self.n else 0
         if self.n == 0:
             return self.cost.prefill_s(tokens, sq) + self._reads(), 1
@@ -473,12 +467,7 @@ class Lane:
             budget -= c
             tokens += c
             sq += c * c + 2 * c * seq.done
-        if not chunks:
-            return None
-        self.k = 1 if self.n else 0
-        if self.n == 0:
-            return self.cost.prefill_s(tokens, sq) + self._reads(), 1
-        return self.cost.mixed_step_s(self.n, self.ctx_base / self.n + self.steps, tokens, sq) + self._reads(), 1
+        return self._with_decodes(tokens, sq) if chunks else None
 
     def _reads(self) -> float:
         """The measured extra of this iteration's chunks that attend to KV already cached (service_times)."""
