@@ -329,8 +329,11 @@ def test_plan_table_labels_latency_and_candidates_say_why_not(tmp_path: Path) ->
     res = runner.invoke(app, [*base, "--no-verify", "-o", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output
     assert "TTFT p99 ms" in res.output and "TBT ms" in res.output and "E2E mean" in res.output
-    assert "J/request" in res.output and "kW device power" in res.output
+    flat = " ".join(res.output.split())  # the caption wraps at the table's width
+    assert "J/request" in flat and "kW device power" in flat
     doc = json.loads((tmp_path / "p.json").read_text())
+    assert "engine" in res.output and all(f"{p['engine']} {p['engine_version']}".strip() in res.output
+                                          for p in doc["pools"])  # what each pool was priced on
     decode = next(o for o in doc["ops"] if o["kind"] == "llm.decode")
     assert decode["tbt_s"] and decode["tbt_s"] < decode["latency_s"]
     res = runner.invoke(app, [*base, "--candidates"])

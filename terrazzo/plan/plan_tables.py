@@ -23,12 +23,14 @@ def _s(s: float) -> str:
 
 def plan_table(plan: Plan) -> Table:
     """Pools, the unit of the fleet, with their share of the headline $/h (the column sums to it)."""
-    t = Table("pool", "device", "tp×pp", "batch", "replicas", "ops (share)", "$/h",
+    t = Table("pool", "device", "tp×pp", "engine", "batch", "replicas", "ops (share)", "$/h",
               title=f"plan for {plan.agent} at {plan.rate_per_s:g} req/s")
     shares = plan.pool_usd_h()
     for p in plan.pools:
         ops = ", ".join(m.op if m.share > 1 - 1e-9 else f"{m.op} ({m.share:.0%})" for m in p.ops)
-        t.add_row(p.name, p.device, f"{p.tp}×{p.pp}", str(p.batch), str(p.replicas), ops, f"{shares[p.name]:.2f}")
+        engine = f"{p.engine} {p.engine_version}".strip()  # the engine it was priced on
+        t.add_row(p.name, p.device, f"{p.tp}×{p.pp}", engine, str(p.batch), str(p.replicas), ops,
+                  f"{shares[p.name]:.2f}")
     t.caption = caption(plan)
     return t
 
